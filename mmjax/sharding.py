@@ -42,6 +42,8 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("head_dim", None),
     ("vocab", "tensor"),
     ("patch", None),
+    ("media_embed", None),
+    ("pos", None),
     ("channels", None),
     ("layers", None),
     ("norm", None),

@@ -1,0 +1,48 @@
+"""Evaluation by generation: VQA exact match per question type and CIDEr-D on captions."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from mmjax.evaluate.cider import cider_d
+from mmjax.evaluate.vqa import accuracy_by_type, vqa_exact_match
+
+
+def evaluate_split(data, split: str, generate_fn, params, batch_size: int, rng, max_examples: int = 0,
+                   progress: bool = False):
+  """Generates an answer or caption for every example of `split` and scores it.
+
+  Returns (metrics, predictions): metrics named `<split>/vqa_accuracy`,
+  `<split>/vqa_accuracy_<type>`, `<split>/cider`; predictions a list of dicts (example_id, task,
+  qtype, prompt, prediction, references) in split order.
+  """
+  tok = data.tokenizer
+  predictions = []
+  batches = data.eval_batches(split, batch_size, max_examples=max_examples)
+  if progress:
+    import tqdm
+    batches = tqdm.tqdm(batches, desc=f"eval {split}", leave=False, disable=jax.process_index() != 0)
+  for i, batch in enumerate(batches):
+    tokens = generate_fn(params, batch["image"], batch["prompt"], batch["prompt_len"], jax.random.fold_in(rng, i))
+    for row in np.flatnonzero(batch["valid"]):
+      ex = int(batch["example_id"][row])
+      predictions.append(dict(
+          example_id=ex, task=data.task_name(int(batch["task"][row])), qtype=data.qtype_name(int(batch["qtype"][row])),
+          prompt=tok.decode(batch["prompt"][row][: batch["prompt_len"][row]].tolist()),
+          prediction=tok.decode(tokens[row].tolist()), references=data.references(split, ex)))
+  return score(predictions, split), predictions
+
+
+def score(predictions, split: str) -> dict[str, float]:
+  metrics = {}
+  vqa = [p for p in predictions if p["task"] == "vqa"]
+  if vqa:
+    hits = vqa_exact_match([p["prediction"] for p in vqa], [p["references"][0] for p in vqa])
+    for name, acc in accuracy_by_type(hits, [p["qtype"] for p in vqa]).items():
+      metrics[f"{split}/vqa_accuracy" + ("" if name == "overall" else f"_{name}")] = acc
+  caps = [p for p in predictions if p["task"] == "caption"]
+  if caps:
+    corpus, _ = cider_d({i: p["prediction"] for i, p in enumerate(caps)},
+                        {i: list(p["references"]) for i, p in enumerate(caps)})
+    metrics[f"{split}/cider"] = corpus
+  return metrics

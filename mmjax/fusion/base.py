@@ -1,0 +1,54 @@
+"""The interface every fusion family implements, and the registry configs select them from.
+
+A fusion module turns encoder outputs into a `Conditioning` for the decoder:
+  prefix  tokens placed before the decoder's own tokens (early fusion / prefix-LM, PaliGemma);
+  memory  tokens that decoder layers cross-attend to (cross-attention, Flamingo, Q-Former).
+and says which decoder layers get cross-attention (`cross_attention_every`, `gated`). The decoder
+consumes a Conditioning the same way whatever produced it, so a new family is one new file that
+subclasses `Fusion`, registers itself, and a config that names it.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import flax.linen as nn
+import flax.struct
+import jax
+
+FUSIONS: dict[str, type["Fusion"]] = {}
+
+
+@flax.struct.dataclass
+class Conditioning:
+  prefix: Optional[jax.Array] = None       # [B, P, D]
+  prefix_len: Optional[jax.Array] = None   # [B] valid prefix tokens (the rest is padding)
+  memory: Optional[jax.Array] = None       # [B, M, D]
+  memory_len: Optional[jax.Array] = None   # [B] valid memory tokens (the rest is padding)
+
+
+class Fusion(nn.Module):
+  """Base class. Subclasses implement __call__(media, text) -> Conditioning.
+
+  media: dict modality -> (tokens [B, N, D_m], lengths [B] or None); text: (tokens [B, L, D_t],
+  lengths [B]) from the text encoder, or None when the family feeds the prompt elsewhere.
+  """
+  width: int = 128  # decoder width
+
+  # Decoder layers i with (i + 1) % cross_attention_every == 0 get cross-attention; 0 = none.
+  cross_attention_every: int = 0
+  gated: bool = False
+
+
+def register(name: str) -> Callable[[type[Fusion]], type[Fusion]]:
+  def deco(cls):
+    if name in FUSIONS:
+      raise ValueError(f"fusion family {name!r} is registered twice.")
+    FUSIONS[name] = cls
+    return cls
+  return deco
+
+
+def build_fusion(name: str, **kwargs) -> Fusion:
+  if name not in FUSIONS:
+    raise ValueError(f"unknown fusion {name!r}; registered: {sorted(FUSIONS)}.")
+  return FUSIONS[name](**kwargs)

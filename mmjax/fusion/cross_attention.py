@@ -1,0 +1,53 @@
+"""Cross-attention fusion: decoder layers attend to image and question tokens.
+
+The memory is [image tokens ; question tokens], each projected to the decoder width with a learned
+modality embedding. `fuse_depth` > 0 adds bidirectional transformer layers over that memory before
+the decoder reads it, so image patches can be read in the light of the question (the decoder's
+cross-attention alone sees them only through its own few queries). `gated=True` multiplies each
+cross-attention by tanh(g) with g initialised at 0 (Flamingo), so the decoder starts as a pure LM.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mmjax import layers
+from mmjax.attention import MaskSpec
+from mmjax.fusion.base import Conditioning, Fusion, register
+
+
+@register("cross_attention")
+class CrossAttentionFusion(Fusion):
+  cross_attention_every: int = 1
+  gated: bool = False
+  fuse_depth: int = 0
+  num_heads: int = 4
+  mlp_dim: int = 512
+  implementation: str = "auto"
+  dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, media, text=None):
+    parts, lengths = [], []
+    sources = sorted(media.items()) + ([("text", text)] if text is not None else [])
+    for i, (name, (tokens, length)) in enumerate(sources):
+      x = layers.Dense(self.width, ("media_embed",), ("embed",), dtype=self.dtype, name=f"proj_{name}")(tokens)
+      type_emb = self.param(f"type_{name}", layers.param_with_axes(nn.initializers.normal(0.02), ("embed",)),
+                            (self.width,), jnp.float32)
+      parts.append(x + type_emb.astype(x.dtype))
+      lengths.append(jnp.full((tokens.shape[0],), tokens.shape[1], jnp.int32) if length is None else length)
+    # Valid tokens of every part but the last must be contiguous for a single valid length: only
+    # the last part (the text, padded at its end) may carry padding.
+    for (name, (tokens, length)) in sources[:-1]:
+      if length is not None:
+        raise ValueError(f"CrossAttentionFusion: only the last source may be padded; {name!r} has lengths.")
+    memory = layers.constrain_tokens(jnp.concatenate(parts, axis=1))
+    memory_len = sum(lengths[:-1]) + lengths[-1] if len(lengths) > 1 else lengths[0]
+    if self.fuse_depth:
+      mask = MaskSpec(kv_valid_len=memory_len)
+      for i in range(self.fuse_depth):
+        memory = layers.TransformerBlock(self.num_heads, self.width // self.num_heads, self.mlp_dim,
+                                         implementation=self.implementation, dtype=self.dtype,
+                                         name=f"fuse_{i}")(memory, self_mask=mask)
+      memory = layers.LayerNorm(self.dtype, name="fuse_norm")(memory)
+    return Conditioning(memory=memory, memory_len=memory_len)

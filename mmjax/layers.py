@@ -1,0 +1,199 @@
+"""Transformer building blocks shared by every encoder, fusion module and decoder.
+
+Every parameter is created with logical axis names and every activation that crosses a layer
+boundary is pinned with logical names (mmjax.sharding holds the one table that maps them to mesh
+axes). Every attention goes through `mmjax.attention.attention`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax.attention import MaskSpec, attention
+from mmjax.sharding import constrain
+
+Dtype = Any
+default_kernel_init = nn.initializers.xavier_uniform()
+
+
+def param_with_axes(init: Callable, axes: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(init, axes)
+
+
+def constrain_tokens(x: jax.Array) -> jax.Array:
+  """[B, S, D] activations: batch on data x fsdp, length on sequence."""
+  return constrain(x, ("act_batch", "act_len", "act_embed"))
+
+
+class Dense(nn.Module):
+  """Linear map over the last `len(in_axes)` dims with logical axes on the kernel.
+
+  features may be an int or a tuple (e.g. (heads, head_dim)); in_axes/out_axes name the kernel's
+  input and output dims.
+  """
+  features: int | tuple[int, ...]
+  in_axes: tuple[str, ...]
+  out_axes: tuple[str, ...]
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  kernel_init: Callable = default_kernel_init
+
+  @nn.compact
+  def __call__(self, x):
+    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    n_in = len(self.in_axes)
+    in_shape = x.shape[-n_in:]
+    kernel = self.param(
+        "kernel", param_with_axes(self._init_flat(in_shape, features), self.in_axes + self.out_axes),
+        tuple(in_shape) + features, jnp.float32)
+    contract = tuple(range(x.ndim - n_in, x.ndim))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            ((contract, tuple(range(n_in))), ((), ())))
+    if self.use_bias:
+      bias = self.param("bias", param_with_axes(nn.initializers.zeros, self.out_axes), features, jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+  def _init_flat(self, in_shape, features):
+    """Initialises as a 2-D (fan_in, fan_out) matrix so fan computations see the true sizes."""
+    def init(key, shape, dtype):
+      flat = self.kernel_init(key, (int(np.prod(in_shape)), int(np.prod(features))), dtype)
+      return flat.reshape(shape)
+    return init
+
+
+class LayerNorm(nn.Module):
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.LayerNorm(dtype=self.dtype, scale_init=param_with_axes(nn.initializers.ones, ("norm",)),
+                        bias_init=param_with_axes(nn.initializers.zeros, ("norm",)))(x)
+
+
+class MLP(nn.Module):
+  hidden: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    h = Dense(self.hidden, ("embed",), ("mlp",), dtype=self.dtype, name="wi")(x)
+    h = constrain(nn.gelu(h), ("act_batch", "act_len", "act_mlp"))
+    return Dense(d, ("mlp",), ("embed",), dtype=self.dtype, name="wo")(h)
+
+
+class MultiHeadAttention(nn.Module):
+  """Self- or cross-attention with GQA and an optional KV cache (self-attention only).
+
+  Decoding: with `decode=True` the module keeps `cache/{cached_key,cached_value,cache_index}` variables sized by the
+  length of the input it was initialised with; each call writes its keys at `index` and attends
+  causally to everything written so far (the causal offset is the cache index).
+  """
+  num_heads: int
+  head_dim: int
+  num_kv_heads: Optional[int] = None
+  implementation: str = "auto"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, kv=None, mask: MaskSpec | None = None, decode: bool = False):
+    kv_heads = self.num_kv_heads or self.num_heads
+    kv_in = x if kv is None else kv
+    proj = lambda h, name, src: Dense((h, self.head_dim), ("embed",), (("heads" if h == self.num_heads
+                                       else "kv_heads"), "head_dim"), use_bias=False, dtype=self.dtype,
+                                      name=name)(src)
+    q = proj(self.num_heads, "query", x)
+    k = proj(kv_heads, "key", kv_in)
+    v = proj(kv_heads, "value", kv_in)
+    if decode:
+      if kv is not None:
+        raise ValueError("MultiHeadAttention: the KV cache is for self-attention only.")
+      k, v, mask = self._update_cache(k, v)
+    q = constrain(q, ("act_batch", "act_len", "act_heads", "act_head_dim"))
+    out = attention(q, k, v, mask=mask, implementation=self.implementation)
+    out = constrain(out, ("act_batch", "act_len", "act_heads", "act_head_dim"))
+    return Dense(x.shape[-1], ("heads", "head_dim"), ("embed",), use_bias=False, dtype=self.dtype,
+                 name="out")(out)
+
+  def _update_cache(self, k, v):
+    initialised = self.has_variable("cache", "cached_key")
+    batch = k.shape[0]
+    ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    # One index per row (all equal) so that every cache leaf has a leading batch dim: beam search
+    # and batched sampling can then tile and reorder the cache with one tree_map.
+    ci = self.variable("cache", "cache_index", lambda: jnp.zeros((batch,), jnp.int32))
+    if not initialised:  # init pass: shapes only, plain causal attention over the input
+      return k, v, MaskSpec(causal=True)
+    if k.shape[1] > ck.value.shape[1]:
+      raise ValueError(f"KV cache holds {ck.value.shape[1]} positions; got a chunk of {k.shape[1]}.")
+    index = ci.value[0]
+    ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, index, 0, 0))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, index, 0, 0))
+    ci.value = ci.value + k.shape[1]
+    return ck.value, cv.value, MaskSpec(causal=True, causal_offset=jnp.full((batch,), index, jnp.int32))
+
+
+class TransformerBlock(nn.Module):
+  """Pre-norm block: self-attention, optional (gated) cross-attention, MLP."""
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  num_kv_heads: Optional[int] = None
+  cross_attention: bool = False
+  gated_cross_attention: bool = False
+  implementation: str = "auto"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, self_mask: MaskSpec | None = None, memory=None,
+               memory_mask: MaskSpec | None = None, decode: bool = False):
+    attn = lambda name: MultiHeadAttention(self.num_heads, self.head_dim, self.num_kv_heads,
+                                           self.implementation, self.dtype, name=name)
+    x = x + attn("self_attention")(LayerNorm(self.dtype, name="norm_self")(x), mask=self_mask, decode=decode)
+    x = constrain_tokens(x)
+    if self.cross_attention:
+      if memory is None:
+        raise ValueError("TransformerBlock(cross_attention=True) needs `memory`.")
+      y = attn("cross_attention")(LayerNorm(self.dtype, name="norm_cross")(x), kv=memory, mask=memory_mask)
+      if self.gated_cross_attention:
+        # tanh(0) = 0: a new gated layer starts as the identity and opens as it learns (Flamingo).
+        gate = self.param("cross_gate", param_with_axes(nn.initializers.zeros, ("norm",)), (1,), jnp.float32)
+        y = jnp.tanh(gate).astype(y.dtype) * y
+      x = constrain_tokens(x + y)
+    x = x + MLP(self.mlp_dim, self.dtype, name="mlp")(LayerNorm(self.dtype, name="norm_mlp")(x))
+    return constrain_tokens(x)
+
+
+def sincos_2d(h: int, w: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
+  """Fixed 2-D sin-cos position embedding [h*w, dim] (MoCo v3 / big_vision)."""
+  if dim % 4:
+    raise ValueError(f"sin-cos 2-D positions need a width divisible by 4; got {dim}.")
+  y, x = np.mgrid[:h, :w]
+  omega = 1.0 / temperature ** (np.arange(dim // 4) / (dim // 4 - 1 if dim > 4 else 1))
+  y = np.einsum("m,d->md", y.ravel(), omega)
+  x = np.einsum("m,d->md", x.ravel(), omega)
+  return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(np.float32)
+
+
+class Embed(nn.Module):
+  """Token embedding whose table doubles as the output projection (`attend`)."""
+  vocab_size: int
+  features: int
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param("embedding", param_with_axes(nn.initializers.normal(0.02), ("vocab", "embed")),
+                                (self.vocab_size, self.features), jnp.float32)
+
+  def __call__(self, tokens):
+    return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+  def attend(self, x):
+    logits = jnp.einsum("...d,vd->...v", x, self.embedding.astype(self.dtype))
+    return constrain(logits, ("act_batch", "act_len", "act_vocab"))

@@ -1,0 +1,43 @@
+"""Sample reports: an image grid (PNG) with the prompt, answer and reference under each image,
+and the same as text, for eyeballing what a model does on a dataset split."""
+from __future__ import annotations
+
+import os
+import textwrap
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def write_report(out_dir: str, data, split: str, predictions: list[dict], n: int, columns: int = 4,
+                 scale: int = 3) -> tuple[str, str]:
+  """Writes out_dir/{split}_samples.png and .txt for the first n predictions; returns the paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  chosen = predictions[:n]
+  lines = []
+  for p in chosen:
+    lines.append(f"[{p['example_id']}] ({p['qtype']}) {p['prompt']}\n  model:     {p['prediction']}\n"
+                 f"  reference: {' | '.join(p['references'])}")
+  txt_path = os.path.join(out_dir, f"{split}_samples.txt")
+  with open(txt_path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  png_path = os.path.join(out_dir, f"{split}_samples.png")
+  if chosen:
+    images = [data.image(split, p["example_id"]) for p in chosen]
+    texts = [f"Q: {p['prompt']}\nA: {p['prediction']}\nref: {p['references'][0]}" for p in chosen]
+    grid_image(images, texts, columns, scale).save(png_path)
+  return png_path, txt_path
+
+
+def grid_image(images: list[np.ndarray], texts: list[str], columns: int, scale: int) -> Image.Image:
+  h, w = images[0].shape[:2]
+  cell_w, text_h = w * scale, 14 * 7
+  rows = -(-len(images) // columns)
+  canvas = Image.new("RGB", (columns * cell_w, rows * (h * scale + text_h)), "white")
+  draw = ImageDraw.Draw(canvas)
+  for i, (img, text) in enumerate(zip(images, texts)):
+    x, y = (i % columns) * cell_w, (i // columns) * (h * scale + text_h)
+    canvas.paste(Image.fromarray(np.asarray(img, np.uint8)).resize((cell_w, h * scale), Image.NEAREST), (x, y))
+    wrapped = "\n".join(textwrap.fill(line, width=max(cell_w // 7, 10)) for line in text.split("\n"))
+    draw.multiline_text((x + 2, y + h * scale + 2), wrapped, fill="black", spacing=1)
+  return canvas

@@ -1,0 +1,89 @@
+"""Checkpoints: orbax CheckpointManager holding the train state, the input pipeline position and the
+config, so a run restarted on the same workdir resumes by itself where it stopped."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+# Config keys whose change makes a checkpoint unusable (shapes or meaning of the parameters).
+# Compute dtype and attention implementation may change between runs: they do not touch parameters.
+_MODEL_KEYS = ("model",)
+_FREE_MODEL_KEYS = ("dtype", "attention_implementation")
+
+
+class CheckpointMismatch(ValueError):
+  """The workdir's checkpoint was written by a config this run cannot continue."""
+
+
+class Checkpointer:
+  def __init__(self, workdir: str, keep: int, save_interval_steps: int):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_interval_steps,
+                                           create=True, enable_async_checkpointing=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state, data_state: dict, config: ml_collections.ConfigDict,
+           force: bool = False) -> bool:
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              data=ocp.args.JsonSave(data_state),
+                              config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())))
+    return self._manager.save(step, args=args, force=force)
+
+  def restore(self, abstract_state, config: ml_collections.ConfigDict):
+    """Restores the newest readable checkpoint. Returns (step, state, data_state) or None.
+
+    A checkpoint that fails to read (partial write, corruption) is skipped with a warning and the
+    previous one is tried.
+    """
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        saved_config = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+      except Exception as e:  # noqa: BLE001 - any read failure means this step is unusable
+        logging.warning("checkpoint %d in %s is unreadable (%s); trying an older one.", step, self.directory, e)
+        continue
+      _check_compatible(saved_config, json.loads(config.to_json_best_effort()), self.directory)
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+      except Exception as e:  # noqa: BLE001
+        if isinstance(e, CheckpointMismatch):
+          raise
+        logging.warning("checkpoint %d in %s is unreadable (%s); trying an older one.", step, self.directory, e)
+        continue
+      return step, restored["state"], restored["data"]
+    return None
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def _check_compatible(saved: dict, current: dict, directory: str) -> None:
+  for key in _MODEL_KEYS:
+    a = {k: v for k, v in (saved.get(key) or {}).items() if k not in _FREE_MODEL_KEYS}
+    b = {k: v for k, v in (current.get(key) or {}).items() if k not in _FREE_MODEL_KEYS}
+    if a != b:
+      diffs = _diff(a, b, key)
+      raise CheckpointMismatch(
+          f"the checkpoint in {directory} was trained with a different `{key}` config "
+          f"({'; '.join(diffs[:5])}). Use a new --workdir, or the config it was trained with.")
+
+
+def _diff(a, b, prefix):
+  if isinstance(a, dict) and isinstance(b, dict):
+    out = []
+    for k in sorted(set(a) | set(b)):
+      out += _diff(a.get(k), b.get(k), f"{prefix}.{k}")
+    return out
+  return [] if a == b else [f"{prefix}: checkpoint {a!r} vs now {b!r}"]

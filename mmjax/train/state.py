@@ -1,0 +1,135 @@
+"""Train state, its logical-axis shardings, and the jit-compiled train step."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mmjax import sharding
+from mmjax.models import build_model
+from mmjax.train.optim import make_optimizer
+
+BATCH_KEYS = ("image", "prompt", "prompt_len", "target_in", "target_out", "target_mask")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything built from a config once: model, mesh, rules, optimizer, state shardings."""
+  config: ml_collections.ConfigDict
+  model: nn.Module
+  mesh: Mesh
+  rules: tuple
+  tx: optax.GradientTransformation
+  state_sharding: Any
+  abstract_state: Any
+
+  def batch_sharding(self, batch) -> dict:
+    return {k: sharding.batch_sharding(self.mesh, np.ndim(v)) for k, v in batch.items()}
+
+  def context(self):
+    """Mesh + logical rules: needed while tracing anything that constrains activations."""
+    return _Context(self.mesh, self.rules)
+
+
+class _Context:
+  def __init__(self, mesh, rules):
+    self._mesh, self._rules = mesh, rules
+
+  def __enter__(self):
+    self._m = jax.set_mesh(self._mesh)
+    self._m.__enter__()
+    self._r = nn.logical_axis_rules(self._rules)
+    self._r.__enter__()
+
+  def __exit__(self, *exc):
+    self._r.__exit__(*exc)
+    self._m.__exit__(*exc)
+
+
+def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict:
+  s = config.data.image_size
+  return {
+      "image": np.zeros((batch_size, s, s, 3), np.uint8),
+      "prompt": np.ones((batch_size, config.data.max_prompt_len), np.int32),
+      "prompt_len": np.full((batch_size,), config.data.max_prompt_len, np.int32),
+      "target_in": np.ones((batch_size, config.data.max_target_len), np.int32),
+      "target_out": np.ones((batch_size, config.data.max_target_len), np.int32),
+      "target_mask": np.ones((batch_size, config.data.max_target_len), np.float32),
+  }
+
+
+def make_setup(config: ml_collections.ConfigDict, vocab_size: int, devices=None) -> Setup:
+  model = build_model(config.model, vocab_size)
+  mesh = sharding.make_mesh(dict(config.mesh), dict(config.get("dcn_mesh", {}) or {}), devices=devices)
+  rules = sharding.rules_from_config(config.sharding.rules)
+  tx = make_optimizer(config.optim, config.total_steps)
+  batch = dummy_batch(config, 1)
+
+  def init(rng):
+    variables = model.init(rng, batch["image"], batch["prompt"], batch["prompt_len"], batch["target_in"])
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  with _Context(mesh, rules):
+    boxed = jax.eval_shape(init, jax.random.key(0))
+  logical = nn.get_partition_spec(boxed)
+  state_sharding = nn.logical_to_mesh_sharding(logical, mesh, rules)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.meta.unbox(boxed), state_sharding)
+  setup = Setup(config, model, mesh, rules, tx, state_sharding, abstract)
+  setup._init = init
+  return setup
+
+
+def init_state(setup: Setup, rng) -> TrainState:
+  with setup.context():
+    return jax.jit(lambda r: nn.meta.unbox(setup._init(r)), out_shardings=setup.state_sharding)(rng)
+
+
+def loss_fn(model, params, batch):
+  logits = model.apply({"params": params}, batch["image"], batch["prompt"], batch["prompt_len"], batch["target_in"])
+  labels = batch["target_out"]
+  weights = batch["target_mask"]
+  xent = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  denom = jnp.maximum(weights.sum(), 1.0)
+  loss = (xent * weights).sum() / denom
+  correct = (logits.argmax(-1) == labels) * weights
+  return loss, {"loss": loss, "token_accuracy": correct.sum() / denom}
+
+
+def make_train_step(setup: Setup, batch_example: dict, skip_nonfinite: bool = False):
+  """jit-compiled step with explicit in/out shardings; the state is donated (updated in place)."""
+  model, tx = setup.model, setup.tx
+
+  def step(state: TrainState, batch):
+    (loss, metrics), grads = jax.value_and_grad(lambda p: loss_fn(model, p, batch), has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:
+      # Keep the old parameters and optimizer state: a bad batch must not poison the run.
+      params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), params, state.params)
+      opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state, state.opt_state)
+    metrics = dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  batch_sharding = {k: setup.batch_sharding(batch_example)[k] for k in BATCH_KEYS}
+  replicated = NamedSharding(setup.mesh, P())
+  return jax.jit(step, in_shardings=(setup.state_sharding, batch_sharding),
+                 out_shardings=(setup.state_sharding, replicated), donate_argnums=(0,))

@@ -1,0 +1,170 @@
+"""The training loop: sharded jit steps, periodic evaluation, checkpoints that resume by themselves.
+
+  train_and_evaluate(config, workdir)
+
+A workdir holds everything a run needs to continue or be sampled from: checkpoints/ (train state,
+input-pipeline position, config), tokenizer.model, config.json, metrics.jsonl, tensorboard/ and
+samples/. Starting again on the same workdir resumes from the newest readable checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from mmjax.data import pipeline
+from mmjax.evaluate.evaluator import evaluate_split
+from mmjax.sample.generate import GenerateOptions, make_generate_fn
+from mmjax.sample.report import write_report
+from mmjax.train import state as state_lib
+from mmjax.train.checkpoint import Checkpointer
+from mmjax.train.metrics_writer import MetricWriter
+from mmjax.train.preemption import StopRequest
+
+TOKENIZER_FILE = "tokenizer.model"
+
+
+class NonFiniteLoss(FloatingPointError):
+  pass
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the keys every experiment must have; errors name the flag to fix."""
+  for key in ("total_steps", "batch_size", "eval_every", "checkpoint_every", "seed"):
+    if key not in config:
+      raise ValueError(f"config has no `{key}`: every experiment config must define it.")
+  for key in ("total_steps", "batch_size", "eval_every", "checkpoint_every"):
+    if int(config[key]) <= 0:
+      raise ValueError(f"--config.{key}={config[key]} must be a positive integer.")
+  if "manifest" not in config.data:
+    raise ValueError("config has no `data.manifest` (set it to '' for the embedded dataset).")
+  n = jax.process_count()
+  if config.batch_size % n:
+    raise ValueError(f"--config.batch_size={config.batch_size} is not divisible by the {n} processes.")
+
+
+def load_data(config, workdir: str):
+  """Prepares the dataset and the tokenizer; a workdir's own tokenizer wins (resume / sample)."""
+  tok_path = os.path.join(workdir, TOKENIZER_FILE)
+  data = pipeline.prepare(config, tokenizer_path=tok_path if os.path.exists(tok_path) else None)
+  if jax.process_index() == 0 and not os.path.exists(tok_path):
+    os.makedirs(workdir, exist_ok=True)
+    shutil.copyfile(data.tokenizer.path, tok_path)
+  return data
+
+
+def generate_options(config, tokenizer) -> GenerateOptions:
+  s = config.sampler
+  return GenerateOptions(max_new_tokens=int(s.max_new_tokens or config.data.max_target_len),
+                         bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                         sampler=s.name, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                         beam_size=s.beam_size)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) -> dict:
+  validate_config(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  data = load_data(config, workdir)
+  setup = state_lib.make_setup(config, data.tokenizer.vocab_size)
+  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, save_interval_steps=1)
+  restored = ckpt.restore(setup.abstract_state, config)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  train_iter = data.train_iterator(jax.process_index(), jax.process_count())
+  if restored is None:
+    state = state_lib.init_state(setup, jax.random.key(config.seed))
+    start = 0
+  else:
+    start, state, data_state = restored
+    train_iter.set_state(data_state)
+    logging.info("resumed from step %d in %s", start, ckpt.directory)
+
+  first = next(train_iter)
+  step_fn = state_lib.make_train_step(setup, first, skip_nonfinite=config.get("skip_nonfinite", False))
+  shardings = setup.batch_sharding(first)
+  writer = MetricWriter(workdir)
+  gen_fn = make_generate_fn(setup, generate_options(config, data.tokenizer))
+  eval_rng = jax.random.key(config.seed + 1)
+  stop = StopRequest()
+
+  def put(batch):
+    return {k: jax.make_array_from_process_local_data(shardings[k], batch[k]) for k in state_lib.BATCH_KEYS}
+
+  def save(step, force=False):
+    ckpt.save(step, state, data_state_before_next, config, force=force)
+
+  def evaluate(split, step, max_examples):
+    metrics, preds = evaluate_split(data, split, gen_fn, state.params, config.eval_batch_size, eval_rng,
+                                    max_examples=max_examples, progress=progress)
+    writer.write(step, metrics)
+    return metrics, preds
+
+  bar = tqdm.tqdm(total=config.total_steps, initial=start, desc="train", dynamic_ncols=True,
+                  disable=not progress or jax.process_index() != 0)
+  step = start
+  pending = None  # metrics of the previous step: read one step late so dispatch runs ahead
+  batch = first
+  data_state_before_next = train_iter.get_state()
+  t0, steps_since = time.time(), 0
+  with setup.context():
+    while step < config.total_steps:
+      state, metrics = step_fn(state, put(batch))
+      step += 1
+      data_state_before_next = train_iter.get_state()
+      if step < config.total_steps:
+        batch = next(train_iter)
+      _check_finite(pending, step - 1, config)
+      pending = (metrics, step)
+      steps_since += 1
+      bar.update(1)
+      if step % config.log_every == 0 or step == config.total_steps:
+        m = jax.device_get(metrics)
+        rate = steps_since / max(time.time() - t0, 1e-9)
+        t0, steps_since = time.time(), 0
+        writer.write(step, {f"train/{k}": v for k, v in m.items() if k != "finite"}
+                     | {"train/steps_per_second": rate, "train/examples_per_second": rate * config.batch_size})
+        bar.set_postfix(loss=f"{float(m['loss']):.3f}", acc=f"{float(m['token_accuracy']):.3f}")
+      stopping = stop.should_stop(step)
+      if step % config.checkpoint_every == 0 or step == config.total_steps or stopping:
+        _check_finite(pending, step, config)
+        save(step, force=True)
+      if stopping:
+        bar.close()
+        ckpt.close()
+        writer.close()
+        stop.restore()
+        logging.warning("stopped at step %d on request; the checkpoint resumes it.", step)
+        return {"stopped_at": step}
+      if step % config.eval_every == 0 and step != config.total_steps:
+        evaluate("validation", step, config.eval_max_examples)
+    bar.close()
+    ckpt.wait()
+    final, preds = evaluate("test", step, config.eval_max_examples)
+    if jax.process_index() == 0:
+      write_report(os.path.join(workdir, "samples"), data, "test", preds, config.sample_examples)
+  ckpt.close()
+  writer.close()
+  stop.restore()
+  return final
+
+
+def _check_finite(pending, step, config):
+  if pending is None or config.get("skip_nonfinite", False):
+    return
+  metrics, at = pending
+  if not bool(metrics["finite"]):
+    raise NonFiniteLoss(
+        f"non-finite loss or gradients at step {at} (loss={float(metrics['loss'])}, "
+        f"grad_norm={float(metrics['grad_norm'])}); no checkpoint was written after it. "
+        "Lower optim.learning_rate, or set --config.skip_nonfinite=True to skip such updates.")

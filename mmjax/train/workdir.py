@@ -1,0 +1,66 @@
+"""Loading a trained workdir back: its config, tokenizer, data and newest parameters."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import ml_collections
+
+from mmjax.train import state as state_lib
+from mmjax.train.checkpoint import Checkpointer
+from mmjax.train.trainer import load_data
+
+
+@dataclasses.dataclass
+class Trained:
+  config: ml_collections.ConfigDict
+  data: object
+  setup: state_lib.Setup
+  params: object
+  step: int
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} holds no config.json: is it a mmjax training workdir?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def _tuples(d):
+  # JSON turns tuples into lists; ConfigDict keeps list vs tuple, so restore the config's tuples.
+  if isinstance(d, dict):
+    return {k: _tuples(v) for k, v in d.items()}
+  if isinstance(d, list):
+    return tuple(_tuples(v) for v in d)
+  return d
+
+
+def load(workdir: str, overrides: dict | None = None) -> Trained:
+  """Restores the newest checkpoint of `workdir` under the config it was trained with.
+
+  `overrides` (dotted keys -> values) may change what does not touch parameters, e.g.
+  {"mesh.data": 8, "model.attention_implementation": "xla"}.
+  """
+  workdir = os.path.abspath(workdir)
+  config = load_config(workdir)
+  for key, value in (overrides or {}).items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(f"override {key!r}: the workdir's config has no such key.")
+    node[leaf] = value
+  data = load_data(config, workdir)
+  setup = state_lib.make_setup(config, data.tokenizer.vocab_size)
+  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, save_interval_steps=1)
+  restored = ckpt.restore(setup.abstract_state, config)
+  ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f"{workdir}/checkpoints holds no readable checkpoint.")
+  step, state, _ = restored
+  return Trained(config, data, setup, state.params, step)
