@@ -65,6 +65,12 @@ def make_generate_fn(setup, opts: GenerateOptions):
                out_shardings=mat_s)
 
   def run(params, images, prompt, prompt_len, rng):
+    """Takes this process's rows (numpy); returns all processes' rows (numpy), in order."""
+    put = lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x))
     with setup.context():
-      return np.asarray(fn(params, images, prompt, prompt_len, rng))
+      out = fn(params, put(images, image_s), put(prompt, mat_s), put(prompt_len, vec_s), rng)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      return np.asarray(multihost_utils.process_allgather(out, tiled=True))
+    return np.asarray(out)
   return run

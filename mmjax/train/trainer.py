@@ -54,7 +54,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def load_data(config, workdir: str):
   """Prepares the dataset and the tokenizer; a workdir's own tokenizer wins (resume / sample)."""
   tok_path = os.path.join(workdir, TOKENIZER_FILE)
-  data = pipeline.prepare(config, tokenizer_path=tok_path if os.path.exists(tok_path) else None)
+  data = pipeline.Data(config, tokenizer_path=tok_path if os.path.exists(tok_path) else None)
   if jax.process_index() == 0 and not os.path.exists(tok_path):
     os.makedirs(workdir, exist_ok=True)
     shutil.copyfile(data.tokenizer.path, tok_path)

@@ -1,0 +1,50 @@
+"""Default ``config.data`` block for the mmjax input pipeline (see ``pipeline.py``).
+
+Keys (defaults):
+  manifest            ""     JSONL manifest path; "" -> the procedural shapes dataset.
+  data_dir            $MMJAX_DATA_DIR or "~/.cache/mmjax/tensorflow_datasets" (TFDS data dir).
+  image_size          64     square image side (shapes: 32-256, 64-128 recommended; manifests
+                             are resized to it).
+  seed                0      seeds the shapes scenes (per split) and the manifest 80/10/10 split.
+  train_scenes        12000  shapes scenes per split ...
+  validation_scenes   500
+  test_scenes         1000
+  shapes              3      number of shape kinds (2: circle, square; 3: + triangle).
+  questions_per_type  {attribute: 2, spatial: 2, relational: 4}  questions per shapes scene.
+  captions            True   also make one captioning example per caption.
+  max_prompt_len      16     prompt tokens (questions are <= 13 tokens with the shapes tokenizer).
+  max_target_len      64     target tokens incl. bos/eos (shapes captions are <= 54 tokens).
+  vocab_size          512    SentencePiece vocabulary size (a maximum, incl. 256 byte pieces).
+Top-level keys the pipeline also reads: ``config.seed`` (train shuffle seed) and
+``config.batch_size`` (global batch size).
+"""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+DEFAULT_DATA_DIR = "~/.cache/mmjax/tensorflow_datasets"
+
+
+def default_data_dir() -> str:
+  return os.environ.get("MMJAX_DATA_DIR", DEFAULT_DATA_DIR)
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.manifest = ""
+  c.data_dir = default_data_dir()
+  c.image_size = 64
+  c.seed = 0
+  c.train_scenes = 12000
+  c.validation_scenes = 500
+  c.test_scenes = 1000
+  c.shapes = 3
+  c.questions_per_type = ml_collections.ConfigDict(
+      {"attribute": 2, "spatial": 2, "relational": 4})
+  c.captions = True
+  c.max_prompt_len = 16
+  c.max_target_len = 64
+  c.vocab_size = 512
+  return c

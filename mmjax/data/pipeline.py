@@ -1,0 +1,426 @@
+"""Deterministic grain input pipeline over the prepared TFDS datasets.
+
+Config keys (``config.data.*``; defaults in ``mmjax.data.config.default_data_config``):
+  manifest ("" -> shapes), data_dir, image_size (64), seed (0), train_scenes (12000),
+  validation_scenes (500), test_scenes (1000), shapes (3),
+  questions_per_type ({attribute: 2, spatial: 2, relational: 4}), captions (True),
+  max_prompt_len (16), max_target_len (64), vocab_size (512);
+  plus ``config.seed`` (train shuffle seed) and ``config.batch_size`` (global batch).
+
+Examples are flattened from records: each (question, answer) is a VQA example (prompt = question,
+target = answer), each caption a captioning example (prompt = ``CAPTION_PROMPT``, target = caption).
+Example ids index the flat list ``SplitData.index`` of (record_idx, item_idx) (questions first,
+then captions, within a record).
+
+Batches are dicts of numpy arrays:
+  image       uint8   [B, H, W, 3]
+  prompt      int32   [B, Lp]   prompt tokens (no bos/eos), 0-padded, truncated to max_prompt_len
+  prompt_len  int32   [B]
+  target_in   int32   [B, Lt]   [bos, t1..tn, pad...]          (Lt = max_target_len;
+  target_out  int32   [B, Lt]   [t1..tn, eos, pad...]           targets truncated to Lt - 1)
+  target_mask float32 [B, Lt]   1 on t1..tn and eos
+  task        int32   [B]       0 = vqa, 1 = caption
+  qtype       int32   [B]       index into QUESTION_TYPES
+  example_id  int32   [B]       index into the split's flat example list (-1 on padding)
+  valid       bool    [B]       False on eval padding
+
+Train datasets are sharded by process (examples ``process_index::process_count``), shuffled with
+``config.seed``, repeated and batched with ``drop_remainder`` (per-process batch
+``config.batch_size // process_count``). Eval datasets are neither shuffled nor repeated; every
+process gets the same number of batches, the tail padded with ``valid=False`` examples.
+``iter(dataset)`` yields batches; its ``get_state()``/``set_state()`` resume exactly.
+"""
+from __future__ import annotations
+
+import logging
+import functools
+import math
+import os
+from typing import Sequence
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from mmjax.data import config as config_lib
+from mmjax.data import shapes
+from mmjax.data import tfds_builders
+from mmjax.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+
+CAPTION_PROMPT = "describe the image."
+QUESTION_TYPES = ("attribute", "spatial", "relational", "vqa", "caption")
+TASK_VQA, TASK_CAPTION = 0, 1
+TOKENIZER_FILENAME = "tokenizer.model"
+SPLITS = ("train", "validation", "test")
+
+
+def _data_cfg(config):
+  return config.data if "data" in config else config
+
+
+def _get(d, key, default):
+  try:
+    return d[key]
+  except (KeyError, AttributeError):
+    return default
+
+
+def data_dir(config) -> str:
+  d = _get(_data_cfg(config), "data_dir", "") or config_lib.default_data_dir()
+  return os.path.expanduser(os.fspath(d))
+
+
+def prepare_builder(config) -> tfds.core.DatasetBuilder:
+  """Builds (if missing) the TFDS dataset of ``config`` and returns its builder."""
+  d = _data_cfg(config)
+  ddir = data_dir(config)
+  image_size = int(_get(d, "image_size", 64))
+  seed = int(_get(d, "seed", 0))
+  manifest = _get(d, "manifest", "")
+  if manifest:
+    return tfds_builders.prepare_manifest(os.path.expanduser(manifest), ddir, image_size, seed)
+  qpt = _get(d, "questions_per_type", None)
+  qpt = dict(qpt) if qpt is not None else None
+  cfg = tfds_builders.shapes_config(
+      image_size=image_size, num_shapes=int(_get(d, "shapes", 3)),
+      train_scenes=int(_get(d, "train_scenes", 12000)),
+      validation_scenes=int(_get(d, "validation_scenes", 500)),
+      test_scenes=int(_get(d, "test_scenes", 1000)),
+      questions_per_type=qpt, seed=seed)
+  return tfds_builders.prepare_shapes(ddir, cfg)
+
+
+def _decode(x) -> str:
+  return x.decode("utf-8") if isinstance(x, (bytes, np.bytes_)) else str(x)
+
+
+def _read_texts(builder, split: str) -> list[dict]:
+  """Text fields of every record of ``split`` (image decoding skipped)."""
+  if split not in builder.info.splits or builder.info.splits[split].num_examples == 0:
+    return []
+  src = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+  out = []
+  n, chunk = len(src), 1024
+  rows = []
+  for start in range(0, n, chunk):
+    idx = list(range(start, min(n, start + chunk)))
+    rows.extend(src.__getitems__(idx) if hasattr(src, "__getitems__") else [src[i] for i in idx])
+  for r in rows:
+    out.append({k: [_decode(v) for v in r[k]]
+                for k in ("questions", "answers", "question_types", "captions")}
+               | {"id": _decode(r["id"])})
+  return out
+
+
+def tokenizer_path(builder) -> str:
+  return os.path.join(os.fspath(builder.data_dir), TOKENIZER_FILENAME)
+
+
+def tokenizer_training_texts(builder, records: list[dict] | None = None) -> list[str]:
+  records = _read_texts(builder, "train") if records is None else records
+  texts = [CAPTION_PROMPT]
+  if isinstance(builder, tfds_builders.MmjaxShapes):
+    texts += shapes.vocabulary_texts(builder.builder_config.num_shapes)
+  for r in records:
+    texts += r["questions"] + r["answers"] + r["captions"]
+  return texts
+
+
+def load_tokenizer(config, builder=None) -> Tokenizer:
+  """Loads ``tokenizer.model`` next to the prepared data, training it on the train split if
+  missing (or if it was trained for another vocab_size, recorded in ``tokenizer.model.vocab``)."""
+  builder = builder or prepare_builder(config)
+  vocab_size = int(_get(_data_cfg(config), "vocab_size", 512))
+  path = tokenizer_path(builder)
+  meta = path + ".vocab_size"
+  if os.path.exists(path) and os.path.exists(meta):
+    with open(meta) as f:
+      if f.read().strip() == str(vocab_size):
+        return Tokenizer.load(path)
+  logging.info("training tokenizer (vocab_size=%d) -> %s", vocab_size, path)
+  tok = Tokenizer.train(tokenizer_training_texts(builder), path, vocab_size)
+  tmp = meta + f".tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(str(vocab_size))
+  os.replace(tmp, meta)
+  return tok
+
+
+def prepare(config) -> tuple[tfds.core.DatasetBuilder, Tokenizer]:
+  """Builds the dataset if missing and returns (builder, tokenizer)."""
+  builder = prepare_builder(config)
+  return builder, load_tokenizer(config, builder)
+
+
+class SplitData:
+  """Random access to the flattened examples of one split (images read lazily)."""
+
+  def __init__(self, builder, split: str, tokenizer: Tokenizer, *, max_prompt_len: int = 16,
+               max_target_len: int = 64, captions: bool = True):
+    self.builder, self.split, self.tokenizer = builder, split, tokenizer
+    self.max_prompt_len, self.max_target_len = int(max_prompt_len), int(max_target_len)
+    if self.max_target_len < 2:
+      raise ValueError("max_target_len must be >= 2")
+    self.records = _read_texts(builder, split)
+    self._source = builder.as_data_source(split) if self.records else None
+    self.image_size = int(builder.info.features["image"].shape[0])
+    index, task, qtype, prompts, targets = [], [], [], [], []
+    self._cache = {}
+    caption_prompt = self._prompt(CAPTION_PROMPT)
+    for ri, r in enumerate(self.records):
+      for j, (q, a, qt) in enumerate(zip(r["questions"], r["answers"], r["question_types"])):
+        index.append((ri, j))
+        task.append(TASK_VQA)
+        qtype.append(QUESTION_TYPES.index(qt) if qt in QUESTION_TYPES else QUESTION_TYPES.index("vqa"))
+        prompts.append(self._prompt(q))
+        targets.append(self._target(a))
+      if captions:
+        nq = len(r["questions"])
+        for k, c in enumerate(r["captions"]):
+          index.append((ri, nq + k))
+          task.append(TASK_CAPTION)
+          qtype.append(QUESTION_TYPES.index("caption"))
+          prompts.append(caption_prompt)
+          targets.append(self._target(c))
+    self.index = np.asarray(index, np.int64).reshape(-1, 2)
+    self.task = np.asarray(task, np.int32)
+    self.qtype = np.asarray(qtype, np.int32)
+    self._prompts = prompts
+    self._targets = targets
+    del self._cache
+
+  def _prompt(self, text):
+    key = ("p", text)
+    if key not in self._cache:
+      self._cache[key] = self._make_prompt(text)
+    return self._cache[key]
+
+  def _target(self, text):
+    key = ("t", text)
+    if key not in self._cache:
+      self._cache[key] = self._make_target(text)
+    return self._cache[key]
+
+  def _make_prompt(self, text):
+    ids = self.tokenizer.encode(text)[: self.max_prompt_len]
+    p = np.zeros(self.max_prompt_len, np.int32)
+    p[: len(ids)] = ids
+    return p, len(ids)
+
+  def _make_target(self, text):
+    ids = self.tokenizer.encode(text)[: self.max_target_len - 1]
+    n, lt = len(ids), self.max_target_len
+    t_in = np.full(lt, PAD_ID, np.int32)
+    t_out = np.full(lt, PAD_ID, np.int32)
+    mask = np.zeros(lt, np.float32)
+    t_in[0] = BOS_ID
+    t_in[1: n + 1] = ids
+    t_out[:n] = ids
+    t_out[n] = EOS_ID
+    mask[: n + 1] = 1.0
+    return t_in, t_out, mask
+
+  def __len__(self) -> int:
+    return len(self.index)
+
+  def target_length(self, task: int) -> int:
+    """Target array length that fits every example of `task` (BOS/EOS included)."""
+    lengths = [int(m.sum()) for (_, _, m), t in zip(self._targets, self.task) if t == task]
+    return min(self.max_target_len, max(lengths, default=1) + 1)
+
+  def references(self, example_id: int):
+    """Reference text(s) of an example: the answer (str) for VQA, all captions (list) for
+    captioning."""
+    ri, j = (int(v) for v in self.index[int(example_id)])
+    r = self.records[ri]
+    if self.task[example_id] == TASK_VQA:
+      return r["answers"][j]
+    return list(r["captions"])
+
+  def prompt_text(self, example_id: int) -> str:
+    ri, j = (int(v) for v in self.index[int(example_id)])
+    if self.task[example_id] == TASK_VQA:
+      return self.records[ri]["questions"][j]
+    return CAPTION_PROMPT
+
+  def record_id(self, example_id: int) -> str:
+    return self.records[int(self.index[int(example_id)][0])]["id"]
+
+  def example(self, example_id: int) -> dict:
+    """One example (numpy arrays); ``example_id < 0`` gives an all-zero padding example."""
+    example_id = int(example_id)
+    if example_id < 0:
+      return self.padding_example()
+    ri = int(self.index[example_id][0])
+    image = np.asarray(self._source[ri]["image"], np.uint8)
+    prompt, plen = self._prompts[example_id]
+    t_in, t_out, mask = self._targets[example_id]
+    return {
+        "image": image, "prompt": prompt, "prompt_len": np.int32(plen),
+        "target_in": t_in, "target_out": t_out, "target_mask": mask,
+        "task": np.int32(self.task[example_id]), "qtype": np.int32(self.qtype[example_id]),
+        "example_id": np.int32(example_id), "valid": np.bool_(True),
+    }
+
+  def padding_example(self) -> dict:
+    s, lp, lt = self.image_size, self.max_prompt_len, self.max_target_len
+    return {
+        "image": np.zeros((s, s, 3), np.uint8), "prompt": np.zeros(lp, np.int32),
+        "prompt_len": np.int32(0), "target_in": np.zeros(lt, np.int32),
+        "target_out": np.zeros(lt, np.int32), "target_mask": np.zeros(lt, np.float32),
+        "task": np.int32(0), "qtype": np.int32(0), "example_id": np.int32(-1),
+        "valid": np.bool_(False),
+    }
+
+
+class _Ids:
+  """A random-access sequence of example ids (a grain source)."""
+
+  def __init__(self, ids: Sequence[int]):
+    self._ids = np.asarray(ids, np.int64)
+
+  def __len__(self):
+    return len(self._ids)
+
+  def __getitem__(self, i):
+    return int(self._ids[i])
+
+
+def load_split(config, split: str, tokenizer: Tokenizer | None = None,
+               builder=None) -> SplitData:
+  """Prepares (builds if missing) the data and tokenizer of ``config``; returns the split."""
+  if builder is None:
+    builder = prepare_builder(config)
+  if tokenizer is None:
+    tokenizer = load_tokenizer(config, builder)
+  d = _data_cfg(config)
+  return SplitData(builder, split, tokenizer,
+                   max_prompt_len=int(_get(d, "max_prompt_len", 16)),
+                   max_target_len=int(_get(d, "max_target_len", 64)),
+                   captions=bool(_get(d, "captions", True)))
+
+
+def shard_ids(n: int, process_index: int, process_count: int) -> np.ndarray:
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  return np.arange(n)[process_index::process_count]
+
+
+def make_dataset(config, split: str, data: SplitData | None = None, *, train: bool | None = None,
+                 batch_size: int | None = None, process_index: int = 0, process_count: int = 1,
+                 num_threads: int = 0):
+  """The batched grain dataset of ``split``.
+
+  train (default: split == "train"): shard, shuffle(config.seed), repeat, batch(drop_remainder).
+  eval: shard, pad to the same number of full batches on every process, batch.
+  batch_size is per process (default ``config.batch_size // process_count``).
+  num_threads > 0 reads examples with that many threads (an IterDataset; its iterator also
+  supports get_state/set_state); 0 returns a MapDataset.
+  """
+  data = data if data is not None else load_split(config, split)
+  train = (split == "train") if train is None else train
+  if batch_size is None:
+    batch_size = int(config.batch_size) // process_count
+  if batch_size <= 0:
+    raise ValueError(f"per-process batch size must be positive (got {batch_size})")
+  ids = shard_ids(len(data), process_index, process_count)
+  if train:
+    if len(ids) == 0:
+      raise ValueError(f"split {split!r} has no examples for process {process_index}")
+    ds = grain.MapDataset.source(_Ids(ids)).shuffle(seed=int(_get(config, "seed", 0))).repeat()
+  else:
+    per_process = math.ceil(len(data) / process_count)
+    padded = max(1, math.ceil(per_process / batch_size)) * batch_size
+    ids = np.concatenate([ids, -np.ones(padded - len(ids), np.int64)])
+    ds = grain.MapDataset.source(_Ids(ids))
+  ds = ds.map(data.example)
+  if num_threads > 0:
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                              prefetch_buffer_size=2 * batch_size))
+  return ds.batch(batch_size, drop_remainder=train)
+
+
+def _truncate_targets(example: dict, length: int) -> dict:
+  return example | {k: example[k][:length] for k in ("target_in", "target_out", "target_mask")}
+
+
+class Data:
+  """What the trainer, evaluator and sampler need from a prepared dataset, behind one object.
+
+  data = Data(config[, tokenizer_path]); data.tokenizer; data.train_iterator(...) is a grain
+  iterator whose get_state()/set_state() checkpoint the input position; data.eval_batches(...)
+  yields padded batches with a `valid` mask.
+  """
+
+  def __init__(self, config, tokenizer_path: str | None = None):
+    self.config = config
+    self.builder = prepare_builder(config)
+    self.tokenizer = Tokenizer.load(tokenizer_path) if tokenizer_path else load_tokenizer(config, self.builder)
+    self._splits: dict[str, SplitData] = {}
+
+  def split(self, name: str) -> SplitData:
+    if name not in SPLITS:
+      raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}.")
+    if name not in self._splits:
+      self._splits[name] = load_split(self.config, name, self.tokenizer, self.builder)
+    return self._splits[name]
+
+  def train_iterator(self, process_index: int = 0, process_count: int = 1):
+    """Endless shuffled batches of this process's share of the train split.
+
+    VQA and captioning examples are batched separately and the batches interleaved in proportion
+    to the number of examples of each task (grain's deterministic mix), so a VQA batch carries
+    targets only as long as the longest answer instead of the longest caption: most steps then
+    cost a fraction of a caption step. The iterator's get_state()/set_state() give the exact
+    position in this stream.
+    """
+    data = self.split("train")
+    batch_size = int(self.config.batch_size) // process_count
+    streams, weights = [], []
+    for task in (TASK_VQA, TASK_CAPTION):
+      ids = shard_ids(len(data), process_index, process_count)
+      ids = ids[data.task[ids] == task]
+      if len(ids) == 0:
+        continue
+      length = data.target_length(task)
+      ds = (grain.MapDataset.source(_Ids(ids)).shuffle(seed=int(self.config.seed) * 2 + task).repeat()
+            .map(data.example).map(functools.partial(_truncate_targets, length=length))
+            .batch(batch_size, drop_remainder=True))
+      streams.append(ds)
+      weights.append(len(ids))
+    if not streams:
+      raise ValueError(f"the train split of {self.builder.name} has no examples for process {process_index}.")
+    return iter(streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights))
+
+  def eval_batches(self, split: str, batch_size: int, max_examples: int = 0, process_index: int = 0,
+                   process_count: int = 1):
+    """Batches of `split` (its first `max_examples` examples when > 0), every batch full size:
+    padding rows have valid=False. Every process yields the same number of batches."""
+    data = self.split(split)
+    n = len(data) if max_examples <= 0 else min(max_examples, len(data))
+    if n == 0:
+      raise ValueError(f"split {split!r} of {self.builder.name} has no examples.")
+    per_process = batch_size // process_count
+    ids = shard_ids(n, process_index, process_count)
+    # VQA first, then captions: a batch of short answers stops decoding after a few tokens.
+    ids = ids[np.argsort(data.task[ids], kind="stable")]
+    padded = max(1, math.ceil(math.ceil(n / process_count) / per_process)) * per_process
+    ids = np.concatenate([ids, -np.ones(padded - len(ids), np.int64)])
+    for start in range(0, padded, per_process):
+      rows = [data.example(i) for i in ids[start:start + per_process]]
+      yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+  def references(self, split: str, example_id: int) -> list[str]:
+    refs = self.split(split).references(example_id)
+    return [refs] if isinstance(refs, str) else list(refs)
+
+  def image(self, split: str, example_id: int) -> np.ndarray:
+    return self.split(split).example(example_id)["image"]
+
+  @staticmethod
+  def task_name(task: int) -> str:
+    return "vqa" if task == TASK_VQA else "caption"
+
+  @staticmethod
+  def qtype_name(qtype: int) -> str:
+    return QUESTION_TYPES[qtype]

@@ -1,0 +1,271 @@
+"""Procedural "shapes" scenes (Sort-of-CLEVR style): images, captions and question/answer pairs.
+
+Everything is generated with numpy from a seed; nothing is downloaded.
+
+A scene holds six objects, one of each colour in ``COLORS`` (so "the red object" is always unique),
+with a shape drawn from the first ``num_shapes`` (2 or 3) entries of ``SHAPES``. Objects are about
+``image_size / 7`` pixels wide, at random non-overlapping positions, drawn on a black background.
+Geometry conventions: an object sits at integer pixel ``(x, y)`` (column, row); its continuous centre
+is ``(x + 0.5, y + 0.5)``. "On the left" means the centre is in the left image half (likewise
+right/top/bottom; with the +0.5 convention no centre lies exactly on a half line). The coarse 3x3
+position words split the image into thirds of the continuous centre.
+
+Captions list all six objects in the canonical colour order, e.g.
+``"a red circle at the top left, a green square at the center, ..."``.
+
+Question templates (answers are single lowercase words):
+
+* attribute: ``what shape is the <color> object?`` / ``what color is the <shape> at the <pos>?``
+  (the latter only for a (shape, position word) pair that is unique in the scene);
+* spatial: ``is the <color> object on the left|right|top|bottom?`` -> yes/no;
+* relational: ``what shape is the object closest to the <color> object?``,
+  ``what shape is the object furthest from the <color> object?``,
+  ``how many objects have the same shape as the <color> object?`` (the count includes the object
+  itself, answered one..six), ``what color is the object closest to the <color> object?``.
+  Questions whose answer would depend on a distance tie are never asked.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import numpy as np
+
+COLORS = ("red", "green", "blue", "orange", "gray", "yellow")
+COLOR_RGB = {
+    "red": (230, 25, 25),
+    "green": (30, 200, 40),
+    "blue": (30, 70, 240),
+    "orange": (255, 140, 0),
+    "gray": (140, 140, 140),
+    "yellow": (250, 235, 30),
+}
+SHAPES = ("circle", "square", "triangle")
+BACKGROUND = (0, 0, 0)
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
+POSITION_WORDS = (
+    ("top left", "top", "top right"),
+    ("left", "center", "right"),
+    ("bottom left", "bottom", "bottom right"),
+)
+QUESTION_KINDS = ("attribute", "spatial", "relational")
+DEFAULT_QUESTIONS_PER_TYPE = {"attribute": 2, "spatial": 2, "relational": 4}
+
+ATTRIBUTE_TEMPLATES = (
+    "what shape is the {color} object?",
+    "what color is the {shape} at the {pos}?",
+)
+SPATIAL_TEMPLATES = (
+    "is the {color} object on the left?",
+    "is the {color} object on the right?",
+    "is the {color} object on the top?",
+    "is the {color} object on the bottom?",
+)
+RELATIONAL_TEMPLATES = (
+    "what shape is the object closest to the {color} object?",
+    "what shape is the object furthest from the {color} object?",
+    "how many objects have the same shape as the {color} object?",
+    "what color is the object closest to the {color} object?",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneObject:
+  color: str
+  shape: str
+  x: int  # column of the centre pixel
+  y: int  # row of the centre pixel
+
+
+@dataclasses.dataclass
+class Scene:
+  objects: tuple[SceneObject, ...]
+  image: np.ndarray  # uint8 [S, S, 3]
+  caption: str
+  questions: list[str]
+  answers: list[str]
+  question_types: list[str]
+  image_size: int
+
+
+def object_size(image_size: int) -> int:
+  """Object width in pixels (about 1/7 of the image)."""
+  return max(5, int(round(image_size / 7)))
+
+
+def position_word(obj: SceneObject, image_size: int) -> str:
+  col = min(2, int(3 * (obj.x + 0.5) / image_size))
+  row = min(2, int(3 * (obj.y + 0.5) / image_size))
+  return POSITION_WORDS[row][col]
+
+
+def _as_rng(seed) -> np.random.Generator:
+  if isinstance(seed, np.random.Generator):
+    return seed
+  return np.random.default_rng(seed)
+
+
+def _check_args(image_size: int, num_shapes: int):
+  if not 32 <= image_size <= 256:
+    raise ValueError(f"image_size must be in [32, 256] (64-128 recommended), got {image_size}")
+  if num_shapes not in (2, 3):
+    raise ValueError(f"num_shapes must be 2 or 3, got {num_shapes}")
+
+
+def sample_objects(seed, image_size: int = 64, num_shapes: int = 3) -> tuple[SceneObject, ...]:
+  """Samples the six objects (one per colour, in COLORS order) with non-overlapping boxes."""
+  _check_args(image_size, num_shapes)
+  rng = _as_rng(seed)
+  size = object_size(image_size)
+  half = size // 2
+  lo, hi = half + 1, image_size - half - 2  # inclusive centre range, keeps a 1px border
+  min_sep = 2 * half + 2  # boxes [x-half, x+half] separated by >= 1 background pixel
+  shapes = SHAPES[:num_shapes]
+  while True:
+    placed: list[tuple[int, int]] = []
+    for _ in range(len(COLORS)):
+      for _ in range(200):
+        x, y = (int(v) for v in rng.integers(lo, hi + 1, size=2))
+        if all(max(abs(x - px), abs(y - py)) >= min_sep for px, py in placed):
+          placed.append((x, y))
+          break
+      else:
+        break
+    if len(placed) == len(COLORS):
+      break
+  shape_idx = rng.integers(0, num_shapes, size=len(COLORS))
+  return tuple(
+      SceneObject(color=c, shape=shapes[int(s)], x=x, y=y)
+      for c, s, (x, y) in zip(COLORS, shape_idx, placed))
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(image_size: int):
+  yy, xx = np.mgrid[0:image_size, 0:image_size]
+  return yy, xx
+
+
+def object_mask(obj: SceneObject, image_size: int) -> np.ndarray:
+  """Boolean [S, S] mask of the pixels covered by ``obj``."""
+  yy, xx = _grid(image_size)
+  r = object_size(image_size) / 2
+  dx, dy = xx - obj.x, yy - obj.y
+  if obj.shape == "circle":
+    return dx * dx + dy * dy <= r * r
+  if obj.shape == "square":
+    return (np.abs(dx) <= r) & (np.abs(dy) <= r)
+  if obj.shape == "triangle":  # apex up
+    return (dy >= -r) & (dy <= r) & (np.abs(dx) <= (dy + r) / 2)
+  raise ValueError(f"unknown shape {obj.shape!r}")
+
+
+def render(objects: Sequence[SceneObject], image_size: int) -> np.ndarray:
+  img = np.empty((image_size, image_size, 3), np.uint8)
+  img[...] = BACKGROUND
+  for obj in objects:
+    img[object_mask(obj, image_size)] = COLOR_RGB[obj.color]
+  return img
+
+
+def caption(objects: Sequence[SceneObject], image_size: int) -> str:
+  by_color = {o.color: o for o in objects}
+  return ", ".join(
+      f"{'an' if c[0] in 'aeiou' else 'a'} {c} {by_color[c].shape} at the "
+      f"{position_word(by_color[c], image_size)}"
+      for c in COLORS if c in by_color)
+
+
+def _sqdist(a: SceneObject, b: SceneObject) -> int:
+  return (a.x - b.x) ** 2 + (a.y - b.y) ** 2
+
+
+def _extreme(objects, ref: SceneObject, closest: bool):
+  """The unique closest/furthest other object, or None on a distance tie."""
+  others = sorted((o for o in objects if o is not ref), key=lambda o: _sqdist(o, ref),
+                  reverse=not closest)
+  if len(others) > 1 and _sqdist(others[0], ref) == _sqdist(others[1], ref):
+    return None
+  return others[0]
+
+
+def _ask(kind: str, objects, image_size: int, rng: np.random.Generator):
+  """One (question, answer) of ``kind`` or None when the sampled instance is ambiguous."""
+  color = COLORS[int(rng.integers(len(COLORS)))]
+  ref = next(o for o in objects if o.color == color)
+  mid = image_size / 2
+  if kind == "attribute":
+    t = int(rng.integers(len(ATTRIBUTE_TEMPLATES)))
+    if t == 0:
+      return ATTRIBUTE_TEMPLATES[0].format(color=color), ref.shape
+    keys = [(o.shape, position_word(o, image_size)) for o in objects]
+    unique = [o for o, k in zip(objects, keys) if keys.count(k) == 1]
+    if not unique:
+      return None
+    o = unique[int(rng.integers(len(unique)))]
+    return ATTRIBUTE_TEMPLATES[1].format(shape=o.shape, pos=position_word(o, image_size)), o.color
+  if kind == "spatial":
+    t = int(rng.integers(len(SPATIAL_TEMPLATES)))
+    cx, cy = ref.x + 0.5, ref.y + 0.5
+    truth = (cx < mid, cx > mid, cy < mid, cy > mid)[t]
+    return SPATIAL_TEMPLATES[t].format(color=color), "yes" if truth else "no"
+  if kind == "relational":
+    t = int(rng.integers(len(RELATIONAL_TEMPLATES)))
+    q = RELATIONAL_TEMPLATES[t].format(color=color)
+    if t == 2:
+      return q, NUMBER_WORDS[sum(o.shape == ref.shape for o in objects)]
+    other = _extreme(objects, ref, closest=(t != 1))
+    if other is None:
+      return None
+    return q, (other.color if t == 3 else other.shape)
+  raise ValueError(f"unknown question kind {kind!r}")
+
+
+def generate_questions(objects, image_size: int, rng: np.random.Generator,
+                       questions_per_type=None):
+  """Returns (questions, answers, question_types); no duplicated question within a scene."""
+  counts = dict(DEFAULT_QUESTIONS_PER_TYPE if questions_per_type is None else questions_per_type)
+  unknown = set(counts) - set(QUESTION_KINDS)
+  if unknown:
+    raise ValueError(f"unknown question types {sorted(unknown)}; expected {QUESTION_KINDS}")
+  questions, answers, qtypes = [], [], []
+  for kind in QUESTION_KINDS:
+    for _ in range(int(counts.get(kind, 0))):
+      for _ in range(50):
+        qa = _ask(kind, objects, image_size, rng)
+        if qa is not None and qa[0] not in questions:
+          questions.append(qa[0])
+          answers.append(qa[1])
+          qtypes.append(kind)
+          break
+  return questions, answers, qtypes
+
+
+def generate_scene(seed, image_size: int = 64, num_shapes: int = 3,
+                   questions_per_type=None) -> Scene:
+  """The scene for ``seed`` (an int, a sequence of ints or a numpy Generator)."""
+  rng = _as_rng(seed)
+  objects = sample_objects(rng, image_size, num_shapes)
+  qs, ans, qts = generate_questions(objects, image_size, rng, questions_per_type)
+  return Scene(objects=objects, image=render(objects, image_size),
+               caption=caption(objects, image_size), questions=qs, answers=ans,
+               question_types=qts, image_size=image_size)
+
+
+SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
+
+
+def scene_seed(seed: int, split: str, index: int) -> list[int]:
+  """The seed of scene ``index`` of ``split``: independent streams per (seed, split, index)."""
+  return [int(seed), SPLIT_IDS[split], int(index)]
+
+
+def vocabulary_texts(num_shapes: int = 3) -> list[str]:
+  """Every template word, so a tokenizer can cover the whole template vocabulary."""
+  words = set(COLORS) | set(SHAPES[:num_shapes]) | set(NUMBER_WORDS) | {"yes", "no", "a", "an"}
+  for row in POSITION_WORDS:
+    words |= set(" ".join(row).split())
+  out = sorted(words)
+  for t in ATTRIBUTE_TEMPLATES + SPATIAL_TEMPLATES + RELATIONAL_TEMPLATES:
+    out.append(t.format(color="red", shape="circle", pos="top left"))
+  return out

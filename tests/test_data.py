@@ -1,0 +1,436 @@
+"""Tests for mmjax.data: shapes scenes, TFDS builders, manifests and the grain pipeline."""
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmjax.data import default_data_config
+from mmjax.data import manifest as manifest_lib
+from mmjax.data import pipeline
+from mmjax.data import shapes
+from mmjax.data import tfds_builders
+
+# ------------------------------------------------------------------------------------------------
+# Scenes
+
+
+def test_scene_deterministic_and_seed_dependent():
+  a = shapes.generate_scene([3, 0, 7])
+  b = shapes.generate_scene([3, 0, 7])
+  c = shapes.generate_scene([3, 0, 8])
+  assert a.objects == b.objects and np.array_equal(a.image, b.image)
+  assert (a.caption, a.questions, a.answers) == (b.caption, b.questions, b.answers)
+  assert a.objects != c.objects
+
+
+@pytest.mark.parametrize("image_size,num_shapes", [(64, 3), (96, 2), (128, 3)])
+def test_scene_objects_colours_and_overlap(image_size, num_shapes):
+  for i in range(30):
+    s = shapes.generate_scene([0, 0, i], image_size, num_shapes)
+    assert s.image.shape == (image_size, image_size, 3) and s.image.dtype == np.uint8
+    assert sorted(o.color for o in s.objects) == sorted(shapes.COLORS)
+    assert {o.shape for o in s.objects} <= set(shapes.SHAPES[:num_shapes])
+    masks = [shapes.object_mask(o, image_size) for o in s.objects]
+    assert (np.sum(masks, axis=0) <= 1).all()  # non-overlapping
+    for o, m in zip(s.objects, masks):
+      assert m.sum() > 10
+      assert tuple(s.image[o.y, o.x]) == shapes.COLOR_RGB[o.color]
+      assert (s.image[m] == shapes.COLOR_RGB[o.color]).all()
+    assert (s.image[~np.any(masks, axis=0)] == shapes.BACKGROUND).all()
+
+
+def test_scene_questions_counts_and_vocabulary():
+  vocab = set()
+  for t in shapes.vocabulary_texts():
+    vocab |= set(t.replace("?", " ").split())
+  answers = set(shapes.COLORS) | set(shapes.SHAPES) | {"yes", "no"} | set(shapes.NUMBER_WORDS)
+  for i in range(50):
+    s = shapes.generate_scene([1, 0, i], questions_per_type={"attribute": 1, "spatial": 3,
+                                                             "relational": 5})
+    assert s.question_types == ["attribute"] + ["spatial"] * 3 + ["relational"] * 5
+    assert len(set(s.questions)) == len(s.questions)
+    for text in s.questions + s.answers + [s.caption]:
+      assert text == text.lower()
+      assert set(text.replace("?", " ").replace(",", " ").split()) <= vocab, text
+    assert set(s.answers) <= answers
+    assert all(len(a.split()) == 1 for a in s.answers)
+
+
+# Independent answer oracle: parses the question and brute-forces the answer from the objects.
+def _oracle(q, objs, size):
+  cen = {o.color: ((o.x + 0.5) / size, (o.y + 0.5) / size) for o in objs}
+  by = {o.color: o for o in objs}
+
+  def dist(a, b):
+    return math.hypot(cen[a][0] - cen[b][0], cen[a][1] - cen[b][1])
+
+  def pos(o):
+    fx, fy = cen[o.color]
+    row = ["top", "", "bottom"][min(2, int(fy * 3))]
+    col = ["left", "", "right"][min(2, int(fx * 3))]
+    return " ".join(w for w in (row, col) if w) or "center"
+
+  if m := re.fullmatch(r"what shape is the (\w+) object\?", q):
+    return by[m[1]].shape
+  if m := re.fullmatch(r"what color is the (\w+) at the ([\w ]+)\?", q):
+    hits = [o for o in objs if o.shape == m[1] and pos(o) == m[2]]
+    assert len(hits) == 1, q
+    return hits[0].color
+  if m := re.fullmatch(r"is the (\w+) object on the (left|right|top|bottom)\?", q):
+    fx, fy = cen[m[1]]
+    return "yes" if {"left": fx < .5, "right": fx > .5, "top": fy < .5,
+                     "bottom": fy > .5}[m[2]] else "no"
+  if m := re.fullmatch(r"what (shape|color) is the object (closest to|furthest from) the (\w+) object\?", q):
+    others = [c for c in cen if c != m[3]]
+    ds = sorted(dist(m[3], c) for c in others)
+    target = ds[0] if m[2] == "closest to" else ds[-1]
+    best = [c for c in others if dist(m[3], c) == target]
+    assert len(best) == 1, q  # never asked when tied
+    return best[0] if m[1] == "color" else by[best[0]].shape
+  if m := re.fullmatch(r"how many objects have the same shape as the (\w+) object\?", q):
+    n = sum(o.shape == by[m[1]].shape for o in objs)
+    return ["zero", "one", "two", "three", "four", "five", "six"][n]
+  raise AssertionError(f"unknown template: {q}")
+
+
+def test_answers_match_independent_oracle():
+  templates = set()
+  for i in range(300):
+    s = shapes.generate_scene([5, 0, i], 64, 3, {"attribute": 2, "spatial": 4, "relational": 8})
+    for q, a in zip(s.questions, s.answers):
+      assert _oracle(q, s.objects, 64) == a, (q, a, s.objects)
+      templates.add(re.sub(r"\b(red|green|blue|orange|gray|yellow)\b", "{color}", q))
+  for t in shapes.RELATIONAL_TEMPLATES + shapes.SPATIAL_TEMPLATES + shapes.ATTRIBUTE_TEMPLATES[:1]:
+    assert t in templates, t
+
+
+def test_caption_matches_objects():
+  s = shapes.generate_scene([0, 0, 0])
+  parts = s.caption.split(", ")
+  assert len(parts) == 6
+  for part, color in zip(parts, shapes.COLORS):
+    o = next(o for o in s.objects if o.color == color)
+    assert part == f"{'an' if color == 'orange' else 'a'} {color} {o.shape} at the " + \
+        shapes.position_word(o, 64)
+
+
+# ------------------------------------------------------------------------------------------------
+# TFDS shapes
+
+
+def _cfg(data_dir, **data):
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 8
+  c.data = default_data_config()
+  c.data.data_dir = str(data_dir)
+  c.data.train_scenes, c.data.validation_scenes, c.data.test_scenes = 24, 5, 5
+  c.data.vocab_size = 400
+  c.data.update(data)
+  return c
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory):
+  d = tmp_path_factory.mktemp("shapes_tfds")
+  cfg = _cfg(d)
+  builder, tok = pipeline.prepare(cfg)
+  return cfg, builder, tok
+
+
+def test_shapes_build_and_read(shapes_data):
+  cfg, builder, tok = shapes_data
+  assert tfds_builders.split_sizes(builder) == {"train": 24, "validation": 5, "test": 5}
+  assert "s64_k3_n24-5-5_q2-2-4_seed0" in str(builder.data_dir)
+  assert os.path.exists(pipeline.tokenizer_path(builder))
+  hashes = {}
+  for split in ("train", "validation", "test"):
+    src = builder.as_data_source(split)
+    for i in range(len(src)):
+      r = src[i]
+      split_name, idx = r["id"].decode().rsplit("_", 1)
+      scene = shapes.generate_scene(shapes.scene_seed(0, split_name, int(idx)))
+      assert split_name == split
+      assert np.array_equal(r["image"], scene.image)
+      assert [q.decode() for q in r["questions"]] == scene.questions
+      assert [a.decode() for a in r["answers"]] == scene.answers
+      assert [c.decode() for c in r["captions"]] == [scene.caption]
+      h = hashlib.sha256(r["image"].tobytes()).hexdigest()
+      assert h not in hashes, (split, hashes.get(h))
+      hashes[h] = split
+  # already prepared: no rebuild, same dir
+  again = tfds_builders.prepare_shapes(cfg.data.data_dir, tfds_builders.shapes_config(
+      train_scenes=24, validation_scenes=5, test_scenes=5))
+  assert again.data_dir == builder.data_dir
+
+
+def test_shapes_config_names_differ():
+  a = tfds_builders.shapes_config(image_size=64)
+  b = tfds_builders.shapes_config(image_size=96)
+  c = tfds_builders.shapes_config(num_shapes=2)
+  d = tfds_builders.shapes_config(questions_per_type={"relational": 1})
+  assert len({a.name, b.name, c.name, d.name}) == 4
+
+
+# ------------------------------------------------------------------------------------------------
+# Pipeline
+
+KEYS = {"image": np.uint8, "prompt": np.int32, "prompt_len": np.int32, "target_in": np.int32,
+        "target_out": np.int32, "target_mask": np.float32, "task": np.int32, "qtype": np.int32,
+        "example_id": np.int32, "valid": np.bool_}
+
+
+def test_pipeline_batches(shapes_data):
+  cfg, builder, tok = shapes_data
+  data = pipeline.load_split(cfg, "train", tok, builder)
+  assert len(data) == 24 * (8 + 1)
+  ds = pipeline.make_dataset(cfg, "train", data)
+  batch = next(iter(ds))
+  assert set(batch) == set(KEYS)
+  for k, dt in KEYS.items():
+    assert batch[k].dtype == dt, k
+  b, lp, lt = 8, cfg.data.max_prompt_len, cfg.data.max_target_len
+  assert batch["image"].shape == (b, 64, 64, 3)
+  assert batch["prompt"].shape == (b, lp) and batch["target_in"].shape == (b, lt)
+  assert batch["target_out"].shape == batch["target_mask"].shape == (b, lt)
+  assert batch["valid"].all()
+  for i in range(b):
+    eid = int(batch["example_id"][i])
+    n = int(batch["target_mask"][i].sum())
+    assert batch["target_in"][i, 0] == tok.bos_id
+    assert batch["target_out"][i, n - 1] == tok.eos_id
+    assert (batch["target_in"][i, 1:n] == batch["target_out"][i, :n - 1]).all()
+    assert (batch["target_out"][i, n:] == 0).all() and (batch["target_in"][i, n:] == 0).all()
+    assert tok.decode(batch["prompt"][i]) == data.prompt_text(eid)
+    assert int(batch["prompt_len"][i]) == len(tok.encode(data.prompt_text(eid)))
+    ref = data.references(eid)
+    if batch["task"][i] == pipeline.TASK_VQA:
+      assert tok.decode(batch["target_out"][i]) == ref
+      assert pipeline.QUESTION_TYPES[batch["qtype"][i]] in ("attribute", "spatial", "relational")
+    else:
+      assert tok.decode(batch["target_out"][i]) in ref
+      assert pipeline.QUESTION_TYPES[batch["qtype"][i]] == "caption"
+      assert tok.decode(batch["prompt"][i]) == pipeline.CAPTION_PROMPT
+    rec = builder.as_data_source("train")[int(data.index[eid][0])]
+    assert np.array_equal(batch["image"][i], rec["image"])
+
+
+def test_pipeline_no_captions(shapes_data):
+  cfg, builder, tok = shapes_data
+  cfg = cfg.copy_and_resolve_references()
+  cfg.data.captions = False
+  data = pipeline.load_split(cfg, "train", tok, builder)
+  assert len(data) == 24 * 8 and (data.task == pipeline.TASK_VQA).all()
+
+
+def test_grain_state_resumes_exactly(shapes_data):
+  cfg, builder, tok = shapes_data
+  data = pipeline.load_split(cfg, "train", tok, builder)
+  ds = pipeline.make_dataset(cfg, "train", data)
+  it = iter(ds)
+  for _ in range(5):
+    next(it)
+  state = it.get_state()
+  cont = [next(it) for _ in range(30)]  # crosses epoch boundaries (27 batches per epoch)
+  it2 = iter(pipeline.make_dataset(cfg, "train", data))
+  it2.set_state(state)
+  for a in cont:
+    b = next(it2)
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+  # The same config gives the same order; the order is shuffled and epochs differ.
+  first = [next(iter(pipeline.make_dataset(cfg, "train", data)))["example_id"]]
+  np.testing.assert_array_equal(first[0], next(iter(ds))["example_id"])
+  ids = np.concatenate([next(it3)["example_id"] for it3 in [iter(ds)] for _ in range(27)])
+  assert sorted(ids.tolist()) == list(range(len(data)))
+  assert ids.tolist() != list(range(len(data)))
+
+
+def test_grain_state_threaded(shapes_data):
+  cfg, builder, tok = shapes_data
+  data = pipeline.load_split(cfg, "train", tok, builder)
+  it = iter(pipeline.make_dataset(cfg, "train", data, num_threads=2))
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  cont = [next(it)["example_id"] for _ in range(5)]
+  it2 = iter(pipeline.make_dataset(cfg, "train", data, num_threads=2))
+  it2.set_state(state)
+  for a in cont:
+    np.testing.assert_array_equal(a, next(it2)["example_id"])
+
+
+def test_shards_disjoint_and_cover(shapes_data):
+  cfg, builder, tok = shapes_data
+  data = pipeline.load_split(cfg, "train", tok, builder)
+  n = len(data)
+  per = []
+  for p in range(2):
+    ds = pipeline.make_dataset(cfg, "train", data, process_index=p, process_count=2)
+    assert ds[0]["image"].shape[0] == cfg.batch_size // 2
+    it = iter(ds)
+    shard_n = len(pipeline.shard_ids(n, p, 2))
+    ids = np.concatenate([next(it)["example_id"] for _ in range(shard_n // 4)])
+    per.append(set(ids.tolist()))
+    assert len(per[-1]) == len(ids)  # no repeats within an epoch
+  assert not per[0] & per[1]
+  assert len(per[0] | per[1]) == n  # (n and shards divisible by 4 here)
+  # eval: same number of batches per process, valid examples cover the split exactly once
+  vdata = pipeline.load_split(cfg, "validation", tok, builder)
+  got, nb = [], set()
+  for p in range(2):
+    batches = list(pipeline.make_dataset(cfg, "validation", vdata, batch_size=4,
+                                         process_index=p, process_count=2))
+    nb.add(len(batches))
+    for b in batches:
+      got += b["example_id"][b["valid"]].tolist()
+      assert (b["example_id"][~b["valid"]] == -1).all()
+      assert (b["target_mask"][~b["valid"]] == 0).all()
+  assert len(nb) == 1
+  assert sorted(got) == list(range(len(vdata)))
+
+
+def test_eval_not_shuffled_padded(shapes_data):
+  cfg, builder, tok = shapes_data
+  data = pipeline.load_split(cfg, "test", tok, builder)
+  batches = list(pipeline.make_dataset(cfg, "test", data))
+  assert len(batches) == math.ceil(len(data) / 8)
+  ids = np.concatenate([b["example_id"] for b in batches])
+  valid = np.concatenate([b["valid"] for b in batches])
+  assert ids[valid].tolist() == list(range(len(data)))
+  assert all(b["image"].shape[0] == 8 for b in batches)
+
+
+# ------------------------------------------------------------------------------------------------
+# Manifests
+
+
+def _write_images(d):
+  (d / "imgs").mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(d / "imgs/rgb.png")
+  Image.fromarray(rng.integers(0, 255, (20, 30, 4), dtype=np.uint8), "RGBA").save(
+      d / "imgs/rgba.png")
+  Image.fromarray(rng.integers(0, 255, (50, 100), dtype=np.uint8), "L").save(d / "imgs/gray.jpg")
+  for i in range(7):
+    Image.fromarray(np.full((40, 40, 3), 30 * i, np.uint8)).save(d / f"imgs/x{i}.png")
+  (d / "imgs/broken.png").write_bytes(b"not an image")
+
+
+GOOD_LINES = [
+    {"image": "imgs/rgb.png", "question": "what is it?", "answer": "noise"},
+    {"image": "imgs/rgb.png", "caption": "colourful noise"},
+    {"image": "imgs/rgba.png", "question": "is it transparent?", "answer": "partly",
+     "split": "validation"},
+    {"image": "imgs/gray.jpg", "caption": "grey static", "split": "test"},
+    {"image": "imgs/gray.jpg", "caption": "a noisy grey picture"},
+] + [{"image": f"imgs/x{i}.png", "question": "how bright?", "answer": str(i)} for i in range(7)]
+
+
+def _write_manifest(d, lines, name="manifest.jsonl"):
+  p = d / name
+  p.write_text("\n".join(l if isinstance(l, str) else json.dumps(l) for l in lines) + "\n")
+  return p
+
+
+def test_manifest_builds_and_reads(tmp_path):
+  src = tmp_path / "src"
+  _write_images(src)
+  m = _write_manifest(src, GOOD_LINES)
+  data_dir = tmp_path / "data"
+  builder = tfds_builders.prepare_manifest(str(m), str(data_dir), image_size=32)
+  sizes = tfds_builders.split_sizes(builder)
+  assert sum(sizes.values()) == 10  # grouped per image
+  assert sizes["validation"] >= 1 and sizes["test"] >= 1
+  recs = {}
+  for split in ("train", "validation", "test"):
+    ds = builder.as_data_source(split)
+    for i in range(len(ds)):
+      r = ds[i]
+      assert r["image"].shape == (32, 32, 3) and r["image"].dtype == np.uint8
+      recs[r["id"].decode()] = (split, r)
+  assert recs["imgs/rgba.png"][0] == "validation"
+  assert recs["imgs/gray.jpg"][0] == "test"
+  r = recs["imgs/rgb.png"][1]
+  assert [q.decode() for q in r["questions"]] == ["what is it?"]
+  assert [q.decode() for q in r["question_types"]] == ["vqa"]
+  assert [c.decode() for c in r["captions"]] == ["colourful noise"]
+  g = recs["imgs/gray.jpg"][1]
+  assert [c.decode() for c in g["captions"]] == ["grey static", "a noisy grey picture"]
+  assert np.array_equal(g["image"], manifest_lib.load_image(str(src / "imgs/gray.jpg"), 32))
+  assert (g["image"][..., 0] == g["image"][..., 1]).all()
+  # Pipeline over the manifest (tokenizer trained on it).
+  cfg = _cfg(data_dir, manifest=str(m), image_size=32)
+  cfg.batch_size = 4
+  data = pipeline.load_split(cfg, "train")
+  assert sorted(pipeline.QUESTION_TYPES[q] for q in set(data.qtype.tolist())) <= ["caption", "vqa"]
+  batch = next(iter(pipeline.make_dataset(cfg, "train", data)))
+  assert batch["image"].shape == (4, 32, 32, 3)
+  tok = data.tokenizer
+  for i in range(4):
+    eid = int(batch["example_id"][i])
+    ref = data.references(eid)
+    out = tok.decode(batch["target_out"][i])
+    assert out == ref if isinstance(ref, str) else out in ref
+  # A changed manifest goes to a new directory.
+  m2 = _write_manifest(src, GOOD_LINES[:-1])
+  b2 = tfds_builders.prepare_manifest(str(m2), str(data_dir), image_size=32)
+  assert b2.data_dir != builder.data_dir
+  assert sum(tfds_builders.split_sizes(b2).values()) == 9
+
+
+BAD = [
+    ("{not json", None, "invalid JSON"),
+    ({"image": "imgs/missing.png", "caption": "x"}, "image", "not found"),
+    ({"image": "imgs/broken.png", "caption": "x"}, "image", "cannot read"),
+    ({"caption": "x"}, "image", "missing"),
+    ({"image": "imgs/rgb.png", "question": "q?"}, "answer", "without answer"),
+    ({"image": "imgs/rgb.png", "answer": "a"}, "question", "without question"),
+    ({"image": "imgs/rgb.png", "question": "  ", "answer": "a"}, "question", "empty"),
+    ({"image": "imgs/rgb.png", "question": "q?", "answer": ""}, "answer", "empty"),
+    ({"image": "imgs/rgb.png", "caption": ""}, "caption", "empty"),
+    ({"image": "imgs/rgb.png", "caption": "x", "colour": "red"}, "colour", "unknown key"),
+    ({"image": "imgs/rgb.png", "caption": "x", "split": "dev"}, "split", "not one of"),
+    ({"image": "imgs/rgb.png", "caption": "x", "split": "test"}, "split", "already assigned"),
+    ({"image": "imgs/rgb.png"}, "question", "neither"),
+    ({"image": 3, "caption": "x"}, "image", "string"),
+]
+
+
+@pytest.mark.parametrize("line,key,msg", BAD, ids=[f"{i}-{b[1]}" for i, b in enumerate(BAD)])
+def test_manifest_bad_inputs(tmp_path, line, key, msg):
+  src = tmp_path / "src"
+  _write_images(src)
+  first = {"image": "imgs/rgb.png", "caption": "ok", "split": "train"}
+  m = _write_manifest(src, [first, GOOD_LINES[2], line] + GOOD_LINES[5:])
+  data_dir = tmp_path / "data"
+  with pytest.raises(ValueError) as e:
+    tfds_builders.prepare_manifest(str(m), str(data_dir))
+  text = str(e.value)
+  assert f"{m}:3" in text, text
+  if key:
+    assert f"key '{key}'" in text, text
+  assert msg in text, text
+  assert not data_dir.exists() or not any(data_dir.rglob("*"))
+
+
+def test_manifest_generation_failure_cleans_up(tmp_path, monkeypatch):
+  src = tmp_path / "src"
+  _write_images(src)
+  m = _write_manifest(src, GOOD_LINES)
+  data_dir = tmp_path / "data"
+
+  def boom(*a, **k):
+    raise RuntimeError("disk on fire")
+
+  monkeypatch.setattr(manifest_lib, "load_image", boom)
+  with pytest.raises(RuntimeError):
+    tfds_builders.prepare_manifest(str(m), str(data_dir))
+  assert not data_dir.exists() or not any(data_dir.rglob("*"))
