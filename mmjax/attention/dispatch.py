@@ -6,9 +6,19 @@ Implementations (see README "Attention" for the `auto` table):
   triton       our fused Triton kernel (mmjax.kernels), GPU only.
   cudnn        jax.nn.dot_product_attention(implementation="cudnn") when the mask fits it; GPU only.
   splash       Pallas TPU splash attention from the same mask description; TPU (or interpret mode).
-  auto         the fastest correct choice for the platform and mask.
+  auto         the fastest correct choice for the platform and mask (table below).
 An implementation that cannot serve a request raises UnsupportedAttention naming the reason; there
 is no silent fallback except inside `auto`, whose choices are documented.
+
+`auto` table (choose_auto), first matching row wins:
+  platform  condition                                                   choice
+  gpu       jax_triton importable                                       triton
+  gpu       mask has no segment ids / prefix_len / causal_offset,
+            no softcap, bf16/fp16                                       cudnn
+  tpu       always                                                      splash (raises on masks
+                                                                        it cannot express)
+  any       Sq * Skv > 4096 * 4096                                      xla_chunked
+  any       otherwise                                                   xla
 """
 from __future__ import annotations
 
@@ -16,9 +26,14 @@ import math
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
 from mmjax.attention.xla import xla_attention
 from mmjax.kernels.mask import MaskSpec
+
+
+# Above this many (query, key) pairs per head, auto avoids materialising the logits.
+LONG_SEQUENCE_PAIRS = 4096 * 4096
 
 
 class UnsupportedAttention(ValueError):
@@ -47,8 +62,18 @@ def _auto(q, k, v, mask, scale, softcap):
 
 
 def choose_auto(q, k, mask: MaskSpec | None, softcap) -> str:
-  """Documented `auto` policy. On CPU: xla for short sequences, xla_chunked for long ones."""
-  long = q.shape[1] * k.shape[1] > 4096 * 4096
+  """Documented `auto` policy (see the table in the module docstring)."""
+  platform = jax.default_backend()
+  long = q.shape[1] * k.shape[1] > LONG_SEQUENCE_PAIRS
+  if platform == "gpu":
+    from mmjax.attention import gpu  # registers triton/cudnn; imported here to avoid a cycle
+    if gpu.jax_triton_available() and "triton" in IMPLEMENTATIONS:
+      return "triton"
+    if (gpu.cudnn_unsupported_reason(mask) is None and softcap is None
+        and q.dtype in (jnp.bfloat16, jnp.float16) and "cudnn" in IMPLEMENTATIONS):
+      return "cudnn"
+  elif platform == "tpu" and "splash" in IMPLEMENTATIONS:
+    return "splash"
   if long and "xla_chunked" in IMPLEMENTATIONS:
     return "xla_chunked"
   return "xla"
