@@ -8,6 +8,7 @@ import os
 import jax
 import ml_collections
 
+from mmjax import config_files
 from mmjax.train import state as state_lib
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.trainer import load_data
@@ -48,13 +49,7 @@ def load(workdir: str, overrides: dict | None = None) -> Trained:
   workdir = os.path.abspath(workdir)
   config = load_config(workdir)
   for key, value in (overrides or {}).items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    if leaf not in node:
-      raise KeyError(f"override {key!r}: the workdir's config has no such key.")
-    node[leaf] = value
+    config_files.set_key(config, key, value)
   data = load_data(config, workdir)
   setup = state_lib.make_setup(config, data.tokenizer.vocab_size)
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, save_interval_steps=1)

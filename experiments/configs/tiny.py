@@ -1,0 +1,27 @@
+"""A seconds-sized variant of the default experiment for tests, notebooks and smoke runs."""
+import ml_collections
+
+from mmjax import config_files
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = config_files.sibling(__file__, "default")
+  c.total_steps = 6
+  c.batch_size = 8
+  c.eval_every = 3
+  c.checkpoint_every = 3
+  c.log_every = 1
+  c.eval_batch_size = 8
+  c.eval_max_examples = 16
+  c.sample_examples = 4
+  c.data.train_scenes = 24
+  c.data.validation_scenes = 4
+  c.data.test_scenes = 4
+  c.model.vit.update(dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=16))
+  c.model.text.update(dict(width=32, depth=1, num_heads=2, mlp_dim=64))
+  c.model.fusion.update(dict(fuse_depth=1, num_heads=2, mlp_dim=64))
+  c.model.decoder.update(dict(width=32, depth=1, num_heads=2, mlp_dim=64))
+  c.optim.warmup_steps = 2
+  if arg:
+    raise ValueError(f"tiny config takes no argument; got {arg!r}.")
+  return c
