@@ -170,6 +170,77 @@ class TransformerBlock(nn.Module):
     return constrain_tokens(x)
 
 
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "nothing_saveable",
+                  "everything_saveable", "checkpoint_dots", "checkpoint_dots_with_no_batch_dims")
+
+
+def block_class(remat: str | None = "none", cls=None):
+  """TransformerBlock, rematerialised with `nn.remat` under the named policy unless remat="none".
+
+  "full" recomputes everything in the backward pass (policy None); other names are
+  `jax.checkpoint_policies` attributes ("dots_saveable" keeps matmul outputs, ...). Parameter names
+  do not change: nn.remat wraps the class, the module keeps its name.
+  """
+  cls = TransformerBlock if cls is None else cls
+  if remat in (None, "", "none", False):
+    return cls
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"model.remat={remat!r}: use one of {REMAT_POLICIES}.")
+  policy = None if remat == "full" else getattr(jax.checkpoint_policies, remat)
+  # static_argnums counts `self` as 0: argument 5 is `decode` (a Python bool).
+  return nn.remat(cls, policy=policy, static_argnums=(5,))
+
+
+class _ScanStep(nn.Module):
+  """One scanned layer: (carry, broadcast inputs) -> (carry, None) as nn.scan wants."""
+  block: dict
+  remat: str = "none"
+  decode: bool = False
+  block_cls: Any = None
+
+  @nn.compact
+  def __call__(self, x, self_mask, memory, memory_mask, *extra):
+    y = block_class(self.remat, self.block_cls)(**self.block, name="block")(
+        x, self_mask, memory, memory_mask, self.decode, *extra)
+    return y, None
+
+
+class ScannedBlocks(nn.Module):
+  """`depth` identical TransformerBlocks run with nn.scan: one compiled layer body, parameters
+  stacked on a leading axis whose logical name is "layers" (replicated by the rules table).
+
+  In decode mode the KV cache is stacked on axis 1 ([B, layers, ...]) so every cache leaf keeps its
+  leading batch dim (beam search reorders the cache along axis 0).
+  """
+  depth: int
+  block: dict
+  remat: str = "none"
+  block_cls: Any = None  # default TransformerBlock; any module with the same call signature
+
+  @nn.compact
+  def __call__(self, x, self_mask=None, memory=None, memory_mask=None, decode: bool = False, *extra):
+    scan = nn.scan(_ScanStep, variable_axes={"params": 0, "cache": 1}, split_rngs={"params": True},
+                   in_axes=nn.broadcast, length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"})
+    x, _ = scan(self.block, self.remat, decode, self.block_cls, name="layers")(
+        x, self_mask, memory, memory_mask, *extra)
+    return x
+
+
+def run_blocks(x, *, depth: int, block: dict, remat: str = "none", scan: bool = False, prefix: str = "block",
+               self_mask=None, memory=None, memory_mask=None, decode: bool = False):
+  """Applies `depth` TransformerBlock(**block) layers inside a compact method.
+
+  scan=False: children named f"{prefix}_{i}" (the names checkpoints use); scan=True: one
+  ScannedBlocks child named f"{prefix}s" with stacked parameters.
+  """
+  if scan:
+    return ScannedBlocks(depth, block, remat, name=f"{prefix}s")(x, self_mask, memory, memory_mask, decode)
+  cls = block_class(remat)
+  for i in range(depth):
+    x = cls(**block, name=f"{prefix}_{i}")(x, self_mask, memory, memory_mask, decode)
+  return x
+
+
 def sincos_2d(h: int, w: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
   """Fixed 2-D sin-cos position embedding [h*w, dim] (MoCo v3 / big_vision)."""
   if dim % 4:

@@ -45,6 +45,8 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("media_embed", None),
     ("pos", None),
     ("channels", None),
+    ("conv_window", None),
+    ("conv_out", None),
     ("layers", None),
     ("norm", None),
 )

@@ -18,14 +18,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
   c.eval_max_examples = 0        # 0 = the whole split
   c.sample_examples = 8           # examples written to the sample report at the end
+  c.skip_nonfinite = False        # True: skip updates whose loss/grads are NaN/Inf instead of stopping
+  c.grad_accum_steps = 1          # microbatches per step (summed inside the jitted step with lax.scan)
 
   c.data = _data_config()
 
   c.model = ml_collections.ConfigDict()
   c.model.dtype = "float32"       # compute dtype; parameters stay float32
   c.model.attention_implementation = "auto"
-  c.model.vit = ml_collections.ConfigDict(dict(width=128, depth=4, num_heads=4, mlp_dim=256, patch_size=8,
-                                               posemb="learn"))
+  c.model.remat = "none"          # none | full | dots_saveable | ... (mmjax.layers.REMAT_POLICIES)
+  c.model.scan_layers = False     # nn.scan over identical blocks (params gain a leading "layers" axis)
+  c.model.freeze = ()             # top-level parameter subtrees that never update, e.g. ("image_encoder",)
+  c.model.init_from = ml_collections.ConfigDict()  # {"image_encoder": "/path/to/workdir"}: copied at a fresh start
+  c.model.vit = ml_collections.ConfigDict(dict(width=128, depth=4, num_heads=4, mlp_dim=256, patch_size=16,
+                                               posemb="learn", stem="conv", stem_channels=(32, 64)))
   c.model.text = ml_collections.ConfigDict(dict(width=128, depth=1, num_heads=4, mlp_dim=256, max_len=32))
   c.model.fusion = ml_collections.ConfigDict(dict(name="cross_attention", cross_attention_every=1, gated=False,
                                                   fuse_depth=2, num_heads=4, mlp_dim=256))

@@ -344,6 +344,12 @@ def _truncate_targets(example: dict, length: int) -> dict:
   return example | {k: example[k][:length] for k in ("target_in", "target_out", "target_mask")}
 
 
+def _load_rows(ids: np.ndarray, data: SplitData, rows: slice, length: int) -> dict:
+  """This process's rows of a global batch of example ids -> a stacked batch (targets truncated)."""
+  examples = [_truncate_targets(data.example(int(i)), length) for i in np.asarray(ids)[rows]]
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
 class Data:
   """What the trainer, evaluator and sampler need from a prepared dataset, behind one object.
 
@@ -366,30 +372,40 @@ class Data:
     return self._splits[name]
 
   def train_iterator(self, process_index: int = 0, process_count: int = 1):
-    """Endless shuffled batches of this process's share of the train split.
+    """Endless shuffled batches of this process's rows of the global train batch.
 
     VQA and captioning examples are batched separately and the batches interleaved in proportion
     to the number of examples of each task (grain's deterministic mix), so a VQA batch carries
     targets only as long as the longest answer instead of the longest caption: most steps then
-    cost a fraction of a caption step. The iterator's get_state()/set_state() give the exact
-    position in this stream.
+    cost a fraction of a caption step.
+
+    Several processes: every process shuffles the whole split identically and batches example ids
+    at the global batch size (config.batch_size); process i then loads only rows
+    [i*B/N, (i+1)*B/N) of each global batch. N processes together therefore produce exactly the
+    batches of one process, whatever N (and resume at the same position). The iterator's
+    get_state()/set_state() give the exact position in this stream.
     """
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     data = self.split("train")
-    batch_size = int(self.config.batch_size) // process_count
+    global_batch = int(self.config.batch_size)
+    if global_batch % process_count:
+      raise ValueError(f"batch_size={global_batch} is not divisible by the {process_count} processes.")
+    local = global_batch // process_count
+    rows = slice(process_index * local, (process_index + 1) * local)
     streams, weights = [], []
     for task in (TASK_VQA, TASK_CAPTION):
-      ids = shard_ids(len(data), process_index, process_count)
-      ids = ids[data.task[ids] == task]
+      ids = np.flatnonzero(data.task == task)
       if len(ids) == 0:
         continue
       length = data.target_length(task)
+      load = functools.partial(_load_rows, data=data, rows=rows, length=length)
       ds = (grain.MapDataset.source(_Ids(ids)).shuffle(seed=int(self.config.seed) * 2 + task).repeat()
-            .map(data.example).map(functools.partial(_truncate_targets, length=length))
-            .batch(batch_size, drop_remainder=True))
+            .batch(global_batch, drop_remainder=True).map(load))
       streams.append(ds)
       weights.append(len(ids))
     if not streams:
-      raise ValueError(f"the train split of {self.builder.name} has no examples for process {process_index}.")
+      raise ValueError(f"the train split of {self.builder.name} has no examples.")
     return iter(streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights))
 
   def eval_batches(self, split: str, batch_size: int, max_examples: int = 0, process_index: int = 0,

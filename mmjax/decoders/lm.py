@@ -1,4 +1,11 @@
-"""Causal transformer language model that reads a fusion Conditioning; KV cache for decoding."""
+"""Causal transformer language model that reads a fusion Conditioning; KV cache for decoding.
+
+Prefix-LM (early fusion, PaliGemma): a `cond.prefix` [B, P, D] is placed before the tokens. Query
+positions see the whole valid prefix bidirectionally and the tokens causally; padded prefix
+positions (j >= cond.prefix_len) are never attended to (segment ids: 0 for padded prefix slots,
+1 elsewhere). The same mask is rebuilt over the KV cache in decode mode, so prefill + step-by-step
+decoding equals the full forward.
+"""
 from __future__ import annotations
 
 import flax.linen as nn
@@ -6,8 +13,80 @@ import jax
 import jax.numpy as jnp
 
 from mmjax import layers
-from mmjax.attention import MaskSpec
+from mmjax.attention import MaskSpec, attention
 from mmjax.fusion.base import Conditioning
+from mmjax.sharding import constrain
+
+
+def prefix_segment_ids(positions: jax.Array, prefix_len: jax.Array, n_prefix: int) -> jax.Array:
+  """int32 [B, len(positions)]: 0 at padded prefix slots (prefix_len <= j < n_prefix), else 1."""
+  j = positions[None, :]
+  padded = (j >= prefix_len[:, None]) & (j < n_prefix)
+  return jnp.where(padded, 0, 1).astype(jnp.int32)
+
+
+class _SelfAttention(layers.MultiHeadAttention):
+  """MultiHeadAttention whose decode mode also honours a (padded) prefix over the KV cache.
+
+  Same parameters and cache variables as layers.MultiHeadAttention. `prefix` = (prefix_len [B],
+  n_prefix) when the sequence starts with a prefix of n_prefix slots of which prefix_len are valid.
+  """
+
+  @nn.compact
+  def __call__(self, x, kv=None, mask: MaskSpec | None = None, decode: bool = False, prefix=None):
+    kv_heads = self.num_kv_heads or self.num_heads
+    proj = lambda h, name: layers.Dense((h, self.head_dim), ("embed",), (("heads" if h == self.num_heads
+                                        else "kv_heads"), "head_dim"), use_bias=False, dtype=self.dtype,
+                                        name=name)(x)
+    q, k, v = proj(self.num_heads, "query"), proj(kv_heads, "key"), proj(kv_heads, "value")
+    if decode:
+      initialised = self.has_variable("cache", "cached_key")
+      index = self.get_variable("cache", "cache_index")[0] if initialised else 0
+      k, v, mask = self._update_cache(k, v)
+      if initialised and prefix is not None:
+        prefix_len, n_prefix = prefix
+        q_seg = prefix_segment_ids(index + jnp.arange(q.shape[1]), prefix_len, n_prefix)
+        kv_seg = prefix_segment_ids(jnp.arange(k.shape[1]), prefix_len, n_prefix)
+        mask = MaskSpec(causal=True, causal_offset=mask.causal_offset, prefix_len=prefix_len,
+                        q_segment_ids=q_seg, kv_segment_ids=kv_seg)
+    q = constrain(q, ("act_batch", "act_len", "act_heads", "act_head_dim"))
+    out = attention(q, k, v, mask=mask, implementation=self.implementation)
+    out = constrain(out, ("act_batch", "act_len", "act_heads", "act_head_dim"))
+    return layers.Dense(x.shape[-1], ("heads", "head_dim"), ("embed",), use_bias=False, dtype=self.dtype,
+                        name="out")(out)
+
+
+class DecoderBlock(nn.Module):
+  """layers.TransformerBlock (same parameter names) with a prefix-aware cached self-attention."""
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  num_kv_heads: int | None = None
+  cross_attention: bool = False
+  gated_cross_attention: bool = False
+  implementation: str = "auto"
+  dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, self_mask=None, memory=None, memory_mask=None, decode=False, prefix=None):
+    x = x + _SelfAttention(self.num_heads, self.head_dim, self.num_kv_heads, self.implementation, self.dtype,
+                           name="self_attention")(layers.LayerNorm(self.dtype, name="norm_self")(x),
+                                                  mask=self_mask, decode=decode, prefix=prefix)
+    x = layers.constrain_tokens(x)
+    if self.cross_attention:
+      if memory is None:
+        raise ValueError("Decoder: a layer with cross-attention needs `cond.memory`.")
+      y = layers.MultiHeadAttention(self.num_heads, self.head_dim, self.num_kv_heads, self.implementation,
+                                    self.dtype, name="cross_attention")(
+                                        layers.LayerNorm(self.dtype, name="norm_cross")(x), kv=memory,
+                                        mask=memory_mask)
+      if self.gated_cross_attention:
+        gate = self.param("cross_gate", layers.param_with_axes(nn.initializers.zeros, ("norm",)), (1,),
+                          jnp.float32)
+        y = jnp.tanh(gate).astype(y.dtype) * y
+      x = layers.constrain_tokens(x + y)
+    x = x + layers.MLP(self.mlp_dim, self.dtype, name="mlp")(layers.LayerNorm(self.dtype, name="norm_mlp")(x))
+    return layers.constrain_tokens(x)
 
 
 class Decoder(nn.Module):
@@ -22,44 +101,63 @@ class Decoder(nn.Module):
   gated_cross_attention: bool = False
   implementation: str = "auto"
   dtype: layers.Dtype = jnp.float32
+  remat: str = "none"        # layers.REMAT_POLICIES
+  scan_layers: bool = False  # nn.scan over the blocks; needs identical blocks (cross_attention_every 0 or 1)
 
   def setup(self):
     self.embed = layers.Embed(self.vocab_size, self.width, self.dtype)
     self.posemb = self.param("posemb", layers.param_with_axes(nn.initializers.normal(0.02), ("pos", "embed")),
                              (self.max_len, self.width), jnp.float32)
     every = self.cross_attention_every
-    self.blocks = [
-        layers.TransformerBlock(self.num_heads, self.width // self.num_heads, self.mlp_dim, self.num_kv_heads,
-                                cross_attention=bool(every) and (i + 1) % every == 0,
-                                gated_cross_attention=self.gated_cross_attention,
-                                implementation=self.implementation, dtype=self.dtype)
-        for i in range(self.depth)]
+    block = lambda i: dict(num_heads=self.num_heads, head_dim=self.width // self.num_heads, mlp_dim=self.mlp_dim,
+                           num_kv_heads=self.num_kv_heads, cross_attention=bool(every) and (i + 1) % every == 0,
+                           gated_cross_attention=self.gated_cross_attention,
+                           implementation=self.implementation, dtype=self.dtype)
+    if self.scan_layers:
+      if len({tuple(sorted(block(i).items())) for i in range(self.depth)}) > 1:
+        raise ValueError(f"Decoder: scan_layers needs identical layers; cross_attention_every={every} makes "
+                         "them differ. Use cross_attention_every 0 or 1, or model.scan_layers=False.")
+      self.blocks = layers.ScannedBlocks(self.depth, block(0), self.remat, DecoderBlock)
+    else:
+      cls = layers.block_class(self.remat, DecoderBlock)
+      self.blocks = [cls(**block(i)) for i in range(self.depth)]
     self.norm = layers.LayerNorm(self.dtype)
 
   def __call__(self, tokens, cond: Conditioning, start: jax.Array | int = 0, decode: bool = False):
     """tokens int32 [B, T] -> logits float32 [B, T, V] for the tokens (prefix positions dropped).
 
-    Training: start=0, decode=False; a `cond.prefix` is prepended and attended bidirectionally.
-    Decoding: decode=True; the first call (prefill) passes the prefix (if any) and start=0, later
-    calls pass one token each with `start` = its position (prefix included).
+    Training: start=0, decode=False; a `cond.prefix` is prepended and attended bidirectionally
+    (its padding, past `cond.prefix_len`, is masked out).
+    Decoding: decode=True; the first call (prefill: `start` the Python int 0) passes the prefix (if
+    any) followed by `tokens` (which may be empty, [B, 0]); later calls pass tokens with `start` =
+    their position (prefix included, i.e. the first answer token sits at P = cond.prefix.shape[1]).
     """
     x = self.embed(tokens)
-    n_prefix = 0
-    if cond.prefix is not None and not (decode and not isinstance(start, int)):
+    n_prefix = 0 if cond.prefix is None else cond.prefix.shape[1]
+    prepend = n_prefix and (not decode or (isinstance(start, int) and start == 0))
+    if prepend:
       x = jnp.concatenate([cond.prefix.astype(x.dtype), x], axis=1)
-      n_prefix = cond.prefix.shape[1]
     if isinstance(start, int) and start + x.shape[1] > self.max_len:
       raise ValueError(f"Decoder: {start + x.shape[1]} positions exceed max_len={self.max_len}.")
     positions = start + jnp.arange(x.shape[1])
     x = layers.constrain_tokens(x + jnp.take(self.posemb, positions, axis=0)[None].astype(x.dtype))
+    prefix_len = None
+    if n_prefix:
+      prefix_len = (jnp.full((x.shape[0],), n_prefix, jnp.int32) if cond.prefix_len is None
+                    else cond.prefix_len.astype(jnp.int32))
     if decode:
-      self_mask = None  # the cache builds its own causal mask (offset = cache index)
+      self_mask = None  # the cache builds its own causal mask (offset = cache index) + prefix terms
     elif n_prefix:
-      self_mask = MaskSpec(causal=True, prefix_len=cond.prefix_len)
+      seg = prefix_segment_ids(jnp.arange(x.shape[1]), prefix_len, n_prefix)
+      self_mask = MaskSpec(causal=True, prefix_len=prefix_len, q_segment_ids=seg, kv_segment_ids=seg)
     else:
       self_mask = MaskSpec(causal=True)
+    prefix = (prefix_len, n_prefix) if n_prefix else None
     memory_mask = None if cond.memory_len is None else MaskSpec(kv_valid_len=cond.memory_len)
-    for block in self.blocks:
-      x = block(x, self_mask=self_mask, memory=cond.memory, memory_mask=memory_mask, decode=decode)
-    x = self.norm(x)[:, n_prefix:]
+    if self.scan_layers:
+      x = self.blocks(x, self_mask, cond.memory, memory_mask, decode, prefix)
+    else:
+      for block in self.blocks:  # positional: nn.remat's static_argnums counts positions (decode = 5)
+        x = block(x, self_mask, cond.memory, memory_mask, decode, prefix)
+    x = self.norm(x)[:, n_prefix if prepend else 0:]
     return self.embed.attend(x).astype(jnp.float32)

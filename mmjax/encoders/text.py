@@ -17,6 +17,8 @@ class TextEncoder(nn.Module):
   max_len: int = 64
   implementation: str = "auto"
   dtype: layers.Dtype = jnp.float32
+  remat: str = "none"        # layers.REMAT_POLICIES
+  scan_layers: bool = False  # nn.scan over the blocks (parameters stacked on a "layers" axis)
 
   @nn.compact
   def __call__(self, tokens, lengths):
@@ -28,8 +30,8 @@ class TextEncoder(nn.Module):
                      (self.max_len, self.width), jnp.float32)
     x = layers.constrain_tokens(x + pos[None, : tokens.shape[1]].astype(x.dtype))
     mask = MaskSpec(kv_valid_len=lengths.astype(jnp.int32))
-    for i in range(self.depth):
-      x = layers.TransformerBlock(self.num_heads, self.width // self.num_heads, self.mlp_dim,
-                                  implementation=self.implementation, dtype=self.dtype,
-                                  name=f"block_{i}")(x, self_mask=mask)
+    block = dict(num_heads=self.num_heads, head_dim=self.width // self.num_heads, mlp_dim=self.mlp_dim,
+                 implementation=self.implementation, dtype=self.dtype)
+    x = layers.run_blocks(x, depth=self.depth, block=block, remat=self.remat, scan=self.scan_layers,
+                          self_mask=mask)
     return layers.LayerNorm(self.dtype, name="norm")(x)

@@ -18,12 +18,21 @@ def evaluate_split(data, split: str, generate_fn, params, batch_size: int, rng, 
   """
   tok = data.tokenizer
   predictions = []
-  batches = data.eval_batches(split, batch_size, max_examples=max_examples)
+  n_proc = jax.process_count()
+  if batch_size % n_proc:
+    raise ValueError(f"eval batch_size={batch_size} is not divisible by the {n_proc} processes.")
+  # Each process reads its share of every batch; generate_fn returns all processes' rows
+  # concatenated in process order, so the example fields are all-gathered the same way.
+  batches = data.eval_batches(split, batch_size, max_examples=max_examples, process_index=jax.process_index(),
+                              process_count=n_proc)
   if progress:
     import tqdm
     batches = tqdm.tqdm(batches, desc=f"eval {split}", leave=False, disable=jax.process_index() != 0)
   for i, batch in enumerate(batches):
     tokens = generate_fn(params, batch["image"], batch["prompt"], batch["prompt_len"], jax.random.fold_in(rng, i))
+    batch = gather_rows({k: batch[k] for k in _ROW_KEYS})
+    if len(tokens) != len(batch["example_id"]):
+      raise ValueError(f"generate_fn returned {len(tokens)} rows for {len(batch['example_id'])} examples.")
     for row in np.flatnonzero(batch["valid"]):
       ex = int(batch["example_id"][row])
       predictions.append(dict(
@@ -31,6 +40,17 @@ def evaluate_split(data, split: str, generate_fn, params, batch_size: int, rng, 
           prompt=tok.decode(batch["prompt"][row][: batch["prompt_len"][row]].tolist()),
           prediction=tok.decode(tokens[row].tolist()), references=data.references(split, ex)))
   return score(predictions, split), predictions
+
+
+_ROW_KEYS = ("example_id", "valid", "task", "qtype", "prompt", "prompt_len")
+
+
+def gather_rows(batch: dict) -> dict:
+  """This process's rows -> every process's rows, concatenated in process order (numpy)."""
+  if jax.process_count() == 1:
+    return batch
+  from jax.experimental import multihost_utils
+  return {k: np.asarray(multihost_utils.process_allgather(np.asarray(v), tiled=True)) for k, v in batch.items()}
 
 
 def score(predictions, split: str) -> dict[str, float]:

@@ -25,6 +25,8 @@ class CrossAttentionFusion(Fusion):
   mlp_dim: int = 512
   implementation: str = "auto"
   dtype: layers.Dtype = jnp.float32
+  remat: str = "none"        # layers.REMAT_POLICIES
+  scan_layers: bool = False  # nn.scan over the fuse blocks
 
   @nn.compact
   def __call__(self, media, text=None):
@@ -45,9 +47,9 @@ class CrossAttentionFusion(Fusion):
     memory_len = sum(lengths[:-1]) + lengths[-1] if len(lengths) > 1 else lengths[0]
     if self.fuse_depth:
       mask = MaskSpec(kv_valid_len=memory_len)
-      for i in range(self.fuse_depth):
-        memory = layers.TransformerBlock(self.num_heads, self.width // self.num_heads, self.mlp_dim,
-                                         implementation=self.implementation, dtype=self.dtype,
-                                         name=f"fuse_{i}")(memory, self_mask=mask)
+      block = dict(num_heads=self.num_heads, head_dim=self.width // self.num_heads, mlp_dim=self.mlp_dim,
+                   implementation=self.implementation, dtype=self.dtype)
+      memory = layers.run_blocks(memory, depth=self.fuse_depth, block=block, remat=self.remat,
+                                 scan=self.scan_layers, prefix="fuse", self_mask=mask)
       memory = layers.LayerNorm(self.dtype, name="fuse_norm")(memory)
     return Conditioning(memory=memory, memory_len=memory_len)

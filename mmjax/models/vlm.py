@@ -8,7 +8,7 @@ import ml_collections
 
 from mmjax.decoders import Decoder
 from mmjax.encoders import TextEncoder, ViT
-from mmjax.fusion import Conditioning, build_fusion
+from mmjax.fusion import FUSIONS, Conditioning, build_fusion
 
 
 class VisionLanguageModel(nn.Module):
@@ -18,6 +18,8 @@ class VisionLanguageModel(nn.Module):
     __call__(images, prompt, prompt_len, target_in) -> logits [B, Lt, V] (teacher forcing)
     encode(images, prompt, prompt_len) -> Conditioning
     decode(tokens, cond, start) -> logits (with the `cache` collection mutable)
+    prefill_length(cond) -> int: positions a prefill decode call (start=0, empty tokens) writes
+      before the first generated token (the prefix of prefix-LM fusions; 0 otherwise).
   """
   config: ml_collections.ConfigDict
   vocab_size: int
@@ -26,13 +28,16 @@ class VisionLanguageModel(nn.Module):
     c = self.config
     dtype = jnp.dtype(c.dtype)
     impl = c.attention_implementation
-    self.image_encoder = ViT(**c.vit.to_dict(), implementation=impl, dtype=dtype)
-    self.text_encoder = TextEncoder(self.vocab_size, **c.text.to_dict(), implementation=impl, dtype=dtype)
+    # Memory knobs (absent from older configs): rematerialisation policy and scanning over layers.
+    knobs = dict(remat=str(c.get("remat", "none") or "none"), scan_layers=bool(c.get("scan_layers", False)))
+    self.image_encoder = ViT(**c.vit.to_dict(), implementation=impl, dtype=dtype, **knobs)
+    self.text_encoder = TextEncoder(self.vocab_size, **c.text.to_dict(), implementation=impl, dtype=dtype, **knobs)
+    fusion_knobs = {k: v for k, v in knobs.items() if k in getattr(FUSIONS.get(c.fusion.name), "__dataclass_fields__", {})}
     self.fusion = build_fusion(c.fusion.name, width=c.decoder.width, implementation=impl, dtype=dtype,
-                               **{k: v for k, v in c.fusion.to_dict().items() if k != "name"})
+                               **fusion_knobs, **{k: v for k, v in c.fusion.to_dict().items() if k != "name"})
     self.decoder = Decoder(self.vocab_size, **c.decoder.to_dict(),
                            cross_attention_every=self.fusion.cross_attention_every,
-                           gated_cross_attention=self.fusion.gated, implementation=impl, dtype=dtype)
+                           gated_cross_attention=self.fusion.gated, implementation=impl, dtype=dtype, **knobs)
 
   def encode(self, images, prompt, prompt_len) -> Conditioning:
     image_tokens = self.image_encoder(images)
@@ -41,6 +46,10 @@ class VisionLanguageModel(nn.Module):
 
   def decode(self, tokens, cond: Conditioning, start):
     return self.decoder(tokens, cond, start=start, decode=True)
+
+  @staticmethod
+  def prefill_length(cond: Conditioning) -> int:
+    return 0 if cond.prefix is None else int(cond.prefix.shape[1])
 
   def __call__(self, images, prompt, prompt_len, target_in):
     return self.decoder(target_in, self.encode(images, prompt, prompt_len))

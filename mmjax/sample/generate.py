@@ -38,7 +38,15 @@ def generate(model, params, images, prompt, prompt_len, rng, opts: GenerateOptio
   shapes = jax.eval_shape(
       lambda: model.apply({"params": params}, jnp.zeros((b, opts.max_new_tokens), jnp.int32), cond, 0,
                           method="decode", mutable=["cache"])[1]["cache"])
-  cache = {"kv": jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), "cond": cond}
+  kv = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  # Prefix-LM families: a prefill call writes the prefix into the cache; generation then starts
+  # right after it. Families without a prefix (cross-attention) skip this and start at 0.
+  n_prefill = model.prefill_length(cond) if hasattr(model, "prefill_length") else 0
+  if n_prefill:
+    _, mutated = model.apply({"params": params, "cache": kv}, jnp.zeros((b, 0), jnp.int32), cond, 0,
+                             method="decode", mutable=["cache"])
+    kv = mutated["cache"]
+  cache = {"kv": kv, "cond": cond}
 
   def step_fn(tokens, cache, index):
     logits, mutated = model.apply({"params": params, "cache": cache["kv"]}, tokens[:, None], cache["cond"],
@@ -47,11 +55,11 @@ def generate(model, params, images, prompt, prompt_len, rng, opts: GenerateOptio
 
   first = jnp.full((b,), opts.bos_id, jnp.int32)
   if opts.sampler == "beam":
-    tokens, _ = beam_search(step_fn, cache, first, 0, opts.max_new_tokens, opts.beam_size, opts.eos_id,
+    tokens, _ = beam_search(step_fn, cache, first, n_prefill, opts.max_new_tokens, opts.beam_size, opts.eos_id,
                             opts.pad_id)
     return tokens
   sampler = sampler_from_config(opts.sampler, opts.temperature, opts.top_k or None, opts.top_p)
-  return decode(step_fn, cache, first, 0, opts.max_new_tokens, sampler, rng, opts.eos_id, opts.pad_id)
+  return decode(step_fn, cache, first, n_prefill, opts.max_new_tokens, sampler, rng, opts.eos_id, opts.pad_id)
 
 
 def make_generate_fn(setup, opts: GenerateOptions):
@@ -64,13 +72,28 @@ def make_generate_fn(setup, opts: GenerateOptions):
                in_shardings=(params_sharding, image_s, mat_s, vec_s, NamedSharding(setup.mesh, P())),
                out_shardings=mat_s)
 
+  # Rows per process must split evenly over this process's share of the data x fsdp devices.
+  multiple = max(1, setup.mesh.shape["data"] * setup.mesh.shape["fsdp"] // jax.process_count())
+
   def run(params, images, prompt, prompt_len, rng):
-    """Takes this process's rows (numpy); returns all processes' rows (numpy), in order."""
-    put = lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x))
+    """Takes this process's rows (numpy); returns all processes' rows (numpy), in order.
+
+    Any number of rows works: they are padded (with copies of the last row) to a multiple of the
+    batch-sharding size and the padding is dropped again; in a multi-process run every process
+    must pass the same number of rows.
+    """
+    n = len(prompt_len)
+    pad = (-n) % multiple
+    rows = [np.asarray(x) for x in (images, prompt, prompt_len)]
+    if pad:
+      rows = [np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for x in rows]
+    put = lambda x, s: jax.make_array_from_process_local_data(s, x)
     with setup.context():
-      out = fn(params, put(images, image_s), put(prompt, mat_s), put(prompt_len, vec_s), rng)
+      out = fn(params, put(rows[0], image_s), put(rows[1], mat_s), put(rows[2], vec_s), rng)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
-      return np.asarray(multihost_utils.process_allgather(out, tiled=True))
-    return np.asarray(out)
+      out = np.asarray(multihost_utils.process_allgather(out, tiled=True))
+      per = n + pad
+      return np.concatenate([out[i * per: i * per + n] for i in range(jax.process_count())])
+    return np.asarray(out)[:n]
   return run

@@ -41,16 +41,9 @@ def encode_prompts(tokenizer, prompts: list[str], max_len: int) -> tuple[np.ndar
 
 
 def answer(trained, generate_fn, image_paths: list[str], prompts: list[str], rng) -> list[str]:
-  """Generates one answer per (image, prompt), in batches padded to the mesh's batch multiple."""
+  """Generates one answer per (image, prompt)."""
   c = trained.config
   images = np.stack([load_image(p, c.data.image_size) for p in image_paths])
   tokens, lengths = encode_prompts(trained.data.tokenizer, prompts, c.data.max_prompt_len)
-  n = len(prompts)
-  multiple = trained.setup.mesh.shape["data"] * trained.setup.mesh.shape["fsdp"]
-  pad = (-n) % multiple
-  if pad:  # sharded batches must split evenly; pad with copies of the last row and drop them
-    images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
-    tokens = np.concatenate([tokens, np.repeat(tokens[-1:], pad, 0)])
-    lengths = np.concatenate([lengths, np.repeat(lengths[-1:], pad, 0)])
   out = generate_fn(trained.params, images, tokens, lengths, rng)
-  return [trained.data.tokenizer.decode(row.tolist()) for row in out[:n]]
+  return [trained.data.tokenizer.decode(row.tolist()) for row in out]

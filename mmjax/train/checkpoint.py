@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 import jax
 import ml_collections
@@ -13,7 +14,9 @@ import orbax.checkpoint as ocp
 # Config keys whose change makes a checkpoint unusable (shapes or meaning of the parameters).
 # Compute dtype and attention implementation may change between runs: they do not touch parameters.
 _MODEL_KEYS = ("model",)
-_FREE_MODEL_KEYS = ("dtype", "attention_implementation")
+_FREE_MODEL_KEYS = ("dtype", "attention_implementation", "remat", "init_from")
+# Model keys added after checkpoints were already written: a checkpoint without them used this value.
+_MODEL_KEY_DEFAULTS = {"scan_layers": False}
 
 
 class CheckpointMismatch(ValueError):
@@ -43,23 +46,48 @@ class Checkpointer:
     A checkpoint that fails to read (partial write, corruption) is skipped with a warning and the
     previous one is tried.
     """
+    unreadable = []
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         saved_config = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
       except Exception as e:  # noqa: BLE001 - any read failure means this step is unusable
         logging.warning("checkpoint %d in %s is unreadable (%s); trying an older one.", step, self.directory, e)
+        unreadable.append(step)
         continue
       _check_compatible(saved_config, json.loads(config.to_json_best_effort()), self.directory)
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        _check_finite_state(restored["state"], step)
       except Exception as e:  # noqa: BLE001
         if isinstance(e, CheckpointMismatch):
           raise
         logging.warning("checkpoint %d in %s is unreadable (%s); trying an older one.", step, self.directory, e)
+        unreadable.append(step)
         continue
+      self._set_aside(unreadable)
       return step, restored["state"], restored["data"]
+    self._set_aside(unreadable)
     return None
+
+  def _set_aside(self, steps) -> None:
+    """Moves unreadable step directories to checkpoints_unreadable/ (kept for inspection), so the
+    resumed run can write those steps again and a later restore does not trip on them."""
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      aside = os.path.join(os.path.dirname(self.directory), "checkpoints_unreadable")
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        src = os.path.join(self.directory, str(step))
+        if os.path.exists(src):
+          dst = os.path.join(aside, f"{step}.{int(time.time())}")
+          os.replace(src, dst)
+          logging.warning("moved unreadable checkpoint %d to %s.", step, dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("mmjax_checkpoint_set_aside")
+    self._manager.reload()
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -69,10 +97,22 @@ class Checkpointer:
     self._manager.close()
 
 
+def _check_finite_state(state, step: int) -> None:
+  """A checkpoint with NaN/Inf parameters is as unusable as a corrupted one (checks this process's
+  shards: the trainer never writes such a checkpoint, this guards against older or foreign ones)."""
+  import numpy as np
+  for leaf in jax.tree.leaves(state.params if hasattr(state, "params") else state):
+    shards = [s.data for s in leaf.addressable_shards] if isinstance(leaf, jax.Array) else [leaf]
+    for x in shards:
+      x = np.asarray(x)
+      if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise FloatingPointError(f"checkpoint {step} holds non-finite parameters.")
+
+
 def _check_compatible(saved: dict, current: dict, directory: str) -> None:
   for key in _MODEL_KEYS:
-    a = {k: v for k, v in (saved.get(key) or {}).items() if k not in _FREE_MODEL_KEYS}
-    b = {k: v for k, v in (current.get(key) or {}).items() if k not in _FREE_MODEL_KEYS}
+    a = {k: v for k, v in (_MODEL_KEY_DEFAULTS | (saved.get(key) or {})).items() if k not in _FREE_MODEL_KEYS}
+    b = {k: v for k, v in (_MODEL_KEY_DEFAULTS | (current.get(key) or {})).items() if k not in _FREE_MODEL_KEYS}
     if a != b:
       diffs = _diff(a, b, key)
       raise CheckpointMismatch(

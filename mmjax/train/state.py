@@ -14,7 +14,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mmjax import sharding
-from mmjax.models import build_model
+from mmjax.models import build_model, transfer
 from mmjax.train.optim import make_optimizer
 
 BATCH_KEYS = ("image", "prompt", "prompt_len", "target_in", "target_out", "target_mask")
@@ -78,6 +78,8 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int, devices=None)
   mesh = sharding.make_mesh(dict(config.mesh), dict(config.get("dcn_mesh", {}) or {}), devices=devices)
   rules = sharding.rules_from_config(config.sharding.rules)
   tx = make_optimizer(config.optim, config.total_steps)
+  # Frozen subtrees get zero updates and no optimizer state (config.model.freeze).
+  tx = transfer.freeze(tx, tuple(config.model.get("freeze", ()) or ()))
   batch = dummy_batch(config, 1)
 
   def init(rng):
@@ -101,23 +103,73 @@ def init_state(setup: Setup, rng) -> TrainState:
     return jax.jit(lambda r: nn.meta.unbox(setup._init(r)), out_shardings=setup.state_sharding)(rng)
 
 
-def loss_fn(model, params, batch):
+def loss_sums(model, params, batch):
+  """Unnormalised sums over the batch: (sum of weighted xent, (that sum, correct tokens, weight)).
+
+  Sums (not means) so microbatches add up exactly to the full batch (gradient accumulation).
+  """
   logits = model.apply({"params": params}, batch["image"], batch["prompt"], batch["prompt_len"], batch["target_in"])
   labels = batch["target_out"]
   weights = batch["target_mask"]
   xent = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  denom = jnp.maximum(weights.sum(), 1.0)
-  loss = (xent * weights).sum() / denom
-  correct = (logits.argmax(-1) == labels) * weights
-  return loss, {"loss": loss, "token_accuracy": correct.sum() / denom}
+  xent_sum = (xent * weights).sum()
+  correct = ((logits.argmax(-1) == labels) * weights).sum()
+  return xent_sum, (xent_sum, correct, weights.sum())
 
 
-def make_train_step(setup: Setup, batch_example: dict, skip_nonfinite: bool = False):
-  """jit-compiled step with explicit in/out shardings; the state is donated (updated in place)."""
+def loss_fn(model, params, batch):
+  xent_sum, (_, correct, n) = loss_sums(model, params, batch)
+  denom = jnp.maximum(n, 1.0)
+  loss = xent_sum / denom
+  return loss, {"loss": loss, "token_accuracy": correct / denom}
+
+
+def _microbatches(batch, k: int):
+  """[B, ...] -> [k, B/k, ...] with microbatch j = rows j, j+k, j+2k, ...: every device keeps its
+  share of every microbatch (rows stay on the device that holds them), so no data moves."""
+  def split(x):
+    if x.shape[0] % k:
+      raise ValueError(f"grad_accum_steps={k} does not divide the batch of {x.shape[0]}.")
+    return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def grads_and_metrics(model, params, batch, grad_accum_steps: int = 1):
+  """Gradient of the token-mean loss over the whole batch, summed over `grad_accum_steps`
+  microbatches inside one lax.scan (activation memory of one microbatch)."""
+  grad_fn = jax.grad(lambda p, b: loss_sums(model, p, b), has_aux=True)
+  if grad_accum_steps <= 1:
+    grads, (xent_sum, correct, n) = grad_fn(params, batch)
+  else:
+    micro = _microbatches(batch, grad_accum_steps)
+
+    def body(carry, mb):
+      mb = {k: sharding.constrain(v, ("act_batch",) + (None,) * (v.ndim - 1)) for k, v in mb.items()}
+      g, sums = grad_fn(params, mb)
+      acc_g, acc_s = carry
+      return (jax.tree.map(jnp.add, acc_g, g), jax.tree.map(jnp.add, acc_s, sums)), None
+
+    zeros = (jax.tree.map(jnp.zeros_like, params), (jnp.zeros(()), jnp.zeros(()), jnp.zeros(())))
+    (grads, (xent_sum, correct, n)), _ = jax.lax.scan(body, zeros, micro)
+  denom = jnp.maximum(n, 1.0)
+  grads = jax.tree.map(lambda g: g / denom, grads)
+  loss = xent_sum / denom
+  return grads, {"loss": loss, "token_accuracy": correct / denom}
+
+
+def make_train_step(setup: Setup, batch_example: dict, skip_nonfinite: bool = False,
+                    grad_accum_steps: int | None = None):
+  """jit-compiled step with explicit in/out shardings; the state is donated (updated in place).
+
+  grad_accum_steps (default: config.grad_accum_steps or 1) splits the batch into that many
+  microbatches whose gradients are summed before the single optimizer update.
+  """
   model, tx = setup.model, setup.tx
+  accum = int(grad_accum_steps or setup.config.get("grad_accum_steps", 1) or 1)
 
   def step(state: TrainState, batch):
-    (loss, metrics), grads = jax.value_and_grad(lambda p: loss_fn(model, p, batch), has_aux=True)(state.params)
+    grads, metrics = grads_and_metrics(model, state.params, batch, accum)
+    loss = metrics["loss"]
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)

@@ -21,6 +21,7 @@ import numpy as np
 import tqdm
 
 from mmjax.data import pipeline
+from mmjax.models import transfer
 from mmjax.evaluate.evaluator import evaluate_split
 from mmjax.sample.generate import GenerateOptions, make_generate_fn
 from mmjax.sample.report import write_report
@@ -34,6 +35,12 @@ TOKENIZER_FILE = "tokenizer.model"
 
 class NonFiniteLoss(FloatingPointError):
   pass
+
+
+# Test-only hook: when set, `_batch_hook(step, batch) -> batch` rewrites each host batch before it
+# is sent to the devices (`step` = the step the batch trains, 1-based). Tests use it to inject a
+# NaN or to slow steps down (tests/test_resume.py); it is None in every real run.
+_batch_hook = None
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -84,6 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
   train_iter = data.train_iterator(jax.process_index(), jax.process_count())
   if restored is None:
     state = state_lib.init_state(setup, jax.random.key(config.seed))
+    state = _init_from(state, setup, config)
     start = 0
   else:
     start, state, data_state = restored
@@ -98,7 +106,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
   eval_rng = jax.random.key(config.seed + 1)
   stop = StopRequest()
 
-  def put(batch):
+  def put(batch, step):
+    if _batch_hook is not None:
+      batch = _batch_hook(step, batch)
     return {k: jax.make_array_from_process_local_data(shardings[k], batch[k]) for k in state_lib.BATCH_KEYS}
 
   def save(step, force=False):
@@ -110,53 +120,72 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
     writer.write(step, metrics)
     return metrics, preds
 
-  bar = tqdm.tqdm(total=config.total_steps, initial=start, desc="train", dynamic_ncols=True,
-                  disable=not progress or jax.process_index() != 0)
-  step = start
-  pending = None  # metrics of the previous step: read one step late so dispatch runs ahead
-  batch = first
-  data_state_before_next = train_iter.get_state()
-  t0, steps_since = time.time(), 0
-  with setup.context():
-    while step < config.total_steps:
-      state, metrics = step_fn(state, put(batch))
-      step += 1
-      data_state_before_next = train_iter.get_state()
-      if step < config.total_steps:
-        batch = next(train_iter)
-      _check_finite(pending, step - 1, config)
-      pending = (metrics, step)
-      steps_since += 1
-      bar.update(1)
-      if step % config.log_every == 0 or step == config.total_steps:
-        m = jax.device_get(metrics)
-        rate = steps_since / max(time.time() - t0, 1e-9)
-        t0, steps_since = time.time(), 0
-        writer.write(step, {f"train/{k}": v for k, v in m.items() if k != "finite"}
-                     | {"train/steps_per_second": rate, "train/examples_per_second": rate * config.batch_size})
-        bar.set_postfix(loss=f"{float(m['loss']):.3f}", acc=f"{float(m['token_accuracy']):.3f}")
-      stopping = stop.should_stop(step)
-      if step % config.checkpoint_every == 0 or step == config.total_steps or stopping:
-        _check_finite(pending, step, config)
-        save(step, force=True)
-      if stopping:
-        bar.close()
-        ckpt.close()
-        writer.close()
-        stop.restore()
-        logging.warning("stopped at step %d on request; the checkpoint resumes it.", step)
-        return {"stopped_at": step}
-      if step % config.eval_every == 0 and step != config.total_steps:
-        evaluate("validation", step, config.eval_max_examples)
-    bar.close()
-    ckpt.wait()
-    final, preds = evaluate("test", step, config.eval_max_examples)
-    if jax.process_index() == 0:
-      write_report(os.path.join(workdir, "samples"), data, "test", preds, config.sample_examples)
+  try:
+    bar = tqdm.tqdm(total=config.total_steps, initial=start, desc="train", dynamic_ncols=True,
+                    disable=not progress or jax.process_index() != 0)
+    step = start
+    pending = None  # metrics of the previous step: read one step late so dispatch runs ahead
+    batch = first
+    data_state_before_next = train_iter.get_state()
+    t0, steps_since = time.time(), 0
+    with setup.context():
+      while step < config.total_steps:
+        state, metrics = step_fn(state, put(batch, step + 1))
+        step += 1
+        data_state_before_next = train_iter.get_state()
+        if step < config.total_steps:
+          batch = next(train_iter)
+        _check_finite(pending, step - 1, config)
+        pending = (metrics, step)
+        steps_since += 1
+        bar.update(1)
+        if step % config.log_every == 0 or step == config.total_steps:
+          m = jax.device_get(metrics)
+          rate = steps_since / max(time.time() - t0, 1e-9)
+          t0, steps_since = time.time(), 0
+          writer.write(step, {f"train/{k}": v for k, v in m.items() if k != "finite"}
+                       | {"train/steps_per_second": rate, "train/examples_per_second": rate * config.batch_size})
+          bar.set_postfix(loss=f"{float(m['loss']):.3f}", acc=f"{float(m['token_accuracy']):.3f}")
+        stopping = stop.should_stop(step)
+        if step % config.checkpoint_every == 0 or step == config.total_steps or stopping:
+          _check_finite(pending, step, config)
+          save(step, force=True)
+        if stopping:
+          bar.close()
+          ckpt.close()
+          writer.close()
+          stop.restore()
+          logging.warning("stopped at step %d on request; the checkpoint resumes it.", step)
+          return {"stopped_at": step}
+        if step % config.eval_every == 0 and step != config.total_steps:
+          evaluate("validation", step, config.eval_max_examples)
+      bar.close()
+      ckpt.wait()
+      final, preds = evaluate("test", step, config.eval_max_examples)
+      if jax.process_index() == 0:
+        write_report(os.path.join(workdir, "samples"), data, "test", preds, config.sample_examples)
+  except BaseException:
+    # Non-finite loss or any other error: in-flight asynchronous saves are of good states; let
+    # them finish so the workdir resumes from the newest one, then re-raise.
+    ckpt.close()
+    writer.close()
+    stop.restore()
+    raise
   ckpt.close()
   writer.close()
   stop.restore()
   return final
+
+
+def _init_from(state, setup, config):
+  """config.model.init_from = {"image_encoder": WORKDIR}: copy those subtrees from other runs'
+  newest parameters. Only on a fresh start: a resumed run already holds its own."""
+  init_from = dict(config.model.get("init_from", {}) or {})
+  if not init_from:
+    return state
+  from mmjax.train import workdir as workdir_lib
+  params = transfer.init_from_workdirs(state.params, init_from, lambda wd: workdir_lib.load(wd).params)
+  return state.replace(params=jax.device_put(params, setup.state_sharding.params))
 
 
 def _check_finite(pending, step, config):

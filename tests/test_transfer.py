@@ -1,0 +1,43 @@
+"""Freezing (zero updates) and init_from (copy a subtree from another run's params)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mmjax.models.transfer import copy_subtrees, freeze, freeze_labels, init_from_workdirs
+
+
+def params_tree(seed):
+  rng = np.random.default_rng(seed)
+  return {"image_encoder": {"a": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
+                            "b": {"kernel": jnp.asarray(rng.normal(size=(2,)), jnp.float32)}},
+          "decoder": {"w": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}}
+
+
+def test_freeze_zeroes_updates_of_frozen_subtrees_only():
+  params = params_tree(0)
+  tx = freeze(optax.adamw(0.1, weight_decay=0.5), ("image_encoder",))
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  for _ in range(2):
+    updates, state = tx.update(grads, state, params)
+    new = optax.apply_updates(params, updates)
+  jax.tree.map(np.testing.assert_array_equal, new["image_encoder"], params["image_encoder"])
+  assert not np.allclose(new["decoder"]["w"], params["decoder"]["w"])
+  assert freeze_labels(params, ("image_encoder/b",))["image_encoder"] == {"a": "trainable", "b": {"kernel": "frozen"}}
+  assert freeze(optax.sgd(1.0), ()) is not None
+  with pytest.raises(KeyError, match="no parameters under 'vision'"):
+    freeze_labels(params, ("vision",))
+
+
+def test_init_from_copies_one_subtree():
+  params, other = params_tree(0), params_tree(1)
+  loaded = []
+  out = init_from_workdirs(params, {"image_encoder": "/run/a"}, lambda wd: loaded.append(wd) or other)
+  assert loaded == ["/run/a"]
+  jax.tree.map(np.testing.assert_array_equal, out["image_encoder"], other["image_encoder"])
+  np.testing.assert_array_equal(out["decoder"]["w"], params["decoder"]["w"])
+  bad = dict(other, image_encoder={"a": jnp.zeros((5, 2)), "b": other["image_encoder"]["b"]})
+  with pytest.raises(ValueError, match="shape"):
+    copy_subtrees(params, bad, ["image_encoder"])
