@@ -77,7 +77,17 @@ def shapes_config(image_size: int = 64, num_shapes: int = 3, train_scenes: int =
       relational_questions=q["relational"], seed=int(seed))
 
 
-class MmjaxShapes(tfds.core.GeneratorBasedBuilder):
+class _RecordBuilder(tfds.core.GeneratorBasedBuilder):
+  """What both builders share: the one record schema (schema.py) at the config's image size."""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        features=schema.record_features(self.builder_config.image_size),
+        supervised_keys=None,
+        description=__doc__)
+
+
+class MmjaxShapes(_RecordBuilder):
   """Procedural Sort-of-CLEVR scenes with captions and attribute/spatial/relational QA."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -86,12 +96,6 @@ class MmjaxShapes(tfds.core.GeneratorBasedBuilder):
   # TFDS derives code_path via importlib_resources (not always installed); our builders have no
   # checksums or other resources next to the code, so give the plain file path.
   code_path = epath.Path(__file__)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        features=schema.record_features(self.builder_config.image_size),
-        supervised_keys=None,
-        description=__doc__)
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -150,7 +154,7 @@ def manifest_config(manifest_path: str | os.PathLike, image_size: int = 64,
                         manifest_path=path, image_size=int(image_size), seed=int(seed))
 
 
-class MmjaxManifest(tfds.core.GeneratorBasedBuilder):
+class MmjaxManifest(_RecordBuilder):
   """Records of a JSONL manifest (VQA and/or captions), grouped per image."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -163,12 +167,6 @@ class MmjaxManifest(tfds.core.GeneratorBasedBuilder):
   def __init__(self, *args, parsed=None, **kwargs):
     self._parsed = parsed
     super().__init__(*args, **kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        features=schema.record_features(self.builder_config.image_size),
-        supervised_keys=None,
-        description=__doc__)
 
   def _split_generators(self, dl_manager):
     del dl_manager

@@ -161,7 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
           evaluate("validation", step, config.eval_max_examples)
       bar.close()
       ckpt.wait()
-      final, preds = evaluate("test", step, config.eval_max_examples)
+      final, preds = evaluate("test", step, 0)  # the final test evaluation always sees the whole split
       if jax.process_index() == 0:
         write_report(os.path.join(workdir, "samples"), data, "test", preds, config.sample_examples)
   except BaseException:
