@@ -87,12 +87,26 @@ class MLP(nn.Module):
     return Dense(d, ("mlp",), ("embed",), dtype=self.dtype, name="wo")(h)
 
 
+def prefix_segment_ids(positions: jax.Array, prefix_len: jax.Array, n_prefix: int) -> jax.Array:
+  """int32 [B, len(positions)]: 0 at padded prefix slots (prefix_len <= j < n_prefix), else 1.
+
+  A sequence that starts with a prefix of n_prefix slots, of which prefix_len are valid, masks its
+  padded slots with these as query and key segment ids (padding matches nothing real).
+  """
+  j = positions[None, :]
+  padded = (j >= prefix_len[:, None]) & (j < n_prefix)
+  return jnp.where(padded, 0, 1).astype(jnp.int32)
+
+
 class MultiHeadAttention(nn.Module):
   """Self- or cross-attention with GQA and an optional KV cache (self-attention only).
 
-  Decoding: with `decode=True` the module keeps `cache/{cached_key,cached_value,cache_index}` variables sized by the
-  length of the input it was initialised with; each call writes its keys at `index` and attends
-  causally to everything written so far (the causal offset is the cache index).
+  Decoding: with `decode=True` the module keeps `cache/{cached_key,cached_value,cache_index}`
+  variables sized by the length of the input it was initialised with; each call writes its keys at
+  `index` and attends causally to everything written so far (the causal offset is the cache index).
+  `prefix` = (prefix_len [B], n_prefix) adds the prefix-LM terms over the cache: the valid prefix is
+  seen bidirectionally and its padded slots never, so prefill + step-by-step decoding equals the
+  full forward with the same prefix mask.
   """
   num_heads: int
   head_dim: int
@@ -101,7 +115,7 @@ class MultiHeadAttention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, kv=None, mask: MaskSpec | None = None, decode: bool = False):
+  def __call__(self, x, kv=None, mask: MaskSpec | None = None, decode: bool = False, prefix=None):
     kv_heads = self.num_kv_heads or self.num_heads
     kv_in = x if kv is None else kv
     proj = lambda h, name, src: Dense((h, self.head_dim), ("embed",), (("heads" if h == self.num_heads
@@ -113,14 +127,14 @@ class MultiHeadAttention(nn.Module):
     if decode:
       if kv is not None:
         raise ValueError("MultiHeadAttention: the KV cache is for self-attention only.")
-      k, v, mask = self._update_cache(k, v)
+      k, v, mask = self._update_cache(k, v, prefix)
     q = constrain(q, ("act_batch", "act_len", "act_heads", "act_head_dim"))
     out = attention(q, k, v, mask=mask, implementation=self.implementation)
     out = constrain(out, ("act_batch", "act_len", "act_heads", "act_head_dim"))
     return Dense(x.shape[-1], ("heads", "head_dim"), ("embed",), use_bias=False, dtype=self.dtype,
                  name="out")(out)
 
-  def _update_cache(self, k, v):
+  def _update_cache(self, k, v, prefix=None):
     initialised = self.has_variable("cache", "cached_key")
     batch = k.shape[0]
     ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
@@ -136,7 +150,14 @@ class MultiHeadAttention(nn.Module):
     ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, index, 0, 0))
     cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, index, 0, 0))
     ci.value = ci.value + k.shape[1]
-    return ck.value, cv.value, MaskSpec(causal=True, causal_offset=jnp.full((batch,), index, jnp.int32))
+    offset = jnp.full((batch,), index, jnp.int32)
+    if prefix is None:
+      return ck.value, cv.value, MaskSpec(causal=True, causal_offset=offset)
+    prefix_len, n_prefix = prefix
+    q_seg = prefix_segment_ids(index + jnp.arange(k.shape[1]), prefix_len, n_prefix)
+    kv_seg = prefix_segment_ids(jnp.arange(ck.value.shape[1]), prefix_len, n_prefix)
+    return ck.value, cv.value, MaskSpec(causal=True, causal_offset=offset, prefix_len=prefix_len,
+                                        q_segment_ids=q_seg, kv_segment_ids=kv_seg)
 
 
 class TransformerBlock(nn.Module):
@@ -152,10 +173,13 @@ class TransformerBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, self_mask: MaskSpec | None = None, memory=None,
-               memory_mask: MaskSpec | None = None, decode: bool = False):
+               memory_mask: MaskSpec | None = None, decode: bool = False, prefix=None):
+    """`prefix` = (prefix_len, n_prefix) for a decoder whose sequence starts with a padded prefix
+    (only read by the KV cache: outside decode mode `self_mask` already describes it)."""
     attn = lambda name: MultiHeadAttention(self.num_heads, self.head_dim, self.num_kv_heads,
                                            self.implementation, self.dtype, name=name)
-    x = x + attn("self_attention")(LayerNorm(self.dtype, name="norm_self")(x), mask=self_mask, decode=decode)
+    x = x + attn("self_attention")(LayerNorm(self.dtype, name="norm_self")(x), mask=self_mask, decode=decode,
+                                   prefix=prefix)
     x = constrain_tokens(x)
     if self.cross_attention:
       if memory is None:
@@ -174,21 +198,20 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_save
                   "everything_saveable", "checkpoint_dots", "checkpoint_dots_with_no_batch_dims")
 
 
-def block_class(remat: str | None = "none", cls=None):
+def block_class(remat: str | None = "none"):
   """TransformerBlock, rematerialised with `nn.remat` under the named policy unless remat="none".
 
   "full" recomputes everything in the backward pass (policy None); other names are
   `jax.checkpoint_policies` attributes ("dots_saveable" keeps matmul outputs, ...). Parameter names
   do not change: nn.remat wraps the class, the module keeps its name.
   """
-  cls = TransformerBlock if cls is None else cls
   if remat in (None, "", "none", False):
-    return cls
+    return TransformerBlock
   if remat not in REMAT_POLICIES:
     raise ValueError(f"model.remat={remat!r}: use one of {REMAT_POLICIES}.")
   policy = None if remat == "full" else getattr(jax.checkpoint_policies, remat)
   # static_argnums counts `self` as 0: argument 5 is `decode` (a Python bool).
-  return nn.remat(cls, policy=policy, static_argnums=(5,))
+  return nn.remat(TransformerBlock, policy=policy, static_argnums=(5,))
 
 
 class _ScanStep(nn.Module):
@@ -196,11 +219,10 @@ class _ScanStep(nn.Module):
   block: dict
   remat: str = "none"
   decode: bool = False
-  block_cls: Any = None
 
   @nn.compact
   def __call__(self, x, self_mask, memory, memory_mask, *extra):
-    y = block_class(self.remat, self.block_cls)(**self.block, name="block")(
+    y = block_class(self.remat)(**self.block, name="block")(
         x, self_mask, memory, memory_mask, self.decode, *extra)
     return y, None
 
@@ -215,13 +237,12 @@ class ScannedBlocks(nn.Module):
   depth: int
   block: dict
   remat: str = "none"
-  block_cls: Any = None  # default TransformerBlock; any module with the same call signature
 
   @nn.compact
   def __call__(self, x, self_mask=None, memory=None, memory_mask=None, decode: bool = False, *extra):
     scan = nn.scan(_ScanStep, variable_axes={"params": 0, "cache": 1}, split_rngs={"params": True},
                    in_axes=nn.broadcast, length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"})
-    x, _ = scan(self.block, self.remat, decode, self.block_cls, name="layers")(
+    x, _ = scan(self.block, self.remat, decode, name="layers")(
         x, self_mask, memory, memory_mask, *extra)
     return x
 

@@ -13,80 +13,9 @@ import jax
 import jax.numpy as jnp
 
 from mmjax import layers
-from mmjax.attention import MaskSpec, attention
+from mmjax.attention import MaskSpec
 from mmjax.fusion.base import Conditioning
-from mmjax.sharding import constrain
-
-
-def prefix_segment_ids(positions: jax.Array, prefix_len: jax.Array, n_prefix: int) -> jax.Array:
-  """int32 [B, len(positions)]: 0 at padded prefix slots (prefix_len <= j < n_prefix), else 1."""
-  j = positions[None, :]
-  padded = (j >= prefix_len[:, None]) & (j < n_prefix)
-  return jnp.where(padded, 0, 1).astype(jnp.int32)
-
-
-class _SelfAttention(layers.MultiHeadAttention):
-  """MultiHeadAttention whose decode mode also honours a (padded) prefix over the KV cache.
-
-  Same parameters and cache variables as layers.MultiHeadAttention. `prefix` = (prefix_len [B],
-  n_prefix) when the sequence starts with a prefix of n_prefix slots of which prefix_len are valid.
-  """
-
-  @nn.compact
-  def __call__(self, x, kv=None, mask: MaskSpec | None = None, decode: bool = False, prefix=None):
-    kv_heads = self.num_kv_heads or self.num_heads
-    proj = lambda h, name: layers.Dense((h, self.head_dim), ("embed",), (("heads" if h == self.num_heads
-                                        else "kv_heads"), "head_dim"), use_bias=False, dtype=self.dtype,
-                                        name=name)(x)
-    q, k, v = proj(self.num_heads, "query"), proj(kv_heads, "key"), proj(kv_heads, "value")
-    if decode:
-      initialised = self.has_variable("cache", "cached_key")
-      index = self.get_variable("cache", "cache_index")[0] if initialised else 0
-      k, v, mask = self._update_cache(k, v)
-      if initialised and prefix is not None:
-        prefix_len, n_prefix = prefix
-        q_seg = prefix_segment_ids(index + jnp.arange(q.shape[1]), prefix_len, n_prefix)
-        kv_seg = prefix_segment_ids(jnp.arange(k.shape[1]), prefix_len, n_prefix)
-        mask = MaskSpec(causal=True, causal_offset=mask.causal_offset, prefix_len=prefix_len,
-                        q_segment_ids=q_seg, kv_segment_ids=kv_seg)
-    q = constrain(q, ("act_batch", "act_len", "act_heads", "act_head_dim"))
-    out = attention(q, k, v, mask=mask, implementation=self.implementation)
-    out = constrain(out, ("act_batch", "act_len", "act_heads", "act_head_dim"))
-    return layers.Dense(x.shape[-1], ("heads", "head_dim"), ("embed",), use_bias=False, dtype=self.dtype,
-                        name="out")(out)
-
-
-class DecoderBlock(nn.Module):
-  """layers.TransformerBlock (same parameter names) with a prefix-aware cached self-attention."""
-  num_heads: int
-  head_dim: int
-  mlp_dim: int
-  num_kv_heads: int | None = None
-  cross_attention: bool = False
-  gated_cross_attention: bool = False
-  implementation: str = "auto"
-  dtype: layers.Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, self_mask=None, memory=None, memory_mask=None, decode=False, prefix=None):
-    x = x + _SelfAttention(self.num_heads, self.head_dim, self.num_kv_heads, self.implementation, self.dtype,
-                           name="self_attention")(layers.LayerNorm(self.dtype, name="norm_self")(x),
-                                                  mask=self_mask, decode=decode, prefix=prefix)
-    x = layers.constrain_tokens(x)
-    if self.cross_attention:
-      if memory is None:
-        raise ValueError("Decoder: a layer with cross-attention needs `cond.memory`.")
-      y = layers.MultiHeadAttention(self.num_heads, self.head_dim, self.num_kv_heads, self.implementation,
-                                    self.dtype, name="cross_attention")(
-                                        layers.LayerNorm(self.dtype, name="norm_cross")(x), kv=memory,
-                                        mask=memory_mask)
-      if self.gated_cross_attention:
-        gate = self.param("cross_gate", layers.param_with_axes(nn.initializers.zeros, ("norm",)), (1,),
-                          jnp.float32)
-        y = jnp.tanh(gate).astype(y.dtype) * y
-      x = layers.constrain_tokens(x + y)
-    x = x + layers.MLP(self.mlp_dim, self.dtype, name="mlp")(layers.LayerNorm(self.dtype, name="norm_mlp")(x))
-    return layers.constrain_tokens(x)
+from mmjax.layers import prefix_segment_ids  # noqa: F401  (public here too: notebooks and tests use it)
 
 
 class Decoder(nn.Module):
@@ -117,9 +46,9 @@ class Decoder(nn.Module):
       if len({tuple(sorted(block(i).items())) for i in range(self.depth)}) > 1:
         raise ValueError(f"Decoder: scan_layers needs identical layers; cross_attention_every={every} makes "
                          "them differ. Use cross_attention_every 0 or 1, or model.scan_layers=False.")
-      self.blocks = layers.ScannedBlocks(self.depth, block(0), self.remat, DecoderBlock)
+      self.blocks = layers.ScannedBlocks(self.depth, block(0), self.remat)
     else:
-      cls = layers.block_class(self.remat, DecoderBlock)
+      cls = layers.block_class(self.remat)
       self.blocks = [cls(**block(i)) for i in range(self.depth)]
     self.norm = layers.LayerNorm(self.dtype)
 

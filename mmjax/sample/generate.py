@@ -41,7 +41,7 @@ def generate(model, params, images, prompt, prompt_len, rng, opts: GenerateOptio
   kv = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   # Prefix-LM families: a prefill call writes the prefix into the cache; generation then starts
   # right after it. Families without a prefix (cross-attention) skip this and start at 0.
-  n_prefill = model.prefill_length(cond) if hasattr(model, "prefill_length") else 0
+  n_prefill = model.prefill_length(cond)
   if n_prefill:
     _, mutated = model.apply({"params": params, "cache": kv}, jnp.zeros((b, 0), jnp.int32), cond, 0,
                              method="decode", mutable=["cache"])

@@ -1,8 +1,9 @@
 """Train state, its logical-axis shardings, and the jit-compiled train step."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import flax.struct
@@ -37,28 +38,20 @@ class Setup:
   tx: optax.GradientTransformation
   state_sharding: Any
   abstract_state: Any
+  init_fn: Callable  # rng -> TrainState with logically boxed parameters (see init_state)
 
   def batch_sharding(self, batch) -> dict:
     return {k: sharding.batch_sharding(self.mesh, np.ndim(v)) for k, v in batch.items()}
 
   def context(self):
     """Mesh + logical rules: needed while tracing anything that constrains activations."""
-    return _Context(self.mesh, self.rules)
+    return _mesh_and_rules(self.mesh, self.rules)
 
 
-class _Context:
-  def __init__(self, mesh, rules):
-    self._mesh, self._rules = mesh, rules
-
-  def __enter__(self):
-    self._m = jax.set_mesh(self._mesh)
-    self._m.__enter__()
-    self._r = nn.logical_axis_rules(self._rules)
-    self._r.__enter__()
-
-  def __exit__(self, *exc):
-    self._r.__exit__(*exc)
-    self._m.__exit__(*exc)
+@contextlib.contextmanager
+def _mesh_and_rules(mesh, rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
 
 
 def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict:
@@ -87,20 +80,18 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int, devices=None)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
-  with _Context(mesh, rules):
+  with _mesh_and_rules(mesh, rules):
     boxed = jax.eval_shape(init, jax.random.key(0))
   logical = nn.get_partition_spec(boxed)
   state_sharding = nn.logical_to_mesh_sharding(logical, mesh, rules)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           nn.meta.unbox(boxed), state_sharding)
-  setup = Setup(config, model, mesh, rules, tx, state_sharding, abstract)
-  setup._init = init
-  return setup
+  return Setup(config, model, mesh, rules, tx, state_sharding, abstract, init)
 
 
 def init_state(setup: Setup, rng) -> TrainState:
   with setup.context():
-    return jax.jit(lambda r: nn.meta.unbox(setup._init(r)), out_shardings=setup.state_sharding)(rng)
+    return jax.jit(lambda r: nn.meta.unbox(setup.init_fn(r)), out_shardings=setup.state_sharding)(rng)
 
 
 def loss_sums(model, params, batch):

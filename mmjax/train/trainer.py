@@ -152,9 +152,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
           save(step, force=True)
         if stopping:
           bar.close()
-          ckpt.close()
-          writer.close()
-          stop.restore()
           logging.warning("stopped at step %d on request; the checkpoint resumes it.", step)
           return {"stopped_at": step}
         if step % config.eval_every == 0 and step != config.total_steps:
@@ -164,16 +161,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
       final, preds = evaluate("test", step, 0)  # the final test evaluation always sees the whole split
       if jax.process_index() == 0:
         write_report(os.path.join(workdir, "samples"), data, "test", preds, config.sample_examples)
-  except BaseException:
-    # Non-finite loss or any other error: in-flight asynchronous saves are of good states; let
-    # them finish so the workdir resumes from the newest one, then re-raise.
+  finally:
+    # Also on a non-finite loss or any other error: in-flight asynchronous saves are of good
+    # states, so let them finish and the workdir resumes from the newest one.
     ckpt.close()
     writer.close()
     stop.restore()
-    raise
-  ckpt.close()
-  writer.close()
-  stop.restore()
   return final
 
 
