@@ -113,6 +113,13 @@ def main(out_path, names):
   ref_tokens = make_generate_fn(ref_setup, opts)(ref_params, sample["image"], sample["prompt"],
                                                  sample["prompt_len"], jax.random.key(1))
   results = {"reference": dict(losses=ref_losses, tokens=np.asarray(ref_tokens).tolist())}
+  bad = tiny_config(STRATEGIES["data"])
+  bad.batch_size = 12  # 12 examples cannot be split over 8 data shards
+  try:
+    state_lib.make_setup(bad, V)
+    results["indivisible_error"] = None
+  except ValueError as e:
+    results["indivisible_error"] = str(e)
   for name in names:
     setup, state, losses = train(STRATEGIES[name], jax.devices(), data)
     res = dict(losses=losses, param_rel_err=rel_err(jax.device_get(state.params), ref_params),

@@ -62,3 +62,8 @@ def test_fsdp_splits_embed_dims(results):
 
 def test_sampling_on_mixed_mesh_matches_one_device(results):
   assert results["mixed"]["tokens"] == results["reference"]["tokens"]
+
+
+def test_batch_not_divisible_by_mesh_is_a_clear_error(results):
+  msg = results["indivisible_error"]
+  assert msg is not None and "--config.batch_size=12" in msg and "8 batch shards" in msg

@@ -69,6 +69,10 @@ def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict:
 def make_setup(config: ml_collections.ConfigDict, vocab_size: int, devices=None) -> Setup:
   model = build_model(config.model, vocab_size)
   mesh = sharding.make_mesh(dict(config.mesh), dict(config.get("dcn_mesh", {}) or {}), devices=devices)
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.batch_size % shards:
+    raise ValueError(f"--config.batch_size={config.batch_size} is not divisible by the {shards} batch shards of the "
+                     f"mesh {dict(mesh.shape)} (data x fsdp); change --config.batch_size or --config.mesh.")
   rules = sharding.rules_from_config(config.sharding.rules)
   tx = make_optimizer(config.optim, config.total_steps)
   # Frozen subtrees get zero updates and no optimizer state (config.model.freeze).
