@@ -410,27 +410,53 @@ def test_manifest_bad_inputs(tmp_path, line, key, msg):
   _write_images(src)
   first = {"image": "imgs/rgb.png", "caption": "ok", "split": "train"}
   m = _write_manifest(src, [first, GOOD_LINES[2], line] + GOOD_LINES[5:])
-  data_dir = tmp_path / "data"
+  assert_line_3_error(m, tmp_path / "data", key, msg)
+
+
+def assert_line_3_error(manifest, data_dir, key, msg, **prepare_kwargs):
+  """prepare_manifest fails naming line 3 of ``manifest``, ``key`` and ``msg``; no data left."""
   with pytest.raises(ValueError) as e:
-    tfds_builders.prepare_manifest(str(m), str(data_dir))
+    tfds_builders.prepare_manifest(str(manifest), str(data_dir), **prepare_kwargs)
   text = str(e.value)
-  assert f"{m}:3" in text, text
+  assert f"{manifest}:3" in text, text
   if key:
     assert f"key '{key}'" in text, text
   assert msg in text, text
   assert not data_dir.exists() or not any(data_dir.rglob("*"))
 
 
-def test_manifest_generation_failure_cleans_up(tmp_path, monkeypatch):
-  src = tmp_path / "src"
-  _write_images(src)
-  m = _write_manifest(src, GOOD_LINES)
-  data_dir = tmp_path / "data"
+def assert_generation_failure_cleans_up(manifest, data_dir, monkeypatch, loader, **prepare_kwargs):
+  """A failure of ``manifest_lib.<loader>`` while records are written leaves no data behind."""
 
   def boom(*a, **k):
     raise RuntimeError("disk on fire")
 
+  monkeypatch.setattr(manifest_lib, loader, boom)
+  with pytest.raises(RuntimeError):
+    tfds_builders.prepare_manifest(str(manifest), str(data_dir), **prepare_kwargs)
+  assert not data_dir.exists() or not any(data_dir.rglob("*"))
+
+
+def test_manifest_generation_failure_cleans_up(tmp_path, monkeypatch):
+  src = tmp_path / "src"
+  _write_images(src)
+  assert_generation_failure_cleans_up(_write_manifest(src, GOOD_LINES), tmp_path / "data",
+                                      monkeypatch, "load_image")
+
+
+def test_generation_failure_spares_other_files_in_data_dir(tmp_path, monkeypatch):
+  """data_dir may be shared: files another process writes there during a failed build survive."""
+  src, data_dir = tmp_path / "src", tmp_path / "data"
+  _write_images(src)
+  manifest = _write_manifest(src, GOOD_LINES)
+
+  def boom(*a, **k):
+    (data_dir / "other_dataset").mkdir(parents=True, exist_ok=True)
+    (data_dir / "other_dataset" / "records").write_text("not ours")
+    raise RuntimeError("disk on fire")
+
   monkeypatch.setattr(manifest_lib, "load_image", boom)
   with pytest.raises(RuntimeError):
-    tfds_builders.prepare_manifest(str(m), str(data_dir))
-  assert not data_dir.exists() or not any(data_dir.rglob("*"))
+    tfds_builders.prepare_manifest(str(manifest), str(data_dir))
+  assert (data_dir / "other_dataset" / "records").read_text() == "not ours"
+  assert not (data_dir / "mmjax_manifest").exists()

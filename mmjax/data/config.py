@@ -15,6 +15,16 @@ Keys (defaults):
   max_prompt_len      16     prompt tokens (questions are <= 13 tokens with the shapes tokenizer).
   max_target_len      64     target tokens incl. bos/eos (shapes captions are <= 54 tokens).
   vocab_size          512    SentencePiece vocabulary size (a maximum, incl. 256 byte pieces).
+Audio and video (all off by default; each setting is prepared into its own dataset directory):
+  spoken_questions    False  also store every question as speech (espeak-ng, see speech.py;
+                             needs `apt-get install espeak-ng`); works for shapes and manifests.
+  object_sounds       False  shapes: also store a 1 s clip per scene in which each object plays a
+                             tone, pitch from colour, timbre from shape, left to right (sounds.py).
+  video_frames        0      shapes: frames of a clip of the objects moving (video.py); manifests:
+                             frames every "video" entry is fixed to. 0 = no video.
+  audio_sample_rate   16000  Hz of every stored clip (manifest "audio" files are resampled to it).
+  max_audio_seconds   4.0    batches' "audio" length (longer clips are cut; the longest spoken
+                             shapes question is about 3.3 s). Read by the pipeline only.
 Top-level keys the pipeline also reads: ``config.seed`` (train shuffle seed) and
 ``config.batch_size`` (global batch size).
 """
@@ -47,4 +57,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.max_prompt_len = 16
   c.max_target_len = 64
   c.vocab_size = 512
+  c.spoken_questions = False
+  c.object_sounds = False
+  c.video_frames = 0
+  c.audio_sample_rate = 16000
+  c.max_audio_seconds = 4.0
   return c

@@ -5,19 +5,34 @@ One JSON object per line (blank lines are ignored)::
   {"image": "imgs/a.png", "question": "what is this?", "answer": "cat"}     # VQA
   {"image": "imgs/a.png", "caption": "a cat on a mat"}                      # captioning
   {"image": "imgs/b.jpg", "caption": "...", "split": "validation"}          # explicit split
+  {"image": "clips/c.png", "audio": "clips/c.wav", "video": "clips/c_frames", "caption": "..."}
 
 * Allowed keys: image (required), question + answer (together), caption, split (optional: train,
-  validation or test). A line may carry a question/answer pair, a caption, or both.
-* ``image`` paths are relative to the manifest's folder (absolute paths are kept as is).
+  validation or test), audio and video (optional). A line may carry a question/answer pair, a
+  caption, or both.
+* ``image``, ``audio`` and ``video`` paths are relative to the manifest's folder (absolute paths
+  are kept as is).
 * All lines of the same image are grouped into one record (id = the normalised relative path).
-  Lines of one image must not name different splits.
+  Lines of one image must not name different splits, audio files or videos.
 * Images without an explicit split are assigned by a seeded permutation of the image ids:
   80% train / 10% validation / 10% test (rounded; tiny manifests put everything in train).
 * Images of any mode and size are converted to RGB (alpha composited over white) and resized to a
   square ``image_size`` x ``image_size`` with bilinear filtering (aspect ratio is not preserved).
+* ``audio`` (the record's sound, stored as ``scene_audio``): a PCM WAV file (8/16/24/32-bit, mono
+  or multi-channel, any sample rate), averaged to mono and resampled to the dataset's
+  ``audio_sample_rate`` (see ``wav.py``).
+* ``video``: a folder of frame images (every non-hidden file is a frame, in natural name order, so
+  ``f2.png`` comes before ``f10.png``) or an ``.npy`` array uint8 [T, H, W, 3]. Frames are
+  converted like images and resized to ``image_size``. Every clip is fixed to ``video_frames``
+  frames (config ``data.video_frames``, which must be > 0 when a manifest has videos): a longer
+  clip keeps the evenly spaced frames ``round(linspace(0, T - 1, video_frames))`` (first and last
+  included), a shorter one is padded by repeating its last frame.
+* The dataset has the audio (video) features when any line has an ``audio`` (``video``) key;
+  records without one get an empty clip (0 samples / 0 frames).
 
-Every line is validated (including opening/decoding every image) before anything is written; any
-problem raises ``ValueError("<manifest>:<line>: key '<key>': <problem>")``.
+Every line is validated (including opening/decoding every image, WAV file and folder frame, and
+checking every .npy header) before anything is written; any problem raises
+``ValueError("<manifest>:<line>: key '<key>': <problem>")``.
 """
 from __future__ import annotations
 
@@ -25,11 +40,15 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 from PIL import Image
 
-ALLOWED_KEYS = ("image", "question", "answer", "caption", "split")
+from mmjax.data import wav
+
+ALLOWED_KEYS = ("image", "question", "answer", "caption", "split", "audio", "video")
+MEDIA_KEYS = ("audio", "video")
 SPLITS = ("train", "validation", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
@@ -39,7 +58,9 @@ class ManifestRecord:
   id: str
   path: str  # absolute image path
   split: str | None = None
-  split_line: int = 0
+  audio: str | None = None  # absolute path of the WAV file
+  video: str | None = None  # absolute path of the frame folder or .npy file
+  set_on_line: dict = dataclasses.field(default_factory=dict)  # split/audio/video -> line number
   questions: list = dataclasses.field(default_factory=list)
   answers: list = dataclasses.field(default_factory=list)
   captions: list = dataclasses.field(default_factory=list)
@@ -65,14 +86,112 @@ def load_image(path: str, image_size: int) -> np.ndarray:
   """Reads any PIL-readable image as uint8 RGB [image_size, image_size, 3]."""
   with Image.open(path) as im:
     im.load()
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-      im = im.convert("RGBA")
-      bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-      im = Image.alpha_composite(bg, im)
-    im = im.convert("RGB")
-    if im.size != (image_size, image_size):
-      im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    return np.asarray(im, dtype=np.uint8)
+    return _rgb(im, image_size)
+
+
+def _rgb(im: Image.Image, image_size: int) -> np.ndarray:
+  """Any PIL image -> uint8 RGB [image_size, image_size, 3] (alpha composited over white)."""
+  if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+    im = im.convert("RGBA")
+    bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+    im = Image.alpha_composite(bg, im)
+  im = im.convert("RGB")
+  if im.size != (image_size, image_size):
+    im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
+  return np.asarray(im, dtype=np.uint8)
+
+
+def _check_image(path: str):
+  try:
+    with Image.open(path) as im:
+      im.load()
+  except Exception as e:  # PIL raises many kinds
+    raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def load_audio(path: str, sample_rate: int) -> np.ndarray:
+  """An "audio" entry as mono int16 at ``sample_rate``."""
+  return wav.read_wav(path, sample_rate)
+
+
+def _natural_key(name: str):
+  return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _video_frames(path: str):
+  """The frames of a "video" entry, undecoded: frame file paths (a folder) or a memory-mapped
+  uint8 [T, H, W, 3] array (an .npy file). ValueError saying what is wrong otherwise."""
+  if os.path.isdir(path):
+    files = sorted((f for f in os.listdir(path)
+                    if not f.startswith(".") and os.path.isfile(os.path.join(path, f))),
+                   key=_natural_key)
+    if not files:
+      raise ValueError(f"folder has no frame images: {path}")
+    return [os.path.join(path, f) for f in files]
+  if not path.endswith(".npy"):
+    raise ValueError(f"must be a folder of frame images or an .npy file, got {path}")
+  try:
+    frames = np.load(path, mmap_mode="r", allow_pickle=False)
+  except Exception as e:  # numpy raises ValueError/OSError/EOFError on bad files
+    raise ValueError(f"cannot read .npy file {path}: {e}") from e
+  if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not frames.size:
+    raise ValueError(f"{path}: expected a uint8 array [T, H, W, 3] with T, H, W >= 1, got "
+                     f"{frames.dtype} {list(frames.shape)}")
+  return frames
+
+
+def frame_indices(num_frames: int, video_frames: int) -> np.ndarray:
+  """Which of a clip's ``num_frames`` frames make its fixed ``video_frames`` (see module doc)."""
+  if num_frames >= video_frames:
+    return np.round(np.linspace(0, num_frames - 1, video_frames)).astype(np.int64)
+  return np.minimum(np.arange(video_frames), num_frames - 1)
+
+
+def load_video(path: str, image_size: int, video_frames: int) -> np.ndarray:
+  """A "video" entry as uint8 [video_frames, image_size, image_size, 3]."""
+  frames = _video_frames(path)
+  return np.stack([
+      load_image(frames[i], image_size) if isinstance(frames, list)
+      else _rgb(Image.fromarray(np.asarray(frames[i])), image_size)
+      for i in frame_indices(len(frames), video_frames)])
+
+
+def _check_video(path: str):
+  """ValueError unless every frame of the "video" entry at ``path`` can be read."""
+  frames = _video_frames(path)
+  if isinstance(frames, list):
+    for f in frames:
+      _check_image(f)
+
+
+def _check_audio(path: str):
+  try:
+    n = len(wav.read_wav(path, sample_rate=None))
+  except Exception as e:  # wave.Error, EOFError, ValueError, ...
+    raise ValueError(f"cannot read audio {path} (a PCM WAV file is expected): {e}") from e
+  if n == 0:
+    raise ValueError(f"audio file has no samples: {path}")
+
+
+# What "every path entry can be read" means per key; each raises ValueError saying what is wrong.
+_CHECKS = {"image": _check_image, "audio": _check_audio, "video": _check_video}
+
+
+def used_media(manifest_path: str | os.PathLike) -> set[str]:
+  """Which of MEDIA_KEYS any line of the manifest uses; the dataset's features depend on it.
+
+  A quick scan: lines that are not JSON objects are skipped here (parse_manifest reports them).
+  """
+  used = set()
+  with open(manifest_path, "r", encoding="utf-8", errors="replace") as f:
+    for line in f:
+      try:
+        obj = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if isinstance(obj, dict):
+        used |= set(MEDIA_KEYS) & set(obj)
+  return used
 
 
 def _err(path, lineno, key, msg):
@@ -90,9 +209,23 @@ def _text(obj, key, path, lineno):
   return v
 
 
-def parse_manifest(manifest_path: str | os.PathLike, seed: int = 0,
-                   check_images: bool = True) -> dict[str, list[ManifestRecord]]:
-  """Validates the whole manifest and returns {split: [ManifestRecord, ...]} (all three splits)."""
+def _set_once(rec: ManifestRecord, key: str, value: str, manifest_path, lineno: int):
+  """Sets a per-image attribute (split/audio/video); lines of one image must agree on it."""
+  old = getattr(rec, key)
+  if old is not None and old != value:
+    raise _err(manifest_path, lineno, key,
+               f"image {rec.id} already assigned to {old!r} on line {rec.set_on_line[key]}")
+  setattr(rec, key, value)
+  rec.set_on_line.setdefault(key, lineno)
+
+
+def parse_manifest(manifest_path: str | os.PathLike, seed: int = 0, check_images: bool = True,
+                   video_frames: int = 0) -> dict[str, list[ManifestRecord]]:
+  """Validates the whole manifest and returns {split: [ManifestRecord, ...]} (all three splits).
+
+  check_images: decode every image, audio file and video frame (else only check they exist).
+  video_frames: the dataset's frame count; "video" entries are an error when it is 0.
+  """
   manifest_path = os.fspath(manifest_path)
   base = os.path.dirname(os.path.abspath(manifest_path))
   try:
@@ -101,7 +234,23 @@ def parse_manifest(manifest_path: str | os.PathLike, seed: int = 0,
   except (OSError, UnicodeDecodeError) as e:
     raise ValueError(f"{manifest_path}: cannot read manifest: {e}") from e
   records: dict[str, ManifestRecord] = {}
-  image_ok: dict[str, None] = {}
+  checked: set[tuple[str, str]] = set()  # (key, path) entries already validated
+
+  def entry_path(obj, key, lineno) -> str:
+    """The absolute path of ``obj[key]`` (image/audio/video), validated once per path."""
+    abs_path = os.path.normpath(os.path.join(base, _text(obj, key, manifest_path, lineno)))
+    if (key, abs_path) not in checked:
+      exists = os.path.exists if key == "video" else os.path.isfile  # a video may be a folder
+      if not exists(abs_path):
+        raise _err(manifest_path, lineno, key, f"file not found: {abs_path}")
+      if check_images:
+        try:
+          _CHECKS[key](abs_path)
+        except ValueError as e:
+          raise _err(manifest_path, lineno, key, str(e)) from e
+      checked.add((key, abs_path))
+    return abs_path
+
   for lineno, line in enumerate(lines, start=1):
     if not line.strip():
       continue
@@ -116,19 +265,12 @@ def parse_manifest(manifest_path: str | os.PathLike, seed: int = 0,
         raise _err(manifest_path, lineno, k, f"unknown key (allowed: {', '.join(ALLOWED_KEYS)})")
     if "image" not in obj:
       raise _err(manifest_path, lineno, "image", "missing")
-    rel = _text(obj, "image", manifest_path, lineno)
-    abs_path = os.path.normpath(os.path.join(base, rel))
+    abs_path = entry_path(obj, "image", lineno)
     rid = os.path.relpath(abs_path, base).replace(os.sep, "/")
-    if abs_path not in image_ok:
-      if not os.path.isfile(abs_path):
-        raise _err(manifest_path, lineno, "image", f"file not found: {abs_path}")
-      if check_images:
-        try:
-          with Image.open(abs_path) as im:
-            im.load()
-        except Exception as e:  # PIL raises many kinds
-          raise _err(manifest_path, lineno, "image", f"cannot read image {abs_path}: {e}") from e
-      image_ok[abs_path] = None
+    if "video" in obj and video_frames <= 0:
+      raise _err(manifest_path, lineno, "video",
+                 "videos need data.video_frames > 0 (e.g. --config.data.video_frames=8)")
+    media = {k: entry_path(obj, k, lineno) for k in MEDIA_KEYS if k in obj}
     has_q, has_a, has_c = "question" in obj, "answer" in obj, "caption" in obj
     if has_q and not has_a:
       raise _err(manifest_path, lineno, "answer", "question without answer")
@@ -144,10 +286,9 @@ def parse_manifest(manifest_path: str | os.PathLike, seed: int = 0,
       split = obj["split"]
       if split not in SPLITS:
         raise _err(manifest_path, lineno, "split", f"{split!r} is not one of {', '.join(SPLITS)}")
-      if rec.split is not None and rec.split != split:
-        raise _err(manifest_path, lineno, "split",
-                   f"image {rid} already assigned to {rec.split!r} on line {rec.split_line}")
-      rec.split, rec.split_line = split, lineno
+      _set_once(rec, "split", split, manifest_path, lineno)
+    for k, v in media.items():
+      _set_once(rec, k, v, manifest_path, lineno)
     if has_q:
       rec.questions.append(_text(obj, "question", manifest_path, lineno))
       rec.answers.append(_text(obj, "answer", manifest_path, lineno))

@@ -4,7 +4,8 @@ Config keys (``config.data.*``; defaults in ``mmjax.data.config.default_data_con
   manifest ("" -> shapes), data_dir, image_size (64), seed (0), train_scenes (12000),
   validation_scenes (500), test_scenes (1000), shapes (3),
   questions_per_type ({attribute: 2, spatial: 2, relational: 4}), captions (True),
-  max_prompt_len (16), max_target_len (64), vocab_size (512);
+  max_prompt_len (16), max_target_len (64), vocab_size (512), spoken_questions (False),
+  object_sounds (False), video_frames (0), audio_sample_rate (16000), max_audio_seconds (4.0);
   plus ``config.seed`` (train shuffle seed) and ``config.batch_size`` (global batch).
 
 Examples are flattened from records: each (question, answer) is a VQA example (prompt = question,
@@ -23,6 +24,15 @@ Batches are dicts of numpy arrays:
   qtype       int32   [B]       index into QUESTION_TYPES
   example_id  int32   [B]       index into the split's flat example list (-1 on padding)
   valid       bool    [B]       False on eval padding
+plus, only when the dataset has audio (spoken questions, object sounds or manifest "audio"):
+  audio       int16   [B, N]    mono clip at audio_sample_rate, 0-padded / cut to
+                                N = round(max_audio_seconds * audio_sample_rate). VQA examples get
+                                their spoken question when the dataset has spoken questions, else
+                                (and captioning examples always) the record's sound.
+  audio_len   int32   [B]       samples of the clip in `audio` (0: the example has no audio)
+and only when the dataset has video (video_frames > 0):
+  video       uint8   [B, T, H, W, 3]  the record's clip (zeros when it has none)
+  video_len   int32   [B]       T, or 0 for a record without a clip (manifests) and padding
 
 Train datasets are sharded by process (examples ``process_index::process_count``), shuffled with
 ``config.seed``, repeated and batched with ``drop_remainder`` (per-process batch
@@ -43,6 +53,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mmjax.data import config as config_lib
+from mmjax.data import schema
 from mmjax.data import shapes
 from mmjax.data import tfds_builders
 from mmjax.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
@@ -76,9 +87,13 @@ def prepare_builder(config) -> tfds.core.DatasetBuilder:
   ddir = data_dir(config)
   image_size = int(_get(d, "image_size", 64))
   seed = int(_get(d, "seed", 0))
+  media = dict(spoken_questions=bool(_get(d, "spoken_questions", False)),
+               video_frames=int(_get(d, "video_frames", 0)),
+               audio_sample_rate=int(_get(d, "audio_sample_rate", 16000)))
   manifest = _get(d, "manifest", "")
   if manifest:
-    return tfds_builders.prepare_manifest(os.path.expanduser(manifest), ddir, image_size, seed)
+    return tfds_builders.prepare_manifest(os.path.expanduser(manifest), ddir, image_size, seed,
+                                          **media)
   qpt = _get(d, "questions_per_type", None)
   qpt = dict(qpt) if qpt is not None else None
   cfg = tfds_builders.shapes_config(
@@ -86,7 +101,8 @@ def prepare_builder(config) -> tfds.core.DatasetBuilder:
       train_scenes=int(_get(d, "train_scenes", 12000)),
       validation_scenes=int(_get(d, "validation_scenes", 500)),
       test_scenes=int(_get(d, "test_scenes", 1000)),
-      questions_per_type=qpt, seed=seed)
+      questions_per_type=qpt, seed=seed,
+      object_sounds=bool(_get(d, "object_sounds", False)), **media)
   return tfds_builders.prepare_shapes(ddir, cfg)
 
 
@@ -95,10 +111,11 @@ def _decode(x) -> str:
 
 
 def _read_texts(builder, split: str) -> list[dict]:
-  """Text fields of every record of ``split`` (image decoding skipped)."""
+  """Text fields of every record of ``split`` (image and media decoding skipped)."""
   if split not in builder.info.splits or builder.info.splits[split].num_examples == 0:
     return []
-  src = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+  skip = [k for k in ("image",) + schema.MEDIA_KEYS if k in builder.info.features]
+  src = builder.as_data_source(split, decoders={k: tfds.decode.SkipDecoding() for k in skip})
   out = []
   n, chunk = len(src), 1024
   rows = []
@@ -153,10 +170,10 @@ def prepare(config) -> tuple[tfds.core.DatasetBuilder, Tokenizer]:
 
 
 class SplitData:
-  """Random access to the flattened examples of one split (images read lazily)."""
+  """Random access to the flattened examples of one split (images and media read lazily)."""
 
   def __init__(self, builder, split: str, tokenizer: Tokenizer, *, max_prompt_len: int = 16,
-               max_target_len: int = 64, captions: bool = True):
+               max_target_len: int = 64, captions: bool = True, max_audio_seconds: float = 4.0):
     self.builder, self.split, self.tokenizer = builder, split, tokenizer
     self.max_prompt_len, self.max_target_len = int(max_prompt_len), int(max_target_len)
     if self.max_target_len < 2:
@@ -164,6 +181,13 @@ class SplitData:
     self.records = _read_texts(builder, split)
     self._source = builder.as_data_source(split) if self.records else None
     self.image_size = int(builder.info.features["image"].shape[0])
+    # Media the dataset has (see schema.py); none -> examples are exactly the image/text ones.
+    features, cfg = builder.info.features, builder.builder_config
+    self.spoken_questions = "question_audio" in features
+    self.scene_audio = "scene_audio" in features
+    self.max_audio_len = (int(round(float(max_audio_seconds) * cfg.audio_sample_rate))
+                          if self.spoken_questions or self.scene_audio else 0)
+    self.video_frames = int(cfg.video_frames) if "video" in features else 0
     index, task, qtype, prompts, targets = [], [], [], [], []
     self._cache = {}
     caption_prompt = self._prompt(CAPTION_PROMPT)
@@ -251,16 +275,35 @@ class SplitData:
     example_id = int(example_id)
     if example_id < 0:
       return self.padding_example()
-    ri = int(self.index[example_id][0])
-    image = np.asarray(self._source[ri]["image"], np.uint8)
+    ri, j = (int(v) for v in self.index[example_id])
+    record = self._source[ri]
     prompt, plen = self._prompts[example_id]
     t_in, t_out, mask = self._targets[example_id]
     return {
-        "image": image, "prompt": prompt, "prompt_len": np.int32(plen),
-        "target_in": t_in, "target_out": t_out, "target_mask": mask,
+        "image": np.asarray(record["image"], np.uint8), "prompt": prompt,
+        "prompt_len": np.int32(plen), "target_in": t_in, "target_out": t_out, "target_mask": mask,
         "task": np.int32(self.task[example_id]), "qtype": np.int32(self.qtype[example_id]),
         "example_id": np.int32(example_id), "valid": np.bool_(True),
-    }
+    } | self._media(record, j if self.task[example_id] == TASK_VQA else None)
+
+  def _media(self, record=None, question: int | None = None) -> dict:
+    """The audio/video entries of an example (see the module doc); {} for a dataset without
+    media. ``record=None`` gives the padding entries."""
+    out = {}
+    if self.max_audio_len:
+      out["audio"], out["audio_len"] = _fit(self._audio_clip(record, question), self.max_audio_len)
+    if self.video_frames:
+      clip = schema.no_video(self.image_size) if record is None else record["video"]
+      out["video"], out["video_len"] = _fit(clip, self.video_frames)
+    return out
+
+  def _audio_clip(self, record, question: int | None) -> np.ndarray:
+    """What an example hears: its spoken question (VQA), else the record's sound, else nothing."""
+    if record is not None and question is not None and self.spoken_questions:
+      return schema.unpack_clips(record)[question]
+    if record is not None and self.scene_audio:
+      return record["scene_audio"]
+    return schema.no_audio()
 
   def padding_example(self) -> dict:
     s, lp, lt = self.image_size, self.max_prompt_len, self.max_target_len
@@ -270,7 +313,15 @@ class SplitData:
         "target_out": np.zeros(lt, np.int32), "target_mask": np.zeros(lt, np.float32),
         "task": np.int32(0), "qtype": np.int32(0), "example_id": np.int32(-1),
         "valid": np.bool_(False),
-    }
+    } | self._media()
+
+
+def _fit(x: np.ndarray, length: int) -> tuple[np.ndarray, np.int32]:
+  """``x`` cut or zero-padded to ``length`` along its first axis, and how many entries are real."""
+  x = np.asarray(x)[:length]
+  out = np.zeros((length,) + x.shape[1:], x.dtype)
+  out[: len(x)] = x
+  return out, np.int32(len(x))
 
 
 class _Ids:
@@ -297,7 +348,8 @@ def load_split(config, split: str, tokenizer: Tokenizer | None = None,
   return SplitData(builder, split, tokenizer,
                    max_prompt_len=int(_get(d, "max_prompt_len", 16)),
                    max_target_len=int(_get(d, "max_target_len", 64)),
-                   captions=bool(_get(d, "captions", True)))
+                   captions=bool(_get(d, "captions", True)),
+                   max_audio_seconds=float(_get(d, "max_audio_seconds", 4.0)))
 
 
 def shard_ids(n: int, process_index: int, process_count: int) -> np.ndarray:

@@ -94,6 +94,13 @@ def object_size(image_size: int) -> int:
   return max(5, int(round(image_size / 7)))
 
 
+def centre_range(image_size: int) -> tuple[int, int]:
+  """Inclusive range of object centre coordinates that keeps every object inside the image with
+  a 1-pixel background border (shared by the still layouts and the moving ones of video.py)."""
+  half = object_size(image_size) // 2
+  return half + 1, image_size - half - 2
+
+
 def position_word(obj: SceneObject, image_size: int) -> str:
   col = min(2, int(3 * (obj.x + 0.5) / image_size))
   row = min(2, int(3 * (obj.y + 0.5) / image_size))
@@ -117,9 +124,8 @@ def sample_objects(seed, image_size: int = 64, num_shapes: int = 3) -> tuple[Sce
   """Samples the six objects (one per colour, in COLORS order) with non-overlapping boxes."""
   _check_args(image_size, num_shapes)
   rng = _as_rng(seed)
-  size = object_size(image_size)
-  half = size // 2
-  lo, hi = half + 1, image_size - half - 2  # inclusive centre range, keeps a 1px border
+  half = object_size(image_size) // 2
+  lo, hi = centre_range(image_size)
   min_sep = 2 * half + 2  # boxes [x-half, x+half] separated by >= 1 background pixel
   shapes = SHAPES[:num_shapes]
   while True:

@@ -10,6 +10,11 @@ splits are read through ``builder.as_data_source(split)`` / ``tfds.data_source``
   splits.
 * ``mmjax_manifest``: config built by ``manifest_config(path, image_size)``; the config name holds a
   hash of the manifest's content, so a changed manifest is prepared again into a new directory.
+
+Optional media (``schema.record_features``): spoken questions (speech.py), the shapes object sounds
+(sounds.py) or a manifest's "audio" files, and video clips (video.py / a manifest's "video"
+entries). Enabled media add a suffix to the config name (``_media_suffix``); with none, names and
+records are exactly those of datasets prepared before media existed.
 """
 from __future__ import annotations
 
@@ -21,13 +26,43 @@ import shutil
 import tempfile
 
 from etils import epath
+import numpy as np
 import tensorflow_datasets as tfds
 
 from mmjax.data import manifest as manifest_lib
 from mmjax.data import schema
 from mmjax.data import shapes
+from mmjax.data import sounds
+from mmjax.data import speech
+from mmjax.data import video as video_lib
 
 FILE_FORMAT = "array_record"
+
+
+@dataclasses.dataclass(eq=False)
+class RecordConfig(tfds.core.BuilderConfig):
+  """What both builders' configs share: image size, seed and the optional media."""
+  image_size: int = 64
+  seed: int = 0
+  spoken_questions: bool = False
+  video_frames: int = 0  # 0 = no video feature
+  audio_sample_rate: int = 16000
+
+  @property
+  def scene_audio(self) -> bool:
+    """Whether records carry their own sound (the ``scene_audio`` feature)."""
+    raise NotImplementedError
+
+
+def _media_suffix(spoken_questions: bool, scene_audio: bool, video_frames: int,
+                  audio_sample_rate: int) -> str:
+  """Config-name suffix of the enabled media: "" when none (names stay as before media)."""
+  parts = (["sq"] if spoken_questions else []) + (["snd"] if scene_audio else [])
+  if parts:  # the rate only matters when there is audio
+    parts.append(f"sr{int(audio_sample_rate)}")
+  if video_frames:
+    parts.append(f"v{int(video_frames)}")
+  return "".join("_" + p for p in parts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -35,8 +70,7 @@ FILE_FORMAT = "array_record"
 
 
 @dataclasses.dataclass(eq=False)
-class ShapesConfig(tfds.core.BuilderConfig):
-  image_size: int = 64
+class ShapesConfig(RecordConfig):
   num_shapes: int = 3
   train_scenes: int = 12000
   validation_scenes: int = 500
@@ -44,7 +78,11 @@ class ShapesConfig(tfds.core.BuilderConfig):
   attribute_questions: int = 2
   spatial_questions: int = 2
   relational_questions: int = 4
-  seed: int = 0
+  object_sounds: bool = False
+
+  @property
+  def scene_audio(self) -> bool:
+    return self.object_sounds
 
   @property
   def questions_per_type(self):
@@ -59,7 +97,9 @@ class ShapesConfig(tfds.core.BuilderConfig):
 
 def shapes_config(image_size: int = 64, num_shapes: int = 3, train_scenes: int = 12000,
                   validation_scenes: int = 500, test_scenes: int = 1000,
-                  questions_per_type=None, seed: int = 0) -> ShapesConfig:
+                  questions_per_type=None, seed: int = 0, *, spoken_questions: bool = False,
+                  object_sounds: bool = False, video_frames: int = 0,
+                  audio_sample_rate: int = 16000) -> ShapesConfig:
   """A ShapesConfig whose name encodes all of its parameters."""
   q = dict(shapes.DEFAULT_QUESTIONS_PER_TYPE)
   if questions_per_type is not None:
@@ -68,23 +108,46 @@ def shapes_config(image_size: int = 64, num_shapes: int = 3, train_scenes: int =
       raise ValueError(f"unknown question types {sorted(unknown)}")
     q.update({k: int(v) for k, v in dict(questions_per_type).items()})
   name = (f"s{int(image_size)}_k{int(num_shapes)}_n{int(train_scenes)}-{int(validation_scenes)}-"
-          f"{int(test_scenes)}_q{q['attribute']}-{q['spatial']}-{q['relational']}_seed{int(seed)}")
+          f"{int(test_scenes)}_q{q['attribute']}-{q['spatial']}-{q['relational']}_seed{int(seed)}"
+          + _media_suffix(spoken_questions, object_sounds, video_frames, audio_sample_rate))
   return ShapesConfig(
       name=name, version="1.0.0", description="shapes scenes " + name,
       image_size=int(image_size), num_shapes=int(num_shapes), train_scenes=int(train_scenes),
       validation_scenes=int(validation_scenes), test_scenes=int(test_scenes),
       attribute_questions=q["attribute"], spatial_questions=q["spatial"],
-      relational_questions=q["relational"], seed=int(seed))
+      relational_questions=q["relational"], seed=int(seed),
+      spoken_questions=bool(spoken_questions), object_sounds=bool(object_sounds),
+      video_frames=int(video_frames), audio_sample_rate=int(audio_sample_rate))
 
 
 class _RecordBuilder(tfds.core.GeneratorBasedBuilder):
-  """What both builders share: the one record schema (schema.py) at the config's image size."""
+  """What both builders share: the one record schema (schema.py) at the config's image size,
+  with the media features the config enables."""
 
   def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
     return self.dataset_info_from_configs(
-        features=schema.record_features(self.builder_config.image_size),
+        features=schema.record_features(cfg.image_size, question_audio=cfg.spoken_questions,
+                                        scene_audio=cfg.scene_audio, video=cfg.video_frames > 0),
         supervised_keys=None,
         description=__doc__)
+
+  def _check_media_tools(self):
+    """Fails before any record is generated when an enabled medium's tool is missing."""
+    if self.builder_config.spoken_questions:
+      speech.require()
+
+  def _with_media(self, example: dict, scene_audio=None, video=None) -> dict:
+    """``example`` plus the media features of this config (absent clips stored empty)."""
+    cfg = self.builder_config
+    if cfg.spoken_questions:
+      example.update(schema.pack_clips(
+          speech.synthesize(q, cfg.audio_sample_rate) for q in example["questions"]))
+    if cfg.scene_audio:
+      example["scene_audio"] = schema.no_audio() if scene_audio is None else scene_audio
+    if cfg.video_frames:
+      example["video"] = schema.no_video(cfg.image_size) if video is None else video
+    return example
 
 
 class MmjaxShapes(_RecordBuilder):
@@ -100,6 +163,7 @@ class MmjaxShapes(_RecordBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     cfg = self.builder_config
+    self._check_media_tools()
     # Layouts are cheap: check across-split uniqueness up front (identical layouts <=> identical
     # images, since rendering is a deterministic function of the layout).
     seen = {}
@@ -116,17 +180,24 @@ class MmjaxShapes(_RecordBuilder):
   def _generate_examples(self, split: str, n: int):
     cfg = self.builder_config
     for i in range(n):
-      scene = shapes.generate_scene(shapes.scene_seed(cfg.seed, split, i), cfg.image_size,
-                                    cfg.num_shapes, cfg.questions_per_type)
+      # The scene's rng goes on to draw the video's velocities (after the scene, so the scene
+      # itself is the same with or without video).
+      rng = np.random.default_rng(shapes.scene_seed(cfg.seed, split, i))
+      scene = shapes.generate_scene(rng, cfg.image_size, cfg.num_shapes, cfg.questions_per_type)
       rid = f"{split}_{i:06d}"
-      yield rid, {
-          "image": scene.image,
-          "questions": scene.questions,
-          "answers": scene.answers,
-          "question_types": scene.question_types,
-          "captions": [scene.caption],
-          "id": rid,
-      }
+      yield rid, self._with_media(
+          {
+              "image": scene.image,
+              "questions": scene.questions,
+              "answers": scene.answers,
+              "question_types": scene.question_types,
+              "captions": [scene.caption],
+              "id": rid,
+          },
+          scene_audio=(sounds.scene_sound(scene.objects, cfg.audio_sample_rate)
+                       if cfg.object_sounds else None),
+          video=(video_lib.scene_clip(scene.objects, rng, cfg.video_frames, cfg.image_size)
+                 if cfg.video_frames else None))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,24 +205,38 @@ class MmjaxShapes(_RecordBuilder):
 
 
 @dataclasses.dataclass(eq=False)
-class ManifestConfig(tfds.core.BuilderConfig):
+class ManifestConfig(RecordConfig):
   manifest_path: str = ""
-  image_size: int = 64
-  seed: int = 0
+  has_audio: bool = False  # some line has an "audio" file
+
+  @property
+  def scene_audio(self) -> bool:
+    return self.has_audio
 
 
-def manifest_config(manifest_path: str | os.PathLike, image_size: int = 64,
-                    seed: int = 0) -> ManifestConfig:
-  """Config named by the manifest content hash (plus image size and split seed)."""
+def manifest_config(manifest_path: str | os.PathLike, image_size: int = 64, seed: int = 0, *,
+                    spoken_questions: bool = False, video_frames: int = 0,
+                    audio_sample_rate: int = 16000) -> ManifestConfig:
+  """Config named by the manifest content hash (plus image size, split seed and media).
+
+  Audio and video features exist when the manifest uses the "audio" / "video" keys (a quick
+  scan); ``video_frames`` only matters then.
+  """
   path = os.path.abspath(os.fspath(manifest_path))
   if not os.path.isfile(path):
     raise ValueError(f"{path}: manifest not found")
   h = manifest_lib.manifest_hash(path)
   # The manifest's folder matters too: image paths are relative to it.
   h2 = hashlib.sha256(os.path.dirname(path).encode()).hexdigest()[:6]
-  name = f"m{h}-{h2}_s{int(image_size)}_seed{int(seed)}"
+  used = manifest_lib.used_media(path)
+  has_audio = "audio" in used
+  video_frames = int(video_frames) if "video" in used else 0
+  name = (f"m{h}-{h2}_s{int(image_size)}_seed{int(seed)}"
+          + _media_suffix(spoken_questions, has_audio, video_frames, audio_sample_rate))
   return ManifestConfig(name=name, version="1.0.0", description=f"manifest {path}",
-                        manifest_path=path, image_size=int(image_size), seed=int(seed))
+                        manifest_path=path, image_size=int(image_size), seed=int(seed),
+                        spoken_questions=bool(spoken_questions), has_audio=has_audio,
+                        video_frames=video_frames, audio_sample_rate=int(audio_sample_rate))
 
 
 class MmjaxManifest(_RecordBuilder):
@@ -171,14 +256,22 @@ class MmjaxManifest(_RecordBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     cfg = self.builder_config
+    self._check_media_tools()
     parsed = self._parsed
     if parsed is None:
-      parsed = manifest_lib.parse_manifest(cfg.manifest_path, seed=cfg.seed)
+      parsed = manifest_lib.parse_manifest(cfg.manifest_path, seed=cfg.seed,
+                                           video_frames=cfg.video_frames)
     return {split: self._generate_examples(recs) for split, recs in parsed.items()}
 
   def _generate_examples(self, records):
+    cfg = self.builder_config
     for rec in records:
-      yield rec.id, rec.to_example(self.builder_config.image_size)
+      yield rec.id, self._with_media(
+          rec.to_example(cfg.image_size),
+          scene_audio=(manifest_lib.load_audio(rec.audio, cfg.audio_sample_rate)
+                       if rec.audio else None),
+          video=(manifest_lib.load_video(rec.video, cfg.image_size, cfg.video_frames)
+                 if rec.video else None))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,11 +283,16 @@ def is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
 
 
 def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str):
-  """download_and_prepare; on failure removes whatever this call created under data_dir."""
+  """download_and_prepare; on failure removes whatever this call created for this dataset.
+
+  Only ``data_dir/<dataset name>`` is cleaned (plus ``data_dir`` itself when this call created it
+  and it is left empty): ``data_dir`` may be shared with other datasets and other processes.
+  """
+  root = os.path.join(data_dir, builder.name)
   before = set()
-  for root, dirs, files in os.walk(data_dir):
-    before.update(os.path.join(root, x) for x in dirs + files)
-  data_dir_existed = os.path.isdir(data_dir)
+  for r, dirs, files in os.walk(root):
+    before.update(os.path.join(r, x) for x in dirs + files)
+  root_existed, data_dir_existed = os.path.isdir(root), os.path.isdir(data_dir)
   try:
     # Nothing is downloaded; keep TFDS's (empty) downloads/ folder out of data_dir.
     with tempfile.TemporaryDirectory(prefix="mmjax_tfds_dl_") as dl:
@@ -203,9 +301,8 @@ def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str):
           download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   except BaseException:
     created = []
-    for root, dirs, files in os.walk(data_dir):
-      created.extend(os.path.join(root, x) for x in dirs + files
-                     if os.path.join(root, x) not in before)
+    for r, dirs, files in os.walk(root):
+      created.extend(os.path.join(r, x) for x in dirs + files if os.path.join(r, x) not in before)
     for p in sorted(created, key=len):
       if os.path.isdir(p) and not os.path.islink(p):
         shutil.rmtree(p, ignore_errors=True)
@@ -214,8 +311,13 @@ def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str):
           os.remove(p)
         except OSError:
           pass
+    if not root_existed:
+      shutil.rmtree(root, ignore_errors=True)
     if not data_dir_existed:
-      shutil.rmtree(data_dir, ignore_errors=True)
+      try:
+        os.rmdir(data_dir)  # only if empty: never delete what others wrote meanwhile
+      except OSError:
+        pass
     raise
 
 
@@ -230,17 +332,20 @@ def prepare_shapes(data_dir: str, config: ShapesConfig | None = None) -> MmjaxSh
   return builder
 
 
-def prepare_manifest(manifest_path: str, data_dir: str, image_size: int = 64,
-                     seed: int = 0) -> MmjaxManifest:
+def prepare_manifest(manifest_path: str, data_dir: str, image_size: int = 64, seed: int = 0, *,
+                     spoken_questions: bool = False, video_frames: int = 0,
+                     audio_sample_rate: int = 16000) -> MmjaxManifest:
   """Validates + builds (if missing) the manifest dataset and returns its builder.
 
   Validation runs before anything is written; on any error nothing is left under ``data_dir``.
   """
   data_dir = os.path.expanduser(os.fspath(data_dir))
-  config = manifest_config(manifest_path, image_size, seed)
+  config = manifest_config(manifest_path, image_size, seed, spoken_questions=spoken_questions,
+                           video_frames=video_frames, audio_sample_rate=audio_sample_rate)
   builder = MmjaxManifest(config=config, data_dir=data_dir)
   if not is_prepared(builder):
-    parsed = manifest_lib.parse_manifest(config.manifest_path, seed=seed)
+    parsed = manifest_lib.parse_manifest(config.manifest_path, seed=seed,
+                                         video_frames=config.video_frames)
     builder = MmjaxManifest(config=config, data_dir=data_dir, parsed=parsed)
     _prepare(builder, data_dir)
     builder = MmjaxManifest(config=config, data_dir=data_dir)
