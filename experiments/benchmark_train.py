@@ -51,7 +51,7 @@ def _setup(config, vocab, mesh=None):
   batch = state_lib.dummy_batch(config, config.batch_size)
   step = state_lib.make_train_step(setup, batch)
   abstract_batch = {k: jax.ShapeDtypeStruct(batch[k].shape, batch[k].dtype, sharding=s)
-                    for k, s in setup.batch_sharding(batch).items() if k in state_lib.BATCH_KEYS}
+                    for k, s in setup.batch_sharding(batch).items() if k in state_lib.batch_keys(config)}
   with setup.context():
     compiled = step.lower(setup.abstract_state, abstract_batch).compile()
   return setup, batch, step, compiled
@@ -86,7 +86,7 @@ def main(argv):
   flops = _flops(compiled)  # per step, of the compiled SPMD program, i.e. per device
   state = state_lib.init_state(setup, jax.random.key(0))
   sh = setup.batch_sharding(batch)
-  dev_batch = {k: jax.device_put(batch[k], sh[k]) for k in state_lib.BATCH_KEYS}
+  dev_batch = {k: jax.device_put(batch[k], sh[k]) for k in state_lib.batch_keys(config)}
   with setup.context():
     for _ in range(2):
       state, m = step(state, dev_batch)

@@ -1,12 +1,16 @@
 r"""Evaluates the newest checkpoint of a workdir on a split and appends the metrics.
 
+A VLM workdir is scored by generation (VQA accuracy, CIDEr); a contrastive one
+(config.model.kind="contrastive") by retrieval recall@1/5/10 and zero-shot accuracy.
+
   python experiments/evaluate.py --workdir=DIR [--split=test] [--max_examples=0]
 """
 from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to evaluate.")
-_MAX = flags.DEFINE_integer("max_examples", 0, "Evaluate at most this many examples (0 = all).")
+_MAX = flags.DEFINE_integer("max_examples", 0, "Evaluate at most this many examples (0 = all; contrastive "
+                             "models: captions).")
 _REPORT = flags.DEFINE_integer("report_examples", 16, "Examples written to DIR/samples/<split>_samples.*")
 
 
@@ -14,19 +18,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import os
-  import jax
-  from mmjax.evaluate.evaluator import evaluate_split
-  from mmjax.sample.generate import make_generate_fn
   from mmjax.sample.report import write_report
   from mmjax.train import workdir as workdir_lib
   from mmjax.train.metrics_writer import MetricWriter
-  from mmjax.train.trainer import generate_options
 
   logging.set_verbosity(logging.WARNING)
   t = workdir_lib.load(_WORKDIR.value)
-  gen = make_generate_fn(t.setup, generate_options(t.config, t.data.tokenizer))
-  metrics, preds = evaluate_split(t.data, _SPLIT.value, gen, t.params, t.config.eval_batch_size,
-                                  jax.random.key(t.config.seed + 1), max_examples=_MAX.value, progress=True)
+  # The evaluation of the workdir's model kind: generation (VLM) or retrieval + zero-shot (contrastive).
+  evaluate = t.setup.kind.make_evaluator(t.setup, t.data)
+  metrics, preds = evaluate(t.params, _SPLIT.value, max_examples=_MAX.value, progress=True)
   writer = MetricWriter(_WORKDIR.value)
   writer.write(t.step, metrics)
   writer.close()

@@ -6,7 +6,15 @@ r"""Samples from a trained workdir.
 
 Images of any mode are converted to RGB (transparency composited on white) and resized to the
 model's image size with bicubic filtering. --sampler: greedy | temperature | top_k | top_p | beam.
+
+A contrastive workdir (config.model.kind="contrastive") generates nothing: it ranks the --prompt
+texts for every --image by embedding similarity, and --split writes a report of the caption each
+image retrieves first.
+
+  python experiments/sample.py --workdir=DIR --image=scene.png --prompt="a red circle" --prompt="a red square"
 """
+import sys
+
 from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
@@ -29,16 +37,20 @@ def main(argv):
   if _SPLIT.value is None and not _IMAGE.value:
     raise app.UsageError("give --image (with --prompt) or --split.")
   import dataclasses
-  import os
   import jax
   from mmjax.sample.generate import make_generate_fn
   from mmjax.sample.predict import answer
-  from mmjax.sample.report import write_report
   from mmjax.train import workdir as workdir_lib
   from mmjax.train.trainer import generate_options
 
   logging.set_verbosity(logging.WARNING)
   t = workdir_lib.load(_WORKDIR.value)
+  if t.setup.kind.name == "contrastive":
+    try:
+      _contrastive(t)
+    except (ValueError, FileNotFoundError) as e:  # bad image file, empty or too long text
+      sys.exit(f"error: {e}")
+    return
   opts = generate_options(t.config, t.data.tokenizer)
   changes = {k: v for k, v in dict(sampler=_SAMPLER.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                                    top_p=_TOP_P.value, beam_size=_BEAM.value).items() if v is not None}
@@ -49,9 +61,7 @@ def main(argv):
     from mmjax.evaluate.evaluator import evaluate_split
     metrics, preds = evaluate_split(t.data, _SPLIT.value, gen, t.params, t.config.eval_batch_size, rng,
                                     max_examples=_NUM.value)
-    png, txt = write_report(os.path.join(_WORKDIR.value, "samples"), t.data, _SPLIT.value, preds, _NUM.value)
-    print(open(txt).read())
-    print(f"wrote {png} and {txt}")
+    _report(t, preds)
     return
   prompts = _PROMPT.value
   if len(prompts) == 1:
@@ -61,6 +71,35 @@ def main(argv):
                          "or one per image.")
   for image, prompt, text in zip(_IMAGE.value, prompts, answer(t, gen, _IMAGE.value, prompts, rng)):
     print(text if len(prompts) == 1 else f"{image}\t{prompt}\t{text}")
+
+
+def _report(t, predictions):
+  """Writes and prints the sample report of --split (its first --num predictions)."""
+  import os
+  from mmjax.sample.report import write_report
+  png, txt = write_report(os.path.join(_WORKDIR.value, "samples"), t.data, _SPLIT.value, predictions, _NUM.value)
+  print(open(txt).read())
+  print(f"wrote {png} and {txt}")
+
+
+def _contrastive(t):
+  """Ranks texts for images, or writes a retrieval report for a split (a contrastive workdir)."""
+  from mmjax.sample.predict import rank_texts
+  given = [f"--{f.name}" for f in (_SAMPLER, _TEMPERATURE, _TOP_K, _TOP_P, _BEAM) if f.value is not None]
+  if given:
+    raise app.UsageError(f"{' '.join(given)}: this workdir holds a contrastive model, which ranks texts instead "
+                         "of generating them; drop the sampler flags.")
+  if _SPLIT.value:
+    metrics, preds = t.setup.kind.make_evaluator(t.setup, t.data)(t.params, _SPLIT.value, max_examples=_NUM.value)
+    _report(t, preds)
+    return
+  if not _PROMPT.value:
+    raise app.UsageError("this workdir holds a contrastive model: give the texts to rank for the image(s) as "
+                         "--prompt (one or more), e.g. --prompt='a red circle' --prompt='a red square'.")
+  for image, ranked in zip(_IMAGE.value, rank_texts(t, _IMAGE.value, _PROMPT.value)):
+    print(image)
+    for text, similarity in ranked:
+      print(f"  {similarity:+.4f}\t{text}")
 
 
 if __name__ == "__main__":

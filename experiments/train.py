@@ -3,6 +3,7 @@ r"""Trains, evaluates and samples a model; resumes by itself when --workdir has 
   python experiments/train.py --workdir=/tmp/mmjax_default
   python experiments/train.py --workdir=DIR --config=experiments/configs/default.py \
       --config.total_steps=500 --config.data.manifest=/data/my_vqa.jsonl
+  python experiments/train.py --workdir=DIR --config=experiments/configs/contrastive.py  # CLIP / SigLIP
 """
 import os
 import sys

@@ -25,6 +25,15 @@ Audio and video (all off by default; each setting is prepared into its own datas
   audio_sample_rate   16000  Hz of every stored clip (manifest "audio" files are resampled to it).
   max_audio_seconds   4.0    batches' "audio" length (longer clips are cut; the longest spoken
                              shapes question is about 3.3 s). Read by the pipeline only.
+Tasks on the audio (pipeline options: the prepared dataset is the same with or without them):
+  spoken_prompt       False  VQA from spoken questions: every VQA example's text prompt becomes
+                             ``pipeline.SPOKEN_PROMPT`` ("answer the spoken question."), so the
+                             question is only in its audio. Needs spoken_questions.
+  av_matching         False  audio-visual matching: one more example per record with a sound,
+                             prompt "does the sound match the image?", answer yes/no; the sound is
+                             another scene's for av_mismatch_fraction of them (av_matching.py).
+                             Needs object_sounds (shapes) or manifest "audio" files.
+  av_mismatch_fraction 0.5   fraction of matching examples whose sound is another scene's ("no").
 Top-level keys the pipeline also reads: ``config.seed`` (train shuffle seed) and
 ``config.batch_size`` (global batch size).
 """
@@ -62,4 +71,13 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.video_frames = 0
   c.audio_sample_rate = 16000
   c.max_audio_seconds = 4.0
+  c.spoken_prompt = False
+  c.av_matching = False
+  c.av_mismatch_fraction = 0.5
   return c
+
+
+def max_audio_samples(data_config) -> int:
+  """Length N of the batches' ``audio`` [B, N]: max_audio_seconds at audio_sample_rate."""
+  get = lambda k, default: data_config[k] if k in data_config else default
+  return int(round(float(get("max_audio_seconds", 4.0)) * int(get("audio_sample_rate", 16000))))

@@ -5,13 +5,18 @@ Config keys (``config.data.*``; defaults in ``mmjax.data.config.default_data_con
   validation_scenes (500), test_scenes (1000), shapes (3),
   questions_per_type ({attribute: 2, spatial: 2, relational: 4}), captions (True),
   max_prompt_len (16), max_target_len (64), vocab_size (512), spoken_questions (False),
-  object_sounds (False), video_frames (0), audio_sample_rate (16000), max_audio_seconds (4.0);
+  object_sounds (False), video_frames (0), audio_sample_rate (16000), max_audio_seconds (4.0),
+  spoken_prompt (False), av_matching (False), av_mismatch_fraction (0.5);
   plus ``config.seed`` (train shuffle seed) and ``config.batch_size`` (global batch).
 
 Examples are flattened from records: each (question, answer) is a VQA example (prompt = question,
 target = answer), each caption a captioning example (prompt = ``CAPTION_PROMPT``, target = caption).
-Example ids index the flat list ``SplitData.index`` of (record_idx, item_idx) (questions first,
-then captions, within a record).
+With ``spoken_prompt`` every VQA prompt is ``SPOKEN_PROMPT`` instead (the question is only in the
+example's audio). With ``av_matching`` every record with a sound adds one audio-visual matching
+example (prompt ``av_matching.PROMPT``, target yes/no; its audio is the record's sound or another
+record's, see av_matching.py). Example ids index the flat list ``SplitData.index`` of
+(record_idx, item_idx) (questions first, then captions, then the matching example, within a record;
+the matching example's item_idx is the number of questions + captions of the record).
 
 Batches are dicts of numpy arrays:
   image       uint8   [B, H, W, 3]
@@ -20,7 +25,7 @@ Batches are dicts of numpy arrays:
   target_in   int32   [B, Lt]   [bos, t1..tn, pad...]          (Lt = max_target_len;
   target_out  int32   [B, Lt]   [t1..tn, eos, pad...]           targets truncated to Lt - 1)
   target_mask float32 [B, Lt]   1 on t1..tn and eos
-  task        int32   [B]       0 = vqa, 1 = caption
+  task        int32   [B]       0 = vqa, 1 = caption, 2 = av_match (TASK_NAMES)
   qtype       int32   [B]       index into QUESTION_TYPES
   example_id  int32   [B]       index into the split's flat example list (-1 on padding)
   valid       bool    [B]       False on eval padding
@@ -28,7 +33,8 @@ plus, only when the dataset has audio (spoken questions, object sounds or manife
   audio       int16   [B, N]    mono clip at audio_sample_rate, 0-padded / cut to
                                 N = round(max_audio_seconds * audio_sample_rate). VQA examples get
                                 their spoken question when the dataset has spoken questions, else
-                                (and captioning examples always) the record's sound.
+                                (and captioning examples always) the record's sound; matching
+                                examples the sound av_matching.pair_sounds chose.
   audio_len   int32   [B]       samples of the clip in `audio` (0: the example has no audio)
 and only when the dataset has video (video_frames > 0):
   video       uint8   [B, T, H, W, 3]  the record's clip (zeros when it has none)
@@ -52,6 +58,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mmjax.data import av_matching as av_lib
 from mmjax.data import config as config_lib
 from mmjax.data import schema
 from mmjax.data import shapes
@@ -59,8 +66,10 @@ from mmjax.data import tfds_builders
 from mmjax.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 CAPTION_PROMPT = "describe the image."
-QUESTION_TYPES = ("attribute", "spatial", "relational", "vqa", "caption")
-TASK_VQA, TASK_CAPTION = 0, 1
+SPOKEN_PROMPT = "answer the spoken question."
+QUESTION_TYPES = ("attribute", "spatial", "relational", "vqa", "caption", "av_match")
+TASK_VQA, TASK_CAPTION, TASK_AV_MATCH = 0, 1, 2
+TASK_NAMES = ("vqa", "caption", "av_match")
 TOKENIZER_FILENAME = "tokenizer.model"
 SPLITS = ("train", "validation", "test")
 
@@ -81,52 +90,77 @@ def data_dir(config) -> str:
   return os.path.expanduser(os.fspath(d))
 
 
-def prepare_builder(config) -> tfds.core.DatasetBuilder:
-  """Builds (if missing) the TFDS dataset of ``config`` and returns its builder."""
+def _dataset_args(config) -> tuple[str, dict]:
+  """(manifest path or "", keyword arguments of the builder config) of ``config``."""
   d = _data_cfg(config)
-  ddir = data_dir(config)
-  image_size = int(_get(d, "image_size", 64))
-  seed = int(_get(d, "seed", 0))
-  media = dict(spoken_questions=bool(_get(d, "spoken_questions", False)),
-               video_frames=int(_get(d, "video_frames", 0)),
-               audio_sample_rate=int(_get(d, "audio_sample_rate", 16000)))
+  args = dict(image_size=int(_get(d, "image_size", 64)), seed=int(_get(d, "seed", 0)),
+              spoken_questions=bool(_get(d, "spoken_questions", False)),
+              video_frames=int(_get(d, "video_frames", 0)),
+              audio_sample_rate=int(_get(d, "audio_sample_rate", 16000)))
   manifest = _get(d, "manifest", "")
   if manifest:
-    return tfds_builders.prepare_manifest(os.path.expanduser(manifest), ddir, image_size, seed,
-                                          **media)
+    return os.path.expanduser(manifest), args
   qpt = _get(d, "questions_per_type", None)
-  qpt = dict(qpt) if qpt is not None else None
-  cfg = tfds_builders.shapes_config(
-      image_size=image_size, num_shapes=int(_get(d, "shapes", 3)),
+  return "", args | dict(
+      num_shapes=int(_get(d, "shapes", 3)),
       train_scenes=int(_get(d, "train_scenes", 12000)),
       validation_scenes=int(_get(d, "validation_scenes", 500)),
       test_scenes=int(_get(d, "test_scenes", 1000)),
-      questions_per_type=qpt, seed=seed,
-      object_sounds=bool(_get(d, "object_sounds", False)), **media)
-  return tfds_builders.prepare_shapes(ddir, cfg)
+      questions_per_type=dict(qpt) if qpt is not None else None,
+      object_sounds=bool(_get(d, "object_sounds", False)))
+
+
+def prepare_builder(config) -> tfds.core.DatasetBuilder:
+  """Builds (if missing) the TFDS dataset of ``config`` and returns its builder."""
+  manifest, args = _dataset_args(config)
+  if manifest:
+    return tfds_builders.prepare_manifest(manifest, data_dir(config), **args)
+  return tfds_builders.prepare_shapes(data_dir(config), tfds_builders.shapes_config(**args))
+
+
+def _media_of(cfg: tfds_builders.RecordConfig) -> tuple[str, ...]:
+  return ((("audio",) if cfg.spoken_questions or cfg.scene_audio else ())
+          + (("video",) if cfg.video_frames else ()))
+
+
+def dataset_media(config) -> tuple[str, ...]:
+  """The media the batches of ``config``'s dataset carry ("audio", "video"), known without building
+  it (a manifest is only scanned)."""
+  manifest, args = _dataset_args(config)
+  return _media_of(tfds_builders.manifest_config(manifest, **args) if manifest
+                   else tfds_builders.shapes_config(**args))
 
 
 def _decode(x) -> str:
   return x.decode("utf-8") if isinstance(x, (bytes, np.bytes_)) else str(x)
 
 
-def _read_texts(builder, split: str) -> list[dict]:
-  """Text fields of every record of ``split`` (image and media decoding skipped)."""
+def _read_texts(builder, split: str, sound_keys: bool = False) -> list[dict]:
+  """Text fields of every record of ``split`` (image and media decoding skipped); with
+  ``sound_keys`` also "sound": ``av_matching.sound_key`` of the record's ``scene_audio``."""
   if split not in builder.info.splits or builder.info.splits[split].num_examples == 0:
     return []
-  skip = [k for k in ("image",) + schema.MEDIA_KEYS if k in builder.info.features]
-  src = builder.as_data_source(split, decoders={k: tfds.decode.SkipDecoding() for k in skip})
+  src = _source(builder, split, skip=("image",) + schema.MEDIA_KEYS)
   out = []
   n, chunk = len(src), 1024
   rows = []
   for start in range(0, n, chunk):
     idx = list(range(start, min(n, start + chunk)))
     rows.extend(src.__getitems__(idx) if hasattr(src, "__getitems__") else [src[i] for i in idx])
+  sound = builder.info.features["scene_audio"] if sound_keys else None
   for r in rows:
     out.append({k: [_decode(v) for v in r[k]]
                 for k in ("questions", "answers", "question_types", "captions")}
-               | {"id": _decode(r["id"])})
+               | {"id": _decode(r["id"])}
+               | ({"sound": av_lib.sound_key(sound.decode_example_np(r["scene_audio"]))}
+                  if sound_keys else {}))
   return out
+
+
+def _source(builder, split: str, skip=()):
+  """``builder.as_data_source(split)`` that leaves the features ``skip`` undecoded."""
+  skip = [k for k in skip if k in builder.info.features]
+  return builder.as_data_source(split, decoders={k: tfds.decode.SkipDecoding() for k in skip})
 
 
 def tokenizer_path(builder) -> str:
@@ -136,6 +170,8 @@ def tokenizer_path(builder) -> str:
 def tokenizer_training_texts(builder, records: list[dict] | None = None) -> list[str]:
   records = _read_texts(builder, "train") if records is None else records
   texts = [CAPTION_PROMPT]
+  if "audio" in _media_of(builder.builder_config):
+    texts += [SPOKEN_PROMPT, av_lib.PROMPT]  # the fixed prompts of the audio tasks
   if isinstance(builder, tfds_builders.MmjaxShapes):
     texts += shapes.vocabulary_texts(builder.builder_config.num_shapes)
   for r in records:
@@ -173,39 +209,56 @@ class SplitData:
   """Random access to the flattened examples of one split (images and media read lazily)."""
 
   def __init__(self, builder, split: str, tokenizer: Tokenizer, *, max_prompt_len: int = 16,
-               max_target_len: int = 64, captions: bool = True, max_audio_seconds: float = 4.0):
+               max_target_len: int = 64, captions: bool = True, max_audio_seconds: float = 4.0,
+               spoken_prompt: bool = False, av_matching: bool = False,
+               av_mismatch_fraction: float = 0.5, seed: int = 0):
     self.builder, self.split, self.tokenizer = builder, split, tokenizer
     self.max_prompt_len, self.max_target_len = int(max_prompt_len), int(max_target_len)
     if self.max_target_len < 2:
       raise ValueError("max_target_len must be >= 2")
-    self.records = _read_texts(builder, split)
-    self._source = builder.as_data_source(split) if self.records else None
-    self.image_size = int(builder.info.features["image"].shape[0])
     # Media the dataset has (see schema.py); none -> examples are exactly the image/text ones.
     features, cfg = builder.info.features, builder.builder_config
     self.spoken_questions = "question_audio" in features
     self.scene_audio = "scene_audio" in features
-    self.max_audio_len = (int(round(float(max_audio_seconds) * cfg.audio_sample_rate))
+    _check_tasks(self, spoken_prompt, av_matching)
+    self.spoken_prompt = bool(spoken_prompt)
+    self.records = _read_texts(builder, split, sound_keys=av_matching)
+    self._source = builder.as_data_source(split) if self.records else None
+    self._sound_source = (_source(builder, split, skip=("image",) + tuple(
+        k for k in schema.MEDIA_KEYS if k != "scene_audio")) if av_matching and self.records else None)
+    self.image_size = int(builder.info.features["image"].shape[0])
+    self.max_audio_len = (config_lib.max_audio_samples(
+        {"max_audio_seconds": max_audio_seconds, "audio_sample_rate": cfg.audio_sample_rate})
                           if self.spoken_questions or self.scene_audio else 0)
     self.video_frames = int(cfg.video_frames) if "video" in features else 0
+    # Matching examples: whose sound each record's example hears (-1: none; see av_matching.py).
+    self.av_partner = (av_lib.pair_sounds([r["sound"] for r in self.records], av_mismatch_fraction,
+                                          [int(seed), SPLITS.index(split), 0xA7])
+                       if av_matching else np.full(len(self.records), -1, np.int64))
     index, task, qtype, prompts, targets = [], [], [], [], []
     self._cache = {}
     caption_prompt = self._prompt(CAPTION_PROMPT)
     for ri, r in enumerate(self.records):
+      nq, nc = len(r["questions"]), len(r["captions"])
       for j, (q, a, qt) in enumerate(zip(r["questions"], r["answers"], r["question_types"])):
         index.append((ri, j))
         task.append(TASK_VQA)
         qtype.append(QUESTION_TYPES.index(qt) if qt in QUESTION_TYPES else QUESTION_TYPES.index("vqa"))
-        prompts.append(self._prompt(q))
+        prompts.append(self._prompt(SPOKEN_PROMPT if spoken_prompt else q))
         targets.append(self._target(a))
       if captions:
-        nq = len(r["questions"])
         for k, c in enumerate(r["captions"]):
           index.append((ri, nq + k))
           task.append(TASK_CAPTION)
           qtype.append(QUESTION_TYPES.index("caption"))
           prompts.append(caption_prompt)
           targets.append(self._target(c))
+      if self.av_partner[ri] >= 0:
+        index.append((ri, nq + nc))
+        task.append(TASK_AV_MATCH)
+        qtype.append(QUESTION_TYPES.index("av_match"))
+        prompts.append(self._prompt(av_lib.PROMPT))
+        targets.append(self._target(av_lib.answer(ri, self.av_partner[ri])))
     self.index = np.asarray(index, np.int64).reshape(-1, 2)
     self.task = np.asarray(task, np.int32)
     self.qtype = np.asarray(qtype, np.int32)
@@ -259,12 +312,17 @@ class SplitData:
     r = self.records[ri]
     if self.task[example_id] == TASK_VQA:
       return r["answers"][j]
+    if self.task[example_id] == TASK_AV_MATCH:
+      return av_lib.answer(ri, self.av_partner[ri])
     return list(r["captions"])
 
   def prompt_text(self, example_id: int) -> str:
+    """The text prompt the model reads (for spoken VQA the fixed prompt, not the question)."""
     ri, j = (int(v) for v in self.index[int(example_id)])
     if self.task[example_id] == TASK_VQA:
-      return self.records[ri]["questions"][j]
+      return SPOKEN_PROMPT if self.spoken_prompt else self.records[ri]["questions"][j]
+    if self.task[example_id] == TASK_AV_MATCH:
+      return av_lib.PROMPT
     return CAPTION_PROMPT
 
   def record_id(self, example_id: int) -> str:
@@ -278,24 +336,33 @@ class SplitData:
     ri, j = (int(v) for v in self.index[example_id])
     record = self._source[ri]
     prompt, plen = self._prompts[example_id]
+    task = self.task[example_id]
     t_in, t_out, mask = self._targets[example_id]
     return {
         "image": np.asarray(record["image"], np.uint8), "prompt": prompt,
         "prompt_len": np.int32(plen), "target_in": t_in, "target_out": t_out, "target_mask": mask,
-        "task": np.int32(self.task[example_id]), "qtype": np.int32(self.qtype[example_id]),
+        "task": np.int32(task), "qtype": np.int32(self.qtype[example_id]),
         "example_id": np.int32(example_id), "valid": np.bool_(True),
-    } | self._media(record, j if self.task[example_id] == TASK_VQA else None)
+    } | self._media(record, j if task == TASK_VQA else None,
+                    int(self.av_partner[ri]) if task == TASK_AV_MATCH else None)
 
-  def _media(self, record=None, question: int | None = None) -> dict:
+  def _media(self, record=None, question: int | None = None, sound_of: int | None = None) -> dict:
     """The audio/video entries of an example (see the module doc); {} for a dataset without
-    media. ``record=None`` gives the padding entries."""
+    media. ``record=None`` gives the padding entries; ``sound_of``: the record whose sound a
+    matching example hears."""
     out = {}
     if self.max_audio_len:
-      out["audio"], out["audio_len"] = _fit(self._audio_clip(record, question), self.max_audio_len)
+      clip = (self._sound(sound_of) if sound_of is not None
+              else self._audio_clip(record, question))
+      out["audio"], out["audio_len"] = _fit(clip, self.max_audio_len)
     if self.video_frames:
       clip = schema.no_video(self.image_size) if record is None else record["video"]
       out["video"], out["video_len"] = _fit(clip, self.video_frames)
     return out
+
+  def _sound(self, record_index: int) -> np.ndarray:
+    """The ``scene_audio`` of record ``record_index`` (its image and other media not decoded)."""
+    return self._sound_source[int(record_index)]["scene_audio"]
 
   def _audio_clip(self, record, question: int | None) -> np.ndarray:
     """What an example hears: its spoken question (VQA), else the record's sound, else nothing."""
@@ -314,6 +381,17 @@ class SplitData:
         "task": np.int32(0), "qtype": np.int32(0), "example_id": np.int32(-1),
         "valid": np.bool_(False),
     } | self._media()
+
+
+def _check_tasks(data: SplitData, spoken_prompt: bool, av: bool) -> None:
+  """The audio tasks need the audio they are about; errors name the config keys to set."""
+  if spoken_prompt and not data.spoken_questions:
+    raise ValueError("--config.data.spoken_prompt=True takes the question out of the text prompt, but this "
+                     "dataset has no spoken questions: set --config.data.spoken_questions=True as well.")
+  if av and not data.scene_audio:
+    raise ValueError("--config.data.av_matching=True pairs images with their sounds, but this dataset has no "
+                     "per-record sound: set --config.data.object_sounds=True (shapes) or give the manifest "
+                     "\"audio\" files.")
 
 
 def _fit(x: np.ndarray, length: int) -> tuple[np.ndarray, np.int32]:
@@ -349,7 +427,11 @@ def load_split(config, split: str, tokenizer: Tokenizer | None = None,
                    max_prompt_len=int(_get(d, "max_prompt_len", 16)),
                    max_target_len=int(_get(d, "max_target_len", 64)),
                    captions=bool(_get(d, "captions", True)),
-                   max_audio_seconds=float(_get(d, "max_audio_seconds", 4.0)))
+                   max_audio_seconds=float(_get(d, "max_audio_seconds", 4.0)),
+                   spoken_prompt=bool(_get(d, "spoken_prompt", False)),
+                   av_matching=bool(_get(d, "av_matching", False)),
+                   av_mismatch_fraction=float(_get(d, "av_mismatch_fraction", 0.5)),
+                   seed=int(_get(d, "seed", 0)))
 
 
 def shard_ids(n: int, process_index: int, process_count: int) -> np.ndarray:
@@ -423,13 +505,17 @@ class Data:
       self._splits[name] = load_split(self.config, name, self.tokenizer, self.builder)
     return self._splits[name]
 
-  def train_iterator(self, process_index: int = 0, process_count: int = 1):
+  def train_iterator(self, process_index: int = 0, process_count: int = 1,
+                     tasks: Sequence[str] | None = None):
     """Endless shuffled batches of this process's rows of the global train batch.
 
-    VQA and captioning examples are batched separately and the batches interleaved in proportion
-    to the number of examples of each task (grain's deterministic mix), so a VQA batch carries
-    targets only as long as the longest answer instead of the longest caption: most steps then
-    cost a fraction of a caption step.
+    tasks: the TASK_NAMES whose examples to train on (None: every task of the split), e.g.
+    ("caption",) for the (image, caption) pairs a contrastive model trains on.
+
+    VQA, captioning and matching examples are batched separately and the batches interleaved in
+    proportion to the number of examples of each task (grain's deterministic mix), so a VQA batch
+    carries targets only as long as the longest answer instead of the longest caption: most steps
+    then cost a fraction of a caption step.
 
     Several processes: every process shuffles the whole split identically and batches example ids
     at the global batch size (config.batch_size); process i then loads only rows
@@ -445,8 +531,13 @@ class Data:
       raise ValueError(f"batch_size={global_batch} is not divisible by the {process_count} processes.")
     local = global_batch // process_count
     rows = slice(process_index * local, (process_index + 1) * local)
+    unknown = set(tasks or ()) - set(TASK_NAMES)
+    if unknown:
+      raise ValueError(f"unknown tasks {sorted(unknown)}; expected some of {TASK_NAMES}.")
     streams, weights = [], []
-    for task in (TASK_VQA, TASK_CAPTION):
+    for task in range(len(TASK_NAMES)):
+      if tasks is not None and TASK_NAMES[task] not in tasks:
+        continue
       ids = np.flatnonzero(data.task == task)
       if len(ids) == 0:
         continue
@@ -457,7 +548,8 @@ class Data:
       streams.append(ds)
       weights.append(len(ids))
     if not streams:
-      raise ValueError(f"the train split of {self.builder.name} has no examples.")
+      what = "" if tasks is None else f" of the tasks {tuple(tasks)}"
+      raise ValueError(f"the train split of {self.builder.name} has no examples{what}.")
     return iter(streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights))
 
   def eval_batches(self, split: str, batch_size: int, max_examples: int = 0, process_index: int = 0,
@@ -485,9 +577,14 @@ class Data:
   def image(self, split: str, example_id: int) -> np.ndarray:
     return self.split(split).example(example_id)["image"]
 
+  @property
+  def media(self) -> tuple[str, ...]:
+    """The media the batches carry: "audio" (batch keys audio, audio_len) and/or "video"."""
+    return _media_of(self.builder.builder_config)
+
   @staticmethod
   def task_name(task: int) -> str:
-    return "vqa" if task == TASK_VQA else "caption"
+    return TASK_NAMES[task]
 
   @staticmethod
   def qtype_name(qtype: int) -> str:

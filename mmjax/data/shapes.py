@@ -174,12 +174,29 @@ def render(objects: Sequence[SceneObject], image_size: int) -> np.ndarray:
   return img
 
 
+def object_phrase(color: str, shape: str) -> str:
+  """"a red circle", "an orange square": how captions name an object."""
+  return f"{'an' if color[0] in 'aeiou' else 'a'} {color} {shape}"
+
+
 def caption(objects: Sequence[SceneObject], image_size: int) -> str:
   by_color = {o.color: o for o in objects}
   return ", ".join(
-      f"{'an' if c[0] in 'aeiou' else 'a'} {c} {by_color[c].shape} at the "
-      f"{position_word(by_color[c], image_size)}"
+      f"{object_phrase(c, by_color[c].shape)} at the {position_word(by_color[c], image_size)}"
       for c in COLORS if c in by_color)
+
+
+def caption_objects(text: str) -> list[tuple[str, str]]:
+  """The (color, shape) pairs a caption names, in caption order (the inverse of ``caption`` up to
+  positions); a part that is not "<a|an> <color> <shape> at the <position>" is an error."""
+  out = []
+  for part in text.split(", "):
+    words = part.split()
+    if (len(words) < 5 or words[0] not in ("a", "an") or words[1] not in COLORS or words[2] not in SHAPES
+        or words[3:5] != ["at", "the"]):
+      raise ValueError(f"not a shapes caption part: {part!r} (in {text!r}).")
+    out.append((words[1], words[2]))
+  return out
 
 
 def _sqdist(a: SceneObject, b: SceneObject) -> int:

@@ -4,6 +4,11 @@ Videos arrive as uint8 [B, T, H, W, 3] (or float in [0, 1]) and are scaled to [-
 overlapping (tubelet_t, patch, patch) tubelets are flattened (einops) and linearly embedded, which
 is a Conv3D with stride = kernel; then learned or factorised sin-cos positions (2-D over space plus
 1-D over time), pre-norm transformer blocks over all space-time tokens, a final norm.
+
+Tokens are time-major (all patches of tubelet 0, then of tubelet 1, ...), so the first
+`video_len` frames of a clip are the first `num_valid_tokens(...)` tokens; given `lengths`, the
+blocks attend only to those (a padded clip reads like the same clip without its padding frames,
+up to the zero frames that share a tubelet with its last real frame).
 """
 from __future__ import annotations
 
@@ -12,7 +17,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mmjax import layers
+from mmjax.attention import MaskSpec
 from mmjax.encoders.audio import sincos_1d
+
+
+def num_valid_tokens(video_len, video_shape, patch_size: int, tubelet_t: int):
+  """Tokens of the first `video_len` frames of videos [B, T, H, W, 3]: every tubelet that holds a
+  real frame (a partly filled last tubelet counts) times the patches per frame."""
+  h, w = video_shape[2:4]
+  return (-(-video_len // tubelet_t)) * (h // patch_size) * (w // patch_size)
 
 
 class VideoEncoder(nn.Module):
@@ -27,7 +40,8 @@ class VideoEncoder(nn.Module):
   dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, video):
+  def __call__(self, video, lengths=None):
+    """video [B, T, H, W, 3] (+ valid frames per clip [B]) -> tokens [B, N, width]."""
     if video.ndim != 5 or video.shape[-1] != 3:
       raise ValueError(f"VideoEncoder expects videos [B, T, H, W, 3]; got {video.shape}.")
     t, h, w = video.shape[1:4]
@@ -51,7 +65,10 @@ class VideoEncoder(nn.Module):
     else:
       raise ValueError(f"VideoEncoder: unknown posemb {self.posemb!r}; use 'learn' or 'sincos'.")
     x = layers.constrain_tokens(x + pos.astype(x.dtype)[None])
+    mask = None if lengths is None else MaskSpec(
+        kv_valid_len=num_valid_tokens(lengths, video.shape, p, pt).astype(jnp.int32))
     for i in range(self.depth):
       x = layers.TransformerBlock(self.num_heads, self.width // self.num_heads, self.mlp_dim,
-                                  implementation=self.implementation, dtype=self.dtype, name=f"block_{i}")(x)
+                                  implementation=self.implementation, dtype=self.dtype,
+                                  name=f"block_{i}")(x, self_mask=mask)
     return layers.LayerNorm(self.dtype, name="norm")(x)

@@ -1,4 +1,5 @@
-"""Evaluation by generation: VQA exact match per question type and CIDEr-D on captions."""
+"""Evaluation by generation: VQA exact match per question type, CIDEr-D on captions and yes/no accuracy
+on audio-visual matching."""
 from __future__ import annotations
 
 import jax
@@ -6,6 +7,22 @@ import numpy as np
 
 from mmjax.evaluate.cider import cider_d
 from mmjax.evaluate.vqa import accuracy_by_type, vqa_exact_match
+from mmjax.sample.generate import make_generate_fn, options_from_config
+
+
+def make_evaluator(setup, data, rng=None):
+  """The VLM's evaluator: evaluate(params, split, max_examples=0, progress=False) -> (metrics,
+  predictions) of evaluate_split, generating with config.sampler in batches of
+  config.eval_batch_size (rng: jax.random.key(config.seed + 1) when None)."""
+  config = setup.config
+  generate_fn = make_generate_fn(setup, options_from_config(config, data.tokenizer))
+  rng = jax.random.key(config.seed + 1) if rng is None else rng
+
+  def evaluate(params, split: str, max_examples: int = 0, progress: bool = False):
+    return evaluate_split(data, split, generate_fn, params, config.eval_batch_size, rng, max_examples=max_examples,
+                          progress=progress)
+
+  return evaluate
 
 
 def evaluate_split(data, split: str, generate_fn, params, batch_size: int, rng, max_examples: int = 0,
@@ -13,8 +30,9 @@ def evaluate_split(data, split: str, generate_fn, params, batch_size: int, rng, 
   """Generates an answer or caption for every example of `split` and scores it.
 
   Returns (metrics, predictions): metrics named `<split>/vqa_accuracy`,
-  `<split>/vqa_accuracy_<type>`, `<split>/cider`; predictions a list of dicts (example_id, task,
-  qtype, prompt, prediction, references) in split order.
+  `<split>/vqa_accuracy_<type>`, `<split>/cider`, `<split>/av_match_accuracy` (for the tasks the
+  split has); predictions a list of dicts (example_id, task, qtype, prompt, prediction,
+  references) in split order.
   """
   tok = data.tokenizer
   predictions = []
@@ -29,7 +47,9 @@ def evaluate_split(data, split: str, generate_fn, params, batch_size: int, rng, 
     import tqdm
     batches = tqdm.tqdm(batches, desc=f"eval {split}", leave=False, disable=jax.process_index() != 0)
   for i, batch in enumerate(batches):
-    tokens = generate_fn(params, batch["image"], batch["prompt"], batch["prompt_len"], jax.random.fold_in(rng, i))
+    media = {k: batch[k] for k in getattr(generate_fn, "media_keys", ())}  # audio / video the model reads
+    tokens = generate_fn(params, batch["image"], batch["prompt"], batch["prompt_len"], jax.random.fold_in(rng, i),
+                         **media)
     batch = gather_rows({k: batch[k] for k in _ROW_KEYS})
     if len(tokens) != len(batch["example_id"]):
       raise ValueError(f"generate_fn returned {len(tokens)} rows for {len(batch['example_id'])} examples.")
@@ -60,6 +80,10 @@ def score(predictions, split: str) -> dict[str, float]:
     hits = vqa_exact_match([p["prediction"] for p in vqa], [p["references"][0] for p in vqa])
     for name, acc in accuracy_by_type(hits, [p["qtype"] for p in vqa]).items():
       metrics[f"{split}/vqa_accuracy" + ("" if name == "overall" else f"_{name}")] = acc
+  av = [p for p in predictions if p["task"] == "av_match"]
+  if av:  # audio-visual matching: yes/no exact match
+    hits = vqa_exact_match([p["prediction"] for p in av], [p["references"][0] for p in av])
+    metrics[f"{split}/av_match_accuracy"] = sum(hits) / len(hits)
   caps = [p for p in predictions if p["task"] == "caption"]
   if caps:
     corpus, _ = cider_d({i: p["prediction"] for i, p in enumerate(caps)},

@@ -9,7 +9,7 @@ subclasses `Fusion`, registers itself, and a config that names it.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import flax.struct
@@ -37,6 +37,14 @@ class Fusion(nn.Module):
   # Decoder layers i with (i + 1) % cross_attention_every == 0 get cross-attention; 0 = none.
   cross_attention_every: int = 0
   gated: bool = False
+
+  @classmethod
+  def masks_padded_media(cls, modality: str, modalities: Sequence[str]) -> bool:
+    """Whether the family masks out the padding of `modality` when the media dict holds
+    `modalities` and gives `modality` token lengths (the others none). Default: no, i.e. only the
+    text (the last source) may be padded, as in cross_attention and prefix_lm, which raise on
+    padded media. Families that mask padded media override this."""
+    return False
 
 
 def register(name: str) -> Callable[[type[Fusion]], type[Fusion]]:

@@ -68,6 +68,10 @@ class FlamingoFusion(Fusion):
   implementation: str = "auto"
   dtype: layers.Dtype = jnp.float32
 
+  @classmethod
+  def masks_padded_media(cls, modality, modalities) -> bool:
+    return True  # each modality's resampler masks its own padded tokens
+
   @nn.compact
   def __call__(self, media, text=None):
     if not self.cross_attention_every:

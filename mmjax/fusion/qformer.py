@@ -30,6 +30,12 @@ class QFormerFusion(Fusion):
   implementation: str = "auto"
   dtype: layers.Dtype = jnp.float32
 
+  @classmethod
+  def masks_padded_media(cls, modality, modalities) -> bool:
+    # The media form one memory [sorted modalities] whose valid length masks the queries'
+    # cross-attention: only the last (alphabetically) modality may be padded.
+    return modality == sorted(modalities)[-1]
+
   @nn.compact
   def __call__(self, media, text=None):
     if self.output not in ("prefix", "memory"):

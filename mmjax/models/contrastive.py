@@ -8,6 +8,9 @@ Losses are written on global [B, D] arrays (all-pairs [B, B] logits) so that und
 the batch sharded over ("data", "fsdp") the result is the unsharded loss: XLA gathers the other
 tower's embeddings as needed (the explicit all-gather that pmap implementations do by hand). The
 logits are pinned to rows-on-batch, columns-replicated, so each device holds [B/n, B].
+
+Trained through the one trainer with config.model.kind = "contrastive" (mmjax.train.state.KINDS):
+the text of an image is its caption, read from a pipeline batch by `caption_tokens`.
 """
 from __future__ import annotations
 
@@ -21,6 +24,14 @@ import ml_collections
 from mmjax import layers
 from mmjax.encoders import TextEncoder, ViT
 from mmjax.sharding import constrain
+
+
+def caption_tokens(target_out, target_mask):
+  """The text tower's input from a pipeline batch of captioning examples: the caption's tokens
+  (no BOS / EOS; numpy or jax arrays) -> (tokens [B, Lt], lengths [B]). target_out holds
+  [t1..tn, eos, pad..] and target_mask is 1 on t1..tn and eos, so the caption is n = sum - 1
+  tokens (0 for padding rows)."""
+  return target_out, (target_mask.sum(-1) - 1).clip(0).astype("int32")
 
 
 def _normalize(x):
@@ -68,7 +79,7 @@ class ContrastiveModel(nn.Module):
   """Two towers with mean pooling and linear projections to `embed_dim`, L2-normalised.
 
   config keys: vit, text (as in the VLM), embed_dim, loss ("clip" | "siglip"), dtype,
-  attention_implementation. Learnable `logit_scale` = log t (CLIP init log(1/0.07); SigLIP init
+  attention_implementation, remat and scan_layers (as in the VLM; optional). Learnable `logit_scale` = log t (CLIP init log(1/0.07); SigLIP init
   log 10) and, for SigLIP, `logit_bias` (init -10).
   """
   config: ml_collections.ConfigDict
@@ -80,8 +91,9 @@ class ContrastiveModel(nn.Module):
     dtype = jnp.dtype(c.get("dtype", "float32"))
     impl = c.get("attention_implementation", "auto")
     kind = c.get("loss", "clip")
-    img_tokens = ViT(**c.vit.to_dict(), implementation=impl, dtype=dtype, name="image_encoder")(images)
-    txt_tokens = TextEncoder(self.vocab_size, **c.text.to_dict(), implementation=impl, dtype=dtype,
+    knobs = dict(remat=str(c.get("remat", "none") or "none"), scan_layers=bool(c.get("scan_layers", False)))
+    img_tokens = ViT(**c.vit.to_dict(), implementation=impl, dtype=dtype, **knobs, name="image_encoder")(images)
+    txt_tokens = TextEncoder(self.vocab_size, **c.text.to_dict(), implementation=impl, dtype=dtype, **knobs,
                              name="text_encoder")(tokens, lengths)
     img = img_tokens.mean(axis=1)
     valid = (jnp.arange(tokens.shape[1])[None] < lengths[:, None]).astype(txt_tokens.dtype)

@@ -1,25 +1,86 @@
-"""Vision-language model: image encoder + text encoder -> fusion -> causal decoder."""
+"""Vision-language model: image encoder + text encoder (+ audio / video encoders) -> fusion -> causal decoder.
+
+Optional media encoders are switched on by config sections (absent or empty = off, so older
+configs and checkpoints build exactly the image + text model):
+
+  config.model.audio = {AudioEncoder fields (width, depth, frontend, n_mels, sample_rate, ...),
+                        mask_padding: True}
+  config.model.video = {VideoEncoder fields (width, depth, patch_size, tubelet_t, ...),
+                        mask_padding: True}
+
+Their tokens join the fusion's media dict as "audio" / "video". Samples (frames) past
+`audio_len` (`video_len`) are zeroed before encoding, so what padding holds never matters. With
+`mask_padding` (default) the encoder and the fusion also ignore the padded tokens: per-example
+token lengths come from `audio_len` through the encoder's subsampling (`video_len` through the
+tubelets). Only fusion families that mask padded media can take lengths
+(`Fusion.masks_padded_media`: flamingo always, qformer for the last modality in name order);
+with another family `mask_padding=True` is an error naming the config keys, and
+`mask_padding=False` makes the model read the whole fixed-length window (padding included) as the
+clip: right when every clip fills it (e.g. 1 s object sounds with data.max_audio_seconds=1).
+"""
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 
 from mmjax.decoders import Decoder
-from mmjax.encoders import TextEncoder, ViT
+from mmjax.encoders import AudioEncoder, TextEncoder, VideoEncoder, ViT
+from mmjax.encoders.video import num_valid_tokens
 from mmjax.fusion import FUSIONS, Conditioning, build_fusion
+
+# Optional media: modality -> {batch key: rank}. Keyword arguments of encode / __call__ and batch keys.
+MEDIA_INPUTS = {"audio": {"audio": 2, "audio_len": 1}, "video": {"video": 5, "video_len": 1}}
+_ENCODERS = {"audio": AudioEncoder, "video": VideoEncoder}
+INT16_SCALE = 32768.0  # int16 waveforms -> [-1, 1]
+
+
+def media_modalities(model_config) -> tuple[str, ...]:
+  """The optional media whose encoder `model_config` switches on (a non-empty section)."""
+  return tuple(m for m in MEDIA_INPUTS if model_config.get(m))
+
+
+def media_input_keys(model_config) -> tuple[str, ...]:
+  """Batch keys the model reads besides image, prompt and prompt_len, e.g. ("audio", "audio_len")."""
+  return tuple(k for m in media_modalities(model_config) for k in MEDIA_INPUTS[m])
+
+
+def _media_settings(model_config, modality: str) -> tuple[dict, bool]:
+  """(encoder fields, mask_padding) of config.model.<modality>."""
+  section = model_config[modality]
+  settings = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+  mask = settings.pop("mask_padding", True)
+  return settings, bool(mask)
+
+
+def check_fusion_media(model_config) -> None:
+  """Raises when a media section asks for masked padding that the fusion family cannot do."""
+  modalities = media_modalities(model_config)
+  family = FUSIONS.get(model_config.fusion.name)
+  if family is None:
+    return  # build_fusion names the unknown family
+  for m in modalities:
+    if _media_settings(model_config, m)[1] and not family.masks_padded_media(m, ("image",) + modalities):
+      raise ValueError(
+          f"config.model.{m}.mask_padding=True, but config.model.fusion.name={model_config.fusion.name!r} cannot mask "
+          f"padded {m} tokens next to {sorted(set(('image',) + modalities) - {m})}: use a fusion family that can "
+          f"(config.model.fusion.name='flamingo'), or set config.model.{m}.mask_padding=False to read every "
+          f"{m} clip as the whole fixed-length window, zero padding included (right only when clips fill it).")
 
 
 class VisionLanguageModel(nn.Module):
-  """Answers prompts about images. Built from `config.model` by `build_model`.
+  """Answers prompts about images (and sounds / videos). Built from `config.model` by `build_model`.
 
-  Methods:
-    __call__(images, prompt, prompt_len, target_in) -> logits [B, Lt, V] (teacher forcing)
-    encode(images, prompt, prompt_len) -> Conditioning
+  Methods (media keyword arguments: see MEDIA_INPUTS; required exactly when the model has the encoder):
+    __call__(images, prompt, prompt_len, target_in, *, audio=None, audio_len=None, video=None, video_len=None)
+        -> logits [B, Lt, V] (teacher forcing)
+    encode(images, prompt, prompt_len, *, audio=..., ...) -> Conditioning
     decode(tokens, cond, start) -> logits (with the `cache` collection mutable)
     prefill_length(cond) -> int: positions a prefill decode call (start=0, empty tokens) writes
       before the first generated token (the prefix of prefix-LM fusions; 0 otherwise).
+
+  audio: int16 [B, N] (scaled to [-1, 1]) or float [B, N]; audio_len int32 [B] valid samples.
+  video: uint8 [B, T, H, W, 3]; video_len int32 [B] valid frames. Lengths None = all valid.
   """
   config: ml_collections.ConfigDict
   vocab_size: int
@@ -32,6 +93,13 @@ class VisionLanguageModel(nn.Module):
     knobs = dict(remat=str(c.get("remat", "none") or "none"), scan_layers=bool(c.get("scan_layers", False)))
     self.image_encoder = ViT(**c.vit.to_dict(), implementation=impl, dtype=dtype, **knobs)
     self.text_encoder = TextEncoder(self.vocab_size, **c.text.to_dict(), implementation=impl, dtype=dtype, **knobs)
+    check_fusion_media(c)
+    self.media = media_modalities(c)
+    self.mask_padding = {m: _media_settings(c, m)[1] for m in self.media}
+    if "audio" in self.media:
+      self.audio_encoder = AudioEncoder(**_media_settings(c, "audio")[0], implementation=impl, dtype=dtype)
+    if "video" in self.media:
+      self.video_encoder = VideoEncoder(**_media_settings(c, "video")[0], implementation=impl, dtype=dtype)
     fusion_knobs = {k: v for k, v in knobs.items() if k in getattr(FUSIONS.get(c.fusion.name), "__dataclass_fields__", {})}
     self.fusion = build_fusion(c.fusion.name, width=c.decoder.width, implementation=impl, dtype=dtype,
                                **fusion_knobs, **{k: v for k, v in c.fusion.to_dict().items() if k != "name"})
@@ -39,10 +107,42 @@ class VisionLanguageModel(nn.Module):
                            cross_attention_every=self.fusion.cross_attention_every,
                            gated_cross_attention=self.fusion.gated, implementation=impl, dtype=dtype, **knobs)
 
-  def encode(self, images, prompt, prompt_len) -> Conditioning:
-    image_tokens = self.image_encoder(images)
+  def encode(self, images, prompt, prompt_len, *, audio=None, audio_len=None, video=None,
+             video_len=None) -> Conditioning:
+    given = {"audio": (audio, audio_len), "video": (video, video_len)}
+    for m, (x, _) in given.items():
+      if (x is None) == (m in self.media):
+        raise ValueError(
+            f"VisionLanguageModel: the model has an encoder for {m} (config.model.{m}) but no {m} was given."
+            if x is None else
+            f"VisionLanguageModel: {m} was given but the model has no {m} encoder (config.model.{m} is off).")
+    media = {"image": (self.image_encoder(images), None)}
+    if audio is not None:
+      media["audio"] = self._audio_tokens(audio, audio_len)
+    if video is not None:
+      media["video"] = self._video_tokens(video, video_len)
     text_tokens = self.text_encoder(prompt, prompt_len)
-    return self.fusion({"image": (image_tokens, None)}, (text_tokens, prompt_len))
+    return self.fusion(media, (text_tokens, prompt_len))
+
+  def _audio_tokens(self, audio, audio_len):
+    """-> (tokens [B, N', D], valid tokens [B] or None)."""
+    wave = audio.astype(jnp.float32)
+    if audio.dtype == jnp.int16:
+      wave = wave / INT16_SCALE
+    if audio_len is not None:
+      wave = jnp.where(jnp.arange(wave.shape[1])[None] < audio_len[:, None], wave, 0.0)
+    lengths = audio_len.astype(jnp.int32) if self.mask_padding["audio"] and audio_len is not None else None
+    return self.audio_encoder(wave, lengths)
+
+  def _video_tokens(self, video, video_len):
+    if video_len is not None:
+      video = jnp.where((jnp.arange(video.shape[1])[None] < video_len[:, None])[:, :, None, None, None],
+                        video, jnp.zeros((), video.dtype))
+    if not self.mask_padding["video"] or video_len is None:
+      return self.video_encoder(video), None
+    video_len = video_len.astype(jnp.int32)
+    n = num_valid_tokens(video_len, video.shape, self.video_encoder.patch_size, self.video_encoder.tubelet_t)
+    return self.video_encoder(video, video_len), n.astype(jnp.int32)
 
   def decode(self, tokens, cond: Conditioning, start):
     return self.decoder(tokens, cond, start=start, decode=True)
@@ -51,8 +151,20 @@ class VisionLanguageModel(nn.Module):
   def prefill_length(cond: Conditioning) -> int:
     return 0 if cond.prefix is None else int(cond.prefix.shape[1])
 
-  def __call__(self, images, prompt, prompt_len, target_in):
-    return self.decoder(target_in, self.encode(images, prompt, prompt_len))
+  def __call__(self, images, prompt, prompt_len, target_in, *, audio=None, audio_len=None, video=None,
+               video_len=None):
+    cond = self.encode(images, prompt, prompt_len, audio=audio, audio_len=audio_len, video=video, video_len=video_len)
+    return self.decoder(target_in, cond)
+
+
+def media_inputs(model_config, batch) -> dict:
+  """The media keyword arguments of the model, taken from `batch` (a dict of arrays)."""
+  keys = media_input_keys(model_config)
+  missing = [k for k in keys if k not in batch]
+  if missing:
+    raise KeyError(f"the batch has no {missing}, which the model's media encoders read "
+                   f"(config.model.{'/'.join(media_modalities(model_config))}).")
+  return {k: batch[k] for k in keys}
 
 
 def build_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> VisionLanguageModel:

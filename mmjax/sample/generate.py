@@ -14,6 +14,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax import sharding
+from mmjax.models import vlm
 from mmjax.sample.samplers import beam_search, decode, sampler_from_config
 
 
@@ -30,9 +31,21 @@ class GenerateOptions:
   beam_size: int = 4
 
 
-def generate(model, params, images, prompt, prompt_len, rng, opts: GenerateOptions) -> jax.Array:
-  """Returns generated token ids int32 [B, max_new_tokens] (EOS kept, pad after it)."""
-  cond = model.apply({"params": params}, images, prompt, prompt_len, method="encode")
+def options_from_config(config, tokenizer) -> GenerateOptions:
+  """GenerateOptions of an experiment config (config.sampler; max_new_tokens 0 = data.max_target_len)."""
+  s = config.sampler
+  return GenerateOptions(max_new_tokens=int(s.max_new_tokens or config.data.max_target_len),
+                         bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                         sampler=s.name, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                         beam_size=s.beam_size)
+
+
+def generate(model, params, images, prompt, prompt_len, rng, opts: GenerateOptions, media=None) -> jax.Array:
+  """Returns generated token ids int32 [B, max_new_tokens] (EOS kept, pad after it).
+
+  media: the model's media keyword arguments ({"audio": ..., "audio_len": ...}), if it has any.
+  """
+  cond = model.apply({"params": params}, images, prompt, prompt_len, method="encode", **(media or {}))
   b = images.shape[0]
   # Cache variables are created by an init-mode decode call; eval_shape gets their shapes for free.
   shapes = jax.eval_shape(
@@ -63,37 +76,48 @@ def generate(model, params, images, prompt, prompt_len, rng, opts: GenerateOptio
 
 
 def make_generate_fn(setup, opts: GenerateOptions):
-  """jit-compiled generate under the training mesh: batch on data x fsdp, params as in training."""
+  """jit-compiled generate under the training mesh: batch on data x fsdp, params as in training.
+
+  Returns run(params, images, prompt, prompt_len, rng, **media); `run.media_keys` names the media
+  keyword arguments the model needs (e.g. audio, audio_len), all batched like the images.
+  """
   params_sharding = setup.state_sharding.params
   image_s = sharding.batch_sharding(setup.mesh, 4)
   vec_s = sharding.batch_sharding(setup.mesh, 1)
   mat_s = sharding.batch_sharding(setup.mesh, 2)
-  fn = jax.jit(lambda p, im, pr, pl, r: generate(setup.model, p, im, pr, pl, r, opts),
-               in_shardings=(params_sharding, image_s, mat_s, vec_s, NamedSharding(setup.mesh, P())),
+  ranks = {k: r for m in vlm.media_modalities(setup.config.model) for k, r in vlm.MEDIA_INPUTS[m].items()}
+  media_s = {k: sharding.batch_sharding(setup.mesh, r) for k, r in ranks.items()}
+  fn = jax.jit(lambda p, im, pr, pl, media, r: generate(setup.model, p, im, pr, pl, r, opts, media),
+               in_shardings=(params_sharding, image_s, mat_s, vec_s, media_s, NamedSharding(setup.mesh, P())),
                out_shardings=mat_s)
 
   # Rows per process must split evenly over this process's share of the data x fsdp devices.
   multiple = max(1, setup.mesh.shape["data"] * setup.mesh.shape["fsdp"] // jax.process_count())
 
-  def run(params, images, prompt, prompt_len, rng):
+  def run(params, images, prompt, prompt_len, rng, **media):
     """Takes this process's rows (numpy); returns all processes' rows (numpy), in order.
 
-    Any number of rows works: they are padded (with copies of the last row) to a multiple of the
-    batch-sharding size and the padding is dropped again; in a multi-process run every process
-    must pass the same number of rows.
+    Any number of rows works: they are padded (with copies of the last row, media included) to a
+    multiple of the batch-sharding size and the padding is dropped again; in a multi-process run
+    every process must pass the same number of rows.
     """
+    if set(media) != set(media_s):
+      raise ValueError(f"generate: the model reads the media {sorted(media_s)} (config.model.audio / video); "
+                       f"got {sorted(media)}.")
     n = len(prompt_len)
     pad = (-n) % multiple
-    rows = [np.asarray(x) for x in (images, prompt, prompt_len)]
+    rows = {k: np.asarray(x) for k, x in dict(media, images=images, prompt=prompt, prompt_len=prompt_len).items()}
     if pad:
-      rows = [np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for x in rows]
+      rows = {k: np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for k, x in rows.items()}
     put = lambda x, s: jax.make_array_from_process_local_data(s, x)
     with setup.context():
-      out = fn(params, put(rows[0], image_s), put(rows[1], mat_s), put(rows[2], vec_s), rng)
+      out = fn(params, put(rows["images"], image_s), put(rows["prompt"], mat_s), put(rows["prompt_len"], vec_s),
+               {k: put(rows[k], s) for k, s in media_s.items()}, rng)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       out = np.asarray(multihost_utils.process_allgather(out, tiled=True))
       per = n + pad
       return np.concatenate([out[i * per: i * per + n] for i in range(jax.process_count())])
     return np.asarray(out)[:n]
+  run.media_keys = tuple(media_s)
   return run

@@ -42,8 +42,27 @@ def encode_prompts(tokenizer, prompts: list[str], max_len: int) -> tuple[np.ndar
 
 def answer(trained, generate_fn, image_paths: list[str], prompts: list[str], rng) -> list[str]:
   """Generates one answer per (image, prompt)."""
+  if getattr(generate_fn, "media_keys", ()):
+    raise ValueError(f"this model also reads {list(generate_fn.media_keys)} (config.model.audio / video), which "
+                     "an image and a prompt do not give: sample dataset examples instead (--split).")
   c = trained.config
   images = np.stack([load_image(p, c.data.image_size) for p in image_paths])
   tokens, lengths = encode_prompts(trained.data.tokenizer, prompts, c.data.max_prompt_len)
   out = generate_fn(trained.params, images, tokens, lengths, rng)
   return [trained.data.tokenizer.decode(row.tolist()) for row in out]
+
+
+def rank_texts(trained, image_paths: list[str], texts: list[str]) -> list[list[tuple[str, float]]]:
+  """A contrastive model (config.model.kind="contrastive"): for every image, the texts sorted by
+  cosine similarity of their embeddings, highest first, as (text, similarity) pairs."""
+  from mmjax.evaluate import contrastive
+  c = trained.config
+  images = np.stack([load_image(p, c.data.image_size) for p in image_paths])
+  tokens, lengths = encode_prompts(trained.data.tokenizer, texts, c.data.max_target_len)
+  n = max(len(images), len(texts))
+  pad = lambda x: np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)])
+  embed_fn = contrastive.make_embed_fn(trained.setup)
+  img, txt = contrastive.embed_rows(embed_fn, trained.params, pad(images), pad(tokens), pad(lengths),
+                                    contrastive.global_batch(n, embed_fn.multiple))
+  sims = img[: len(images)] @ txt[: len(texts)].T
+  return [[(texts[j], float(row[j])) for j in np.argsort(-row, kind="stable")] for row in sims]

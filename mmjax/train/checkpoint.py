@@ -16,7 +16,8 @@ import orbax.checkpoint as ocp
 _MODEL_KEYS = ("model",)
 _FREE_MODEL_KEYS = ("dtype", "attention_implementation", "remat", "init_from")
 # Model keys added after checkpoints were already written: a checkpoint without them used this value.
-_MODEL_KEY_DEFAULTS = {"scan_layers": False}
+# Empty media sections = encoder off; no kind = the vision-language model (mmjax.models.MODEL_KINDS).
+_MODEL_KEY_DEFAULTS = {"scan_layers": False, "audio": {}, "video": {}, "kind": "vlm"}
 
 
 class CheckpointMismatch(ValueError):

@@ -2,6 +2,10 @@
 
   train_and_evaluate(config, workdir)
 
+One loop for every model kind (config.model.kind: "vlm", or "contrastive" for CLIP / SigLIP): what
+differs between them (init inputs, batch keys, loss, training tasks, evaluation) comes from
+state.KINDS.
+
 A workdir holds everything a run needs to continue or be sampled from: checkpoints/ (train state,
 input-pipeline position, config), tokenizer.model, config.json, metrics.jsonl, tensorboard/ and
 samples/. Starting again on the same workdir resumes from the newest readable checkpoint.
@@ -22,8 +26,7 @@ import tqdm
 
 from mmjax.data import pipeline
 from mmjax.models import transfer
-from mmjax.evaluate.evaluator import evaluate_split
-from mmjax.sample.generate import GenerateOptions, make_generate_fn
+from mmjax.sample.generate import options_from_config as generate_options  # noqa: F401 (re-exported)
 from mmjax.sample.report import write_report
 from mmjax.train import state as state_lib
 from mmjax.train.checkpoint import Checkpointer
@@ -59,21 +62,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def load_data(config, workdir: str):
-  """Prepares the dataset and the tokenizer; a workdir's own tokenizer wins (resume / sample)."""
+  """Prepares the dataset and the tokenizer; a workdir's own tokenizer wins (resume / sample).
+  Fails when the model reads media (config.model.audio / video) the dataset does not carry."""
+  state_lib.check_data_media(config, pipeline.dataset_media(config))  # before building the dataset
   tok_path = os.path.join(workdir, TOKENIZER_FILE)
   data = pipeline.Data(config, tokenizer_path=tok_path if os.path.exists(tok_path) else None)
   if jax.process_index() == 0 and not os.path.exists(tok_path):
     os.makedirs(workdir, exist_ok=True)
     shutil.copyfile(data.tokenizer.path, tok_path)
   return data
-
-
-def generate_options(config, tokenizer) -> GenerateOptions:
-  s = config.sampler
-  return GenerateOptions(max_new_tokens=int(s.max_new_tokens or config.data.max_target_len),
-                         bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                         sampler=s.name, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                         beam_size=s.beam_size)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) -> dict:
@@ -88,7 +85,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  train_iter = data.train_iterator(jax.process_index(), jax.process_count())
+  kind = setup.kind  # what differs between config.model.kind "vlm" and "contrastive"
+  train_iter = data.train_iterator(jax.process_index(), jax.process_count(), tasks=kind.train_tasks)
   if restored is None:
     state = state_lib.init_state(setup, jax.random.key(config.seed))
     state = _init_from(state, setup, config)
@@ -101,22 +99,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
   first = next(train_iter)
   step_fn = state_lib.make_train_step(setup, first, skip_nonfinite=config.get("skip_nonfinite", False))
   shardings = setup.batch_sharding(first)
+  keys = state_lib.batch_keys(config)
   writer = MetricWriter(workdir)
-  gen_fn = make_generate_fn(setup, generate_options(config, data.tokenizer))
-  eval_rng = jax.random.key(config.seed + 1)
+  evaluator = kind.make_evaluator(setup, data)
   stop = StopRequest()
 
   def put(batch, step):
     if _batch_hook is not None:
       batch = _batch_hook(step, batch)
-    return {k: jax.make_array_from_process_local_data(shardings[k], batch[k]) for k in state_lib.BATCH_KEYS}
+    return {k: jax.make_array_from_process_local_data(shardings[k], batch[k]) for k in keys}
 
   def save(step, force=False):
     ckpt.save(step, state, data_state_before_next, config, force=force)
 
   def evaluate(split, step, max_examples):
-    metrics, preds = evaluate_split(data, split, gen_fn, state.params, config.eval_batch_size, eval_rng,
-                                    max_examples=max_examples, progress=progress)
+    metrics, preds = evaluator(state.params, split, max_examples=max_examples, progress=progress)
     writer.write(step, metrics)
     return metrics, preds
 
@@ -145,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
           t0, steps_since = time.time(), 0
           writer.write(step, {f"train/{k}": v for k, v in m.items() if k != "finite"}
                        | {"train/steps_per_second": rate, "train/examples_per_second": rate * config.batch_size})
-          bar.set_postfix(loss=f"{float(m['loss']):.3f}", acc=f"{float(m['token_accuracy']):.3f}")
+          bar.set_postfix(loss=f"{float(m['loss']):.3f}", acc=f"{float(m[kind.progress_metric]):.3f}")
         stopping = stop.should_stop(step)
         if step % config.checkpoint_every == 0 or step == config.total_steps or stopping:
           _check_finite(pending, step, config)
