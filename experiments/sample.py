@@ -38,10 +38,9 @@ def main(argv):
     raise app.UsageError("give --image (with --prompt) or --split.")
   import dataclasses
   import jax
-  from mmjax.sample.generate import make_generate_fn
+  from mmjax.sample.generate import make_generate_fn, options_from_config
   from mmjax.sample.predict import answer
   from mmjax.train import workdir as workdir_lib
-  from mmjax.train.trainer import generate_options
 
   logging.set_verbosity(logging.WARNING)
   t = workdir_lib.load(_WORKDIR.value)
@@ -51,7 +50,7 @@ def main(argv):
     except (ValueError, FileNotFoundError) as e:  # bad image file, empty or too long text
       sys.exit(f"error: {e}")
     return
-  opts = generate_options(t.config, t.data.tokenizer)
+  opts = options_from_config(t.config, t.data.tokenizer)
   changes = {k: v for k, v in dict(sampler=_SAMPLER.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                                    top_p=_TOP_P.value, beam_size=_BEAM.value).items() if v is not None}
   opts = dataclasses.replace(opts, **changes)

@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from mmjax import config_files
-from mmjax.sample.generate import make_generate_fn
+from mmjax.sample.generate import make_generate_fn, options_from_config
 from mmjax.train import trainer, workdir as workdir_lib
 
 FAST = os.environ.get("MMJAX_NOTEBOOK_FAST", "0") == "1"
@@ -59,7 +59,7 @@ print({k: round(float(v), 3) for k, v in final.items()})
 # %%
 trained = workdir_lib.load(workdir)
 tok = trained.data.tokenizer
-generate_fn = make_generate_fn(trained.setup, trainer.generate_options(trained.config, tok))
+generate_fn = make_generate_fn(trained.setup, options_from_config(trained.config, tok))
 batch = next(trained.data.eval_batches("test", 4, max_examples=4))
 answers = generate_fn(trained.params, batch["image"], batch["prompt"], batch["prompt_len"], jax.random.key(0))
 for i in range(4):

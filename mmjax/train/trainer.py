@@ -26,7 +26,6 @@ import tqdm
 
 from mmjax.data import pipeline
 from mmjax.models import transfer
-from mmjax.sample.generate import options_from_config as generate_options  # noqa: F401 (re-exported)
 from mmjax.sample.report import write_report
 from mmjax.train import state as state_lib
 from mmjax.train.checkpoint import Checkpointer
