@@ -44,7 +44,12 @@ def main(argv):
   builder, tok = pipeline.prepare(config)
   print(f"dataset: {builder.data_dir}")
   print(f"tokenizer: {pipeline.tokenizer_path(builder)} (vocab_size={tok.vocab_size})")
-  for split, n in tfds_builders.split_sizes(builder).items():
+  sizes = tfds_builders.split_sizes(builder)
+  for split in pipeline.SPLITS:
+    if split not in sizes:  # a manifest whose records left this split empty
+      print(f"  {split}: no records (not built)")
+      continue
+    n = sizes[split]
     examples = len(pipeline.load_split(config, split, tok, builder)) if n else 0
     print(f"  {split}: {n} records, {examples} examples")
   print(f"done in {time.time() - t0:.1f}s")

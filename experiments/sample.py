@@ -7,6 +7,20 @@ r"""Samples from a trained workdir.
 Images of any mode are converted to RGB (transparency composited on white) and resized to the
 model's image size with bicubic filtering. --sampler: greedy | temperature | top_k | top_p | beam.
 
+A model with an audio encoder (config.model.audio: experiments/configs/speech_vqa.py, whose question
+is only spoken, or av_matching.py) also hears a WAV file, one for all images or one per image:
+
+  python experiments/sample.py --workdir=DIR --image=scene.png --audio=question.wav   # speech_vqa
+  python experiments/sample.py --workdir=DIR --image=scene.png --audio=sound.wav \
+      --prompt="does the sound match the image?"
+
+Any PCM WAV works like an image of any mode and size: channels are averaged to mono and other
+sample rates resampled to config.data.audio_sample_rate (as manifest "audio" files are); the clip
+is then cut or zero-padded to the config.data.max_audio_seconds window by the data pipeline's own
+function (a cut is logged). --prompt defaults to the fixed "answer the spoken question." of a model
+trained with config.data.spoken_prompt. --audio without an audio encoder, or an audio encoder
+without --audio, is an error naming the flag and config.model.audio.
+
 A contrastive workdir (config.model.kind="contrastive") generates nothing: it ranks the --prompt
 texts for every --image by embedding similarity, and --split writes a report of the caption each
 image retrieves first.
@@ -20,6 +34,8 @@ from absl import app, flags, logging
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
 _IMAGE = flags.DEFINE_multi_string("image", [], "Image file(s); one prompt for all, or one prompt per image.")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "Question or captioning prompt (e.g. 'describe the image.').")
+_AUDIO = flags.DEFINE_multi_string("audio", [], "WAV file(s) a model with an audio encoder (config.model.audio) "
+                                   "hears: one for all images, or one per image.")
 _SPLIT = flags.DEFINE_enum("split", None, ["train", "validation", "test"], "Write a report for a split instead.")
 _NUM = flags.DEFINE_integer("num", 16, "Examples in a split report.")
 _SAMPLER = flags.DEFINE_enum("sampler", None, ["greedy", "temperature", "top_k", "top_p", "beam"],
@@ -36,13 +52,23 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _SPLIT.value is None and not _IMAGE.value:
     raise app.UsageError("give --image (with --prompt) or --split.")
+  if _SPLIT.value and _AUDIO.value:
+    raise app.UsageError("--audio goes with --image: a --split report hears each example's own audio.")
+  if len(_AUDIO.value) not in (0, 1, len(_IMAGE.value)):
+    raise app.UsageError(f"{len(_IMAGE.value)} images but {len(_AUDIO.value)} --audio files: give one for all "
+                         "images, or one per image.")
   import dataclasses
   import jax
   from mmjax.sample.generate import make_generate_fn, options_from_config
-  from mmjax.sample.predict import answer
+  from mmjax.sample.predict import answer, check_audio_flag
   from mmjax.train import workdir as workdir_lib
 
   logging.set_verbosity(logging.WARNING)
+  if _IMAGE.value:
+    try:  # from the config alone: a wrong --audio fails before the model is loaded
+      check_audio_flag(workdir_lib.load_config(_WORKDIR.value), _AUDIO.value)
+    except ValueError as e:
+      sys.exit(f"error: {e}")
   t = workdir_lib.load(_WORKDIR.value)
   if t.setup.kind.name == "contrastive":
     try:
@@ -63,12 +89,20 @@ def main(argv):
     _report(t, preds)
     return
   prompts = _PROMPT.value
+  if not prompts and t.config.data.get("spoken_prompt", False):
+    from mmjax.data.pipeline import SPOKEN_PROMPT
+    prompts = [SPOKEN_PROMPT]  # the one text prompt such a model was trained with: the question is the audio
   if len(prompts) == 1:
     prompts = prompts * len(_IMAGE.value)
   if len(prompts) != len(_IMAGE.value):
     raise app.UsageError(f"{len(_IMAGE.value)} images but {len(_PROMPT.value)} prompts: give one prompt, "
                          "or one per image.")
-  for image, prompt, text in zip(_IMAGE.value, prompts, answer(t, gen, _IMAGE.value, prompts, rng)):
+  audio = _AUDIO.value * len(_IMAGE.value) if len(_AUDIO.value) == 1 else _AUDIO.value
+  try:
+    answers = answer(t, gen, _IMAGE.value, prompts, rng, audio_paths=audio)
+  except (ValueError, FileNotFoundError) as e:  # bad image or WAV file, empty or too long prompt
+    sys.exit(f"error: {e}")
+  for image, prompt, text in zip(_IMAGE.value, prompts, answers):
     print(text if len(prompts) == 1 else f"{image}\t{prompt}\t{text}")
 
 

@@ -4,21 +4,26 @@ config errors, and short end-to-end runs of experiments/configs/speech_vqa.py an
 import collections
 import os
 import shutil
+import subprocess
+import sys
+import wave
 
 import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
 from mmjax import config_files
 from mmjax.data import av_matching, pipeline, schema
 from mmjax.models import build_model
 from mmjax.models.vlm import check_fusion_media
+from mmjax.sample import predict
 from mmjax.train import state as state_lib
 from mmjax.train import trainer
 from mmjax.train.metrics_writer import read_metrics
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, ROOT
 from tests.test_fusion import FAMILIES, decode_step_by_step, model_config, open_gates
 from tests.test_model import V, inputs, rel_err
 
@@ -266,8 +271,102 @@ def test_speech_vqa_trains_and_reports_vqa_accuracy(shared_data_dir, tmp_path):
   assert {"train/loss", "validation/vqa_accuracy", "test/vqa_accuracy", "test/vqa_accuracy_spatial"} <= logged
 
 
+@pytest.fixture(scope="module")
+def av_run(shared_data_dir, tmp_path_factory):
+  """An av_matching workdir trained 2 steps: the speech_vqa audio model, on object sounds (no
+  espeak-ng needed). -> (config, workdir, final metrics, metric keys logged)."""
+  c = _task_config("av_matching", shared_data_dir, test_scenes=20)
+  wd = str(tmp_path_factory.mktemp("av_matching") / "run")
+  return (c, wd) + _train(c, wd)
+
+
 @pytest.mark.slow
-def test_av_matching_trains_and_reports_av_match_accuracy(shared_data_dir, tmp_path):
-  final, logged = _train(_task_config("av_matching", shared_data_dir, test_scenes=20), str(tmp_path / "run"))
+def test_av_matching_trains_and_reports_av_match_accuracy(av_run):
+  _, _, final, logged = av_run
   assert 0.0 <= final["test/av_match_accuracy"] <= 1.0 and "test/vqa_accuracy" not in final
   assert {"train/loss", "validation/av_match_accuracy", "test/av_match_accuracy"} <= logged
+
+
+def _write_wav(path, channels: list, rate: int):
+  """16-bit PCM WAV of int16 channels (interleaved)."""
+  with wave.open(str(path), "wb") as w:
+    w.setnchannels(len(channels))
+    w.setsampwidth(2)
+    w.setframerate(rate)
+    w.writeframes(np.stack(channels, axis=1).astype("<i2").tobytes())
+
+
+def test_sample_audio_file_is_read_like_a_dataset_clip(shared_data_dir, tmp_path):
+  """predict.load_audio: a file holding a dataset clip gives exactly that example's audio/audio_len;
+  other channel counts and rates are mixed down and resampled; longer files are cut to the window."""
+  c = _task_config("av_matching", shared_data_dir, test_scenes=20)
+  split = pipeline.Data(c).split("test")
+  ex = split.example(0)
+  own = ex["audio"][: ex["audio_len"]]
+  _write_wav(tmp_path / "own.wav", [own], c.data.audio_sample_rate)
+  clip, n = predict.load_audio(str(tmp_path / "own.wav"), c.data)
+  np.testing.assert_array_equal(clip, ex["audio"])
+  assert n == ex["audio_len"] == len(ex["audio"]) == 16000  # 1 s object sounds fill the 1 s window
+  _write_wav(tmp_path / "stereo.wav", [own[::2], own[::2]], c.data.audio_sample_rate // 2)  # 8 kHz, 2 channels
+  clip, n = predict.load_audio(str(tmp_path / "stereo.wav"), c.data)
+  assert clip.shape == (16000,) and clip.dtype == np.int16 and n == 16000
+  short = np.zeros(4000, np.int16) + 1000
+  _write_wav(tmp_path / "short.wav", [short], c.data.audio_sample_rate)
+  clip, n = predict.load_audio(str(tmp_path / "short.wav"), c.data)
+  assert n == 4000 and (clip[:4000] == 1000).all() and not clip[4000:].any()  # zero-padded, as the pipeline pads
+  _write_wav(tmp_path / "long.wav", [np.tile(own, 3)], c.data.audio_sample_rate)
+  clip, n = predict.load_audio(str(tmp_path / "long.wav"), c.data)
+  np.testing.assert_array_equal(clip, own)
+  assert n == 16000
+  (tmp_path / "bad.wav").write_bytes(b"RIFF not really")
+  with pytest.raises(ValueError, match=r"--audio .*bad.wav: not a readable PCM WAV file"):
+    predict.load_audio(str(tmp_path / "bad.wav"), c.data)
+  with pytest.raises(FileNotFoundError, match=r"--audio .*missing.wav: no such file"):
+    predict.load_audio(str(tmp_path / "missing.wav"), c.data)
+
+
+def test_check_audio_flag():
+  """--audio exactly when the model hears audio; the errors name the flag and config.model.audio."""
+  load = lambda name: config_files.load(os.path.join(CONFIGS, f"{name}.py"))
+  speech = load("speech_vqa")
+  predict.check_audio_flag(speech, ["q.wav"])
+  with pytest.raises(ValueError, match=r"audio encoder \(config.model.audio\) and its questions are spoken "
+                                       r"\(config.data.spoken_prompt\): give the question as a WAV file with "
+                                       r"--audio=FILE.wav"):
+    predict.check_audio_flag(speech, [])
+  for name in ("tiny", "contrastive"):
+    predict.check_audio_flag(load(name), [])
+    with pytest.raises(ValueError, match=r"--audio=q.wav: this model has no audio encoder \(config.model.audio is off"):
+      predict.check_audio_flag(load(name), ["q.wav"])
+
+
+@pytest.mark.slow
+def test_sample_command_with_audio(av_run, tiny_config, tmp_path):
+  c, wd, _, _ = av_run
+  ex = pipeline.Data(c).split("test").example(0)
+  image, sound = tmp_path / "scene.png", tmp_path / "sound.wav"
+  Image.fromarray(ex["image"]).save(image)
+  # The scene's sound as a 44.1 kHz stereo file: mixed down and resampled to the model's 16 kHz.
+  rate = 44100
+  own = ex["audio"][: ex["audio_len"]].astype(np.float64)
+  resampled = np.interp(np.arange(rate) * 16000 / rate, np.arange(len(own)), own).astype(np.int16)
+  _write_wav(sound, [resampled, resampled], rate)
+  run = lambda workdir, *args: subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "sample.py"),
+                                               f"--workdir={workdir}", f"--image={image}", *args],
+                                              capture_output=True, text=True, timeout=300)
+  out = run(wd, f"--audio={sound}", f"--prompt={av_matching.PROMPT}")
+  assert out.returncode == 0, out.stderr[-2000:]
+  # One answer line for one image (a 2-step model may answer with EOS only: an empty line).
+  assert len(out.stdout.splitlines()) == 1, out.stdout
+
+  # The model has an audio encoder but got no --audio: named flag and config key, no traceback.
+  bad = run(wd, f"--prompt={av_matching.PROMPT}")
+  assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+  assert "config.model.audio" in bad.stderr and "--audio=FILE.wav" in bad.stderr
+  # --audio for a model without an audio encoder (an image-only workdir): refused from its config.
+  plain = tmp_path / "plain"
+  plain.mkdir()
+  (plain / "config.json").write_text(tiny_config.to_json_best_effort(indent=2))
+  bad = run(plain, f"--audio={sound}", "--prompt=what shape is the red object?")
+  assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+  assert f"--audio={sound}: this model has no audio encoder (config.model.audio is off" in bad.stderr

@@ -413,6 +413,68 @@ def test_manifest_bad_inputs(tmp_path, line, key, msg):
   assert_line_3_error(m, tmp_path / "data", key, msg)
 
 
+def test_manifest_empty_split_builds_the_others(tmp_path, tiny_config):
+  """No "test" records: the other splits build; asking for test (or training, which ends with a test
+  evaluation) is an error naming the split and the manifest, raised before anything trains."""
+  src = tmp_path / "src"
+  _write_images(src)
+  lines = [dict(l, split="validation" if "rgba" in l["image"] else "train")
+           for l in GOOD_LINES if "gray" not in l["image"]]
+  m = _write_manifest(src, lines)
+  data_dir = tmp_path / "data"
+  builder = tfds_builders.prepare_manifest(str(m), str(data_dir), image_size=32)
+  assert tfds_builders.split_sizes(builder) == {"train": 8, "validation": 1}
+  cfg = _cfg(data_dir, manifest=str(m), image_size=32)
+  assert len(pipeline.load_split(cfg, "validation")) == 1
+  for ask in (lambda: pipeline.load_split(cfg, "test"), lambda: pipeline.Data(cfg).split("test")):
+    with pytest.raises(ValueError, match=r"split 'test' has no records in the manifest") as e:
+      ask()
+    assert str(m) in str(e.value) and "records per split: train 8, validation 1" in str(e.value)
+    assert '"split": "test"' in str(e.value)
+
+  # Training fails at the start, not after its steps: the final evaluation reads the test split.
+  tiny_config.data.update(dict(manifest=str(m), data_dir=str(data_dir), image_size=32))
+  from mmjax.train import trainer
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=r"split 'test' has no records .*the final test evaluation needs it"):
+    trainer.train_and_evaluate(tiny_config, str(workdir), progress=False)
+  assert not (workdir / "checkpoints").exists() and not (workdir / "metrics.jsonl").exists()
+
+
+def test_manifest_tiny_auto_split_is_all_train(tmp_path, tiny_config):
+  """Five images without a split all go to train (80/10/10 rounds to 5/0/0): with one explicit test
+  image the dataset has no validation split, and a run that evaluates on validation says so before
+  training, naming the config key that skips that evaluation."""
+  src = tmp_path / "src"
+  _write_images(src)
+  m = _write_manifest(src, [{"image": f"imgs/x{i}.png", "caption": f"shade {i}"} for i in range(5)]
+                      + [{"image": "imgs/x5.png", "caption": "shade 5", "split": "test"}])
+  data_dir = tmp_path / "data"
+  assert tfds_builders.split_sizes(tfds_builders.prepare_manifest(str(m), str(data_dir))) == {"train": 5, "test": 1}
+  from mmjax.train import trainer
+  tiny_config.data.update(dict(manifest=str(m), data_dir=str(data_dir)))
+  data = pipeline.Data(tiny_config)
+  with pytest.raises(ValueError, match=r"split 'validation' has no records in the manifest .*--config.eval_every=3 "
+                                       r"steps \(set it to at least --config.total_steps=6"):
+    trainer._check_eval_splits(tiny_config, data)
+  tiny_config.eval_every = tiny_config.total_steps
+  trainer._check_eval_splits(tiny_config, data)  # no validation evaluation: nothing missing
+
+
+def test_manifest_without_train_records(tmp_path):
+  src = tmp_path / "src"
+  _write_images(src)
+  m = _write_manifest(src, [{"image": "imgs/rgb.png", "caption": "noise", "split": "validation"},
+                            {"image": "imgs/rgba.png", "caption": "see-through", "split": "test"},
+                            {"image": "imgs/gray.jpg", "caption": "grey static", "split": "test"}])
+  data_dir = tmp_path / "data"
+  with pytest.raises(ValueError, match=r"no records in the 'train' split \(images per split: validation 1, test 2\)"
+                     ) as e:
+    tfds_builders.prepare_manifest(str(m), str(data_dir))
+  assert str(e.value).startswith(f"{m}: ") and '"split": "train"' in str(e.value)
+  assert not data_dir.exists() or not any(data_dir.rglob("*"))
+
+
 def assert_line_3_error(manifest, data_dir, key, msg, **prepare_kwargs):
   """prepare_manifest fails naming line 3 of ``manifest``, ``key`` and ``msg``; no data left."""
   with pytest.raises(ValueError) as e:
@@ -460,3 +522,4 @@ def test_generation_failure_spares_other_files_in_data_dir(tmp_path, monkeypatch
     tfds_builders.prepare_manifest(str(manifest), str(data_dir))
   assert (data_dir / "other_dataset" / "records").read_text() == "not ours"
   assert not (data_dir / "mmjax_manifest").exists()
+

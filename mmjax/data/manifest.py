@@ -15,7 +15,13 @@ One JSON object per line (blank lines are ignored)::
 * All lines of the same image are grouped into one record (id = the normalised relative path).
   Lines of one image must not name different splits, audio files or videos.
 * Images without an explicit split are assigned by a seeded permutation of the image ids:
-  80% train / 10% validation / 10% test (rounded; tiny manifests put everything in train).
+  80% train / 10% validation / 10% test (rounded: it takes 6 such images to put one in each of
+  validation and test; fewer all go to train).
+* A split may end up without records (e.g. no "test" lines and fewer than 6 images without a
+  split): it is then left out of the prepared dataset, and asking for it later is an error naming
+  the split and the manifest (``pipeline.check_split``). The train split must have records (the
+  model and the tokenizer are trained on it): a manifest without any is an error here, before
+  anything is written.
 * Images of any mode and size are converted to RGB (alpha composited over white) and resized to a
   square ``image_size`` x ``image_size`` with bilinear filtering (aspect ratio is not preserved).
 * ``audio`` (the record's sound, stored as ``scene_audio``): a PCM WAV file (8/16/24/32-bit, mono
@@ -221,7 +227,8 @@ def _set_once(rec: ManifestRecord, key: str, value: str, manifest_path, lineno: 
 
 def parse_manifest(manifest_path: str | os.PathLike, seed: int = 0, check_images: bool = True,
                    video_frames: int = 0) -> dict[str, list[ManifestRecord]]:
-  """Validates the whole manifest and returns {split: [ManifestRecord, ...]} (all three splits).
+  """Validates the whole manifest and returns {split: [ManifestRecord, ...]} (all three splits;
+  validation or test may be empty, train never: no train record is a ValueError).
 
   check_images: decode every image, audio file and video frame (else only check they exist).
   video_frames: the dataset's frame count; "video" entries are an error when it is 0.
@@ -309,4 +316,10 @@ def parse_manifest(manifest_path: str | os.PathLike, seed: int = 0, check_images
   out = {s: [] for s in SPLITS}
   for rid in sorted(records):
     out[records[rid].split].append(records[rid])
+  if not out["train"]:
+    counts = ", ".join(f"{s} {len(out[s])}" for s in SPLITS if out[s])
+    raise ValueError(
+        f"{manifest_path}: no records in the 'train' split (images per split: {counts}); training and the "
+        "tokenizer need train records. Give some lines \"split\": \"train\", or leave \"split\" out of some "
+        "images (images without one are split 80/10/10 by a seeded hash).")
   return out

@@ -354,10 +354,10 @@ class SplitData:
     if self.max_audio_len:
       clip = (self._sound(sound_of) if sound_of is not None
               else self._audio_clip(record, question))
-      out["audio"], out["audio_len"] = _fit(clip, self.max_audio_len)
+      out["audio"], out["audio_len"] = fit_clip(clip, self.max_audio_len)
     if self.video_frames:
       clip = schema.no_video(self.image_size) if record is None else record["video"]
-      out["video"], out["video_len"] = _fit(clip, self.video_frames)
+      out["video"], out["video_len"] = fit_clip(clip, self.video_frames)
     return out
 
   def _sound(self, record_index: int) -> np.ndarray:
@@ -394,8 +394,12 @@ def _check_tasks(data: SplitData, spoken_prompt: bool, av: bool) -> None:
                      "\"audio\" files.")
 
 
-def _fit(x: np.ndarray, length: int) -> tuple[np.ndarray, np.int32]:
-  """``x`` cut or zero-padded to ``length`` along its first axis, and how many entries are real."""
+def fit_clip(x: np.ndarray, length: int) -> tuple[np.ndarray, np.int32]:
+  """``x`` cut or zero-padded to ``length`` along its first axis, and how many entries are real.
+
+  How every example's clip becomes the fixed-length batch entry (audio, video); sampling from a
+  file (sample.predict.load_audio) goes through it too, so the model hears a file as it heard the
+  dataset's clips."""
   x = np.asarray(x)[:length]
   out = np.zeros((length,) + x.shape[1:], x.dtype)
   out[: len(x)] = x
@@ -415,11 +419,37 @@ class _Ids:
     return int(self._ids[i])
 
 
+def check_split(builder, split: str, needed_by: str = "") -> None:
+  """Raises ValueError when ``split`` is not in the prepared dataset.
+
+  Only a manifest can lack a split: one whose records left it empty is built without it (TFDS
+  cannot write an empty split; see manifest.py). The error names the split and the manifest, says
+  how to give the split records and, with ``needed_by``, what asked for it, so that a run can fail
+  before training rather than at its first evaluation.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}.")
+  if split in builder.info.splits:
+    return
+  have = ", ".join(f"{s} {n}" for s, n in tfds_builders.split_sizes(builder).items())
+  needed = f"; {needed_by} needs it" if needed_by else ""
+  cfg = builder.builder_config
+  if isinstance(cfg, tfds_builders.ManifestConfig):
+    raise ValueError(
+        f"split {split!r} has no records in the manifest {cfg.manifest_path}, so its dataset has no {split} split "
+        f"(records per split: {have}){needed}. Give some of the manifest's lines \"split\": \"{split}\", or leave "
+        "\"split\" out of more images: images without one are split 80/10/10 by a seeded hash, and it takes 6 "
+        "of them to put one in each of validation and test.")
+  raise ValueError(f"split {split!r} is not in the dataset {builder.data_dir} (records per split: {have}){needed}.")
+
+
 def load_split(config, split: str, tokenizer: Tokenizer | None = None,
                builder=None) -> SplitData:
-  """Prepares (builds if missing) the data and tokenizer of ``config``; returns the split."""
+  """Prepares (builds if missing) the data and tokenizer of ``config``; returns the split (a
+  ValueError naming the split and the manifest when the dataset lacks it: ``check_split``)."""
   if builder is None:
     builder = prepare_builder(config)
+  check_split(builder, split)
   if tokenizer is None:
     tokenizer = load_tokenizer(config, builder)
   d = _data_cfg(config)

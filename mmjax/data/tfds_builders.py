@@ -10,6 +10,7 @@ splits are read through ``builder.as_data_source(split)`` / ``tfds.data_source``
   splits.
 * ``mmjax_manifest``: config built by ``manifest_config(path, image_size)``; the config name holds a
   hash of the manifest's content, so a changed manifest is prepared again into a new directory.
+  Only the splits that have records are built (a manifest may have no validation or test lines).
 
 Optional media (``schema.record_features``): spoken questions (speech.py), the shapes object sounds
 (sounds.py) or a manifest's "audio" files, and video clips (video.py / a manifest's "video"
@@ -261,7 +262,10 @@ class MmjaxManifest(_RecordBuilder):
     if parsed is None:
       parsed = manifest_lib.parse_manifest(cfg.manifest_path, seed=cfg.seed,
                                            video_frames=cfg.video_frames)
-    return {split: self._generate_examples(recs) for split, recs in parsed.items()}
+    # TFDS refuses a split that yields no examples ("No examples were yielded"), so a split without
+    # records is left out of the dataset: builder.info.splits then lacks it, and asking for it is
+    # an error naming it and the manifest (pipeline.check_split). parse_manifest guarantees train.
+    return {split: self._generate_examples(recs) for split, recs in parsed.items() if recs}
 
   def _generate_examples(self, records):
     cfg = self.builder_config

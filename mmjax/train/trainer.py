@@ -77,6 +77,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   data = load_data(config, workdir)
+  _check_eval_splits(config, data)
   setup = state_lib.make_setup(config, data.tokenizer.vocab_size)
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, save_interval_steps=1)
   restored = ckpt.restore(setup.abstract_state, config)
@@ -164,6 +165,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
     writer.close()
     stop.restore()
   return final
+
+
+def _check_eval_splits(config, data) -> None:
+  """Fails before training, not after it, when a split the run evaluates on is not in the dataset
+  (a manifest without validation or test records; the error names the split and the manifest)."""
+  pipeline.check_split(data.builder, "test", "the final test evaluation")
+  if config.eval_every < config.total_steps:
+    pipeline.check_split(data.builder, "validation",
+                         f"the evaluation every --config.eval_every={config.eval_every} steps (set it to at least "
+                         f"--config.total_steps={config.total_steps} to train without it)")
 
 
 def _init_from(state, setup, config):
