@@ -42,32 +42,75 @@ def _table_rows(table):
           if line.startswith("| ") and not line.startswith("| family")]
 
 
-def test_compare_two_families(shared_data_dir, tmp_path, capsys):
+E2E = ["cross_attention", cf.CONTRASTIVE]  # one family, the contrastive row; plus av_matching for the family
+# tiny.py's split sizes and log rate, given explicitly so that the av_matching runs use them too (its
+# own config has more scenes and logs every 20 steps).
+SCENES = ["--set=data.train_scenes=24", "--set=data.validation_scenes=4", "--set=data.test_scenes=4",
+          "--set=log_every=1"]
+
+
+def _metrics(workdir):
+  with open(workdir / "metrics.jsonl") as f:
+    return [json.loads(line) for line in f]
+
+
+def _test_row(workdir, key, step=2):
+  return [m for m in _metrics(workdir) if m["step"] == step and key in m][-1]
+
+
+def test_compare_family_contrastive_row_and_audio_task(shared_data_dir, tmp_path, capsys):
   readme, table_file, wd = tmp_path / "README.md", tmp_path / "table.md", tmp_path / "runs"
   readme.write_text(README)
-  args = _tiny_args(wd, shared_data_dir) + [f"--readme={readme}", f"--table={table_file}"]
+  args = (_tiny_args(wd, shared_data_dir, E2E) + SCENES
+          + ["--tasks=vqa,av_matching", f"--readme={readme}", f"--table={table_file}"])
   _main(*args)
   table = table_file.read_text().strip()
+  header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+  assert header == ["family", "parameters", "train step (ms)", "test VQA all", "attribute", "spatial", "relational",
+                    "test CIDEr-D", "test i2t R@1/5/10", "test t2i R@1/5/10", "zero-shot accuracy",
+                    "test AV-matching accuracy", "wall time"]
   rows = _table_rows(table)
-  assert [r[0] for r in rows] == FAMILIES
+  assert [r[0] for r in rows] == E2E
   from mmjax.train import workdir as workdir_lib
-  for family, row in zip(FAMILIES, rows):
-    with open(wd / family / "metrics.jsonl") as f:
-      metrics = [json.loads(line) for line in f]
-    test = [m for m in metrics if m["step"] == 2 and "test/vqa_accuracy" in m][-1]
-    expected = [f"{test[k]:.3f}" for k in ("test/vqa_accuracy", "test/vqa_accuracy_attribute",
-                                           "test/vqa_accuracy_spatial", "test/vqa_accuracy_relational")]
-    assert row[3:7] == expected and row[7] == f"{test['test/cider']:.2f}"
+  for family, row in zip(E2E, rows):  # cost columns: the vqa runs in WORKDIR/<family>
+    metrics = _metrics(wd / family)
     rate = [m["train/steps_per_second"] for m in metrics if m["step"] == 2 and "train/steps_per_second" in m]
     assert row[2] == f"{1000 / rate[-1]:.1f}"  # step 1 (compilation) is left out of the median
     compare = [m for m in metrics if "compare/parameters" in m][-1]
     trained = workdir_lib.load(str(wd / family)).params
     assert compare["compare/parameters"] == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trained))
     assert row[1] == cf._count(compare["compare/parameters"])
-    assert row[8] == cf._duration(compare["compare/wall_seconds"]) and compare["compare/cpu_seconds"] > 0
-  assert rows[0][1] != rows[1][1]  # the families do differ
-  assert "python experiments/compare_fusions.py --workdir=" in table and "2 steps of batch 8" in table
-  assert "5-minute load average at the end of each: " in table
+    assert row[12] == cf._duration(compare["compare/wall_seconds"]) and compare["compare/cpu_seconds"] > 0
+  assert rows[0][1] != rows[1][1]
+
+  # The family: VQA and CIDEr-D, – in the contrastive columns, and its av_matching run's accuracy,
+  # marked † (cross_attention cannot mask padded audio; the 1 s object sounds fill the 1 s window).
+  family = rows[0]
+  test = _test_row(wd / "cross_attention", "test/vqa_accuracy")
+  expected = [f"{test[k]:.3f}" for k in ("test/vqa_accuracy", "test/vqa_accuracy_attribute",
+                                         "test/vqa_accuracy_spatial", "test/vqa_accuracy_relational")]
+  assert family[3:7] == expected and family[7] == f"{test['test/cider']:.2f}"
+  assert family[8:11] == ["–", "–", "–"]
+  av_dir = wd / "av_matching" / "cross_attention"
+  assert family[11] == f"{_test_row(av_dir, 'test/av_match_accuracy')['test/av_match_accuracy']:.3f}†"
+  assert json.loads((av_dir / "config.json").read_text())["model"]["audio"]["mask_padding"] is False
+  assert "† cross_attention cannot mask padded audio, so it ran with `model.audio.mask_padding=False`" in table
+  av_rate = [m["train/steps_per_second"] for m in _metrics(av_dir) if m["step"] == 2 and "train/steps_per_second" in m]
+  av_params = [m for m in _metrics(av_dir) if "compare/parameters" in m][-1]["compare/parameters"]
+  assert (f"Parameters / train step / wall time: cross_attention {cf._count(av_params)} / {1000 / av_rate[-1]:.1f} ms"
+          in table) and av_params > [m for m in _metrics(wd / "cross_attention") if "compare/parameters" in m][-1][
+              "compare/parameters"]  # + the audio encoder
+
+  # The contrastive row: retrieval recall@1/5/10 both ways and zero-shot accuracy, – elsewhere.
+  contrastive = rows[1]
+  test = _test_row(wd / cf.CONTRASTIVE, "test/retrieval_i2t_r1")
+  for cell, d in ((contrastive[8], "i2t"), (contrastive[9], "t2i")):
+    assert cell == " / ".join(f"{test[f'test/retrieval_{d}_r{k}']:.3f}" for k in (1, 5, 10))
+  assert contrastive[10] == f"{test['test/zero_shot_accuracy']:.3f}"
+  assert contrastive[3:8] == ["–"] * 5 and contrastive[11] == "–"
+  assert "Contrastive row: `experiments/configs/contrastive.py`" in table
+  assert "python experiments/compare_fusions.py --workdir=" in table and "2 steps of batch 8 for every run" in table
+  assert "--tasks=vqa,av_matching" in table and "5-minute load average at the end of each: " in table
 
   # README: the text between the markers is the table, everything else is unchanged.
   text = readme.read_text()
@@ -77,11 +120,12 @@ def test_compare_two_families(shared_data_dir, tmp_path, capsys):
   assert text[end:] == README[README.index(cf.README_END):]
 
   # A re-run reuses the finished runs: nothing trains again, the numbers are the same.
-  lines = {f: (wd / f / "metrics.jsonl").read_text() for f in FAMILIES}
+  runs = [wd / "cross_attention", wd / cf.CONTRASTIVE, av_dir]
+  lines = {r: (r / "metrics.jsonl").read_text() for r in runs}
   capsys.readouterr()
   _main(*args)
-  assert capsys.readouterr().out.count("reused") == 2
-  assert {f: (wd / f / "metrics.jsonl").read_text() for f in FAMILIES} == lines
+  assert capsys.readouterr().out.count("reused") == 3
+  assert {r: (r / "metrics.jsonl").read_text() for r in runs} == lines
   assert _table_rows(table_file.read_text()) == rows
 
   # The same workdir under another budget is an error, not a silent mix.
@@ -103,6 +147,102 @@ def test_config_drift_is_an_error(shared_data_dir, tmp_path, monkeypatch):
                                        r"optim.learning_rate: cross_attention 0.001 vs prefix_lm 0.0003"):
     _main(*_tiny_args(tmp_path / "runs", shared_data_dir))
   assert not (tmp_path / "runs").exists()  # refused before anything trained
+
+
+def test_contrastive_config_drift(shared_data_dir, tmp_path, monkeypatch):
+  """The contrastive row may differ from the families in its model and eval_batch_size only."""
+  # At both sizes its config file agrees with the families' on everything else.
+  for sizes in ("tiny", "default"):
+    cf.comparison_configs(["cross_attention", "flamingo", cf.CONTRASTIVE], ["vqa"], sizes)
+  drifted = tmp_path / "drifted_contrastive.py"
+  drifted.write_text(
+      "from mmjax import config_files\n\n"
+      "def get_config(arg=None):\n"
+      f"  c = config_files.load({os.path.join(CONFIGS, 'contrastive.py')!r}, arg)\n"
+      "  c.model.loss, c.eval_batch_size = 'clip', 16  # may differ\n"
+      "  c.optim.warmup_steps = 5\n"
+      "  return c\n")
+  monkeypatch.setitem(cf.CONTRASTIVE_CONFIGS, "tiny", (str(drifted), "tiny"))
+  with pytest.raises(ValueError, match=r"contrastive config differs from the families' outside its model \(only "
+                                       r"model, eval_batch_size may\): optim.warmup_steps: cross_attention 2 vs "
+                                       r"contrastive 5$"):
+    _main(*_tiny_args(tmp_path / "runs", shared_data_dir, ["cross_attention", cf.CONTRASTIVE]))
+  assert not (tmp_path / "runs").exists()
+  with pytest.raises(ValueError, match="contrastive row has no audio"):
+    cf.run_config("av_matching", cf.CONTRASTIVE, "tiny")
+  with pytest.raises(ValueError, match="--tasks must include vqa"):
+    cf.comparison_configs(["cross_attention"], ["av_matching"], "tiny")
+
+
+def test_audio_task_configs(shared_data_dir, monkeypatch):
+  """Each family's task config is the task file's changes applied to it; families that cannot mask
+  padded audio run unmasked when the clips fill the window (av_matching), else not at all
+  (speech_vqa); prefix_lm's decoder gets the positions of the audio tokens in its prefix."""
+  from mmjax import config_files
+  from mmjax.data import pipeline
+  from mmjax.models import build_model
+  from mmjax.models.vlm import check_fusion_media
+  from mmjax.train import state as state_lib
+  families = list(cf.FAMILY_CONFIGS)
+  overrides = [("data.data_dir", shared_data_dir), ("data.train_scenes", 24), ("data.validation_scenes", 4),
+               ("data.test_scenes", 4)]
+  configs = cf.comparison_configs(families, ["vqa", "speech_vqa", "av_matching"], "tiny", 2, 8, overrides)
+  flat = lambda c: cf._flat(c.to_dict())
+  for task in ("speech_vqa", "av_matching"):
+    # flamingo's is exactly the task's own config file (which builds on fusion_flamingo.py) ...
+    own = config_files.load(os.path.join(CONFIGS, f"{task}.py"), None, dict(overrides))
+    own.total_steps, own.batch_size = 2, 8
+    assert flat(configs[task]["flamingo"]) == flat(own)
+    # ... and every family gets the same changes to its vqa config.
+    delta = cf.task_delta(task, "tiny")
+    assert "model.audio.width" in delta and not any(k.startswith("model.fusion") for k in delta)
+    for f in families:
+      expected = {**flat(configs["vqa"][f]), **delta, **dict(overrides), "total_steps": 2, "batch_size": 8}
+      assert flat(configs[task][f]) == expected, f
+
+  # The window check on real data: 1 s object sounds fill a 1 s window, not a 1.5 s one.
+  av = configs["av_matching"]["cross_attention"].copy_and_resolve_references()
+  pipeline.prepare(av)
+  assert cf._clips_fill_window(av)
+  av.data.max_audio_seconds = 1.5
+  assert not cf._clips_fill_window(av)
+
+  checked = []
+  monkeypatch.setattr(cf, "_clips_fill_window", lambda c: checked.append(c) or not c.data.spoken_questions)
+  notes = cf.fit_audio(configs)
+  assert len(checked) == 2  # once per task
+  speech, av = notes["speech_vqa"], notes["av_matching"]
+  assert list(configs["speech_vqa"]) == ["flamingo"] and sorted(speech["skipped"]) == sorted(
+      ["cross_attention", "prefix_lm", "qformer"]) and not speech["unmasked"]
+  assert "config.model.audio.mask_padding=True" in speech["skipped"]["qformer"]
+  assert list(configs["av_matching"]) == families and not av["skipped"]
+  assert av["unmasked"] == ["cross_attention", "prefix_lm", "qformer"]
+  for f, c in configs["av_matching"].items():
+    assert c.model.audio.mask_padding == (f == "flamingo")
+    check_fusion_media(c.model)
+  old, new = av["max_len"]["prefix_lm"]
+  assert list(av["max_len"]) == ["prefix_lm"] and old == configs["vqa"]["prefix_lm"].model.decoder.max_len
+  assert new - old == 26  # 1 s at 16 kHz, hop 160: 101 frames -> 51 -> 26 audio tokens after two stride-2 convs
+  # With those positions prefix_lm's model takes a whole audio batch (it would not without them).
+  c = configs["av_matching"]["prefix_lm"]
+  b = state_lib.dummy_batch(c, 1)
+  args, kwargs = state_lib.model_kind(c).init_inputs(c, b)
+  jax.eval_shape(lambda: build_model(c.model, 64).init(jax.random.key(0), *args, **kwargs))
+  c.model.decoder.max_len = old
+  with pytest.raises(ValueError, match="exceed max_len"):
+    jax.eval_shape(lambda: build_model(c.model, 64).init(jax.random.key(0), *args, **kwargs))
+
+  # The table: –* where a family could not run a task, † where it ran unmasked, notes saying why.
+  run = {"parameters": 1e5, "step_ms": 10.0, "wall_seconds": 5.0, "cpu_seconds": 5.0, "load_average": 1.0}
+  results = {"vqa": {f: dict(run, **{k: 0.5 for k in cf.TEST_METRICS}) for f in families},
+             "speech_vqa": {"flamingo": dict(run, **{"test/vqa_accuracy": 0.25})},
+             "av_matching": {f: dict(run, **{"test/av_match_accuracy": 0.75}) for f in families}}
+  table = cf.markdown(results, configs, "cmd", "today", "here", tasks=["speech_vqa", "av_matching"], notes=notes)
+  rows = {r[0]: r for r in _table_rows(table)}
+  assert rows["flamingo"][8:10] == ["0.250", "0.750"] and rows["qformer"][8:10] == ["–*", "0.750†"]
+  assert "–* cross_attention, prefix_lm and qformer: not run." in table
+  assert "(prefix_lm's `model.decoder.max_len` 96 -> 122: its prefix holds the audio tokens)" in table
+  assert "shapes scenes train/validation/test 24/4/4)" in table
 
 
 @pytest.mark.parametrize("text", ["no markers", f"{cf.README_END}\n{cf.README_BEGIN}",

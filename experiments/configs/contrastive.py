@@ -12,7 +12,10 @@ captions, test on all) writes <split>/retrieval_{i2t,t2i}_r{1,5,10} and <split>/
 
 Without an argument: the tiny model sizes on a small shapes dataset (1000 / 64 / 128 scenes), so a
 20-step run takes about a minute on a 2-core CPU, dataset generation included. `:default`: the
-default experiment's model sizes and data.
+default experiment's model sizes and data. `:tiny`: the tiny model with everything else (data,
+batch, schedule, evaluation) exactly as in tiny.py, so that it sits next to the tiny fusion configs
+in experiments/compare_fusions.py --sizes=tiny (whose config check allows only model and
+eval_batch_size to differ).
 """
 import ml_collections
 
@@ -20,15 +23,17 @@ from mmjax import config_files
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "default"):
-    raise ValueError(f"contrastive config takes no argument or 'default'; got {arg!r}.")
-  c = config_files.sibling(__file__, arg or "tiny")
+  if arg not in (None, "default", "tiny"):
+    raise ValueError(f"contrastive config takes no argument, 'default' or 'tiny'; got {arg!r}.")
+  c = config_files.sibling(__file__, "default" if arg == "default" else "tiny")
   m = c.model
   m.kind = "contrastive"
   m.loss = "siglip"                 # siglip (pairwise sigmoid) | clip (softmax cross-entropy)
   m.embed_dim = 2 * m.vit.width     # joint embedding width (both towers are projected to it)
   del m["fusion"], m["decoder"]     # the VLM's parts; a contrastive model has none
   m.text.max_len = c.data.max_target_len  # the text tower reads whole captions
+  if arg == "tiny":
+    return c
   c.batch_size = 64                 # the negatives of every pair: the rest of the global batch
   c.eval_batch_size = 128
   if arg is None:
