@@ -523,3 +523,35 @@ def test_generation_failure_spares_other_files_in_data_dir(tmp_path, monkeypatch
   assert (data_dir / "other_dataset" / "records").read_text() == "not ours"
   assert not (data_dir / "mmjax_manifest").exists()
 
+
+def test_task_weights_set_the_share_of_caption_batches(tiny_config):
+  """data.task_weights scales each task's share of the train batches: examples x weight."""
+  data = pipeline.Data(tiny_config)
+  train = data.split("train")
+  n_vqa = int((train.task == pipeline.TASK_NAMES.index("vqa")).sum())
+  n_cap = int((train.task == pipeline.TASK_NAMES.index("caption")).sum())
+  assert n_vqa > 0 and n_cap > 0
+
+  def caption_share(weights, batches=60):
+    tiny_config.data.task_weights = ml_collections.ConfigDict(weights)
+    it = data.train_iterator()
+    tasks = [int(next(it)["task"][0]) for _ in range(batches)]  # batches are single-task
+    return tasks.count(pipeline.TASK_NAMES.index("caption")) / batches
+
+  for w in (1.0, 4.0):
+    expected = n_cap * w / (n_vqa + n_cap * w)
+    assert abs(caption_share({"caption": w}) - expected) < 0.1, (w, expected)
+  assert caption_share({"vqa": 0.0}) == 1.0
+  assert caption_share({"caption": 0.0}) == 0.0
+
+
+@pytest.mark.parametrize("weights,match", [
+    ({"captions": 2.0}, r"task_weights has unknown tasks \['captions'\]"),
+    ({"caption": -1.0}, r"task_weights.caption=-1.0: a weight must be a number >= 0"),
+    ({"vqa": "many"}, r"task_weights.vqa='many'"),
+    ({"vqa": float("nan")}, r"task_weights.vqa=nan"),
+])
+def test_task_weights_errors_name_the_key(tiny_config, weights, match):
+  tiny_config.data.task_weights = ml_collections.ConfigDict(weights)
+  with pytest.raises(ValueError, match=match):
+    pipeline.Data(tiny_config).train_iterator()

@@ -25,6 +25,7 @@ FAMILIES = {
     "qformer_prefix": dict(name="qformer", output="prefix", num_queries=3, depth=1, num_heads=2, mlp_dim=64),
     "qformer_memory": dict(name="qformer", output="memory", cross_attention_every=1, num_queries=3, depth=1,
                            num_heads=2, mlp_dim=64, qformer_width=16),
+    "cross_attention_text_prefix": dict(name="cross_attention", cross_attention_every=1, text_as="prefix"),
 }
 
 
@@ -46,7 +47,8 @@ def test_registry():
   assert {"cross_attention", "prefix_lm", "flamingo", "qformer"} <= set(FUSIONS)
 
 
-@pytest.mark.parametrize("family", ["prefix_lm", "flamingo", "flamingo_memory", "qformer_memory"])
+@pytest.mark.parametrize("family", ["prefix_lm", "flamingo", "flamingo_memory", "qformer_memory",
+                                    "cross_attention_text_prefix"])
 def test_kv_cache_decoding_equals_full_forward(family):
   rng = np.random.default_rng(4)
   images, prompt, plen, target = inputs(rng, lt=5)
@@ -112,6 +114,28 @@ def test_prefix_lm_ignores_padded_prompt_and_sees_whole_prefix():
   other = prompt.copy()
   other[0, 7] = (other[0, 7] + 1 - 4) % (V - 4) + 4
   assert rel_err(model.apply(params, images, other, plen, target)[0, 0], logits[0, 0]) > 1e-4
+
+
+def test_cross_attention_text_as_prefix_puts_the_question_in_the_decoder():
+  rng = np.random.default_rng(12)
+  images, prompt, plen, target = inputs(rng)
+  model = build_model(model_config(FAMILIES["cross_attention_text_prefix"]), V)
+  params = model.init(jax.random.key(0), images, prompt, plen, target)
+  cond = model.apply(params, images, prompt, plen, method="encode")
+  # The memory is the image alone (4 patches of the 16-px test images); the question is the prefix.
+  assert cond.memory.shape == (3, 4, 32) and cond.prefix.shape == (3, 8, 32)
+  np.testing.assert_array_equal(cond.prefix_len, plen)
+  assert model.prefill_length(cond) == 8
+  logits = model.apply(params, images, prompt, plen, target)
+  other = prompt.copy()
+  other[1, plen[1]:] = rng.integers(4, V, 8 - plen[1])  # padded question positions never matter
+  np.testing.assert_allclose(model.apply(params, images, other, plen, target)[1], logits[1], rtol=1e-5, atol=1e-5)
+  other = images.copy()
+  other[2] = rng.integers(0, 256, other[2].shape)  # and the image does, through cross-attention
+  assert rel_err(model.apply(params, other, prompt, plen, target)[2], logits[2]) > 1e-4
+  bad = model_config(dict(FAMILIES["cross_attention_text_prefix"], text_as="both"))
+  with pytest.raises(ValueError, match="text_as"):
+    build_model(bad, V).init(jax.random.key(0), images, prompt, plen, target)
 
 
 def test_decoder_prefix_mask_matches_dense():
@@ -217,9 +241,11 @@ def test_fusion_configs_build_and_run():
   from mmjax import config_files
   from tests.conftest import CONFIGS
   rng = np.random.default_rng(11)
-  for name in ("prefix_lm", "flamingo", "qformer"):
-    c = config_files.load(os.path.join(CONFIGS, f"fusion_{name}.py"))
-    assert c.model.fusion.name == name
+  families = {"fusion_prefix_lm": "prefix_lm", "fusion_flamingo": "flamingo", "fusion_qformer": "qformer",
+              "question_prefix": "cross_attention"}
+  for name, family in families.items():
+    c = config_files.load(os.path.join(CONFIGS, f"{name}.py"))
+    assert c.model.fusion.name == family
     s = c.data.image_size
     images = rng.integers(0, 256, (1, s, s, 3)).astype(np.uint8)
     prompt = np.ones((1, c.data.max_prompt_len), np.int32)

@@ -63,6 +63,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.questions_per_type = ml_collections.ConfigDict(
       {"attribute": 2, "spatial": 2, "relational": 4})
   c.captions = True
+  # Train-batch mixing: each task's share is (its examples) x (its weight). Captions name every
+  # object's shape and position, a denser perception signal than one answer per question.
+  c.task_weights = ml_collections.ConfigDict({"vqa": 1.0, "caption": 1.0, "av_match": 1.0})
   c.max_prompt_len = 16
   c.max_target_len = 64
   c.vocab_size = 512

@@ -464,6 +464,26 @@ def load_split(config, split: str, tokenizer: Tokenizer | None = None,
                    seed=int(_get(d, "seed", 0)))
 
 
+def task_mixing_weights(config) -> dict[str, float]:
+  """config.data.task_weights completed with 1.0 for the tasks it leaves out; a clear error for an
+  unknown task or a weight that is negative or not a number."""
+  given = _get(_data_cfg(config), "task_weights", None) or {}
+  given = given.to_dict() if hasattr(given, "to_dict") else dict(given)
+  unknown = sorted(set(given) - set(TASK_NAMES))
+  if unknown:
+    raise ValueError(f"config.data.task_weights has unknown tasks {unknown}; expected some of {TASK_NAMES}.")
+  weights = {t: 1.0 for t in TASK_NAMES}
+  for task, w in given.items():
+    try:
+      w = float(w)
+    except (TypeError, ValueError):
+      w = float("nan")
+    if not (math.isfinite(w) and w >= 0):
+      raise ValueError(f"config.data.task_weights.{task}={given[task]!r}: a weight must be a number >= 0.")
+    weights[task] = w
+  return weights
+
+
 def shard_ids(n: int, process_index: int, process_count: int) -> np.ndarray:
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
@@ -543,7 +563,8 @@ class Data:
     ("caption",) for the (image, caption) pairs a contrastive model trains on.
 
     VQA, captioning and matching examples are batched separately and the batches interleaved in
-    proportion to the number of examples of each task (grain's deterministic mix), so a VQA batch
+    proportion to the number of examples of each task times its config.data.task_weights entry
+    (default 1; 0 drops the task) by grain's deterministic mix, so a VQA batch
     carries targets only as long as the longest answer instead of the longest caption: most steps
     then cost a fraction of a caption step.
 
@@ -564,19 +585,20 @@ class Data:
     unknown = set(tasks or ()) - set(TASK_NAMES)
     if unknown:
       raise ValueError(f"unknown tasks {sorted(unknown)}; expected some of {TASK_NAMES}.")
+    task_weights = task_mixing_weights(self.config)
     streams, weights = [], []
     for task in range(len(TASK_NAMES)):
       if tasks is not None and TASK_NAMES[task] not in tasks:
         continue
       ids = np.flatnonzero(data.task == task)
-      if len(ids) == 0:
+      if len(ids) == 0 or task_weights[TASK_NAMES[task]] == 0:
         continue
       length = data.target_length(task)
       load = functools.partial(_load_rows, data=data, rows=rows, length=length)
       ds = (grain.MapDataset.source(_Ids(ids)).shuffle(seed=int(self.config.seed) * 2 + task).repeat()
             .batch(global_batch, drop_remainder=True).map(load))
       streams.append(ds)
-      weights.append(len(ids))
+      weights.append(len(ids) * task_weights[TASK_NAMES[task]])
     if not streams:
       what = "" if tasks is None else f" of the tasks {tuple(tasks)}"
       raise ValueError(f"the train split of {self.builder.name} has no examples{what}.")

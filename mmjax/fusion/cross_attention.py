@@ -20,6 +20,7 @@ from mmjax.fusion.base import Conditioning, Fusion, register
 class CrossAttentionFusion(Fusion):
   cross_attention_every: int = 1
   gated: bool = False
+  text_as: str = "memory"    # "memory": question tokens join the memory; "prefix": they lead the decoder
   fuse_depth: int = 0
   num_heads: int = 4
   mlp_dim: int = 512
@@ -30,6 +31,15 @@ class CrossAttentionFusion(Fusion):
 
   @nn.compact
   def __call__(self, media, text=None):
+    if self.text_as not in ("memory", "prefix"):
+      raise ValueError(f"cross_attention: text_as={self.text_as!r}; use 'memory' or 'prefix'.")
+    prefix = prefix_len = None
+    if text is not None and self.text_as == "prefix":
+      # The question leads the decoder's own sequence (bidirectional prefix): each question word
+      # then reads the image through the decoder's cross-attention, as caption words do.
+      tokens, prefix_len = text
+      prefix = layers.Dense(self.width, ("media_embed",), ("embed",), dtype=self.dtype, name="proj_text")(tokens)
+      text = None
     parts, lengths = [], []
     sources = sorted(media.items()) + ([("text", text)] if text is not None else [])
     for i, (name, (tokens, length)) in enumerate(sources):
@@ -52,4 +62,4 @@ class CrossAttentionFusion(Fusion):
       memory = layers.run_blocks(memory, depth=self.fuse_depth, block=block, remat=self.remat,
                                  scan=self.scan_layers, prefix="fuse", self_mask=mask)
       memory = layers.LayerNorm(self.dtype, name="fuse_norm")(memory)
-    return Conditioning(memory=memory, memory_len=memory_len)
+    return Conditioning(memory=memory, memory_len=memory_len, prefix=prefix, prefix_len=prefix_len)
