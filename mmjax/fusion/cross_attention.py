@@ -5,6 +5,11 @@ modality embedding. `fuse_depth` > 0 adds bidirectional transformer layers over 
 the decoder reads it, so image patches can be read in the light of the question (the decoder's
 cross-attention alone sees them only through its own few queries). `gated=True` multiplies each
 cross-attention by tanh(g) with g initialised at 0 (Flamingo), so the decoder starts as a pure LM.
+
+`text_as="prefix"` keeps the question out of the memory and places its tokens at the head of the
+decoder's own sequence instead (a bidirectional prefix, as in prefix-LM): every question word then
+reads the image through the decoder's cross-attention, the same path caption words use, so what
+captioning teaches about finding "the red object" serves the questions too.
 """
 from __future__ import annotations
 
