@@ -98,15 +98,20 @@ def test_greedy_generate_is_consistent_with_full_forward(family):
   np.testing.assert_array_equal(out, np.asarray(logits.argmax(-1)))
 
 
-def test_prefix_lm_ignores_padded_prompt_and_sees_whole_prefix():
-  rng = np.random.default_rng(6)
+def encoded(family, seed):
+  """Random inputs, the family's model and parameters, its Conditioning and teacher-forced logits."""
+  rng = np.random.default_rng(seed)
   images, prompt, plen, target = inputs(rng)
-  model = build_model(model_config(FAMILIES["prefix_lm"]), V)
+  model = build_model(model_config(FAMILIES[family]), V)
   params = model.init(jax.random.key(0), images, prompt, plen, target)
   cond = model.apply(params, images, prompt, plen, method="encode")
+  return rng, (images, prompt, plen, target), model, params, cond, model.apply(params, images, prompt, plen, target)
+
+
+def test_prefix_lm_ignores_padded_prompt_and_sees_whole_prefix():
+  rng, (images, prompt, plen, target), model, params, cond, logits = encoded("prefix_lm", 6)
   assert cond.prefix.shape == (3, 4 + 8, 32) and cond.memory is None
   np.testing.assert_array_equal(cond.prefix_len, 4 + plen)
-  logits = model.apply(params, images, prompt, plen, target)
   other = prompt.copy()
   other[1, 3:] = rng.integers(4, V, 5)  # only padded prompt positions of row 1 change
   np.testing.assert_allclose(model.apply(params, images, other, plen, target)[1], logits[1], rtol=1e-5, atol=1e-5)
@@ -117,16 +122,11 @@ def test_prefix_lm_ignores_padded_prompt_and_sees_whole_prefix():
 
 
 def test_cross_attention_text_as_prefix_puts_the_question_in_the_decoder():
-  rng = np.random.default_rng(12)
-  images, prompt, plen, target = inputs(rng)
-  model = build_model(model_config(FAMILIES["cross_attention_text_prefix"]), V)
-  params = model.init(jax.random.key(0), images, prompt, plen, target)
-  cond = model.apply(params, images, prompt, plen, method="encode")
+  rng, (images, prompt, plen, target), model, params, cond, logits = encoded("cross_attention_text_prefix", 12)
   # The memory is the image alone (4 patches of the 16-px test images); the question is the prefix.
   assert cond.memory.shape == (3, 4, 32) and cond.prefix.shape == (3, 8, 32)
   np.testing.assert_array_equal(cond.prefix_len, plen)
   assert model.prefill_length(cond) == 8
-  logits = model.apply(params, images, prompt, plen, target)
   other = prompt.copy()
   other[1, plen[1]:] = rng.integers(4, V, 8 - plen[1])  # padded question positions never matter
   np.testing.assert_allclose(model.apply(params, images, other, plen, target)[1], logits[1], rtol=1e-5, atol=1e-5)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from mmjax import layers
 from mmjax.attention import MaskSpec
 from mmjax.fusion.base import Conditioning, Fusion, register
+from mmjax.fusion.prefix_lm import project_sources
 
 
 @register("cross_attention")
@@ -45,21 +46,7 @@ class CrossAttentionFusion(Fusion):
       tokens, prefix_len = text
       prefix = layers.Dense(self.width, ("media_embed",), ("embed",), dtype=self.dtype, name="proj_text")(tokens)
       text = None
-    parts, lengths = [], []
-    sources = sorted(media.items()) + ([("text", text)] if text is not None else [])
-    for i, (name, (tokens, length)) in enumerate(sources):
-      x = layers.Dense(self.width, ("media_embed",), ("embed",), dtype=self.dtype, name=f"proj_{name}")(tokens)
-      type_emb = self.param(f"type_{name}", layers.param_with_axes(nn.initializers.normal(0.02), ("embed",)),
-                            (self.width,), jnp.float32)
-      parts.append(x + type_emb.astype(x.dtype))
-      lengths.append(jnp.full((tokens.shape[0],), tokens.shape[1], jnp.int32) if length is None else length)
-    # Valid tokens of every part but the last must be contiguous for a single valid length: only
-    # the last part (the text, padded at its end) may carry padding.
-    for (name, (tokens, length)) in sources[:-1]:
-      if length is not None:
-        raise ValueError(f"CrossAttentionFusion: only the last source may be padded; {name!r} has lengths.")
-    memory = layers.constrain_tokens(jnp.concatenate(parts, axis=1))
-    memory_len = sum(lengths[:-1]) + lengths[-1] if len(lengths) > 1 else lengths[0]
+    memory, memory_len = project_sources(self, media, text, self.width, self.dtype)
     if self.fuse_depth:
       mask = MaskSpec(kv_valid_len=memory_len)
       block = dict(num_heads=self.num_heads, head_dim=self.width // self.num_heads, mlp_dim=self.mlp_dim,
