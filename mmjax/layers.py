@@ -129,7 +129,20 @@ class MultiHeadAttention(nn.Module):
         raise ValueError("MultiHeadAttention: the KV cache is for self-attention only.")
       k, v, mask = self._update_cache(k, v, prefix)
     q = constrain(q, ("act_batch", "act_len", "act_heads", "act_head_dim"))
+    groups = 1
+    if kv is not None and kv.shape[0] != x.shape[0]:
+      # Several query rows per memory row (e.g. 8 questions about one image): the group's queries
+      # attend the shared memory together as one longer query sequence. Cross-attention has no
+      # mask between queries, so this equals repeating the memory per row without projecting it
+      # (or holding it) G times.
+      groups = x.shape[0] // kv.shape[0]
+      if groups * kv.shape[0] != x.shape[0]:
+        raise ValueError(f"MultiHeadAttention: {x.shape[0]} query rows cannot share {kv.shape[0]} memory rows "
+                         "(the query batch must be a multiple of the memory batch).")
+      q = q.reshape(kv.shape[0], groups * q.shape[1], *q.shape[2:])
     out = attention(q, k, v, mask=mask, implementation=self.implementation)
+    if groups > 1:
+      out = out.reshape(x.shape[0], x.shape[1], *out.shape[2:])
     out = constrain(out, ("act_batch", "act_len", "act_heads", "act_head_dim"))
     return Dense(x.shape[-1], ("heads", "head_dim"), ("embed",), use_bias=False, dtype=self.dtype,
                  name="out")(out)

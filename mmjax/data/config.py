@@ -39,6 +39,7 @@ Top-level keys the pipeline also reads: ``config.seed`` (train shuffle seed) and
 """
 from __future__ import annotations
 
+import numbers
 import os
 
 import ml_collections
@@ -66,6 +67,10 @@ def default_data_config() -> ml_collections.ConfigDict:
   # Train-batch mixing: each task's share is (its examples) x (its weight). Captions name every
   # object's shape and position, a denser perception signal than one answer per question.
   c.task_weights = ml_collections.ConfigDict({"vqa": 1.0, "caption": 1.0, "av_match": 1.0})
+  # VQA train batches of batch_size questions about batch_size / questions_per_image images: the
+  # model encodes each image once for all its questions (needs a fusion whose memory is the image
+  # alone, e.g. cross_attention with text_as="prefix"). 1 = one question per image.
+  c.questions_per_image = 1
   c.max_prompt_len = 16
   c.max_target_len = 64
   c.vocab_size = 512
@@ -84,3 +89,15 @@ def max_audio_samples(data_config) -> int:
   """Length N of the batches' ``audio`` [B, N]: max_audio_seconds at audio_sample_rate."""
   get = lambda k, default: data_config[k] if k in data_config else default
   return int(round(float(get("max_audio_seconds", 4.0)) * int(get("audio_sample_rate", 16000))))
+
+
+def questions_per_image(config) -> int:
+  """config.data.questions_per_image (default 1), checked against config.batch_size."""
+  q = config.data.get("questions_per_image", 1)
+  if isinstance(q, bool) or not isinstance(q, numbers.Integral) or q < 1:
+    raise ValueError(f"config.data.questions_per_image={q!r} must be an integer >= 1.")
+  batch = int(config.get("batch_size", q))
+  if batch % q:
+    raise ValueError(f"config.batch_size={batch} is not a multiple of config.data.questions_per_image={q}: a VQA "
+                     "train batch holds batch_size questions, questions_per_image of them about each image.")
+  return int(q)

@@ -328,23 +328,30 @@ class SplitData:
   def record_id(self, example_id: int) -> str:
     return self.records[int(self.index[int(example_id)][0])]["id"]
 
-  def example(self, example_id: int) -> dict:
-    """One example (numpy arrays); ``example_id < 0`` gives an all-zero padding example."""
+  def example(self, example_id: int, media: bool = True) -> dict:
+    """One example (numpy arrays); ``example_id < 0`` gives an all-zero padding example.
+    ``media=False``: the text entries only (no image or other media is decoded)."""
     example_id = int(example_id)
     if example_id < 0:
       return self.padding_example()
     ri, j = (int(v) for v in self.index[example_id])
-    record = self._source[ri]
     prompt, plen = self._prompts[example_id]
     task = self.task[example_id]
     t_in, t_out, mask = self._targets[example_id]
-    return {
-        "image": np.asarray(record["image"], np.uint8), "prompt": prompt,
-        "prompt_len": np.int32(plen), "target_in": t_in, "target_out": t_out, "target_mask": mask,
-        "task": np.int32(task), "qtype": np.int32(self.qtype[example_id]),
+    text = {
+        "prompt": prompt, "prompt_len": np.int32(plen), "target_in": t_in, "target_out": t_out,
+        "target_mask": mask, "task": np.int32(task), "qtype": np.int32(self.qtype[example_id]),
         "example_id": np.int32(example_id), "valid": np.bool_(True),
-    } | self._media(record, j if task == TASK_VQA else None,
-                    int(self.av_partner[ri]) if task == TASK_AV_MATCH else None)
+    }
+    if not media:
+      return text
+    record = self._source[ri]
+    return {"image": np.asarray(record["image"], np.uint8)} | text | self._media(
+        record, j if task == TASK_VQA else None, int(self.av_partner[ri]) if task == TASK_AV_MATCH else None)
+
+  def image_of(self, example_id: int) -> np.ndarray:
+    """The image an example is about (nothing else of its record is decoded)."""
+    return self._source[int(self.index[int(example_id)][0])]["image"]
 
   def _media(self, record=None, question: int | None = None, sound_of: int | None = None) -> dict:
     """The audio/video entries of an example (see the module doc); {} for a dataset without
@@ -484,6 +491,29 @@ def task_mixing_weights(config) -> dict[str, float]:
   return weights
 
 
+def _image_groups(data: "SplitData", ids: np.ndarray) -> list[np.ndarray]:
+  """The example ids of `ids` grouped by the record (image) they ask about, records in order."""
+  records = data.index[ids, 0]
+  order = np.argsort(records, kind="stable")
+  bounds = np.flatnonzero(np.diff(records[order])) + 1
+  return np.split(ids[order], bounds)
+
+
+def _load_groups(groups_batch, rng: np.random.Generator, groups: list[np.ndarray], data: "SplitData",
+                 rows: slice, per_image: int, length: int) -> dict:
+  """A global batch of image groups -> this process's rows: one image per group and `per_image`
+  of its questions (a random draw without repeats; cycled when the image has fewer)."""
+  # Every process draws for the whole global batch, so N processes load exactly the rows of one.
+  picks = [np.resize(rng.permutation(groups[int(g)]), per_image) for g in np.asarray(groups_batch)]
+  images, examples = [], []
+  for ids in picks[rows]:
+    images.append(np.asarray(data.image_of(int(ids[0])), np.uint8))  # decoded once per group
+    examples.extend(_truncate_targets(data.example(int(i), media=False), length) for i in ids)
+  batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+  batch["image"] = np.stack(images)
+  return batch
+
+
 def shard_ids(n: int, process_index: int, process_count: int) -> np.ndarray:
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
@@ -562,6 +592,10 @@ class Data:
     tasks: the TASK_NAMES whose examples to train on (None: every task of the split), e.g.
     ("caption",) for the (image, caption) pairs a contrastive model trains on.
 
+    With config.data.questions_per_image = G > 1 a VQA batch holds batch_size / G images and G
+    questions about each (rows i*G .. i*G+G-1 ask about image i): "image" has batch_size / G rows,
+    every other key batch_size. The model then encodes each image once for its G questions.
+
     VQA, captioning and matching examples are batched separately and the batches interleaved in
     proportion to the number of examples of each task times its config.data.task_weights entry
     (default 1; 0 drops the task) by grain's deterministic mix, so a VQA batch
@@ -586,6 +620,13 @@ class Data:
     if unknown:
       raise ValueError(f"unknown tasks {sorted(unknown)}; expected some of {TASK_NAMES}.")
     task_weights = task_mixing_weights(self.config)
+    per_image = config_lib.questions_per_image(self.config)
+    if per_image > 1 and self.media:
+      raise ValueError(f"config.data.questions_per_image={per_image} groups questions about one image, but this "
+                       f"dataset's examples also carry {'/'.join(self.media)} of their own; set it to 1.")
+    if per_image > 1 and local % per_image:
+      raise ValueError(f"config.batch_size={global_batch} over {process_count} processes gives {local} rows per "
+                       f"process, not a multiple of config.data.questions_per_image={per_image}.")
     streams, weights = [], []
     for task in range(len(TASK_NAMES)):
       if tasks is not None and TASK_NAMES[task] not in tasks:
@@ -594,9 +635,20 @@ class Data:
       if len(ids) == 0 or task_weights[TASK_NAMES[task]] == 0:
         continue
       length = data.target_length(task)
-      load = functools.partial(_load_rows, data=data, rows=rows, length=length)
-      ds = (grain.MapDataset.source(_Ids(ids)).shuffle(seed=int(self.config.seed) * 2 + task).repeat()
-            .batch(global_batch, drop_remainder=True).map(load))
+      seed = int(self.config.seed) * 2 + task
+      if task == TASK_VQA and per_image > 1:
+        # Batches of images, each with per_image of its questions: the model encodes an image
+        # once for all of them (the image batch is batch_size / questions_per_image).
+        groups = _image_groups(data, ids)
+        image_rows = slice(rows.start // per_image, rows.stop // per_image)
+        load = functools.partial(_load_groups, groups=groups, data=data, rows=image_rows,
+                                 per_image=per_image, length=length)
+        ds = (grain.MapDataset.source(_Ids(np.arange(len(groups)))).shuffle(seed=seed).repeat()
+              .batch(global_batch // per_image, drop_remainder=True).random_map(load, seed=seed))
+      else:
+        load = functools.partial(_load_rows, data=data, rows=rows, length=length)
+        ds = (grain.MapDataset.source(_Ids(ids)).shuffle(seed=seed).repeat()
+              .batch(global_batch, drop_remainder=True).map(load))
       streams.append(ds)
       weights.append(len(ids) * task_weights[TASK_NAMES[task]])
     if not streams:

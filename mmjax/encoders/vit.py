@@ -4,6 +4,7 @@ from __future__ import annotations
 import einops
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from mmjax import layers
 
@@ -20,6 +21,11 @@ class ViT(nn.Module):
   covers patch_size x patch_size pixels. Early convolutions give the model translation-invariant
   local detectors, which makes small models learn object-level features in far fewer steps
   (Xiao et al. 2021, "Early convolutions help transformers see better").
+
+  coord_channels=True appends each pixel's x and y (scaled to [-1, 1]) as two more input channels
+  (CoordConv, Liu et al. 2018): a token then knows where inside its patch an object sits, which
+  position embeddings on the token grid cannot say ("is the red object on the left?" for an
+  object astride the middle).
   """
   width: int = 128
   depth: int = 4
@@ -29,6 +35,7 @@ class ViT(nn.Module):
   posemb: str = "learn"  # "learn" | "sincos2d"
   stem: str = "patch"    # "patch" | "conv"
   stem_channels: tuple[int, ...] = (32, 64)
+  coord_channels: bool = False
   implementation: str = "auto"
   dtype: layers.Dtype = jnp.float32
   remat: str = "none"        # layers.REMAT_POLICIES
@@ -46,6 +53,8 @@ class ViT(nn.Module):
     if images.dtype == jnp.uint8:
       x = x / 255.0
     x = x * 2.0 - 1.0
+    if self.coord_channels:
+      x = jnp.concatenate([x, jnp.broadcast_to(jnp.asarray(_pixel_coordinates(h, w)), (x.shape[0], h, w, 2))], -1)
     if self.stem == "conv":
       x, p = self._conv_stem(x, p)
     elif self.stem != "patch":
@@ -78,3 +87,10 @@ class ViT(nn.Module):
       x = nn.gelu(x)
       p //= 2
     return x, p
+
+
+def _pixel_coordinates(h: int, w: int) -> np.ndarray:
+  """[h, w, 2] float32: each pixel centre's (x, y), scaled to [-1, 1] across the image."""
+  y = (np.arange(h, dtype=np.float32) + 0.5) / h * 2.0 - 1.0
+  x = (np.arange(w, dtype=np.float32) + 0.5) / w * 2.0 - 1.0
+  return np.stack(np.broadcast_arrays(x[None, :], y[:, None]), axis=-1)

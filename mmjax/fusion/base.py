@@ -38,6 +38,13 @@ class Fusion(nn.Module):
   cross_attention_every: int = 0
   gated: bool = False
 
+  def shares_media_across_prompts(self) -> bool:
+    """Whether one row of media may serve several prompts (an image batch that divides the prompt
+    batch: G consecutive prompts per image). True only where the memory is built from the media
+    alone and the prompt enters elsewhere, so an image is encoded once for all of its questions.
+    Default: no."""
+    return False
+
   @classmethod
   def masks_padded_media(cls, modality: str, modalities: Sequence[str]) -> bool:
     """Whether the family masks out the padding of `modality` when the media dict holds

@@ -35,6 +35,10 @@ class CrossAttentionFusion(Fusion):
   remat: str = "none"        # layers.REMAT_POLICIES
   scan_layers: bool = False  # nn.scan over the fuse blocks
 
+  def shares_media_across_prompts(self) -> bool:
+    # With the question in the decoder's prefix the memory is the image alone (see Fusion).
+    return self.text_as == "prefix"
+
   @nn.compact
   def __call__(self, media, text=None):
     if self.text_as not in ("memory", "prefix"):

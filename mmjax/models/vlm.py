@@ -116,6 +116,8 @@ class VisionLanguageModel(nn.Module):
             f"VisionLanguageModel: the model has an encoder for {m} (config.model.{m}) but no {m} was given."
             if x is None else
             f"VisionLanguageModel: {m} was given but the model has no {m} encoder (config.model.{m} is off).")
+    if images.shape[0] != prompt.shape[0]:
+      self._check_shared_images(images.shape[0], prompt.shape[0], audio is not None or video is not None)
     media = {"image": (self.image_encoder(images), None)}
     if audio is not None:
       media["audio"] = self._audio_tokens(audio, audio_len)
@@ -123,6 +125,18 @@ class VisionLanguageModel(nn.Module):
       media["video"] = self._video_tokens(video, video_len)
     text_tokens = self.text_encoder(prompt, prompt_len)
     return self.fusion(media, (text_tokens, prompt_len))
+
+  def _check_shared_images(self, n_images: int, n_prompts: int, other_media: bool):
+    """Several prompts per image (data.questions_per_image): G consecutive prompts read one image."""
+    if n_images == 0 or n_prompts % n_images:
+      raise ValueError(f"VisionLanguageModel: {n_prompts} prompts cannot share {n_images} images (G consecutive "
+                       "prompts per image needs the prompt batch to be a multiple of the image batch).")
+    if other_media or not self.fusion.shares_media_across_prompts():
+      raise ValueError(
+          f"VisionLanguageModel: {n_prompts // n_images} prompts per image (config.data.questions_per_image) need a "
+          "fusion whose memory is the image alone: config.model.fusion.name='cross_attention' with "
+          "config.model.fusion.text_as='prefix', and no audio or video; got "
+          f"fusion.name={self.config.fusion.name!r}" + (" with audio/video." if other_media else "."))
 
   def _audio_tokens(self, audio, audio_len):
     """-> (tokens [B, N', D], valid tokens [B] or None)."""

@@ -15,7 +15,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mmjax import sharding
-from mmjax.data.config import max_audio_samples
+from mmjax.data.config import max_audio_samples, questions_per_image
 from mmjax.models import build_model, model_kind as model_kind_name, transfer
 from mmjax.models import contrastive, vlm
 from mmjax.train.optim import make_optimizer
@@ -127,6 +127,11 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int, devices=None)
   if config.batch_size % shards:
     raise ValueError(f"--config.batch_size={config.batch_size} is not divisible by the {shards} batch shards of the "
                      f"mesh {dict(mesh.shape)} (data x fsdp); change --config.batch_size or --config.mesh.")
+  images = config.batch_size // questions_per_image(config)
+  if images % shards:
+    raise ValueError(f"--config.batch_size={config.batch_size} with --config.data.questions_per_image="
+                     f"{config.data.questions_per_image} gives VQA batches of {images} images, not divisible by the "
+                     f"{shards} batch shards of the mesh {dict(mesh.shape)}; change one of them or --config.mesh.")
   rules = sharding.rules_from_config(config.sharding.rules)
   tx = make_optimizer(config.optim, config.total_steps)
   # Frozen subtrees get zero updates and no optimizer state (config.model.freeze).
@@ -177,11 +182,18 @@ def loss_fn(model, params, batch):
 
 def _microbatches(batch, k: int):
   """[B, ...] -> [k, B/k, ...] with microbatch j = rows j, j+k, j+2k, ...: every device keeps its
-  share of every microbatch (rows stay on the device that holds them), so no data moves."""
+  share of every microbatch (rows stay on the device that holds them), so no data moves.
+
+  With G prompts per image (the image batch B/G, data.questions_per_image) the rows are split by
+  image: microbatch j holds images j, j+k, ... and the G prompts of each."""
+  n_images = batch["image"].shape[0]
+
   def split(x):
-    if x.shape[0] % k:
-      raise ValueError(f"grad_accum_steps={k} does not divide the batch of {x.shape[0]}.")
-    return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+    group = x.shape[0] // n_images
+    if n_images % k:
+      raise ValueError(f"grad_accum_steps={k} does not divide the batch of {n_images} images.")
+    x = x.reshape(n_images // k, k, group, *x.shape[1:])
+    return jnp.swapaxes(x, 0, 1).reshape(k, n_images // k * group, *x.shape[3:])
   return jax.tree.map(split, batch)
 
 

@@ -1,0 +1,190 @@
+"""Several questions per image (config.data.questions_per_image): the batches, the model that encodes
+each image once for its questions, grouped cross-attention, gradient accumulation, config errors."""
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mmjax import config_files, layers
+from mmjax.attention import MaskSpec
+from mmjax.data import pipeline
+from mmjax.encoders.vit import ViT, _pixel_coordinates
+from mmjax.models import build_model
+from mmjax.train import state as state_lib
+from tests.conftest import CONFIGS
+from tests.sharding_entry import V, batches
+
+ARGS = ("image", "prompt", "prompt_len", "target_in")
+
+
+def prefix_config(**model):
+  """The tiny model with the question in the decoder's prefix (memory = image alone)."""
+  c = config_files.load(os.path.join(CONFIGS, "tiny.py"))
+  c.model.attention_implementation = "xla"
+  c.model.fusion.update(dict(text_as="prefix", fuse_depth=0))
+  c.model.decoder.max_len = c.data.max_prompt_len + c.data.max_target_len
+  c.model.update(model)
+  return c
+
+
+def flat(tree):
+  return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+
+
+def rel_err(a, b):
+  a, b = flat(a), flat(b)
+  assert np.isfinite(a).all() and np.isfinite(b).all()
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def grouped_batch(config, images=4, per_image=4, seed=0):
+  """A random batch of images x per_image prompts: "image" keeps one row per image."""
+  b = batches(config, n=1, b=images * per_image, seed=seed)[0]
+  b["image"] = b["image"][::per_image]
+  return b
+
+
+def test_grouped_cross_attention_equals_repeated_memory():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(6, 5, 16)), jnp.float32)     # 3 query rows per memory row
+  kv = jnp.asarray(rng.normal(size=(2, 7, 16)), jnp.float32)
+  kv_len = np.array([7, 4], np.int32)                            # the second memory is padded
+  attn = layers.MultiHeadAttention(num_heads=2, head_dim=8, implementation="xla")
+  params = attn.init(jax.random.key(0), x, kv=jnp.repeat(kv, 3, 0))
+  grouped = attn.apply(params, x, kv=kv, mask=MaskSpec(kv_valid_len=jnp.asarray(kv_len)))
+  repeated = attn.apply(params, x, kv=jnp.repeat(kv, 3, 0), mask=MaskSpec(kv_valid_len=jnp.asarray(np.repeat(kv_len, 3))))
+  assert grouped.shape == (6, 5, 16)
+  assert rel_err(grouped, repeated) < 1e-6
+  # Padded memory is never read: changing it changes nothing.
+  kv2 = kv.at[1, 4:].set(100.0)
+  again = attn.apply(params, x, kv=kv2, mask=MaskSpec(kv_valid_len=jnp.asarray(kv_len)))
+  assert rel_err(again, grouped) < 1e-6
+  with pytest.raises(ValueError, match="multiple of the memory batch"):
+    attn.apply(params, x[:5], kv=kv)
+
+
+def test_model_encodes_each_image_once_for_its_questions():
+  c = prefix_config()
+  model = build_model(c.model, V)
+  b = grouped_batch(c)
+  args = [b[k] for k in ARGS]
+  params = nn.meta.unbox(model.init(jax.random.key(0), *(a[:1] for a in args))["params"])
+  shared = model.apply({"params": params}, *args)
+  repeated = model.apply({"params": params}, np.repeat(b["image"], 4, 0), *args[1:])
+  assert shared.shape == (16, c.data.max_target_len, V)
+  assert rel_err(shared, repeated) < 1e-5
+  # Rows of the same image differ where their questions differ, and each row reads its own image.
+  assert rel_err(shared[0], shared[1]) > 1e-3
+  other = model.apply({"params": params}, b["image"][::-1], *args[1:])
+  assert rel_err(other[:4], shared[:4]) > 1e-3
+
+
+def test_shared_images_need_a_fusion_whose_memory_is_the_image():
+  c = config_files.load(os.path.join(CONFIGS, "tiny.py"))  # text_as="memory": the question is in the memory
+  c.model.attention_implementation = "xla"
+  model = build_model(c.model, V)
+  b = grouped_batch(c)
+  with pytest.raises(ValueError, match=r"text_as='prefix'"):
+    model.init(jax.random.key(0), *(b[k] for k in ARGS))
+  with pytest.raises(ValueError, match="cannot share 4 images"):
+    model.init(jax.random.key(0), b["image"], *(b[k][:10] for k in ARGS[1:]))
+
+
+def test_grad_accumulation_keeps_questions_with_their_image():
+  c = prefix_config()
+  model = build_model(c.model, V)
+  b = grouped_batch(c)
+  params = nn.meta.unbox(model.init(jax.random.key(0), *(b[k][:1] for k in ARGS))["params"])
+  grads, metrics = state_lib.grads_and_metrics(model, params, b)
+  # The reference: the same loss with every question's image written out (no sharing).
+  flat_batch = dict(b, image=np.repeat(b["image"], 4, 0))
+  ref_grads, ref_metrics = state_lib.grads_and_metrics(model, params, flat_batch)
+  assert rel_err(grads, ref_grads) < 1e-5
+  for k in (2, 4):
+    g, m = jax.jit(lambda p, x: state_lib.grads_and_metrics(model, p, x, k))(params, b)
+    assert rel_err(g, ref_grads) < 1e-5
+    np.testing.assert_allclose(m["loss"], ref_metrics["loss"], rtol=1e-5)
+  with pytest.raises(ValueError, match="grad_accum_steps=3 does not divide the batch of 4 images"):
+    state_lib.grads_and_metrics(model, params, b, 3)
+
+
+def test_train_batches_group_questions_by_image(tiny_config):
+  tiny_config.batch_size = 16
+  tiny_config.data.questions_per_image = 4
+  data = pipeline.Data(tiny_config)
+  train = data.split("train")
+  per_record = np.bincount(train.index[train.task == pipeline.TASK_VQA, 0])
+  it, it2 = data.train_iterator(), data.train_iterator()
+  halves = [data.train_iterator(p, 2) for p in range(2)]
+  vqa_batches = 0
+  for _ in range(12):
+    b, b2 = next(it), next(it2)
+    parts = [next(h) for h in halves]
+    for k in b:  # deterministic, and two processes together load exactly the one-process batch
+      np.testing.assert_array_equal(b[k], b2[k])
+      np.testing.assert_array_equal(b[k], np.concatenate([p[k] for p in parts]))
+    if b["task"][0] != pipeline.TASK_VQA:
+      assert b["image"].shape[0] == b["prompt"].shape[0] == 16  # captions: one image per example
+      continue
+    vqa_batches += 1
+    assert b["image"].shape[0] == 4 and b["prompt"].shape[0] == 16
+    for i in range(4):
+      ids = b["example_id"][4 * i: 4 * i + 4]
+      records = set(train.index[ids, 0].tolist())
+      assert len(records) == 1                                  # the group asks about one image
+      assert len(set(ids.tolist())) == min(4, per_record[records.pop()])  # no repeats while it has more
+      np.testing.assert_array_equal(b["image"][i], train.example(int(ids[0]))["image"])
+      for row, e in zip(range(4 * i, 4 * i + 4), ids):          # each row is that question's example
+        ex = train.example(int(e))
+        np.testing.assert_array_equal(b["prompt"][row], ex["prompt"])
+        n = b["target_out"].shape[1]
+        np.testing.assert_array_equal(b["target_out"][row], ex["target_out"][:n])
+        assert ex["target_mask"][n:].sum() == 0
+  assert vqa_batches >= 6
+
+
+@pytest.mark.parametrize("value,batch,match", [
+    (3, 16, r"config.batch_size=16 is not a multiple of config.data.questions_per_image=3"),
+    (0, 16, r"config.data.questions_per_image=0 must be an integer >= 1"),
+])
+def test_questions_per_image_errors_name_the_keys(tiny_config, value, batch, match):
+  tiny_config.batch_size = batch
+  tiny_config.data.questions_per_image = value
+  with pytest.raises(ValueError, match=match):
+    pipeline.Data(tiny_config).train_iterator()
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices, as CI runs the tests")
+def test_image_batch_must_divide_over_the_mesh():
+  c = prefix_config()
+  c.batch_size = 16
+  c.data.questions_per_image = 4  # 4 images over 8 batch shards
+  with pytest.raises(ValueError, match=r"VQA batches of 4 images, not divisible by the 8 batch shards"):
+    state_lib.make_setup(c, V)
+  c.batch_size = 32  # 8 images: one per device
+  setup = state_lib.make_setup(c, V)
+  b = {k: v for k, v in grouped_batch(c, images=8).items() if k in state_lib.BATCH_KEYS}
+  state = state_lib.init_state(setup, jax.random.key(0))
+  step = state_lib.make_train_step(setup, b)
+  with setup.context():
+    state, m = step(state, b)
+  assert np.isfinite(float(m["loss"]))
+
+
+def test_coordinate_channels():
+  coords = _pixel_coordinates(2, 4)
+  np.testing.assert_allclose(coords[..., 0], [[-0.75, -0.25, 0.25, 0.75]] * 2)   # x across columns
+  np.testing.assert_allclose(coords[..., 1], [[-0.5] * 4, [0.5] * 4])             # y down rows
+  vit = ViT(width=8, depth=0, num_heads=2, mlp_dim=8, patch_size=4, coord_channels=True)
+  img = np.zeros((1, 8, 8, 3), np.uint8)
+  params = vit.init(jax.random.key(0), img)["params"]
+  assert nn.meta.unbox(params["patch_embed"]["kernel"]).shape[0] == 4 * 4 * 5  # 3 colours + x + y
+  # A blank image: with learned positions zeroed, tokens still differ by where they are.
+  params = dict(nn.meta.unbox(params))
+  params["posemb"] = jnp.zeros_like(params["posemb"])
+  tokens = np.asarray(vit.apply({"params": params}, img))
+  assert np.linalg.norm(tokens[0, 0] - tokens[0, 3]) > 1e-3
