@@ -132,6 +132,9 @@ def _load(entry):
 def _budget(c, steps=0, batch_size=0, overrides=()):
   """Applies the shared --set overrides, --steps and --batch_size to config `c` (in place)."""
   from mmjax import config_files
+  # Every family trains on the same examples, one question per image: most families cannot share
+  # an image between questions (data.questions_per_image), so the main job's setting is not theirs.
+  c.data.questions_per_image = 1
   for key, value in overrides:
     config_files.set_key(c, key, value)
   if steps:

@@ -242,7 +242,7 @@ def test_fusion_configs_build_and_run():
   from tests.conftest import CONFIGS
   rng = np.random.default_rng(11)
   families = {"fusion_prefix_lm": "prefix_lm", "fusion_flamingo": "flamingo", "fusion_qformer": "qformer",
-              "question_prefix": "cross_attention"}
+              "default": "cross_attention"}
   for name, family in families.items():
     c = config_files.load(os.path.join(CONFIGS, f"{name}.py"))
     assert c.model.fusion.name == family

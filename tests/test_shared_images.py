@@ -128,7 +128,7 @@ def test_train_batches_group_questions_by_image(tiny_config):
       np.testing.assert_array_equal(b[k], b2[k])
       np.testing.assert_array_equal(b[k], np.concatenate([p[k] for p in parts]))
     if b["task"][0] != pipeline.TASK_VQA:
-      assert b["image"].shape[0] == b["prompt"].shape[0] == 16  # captions: one image per example
+      assert b["image"].shape[0] == b["prompt"].shape[0] == 4  # captions: one per image, as many images
       continue
     vqa_batches += 1
     assert b["image"].shape[0] == 4 and b["prompt"].shape[0] == 16
@@ -188,3 +188,114 @@ def test_coordinate_channels():
   params["posemb"] = jnp.zeros_like(params["posemb"])
   tokens = np.asarray(vit.apply({"params": params}, img))
   assert np.linalg.norm(tokens[0, 0] - tokens[0, 3]) > 1e-3
+
+
+def with_captions(b, images=4, seed=1, weight=1.0):
+  """Adds random captions of the batch's images (CAPTION_KEYS) to a grouped batch."""
+  rng = np.random.default_rng(seed)
+  lp, lc = b["prompt"].shape[1], 12
+  b = dict(b)
+  b["caption_prompt"] = rng.integers(4, V, (images, lp)).astype(np.int32)
+  b["caption_prompt_len"] = rng.integers(1, lp + 1, (images,)).astype(np.int32)
+  b["caption_in"] = rng.integers(4, V, (images, lc)).astype(np.int32)
+  b["caption_out"] = rng.integers(4, V, (images, lc)).astype(np.int32)
+  b["caption_mask"] = (np.arange(lc)[None] < rng.integers(2, lc, (images, 1))).astype(np.float32) * weight
+  return b
+
+
+def test_captions_ride_along_with_the_questions():
+  """with_captions = the questions' logits and each image's caption logits, as separate calls give."""
+  c = prefix_config()
+  model = build_model(c.model, V)
+  b = with_captions(grouped_batch(c))
+  params = nn.meta.unbox(model.init(jax.random.key(0), *(b[k][:1] for k in ARGS))["params"])
+  logits, caption_logits = model.apply(
+      {"params": params}, *(b[k] for k in ARGS), b["caption_prompt"], b["caption_prompt_len"], b["caption_in"],
+      method="with_captions")
+  assert rel_err(logits, model.apply({"params": params}, *(b[k] for k in ARGS))) < 1e-5
+  ref = model.apply({"params": params}, b["image"], b["caption_prompt"], b["caption_prompt_len"], b["caption_in"])
+  assert rel_err(caption_logits, ref) < 1e-5
+  # The loss counts answer and caption tokens alike (weighted by their masks), and microbatches agree.
+  questions = {k: b[k] for k in state_lib.BATCH_KEYS}
+  captions = {"image": b["image"], "prompt": b["caption_prompt"], "prompt_len": b["caption_prompt_len"],
+              "target_in": b["caption_in"], "target_out": b["caption_out"], "target_mask": b["caption_mask"]}
+  q_sum, (_, _, q_n) = state_lib.loss_sums(model, params, questions)
+  c_sum, (_, _, c_n) = state_lib.loss_sums(model, params, captions)
+  grads, metrics = state_lib.grads_and_metrics(model, params, b)
+  np.testing.assert_allclose(metrics["loss"], (q_sum + c_sum) / (q_n + c_n), rtol=1e-5)
+  g2, m2 = jax.jit(lambda p, x: state_lib.grads_and_metrics(model, p, x, 2))(params, b)
+  assert rel_err(g2, grads) < 1e-5
+  # Caption tokens weighted 0.5 count half.
+  half = dict(b, caption_mask=b["caption_mask"] * 0.5)
+  _, m_half = state_lib.grads_and_metrics(model, params, half)
+  np.testing.assert_allclose(m_half["loss"], (q_sum + 0.5 * c_sum) / (q_n + 0.5 * c_n), rtol=1e-5)
+  with pytest.raises(ValueError, match="one caption per image"):
+    model.apply({"params": params}, *(b[k] for k in ARGS), b["caption_prompt"][:2], b["caption_prompt_len"][:2],
+                b["caption_in"][:2], method="with_captions")
+
+
+def test_train_batches_carry_their_images_captions(tiny_config):
+  tiny_config.batch_size = 16
+  tiny_config.data.questions_per_image = 4
+  tiny_config.data.captions_with_questions = True
+  tiny_config.data.task_weights.caption = 0.5
+  data = pipeline.Data(tiny_config)
+  train, tok = data.split("train"), data.tokenizer
+  assert set(state_lib.CAPTION_KEYS) <= set(state_lib.batch_keys(tiny_config))
+  it = data.train_iterator()
+  for _ in range(6):
+    b = next(it)
+    assert (b["task"] == pipeline.TASK_VQA).all()  # no caption batches: captions come with the questions
+    assert b["caption_in"].shape[0] == b["image"].shape[0] == 4
+    for i in range(4):
+      record = train.records[int(train.index[b["example_id"][4 * i], 0])]
+      mask = b["caption_mask"][i]
+      assert set(np.unique(mask)) <= {0.0, 0.5}
+      words = [int(t) for t, m in zip(b["caption_out"][i], mask) if m > 0][:-1]  # drop EOS
+      assert tok.decode(words) in record["captions"]
+      assert tok.decode([int(t) for t in b["caption_prompt"][i][:b["caption_prompt_len"][i]]]) == pipeline.CAPTION_PROMPT
+  tiny_config.data.questions_per_image = 1
+  tiny_config.batch_size = 8
+  with pytest.raises(ValueError, match="captions_with_questions=True .*questions_per_image > 1"):
+    pipeline.Data(tiny_config).train_iterator()
+
+
+def test_manifest_images_with_and_without_captions(tmp_path):
+  """The default data settings on a manifest: images with questions only get an empty caption (no
+  loss), images with captions only still get caption batches, and every batch trains."""
+  from tests.test_data import _write_images, _write_manifest
+  _write_images(tmp_path)
+  lines = ([{"image": "imgs/rgb.png", "question": "what is it?", "answer": "noise", "split": "train"},
+            {"image": "imgs/rgb.png", "caption": "colourful noise", "split": "train"},
+            {"image": "imgs/x6.png", "question": "how bright?", "answer": "six", "split": "validation"},
+            {"image": "imgs/rgba.png", "question": "is it see-through?", "answer": "partly", "split": "test"}]
+           + [{"image": f"imgs/x{i}.png", "question": "how bright?", "answer": str(i), "split": "train"}
+              for i in range(4)]
+           + [{"image": f"imgs/x{i}.png", "caption": f"a grey square number {i}", "split": "train"} for i in (4, 5)])
+  c = prefix_config()
+  c.data.update(dict(manifest=str(_write_manifest(tmp_path, lines)), data_dir=str(tmp_path / "data"), image_size=32))
+  c.batch_size, c.data.questions_per_image, c.data.captions_with_questions = 8, 2, True
+  data = pipeline.Data(c)
+  train = data.split("train")
+  image_of = lambda e: train.records[int(train.index[int(e), 0])]["id"]
+  it = data.train_iterator()
+  setup = state_lib.make_setup(c, data.tokenizer.vocab_size, devices=jax.devices()[:1])
+  state = state_lib.init_state(setup, jax.random.key(0))
+  kinds = set()
+  for _ in range(8):
+    b = next(it)
+    assert set(state_lib.batch_keys(c)) <= set(b)
+    if b["task"][0] == pipeline.TASK_VQA:
+      kinds.add("vqa")
+      for i in range(4):
+        has_caption = "rgb" in image_of(b["example_id"][2 * i])
+        assert (b["caption_mask"][i].sum() > 0) == has_caption
+    else:
+      kinds.add("caption")
+      assert all(image_of(e).startswith(("imgs/x4", "imgs/x5")) for e in b["example_id"])
+      assert b["caption_mask"].sum() == 0 and b["image"].shape[0] == 4
+    step = state_lib.make_train_step(setup, b)
+    with setup.context():
+      state, m = step(state, {k: b[k] for k in state_lib.batch_keys(c)})
+    assert np.isfinite(float(m["loss"]))
+  assert kinds == {"vqa", "caption"}

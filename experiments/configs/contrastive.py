@@ -32,6 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.embed_dim = 2 * m.vit.width     # joint embedding width (both towers are projected to it)
   del m["fusion"], m["decoder"]     # the VLM's parts; a contrastive model has none
   m.text.max_len = c.data.max_target_len  # the text tower reads whole captions
+  c.data.questions_per_image = 1    # (image, caption) pairs: one image per example
+  c.data.captions_with_questions = False
   if arg == "tiny":
     return c
   c.batch_size = 64                 # the negatives of every pair: the rest of the global batch

@@ -22,6 +22,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.fusion.update(dict(fuse_depth=1, num_heads=2, mlp_dim=64))
   c.model.decoder.update(dict(width=32, depth=1, num_heads=2, mlp_dim=64))
   c.optim.warmup_steps = 2
+  # The tests' reference model keeps the question in the cross-attention memory, one question per
+  # image (the default's shared images and decoder-prefix question are tested on their own).
+  c.model.fusion.text_as = "memory"
+  c.data.questions_per_image = 1
+  c.data.captions_with_questions = False
+  c.data.task_weights.caption = 1.0
   if arg:
     raise ValueError(f"tiny config takes no argument; got {arg!r}.")
   return c

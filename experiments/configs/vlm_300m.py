@@ -26,7 +26,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.scan_layers = True
   c.model.vit.update(dict(width=768, depth=24, num_heads=12, mlp_dim=3072, patch_size=16))
   c.model.text.update(dict(width=768, depth=4, num_heads=12, mlp_dim=3072, max_len=64))
-  c.model.fusion.update(dict(cross_attention_every=1, fuse_depth=2, num_heads=16, mlp_dim=4096))
+  # The question joins the image in the fusion memory (not the main job's decoder prefix, which would
+  # put 64 prompt positions in front of the 1024 target ones), one question per image.
+  c.model.fusion.update(dict(text_as="memory", cross_attention_every=1, fuse_depth=2, num_heads=16, mlp_dim=4096))
+  c.data.questions_per_image = 1
+  c.data.captions_with_questions = False
   c.model.decoder.update(dict(width=1024, depth=12, num_heads=16, mlp_dim=4096, max_len=1024))
   c.optim.update(dict(learning_rate=3e-4, warmup_steps=2000))
   c.mesh.update(dict(data=-1, fsdp=1, tensor=1, sequence=1))

@@ -71,6 +71,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   # model encodes each image once for all its questions (needs a fusion whose memory is the image
   # alone, e.g. cross_attention with text_as="prefix"). 1 = one question per image.
   c.questions_per_image = 1
+  # With questions_per_image > 1: each VQA batch also carries its images' captions, decoded off the
+  # same image encoding; the caption tokens' loss weight is task_weights.caption (no caption batches).
+  c.captions_with_questions = False
   c.max_prompt_len = 16
   c.max_target_len = 64
   c.vocab_size = 512
@@ -101,3 +104,15 @@ def questions_per_image(config) -> int:
     raise ValueError(f"config.batch_size={batch} is not a multiple of config.data.questions_per_image={q}: a VQA "
                      "train batch holds batch_size questions, questions_per_image of them about each image.")
   return int(q)
+
+
+def captions_with_questions(config) -> bool:
+  """config.data.captions_with_questions (default False); it needs questions_per_image > 1."""
+  on = bool(config.data.get("captions_with_questions", False))
+  weights = config.data.get("task_weights", None) or {}
+  if on and float(weights.get("caption", 1.0)) == 0:
+    return False  # captions weighted 0: plain VQA batches
+  if on and questions_per_image(config) == 1:
+    raise ValueError("config.data.captions_with_questions=True puts each image's caption next to its questions: "
+                     "set config.data.questions_per_image > 1 as well.")
+  return on

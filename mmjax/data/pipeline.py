@@ -500,18 +500,40 @@ def _image_groups(data: "SplitData", ids: np.ndarray) -> list[np.ndarray]:
 
 
 def _load_groups(groups_batch, rng: np.random.Generator, groups: list[np.ndarray], data: "SplitData",
-                 rows: slice, per_image: int, length: int) -> dict:
+                 rows: slice, per_image: int, length: int, captions=None) -> dict:
   """A global batch of image groups -> this process's rows: one image per group and `per_image`
-  of its questions (a random draw without repeats; cycled when the image has fewer)."""
+  of its questions (a random draw without repeats; cycled when the image has fewer).
+
+  captions = (caption example ids per group, target length, loss weight): adds each image's
+  caption (one drawn at random where it has several) as the CAPTION keys, [images, ...]."""
   # Every process draws for the whole global batch, so N processes load exactly the rows of one.
   picks = [np.resize(rng.permutation(groups[int(g)]), per_image) for g in np.asarray(groups_batch)]
+  chosen = ([int(rng.choice(captions[0][int(g)])) if len(captions[0][int(g)]) else -1
+             for g in np.asarray(groups_batch)] if captions else None)
   images, examples = [], []
   for ids in picks[rows]:
     images.append(np.asarray(data.image_of(int(ids[0])), np.uint8))  # decoded once per group
     examples.extend(_truncate_targets(data.example(int(i), media=False), length) for i in ids)
   batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
   batch["image"] = np.stack(images)
+  if captions:
+    _, caption_length, weight = captions
+    # An image without a caption gets an empty one (mask 0: no loss).
+    rows_c = [_truncate_targets(data.example(i, media=False), caption_length) for i in chosen[rows]]
+    batch |= {"caption_prompt": np.stack([r["prompt"] for r in rows_c]),
+              "caption_prompt_len": np.stack([r["prompt_len"] for r in rows_c]),
+              "caption_in": np.stack([r["target_in"] for r in rows_c]),
+              "caption_out": np.stack([r["target_out"] for r in rows_c]),
+              "caption_mask": np.stack([r["target_mask"] for r in rows_c]) * np.float32(weight)}
   return batch
+
+
+def _captions_of_groups(data: "SplitData", groups: list[np.ndarray]) -> list[np.ndarray]:
+  """The caption example ids of each group's image (empty for an image without a caption)."""
+  by_record: dict[int, list[int]] = {}
+  for e in np.flatnonzero(data.task == TASK_CAPTION):
+    by_record.setdefault(int(data.index[e, 0]), []).append(int(e))
+  return [np.asarray(by_record.get(int(data.index[g[0], 0]), []), np.int64) for g in groups]
 
 
 def shard_ids(n: int, process_index: int, process_count: int) -> np.ndarray:
@@ -558,10 +580,18 @@ def _truncate_targets(example: dict, length: int) -> dict:
   return example | {k: example[k][:length] for k in ("target_in", "target_out", "target_mask")}
 
 
-def _load_rows(ids: np.ndarray, data: SplitData, rows: slice, length: int) -> dict:
-  """This process's rows of a global batch of example ids -> a stacked batch (targets truncated)."""
+def _load_rows(ids: np.ndarray, data: SplitData, rows: slice, length: int, caption_length: int = 0) -> dict:
+  """This process's rows of a global batch of example ids -> a stacked batch (targets truncated).
+  caption_length > 0: adds empty CAPTION keys (mask 0), so that with captions_with_questions every
+  train batch has the same keys."""
   examples = [_truncate_targets(data.example(int(i)), length) for i in np.asarray(ids)[rows]]
-  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+  batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+  if caption_length:
+    n, lp = batch["prompt"].shape
+    batch |= {"caption_prompt": np.zeros((n, lp), np.int32), "caption_prompt_len": np.zeros((n,), np.int32),
+              **{k: np.zeros((n, caption_length), np.int32) for k in ("caption_in", "caption_out")},
+              "caption_mask": np.zeros((n, caption_length), np.float32)}
+  return batch
 
 
 class Data:
@@ -592,9 +622,14 @@ class Data:
     tasks: the TASK_NAMES whose examples to train on (None: every task of the split), e.g.
     ("caption",) for the (image, caption) pairs a contrastive model trains on.
 
-    With config.data.questions_per_image = G > 1 a VQA batch holds batch_size / G images and G
-    questions about each (rows i*G .. i*G+G-1 ask about image i): "image" has batch_size / G rows,
-    every other key batch_size. The model then encodes each image once for its G questions.
+    With config.data.questions_per_image = G > 1 every batch holds batch_size / G images: a VQA
+    batch G questions about each (rows i*G .. i*G+G-1 ask about image i; "image" has batch_size / G
+    rows, every other key batch_size), so the model encodes each image once for its G questions; a
+    caption or matching batch one example per image (batch_size / G rows). With
+    config.data.captions_with_questions the VQA batches also carry their images' captions
+    (caption_prompt, caption_prompt_len, caption_in, caption_out, caption_mask: batch_size / G rows,
+    the mask scaled by task_weights.caption; an image without a caption has mask 0); caption
+    batches are then mixed in only for images that have no questions.
 
     VQA, captioning and matching examples are batched separately and the batches interleaved in
     proportion to the number of examples of each task times its config.data.task_weights entry
@@ -621,6 +656,9 @@ class Data:
       raise ValueError(f"unknown tasks {sorted(unknown)}; expected some of {TASK_NAMES}.")
     task_weights = task_mixing_weights(self.config)
     per_image = config_lib.questions_per_image(self.config)
+    joint_captions = config_lib.captions_with_questions(self.config) and (
+        tasks is None or {"vqa", "caption"} <= set(tasks)) and bool((data.task == TASK_VQA).any())
+    with_questions = set(data.index[data.task == TASK_VQA, 0].tolist()) if joint_captions else set()
     if per_image > 1 and self.media:
       raise ValueError(f"config.data.questions_per_image={per_image} groups questions about one image, but this "
                        f"dataset's examples also carry {'/'.join(self.media)} of their own; set it to 1.")
@@ -632,6 +670,9 @@ class Data:
       if tasks is not None and TASK_NAMES[task] not in tasks:
         continue
       ids = np.flatnonzero(data.task == task)
+      if joint_captions and task == TASK_CAPTION:
+        # Captions of images with questions come with them; the others still get caption batches.
+        ids = np.asarray([i for i in ids if int(data.index[i, 0]) not in with_questions], np.int64)
       if len(ids) == 0 or task_weights[TASK_NAMES[task]] == 0:
         continue
       length = data.target_length(task)
@@ -641,14 +682,21 @@ class Data:
         # once for all of them (the image batch is batch_size / questions_per_image).
         groups = _image_groups(data, ids)
         image_rows = slice(rows.start // per_image, rows.stop // per_image)
+        captions = None
+        if joint_captions:
+          captions = (_captions_of_groups(data, groups), data.target_length(TASK_CAPTION), task_weights["caption"])
         load = functools.partial(_load_groups, groups=groups, data=data, rows=image_rows,
-                                 per_image=per_image, length=length)
+                                 per_image=per_image, length=length, captions=captions)
         ds = (grain.MapDataset.source(_Ids(np.arange(len(groups)))).shuffle(seed=seed).repeat()
               .batch(global_batch // per_image, drop_remainder=True).random_map(load, seed=seed))
       else:
-        load = functools.partial(_load_rows, data=data, rows=rows, length=length)
+        # With shared images every batch holds the same number of images: a caption batch is then
+        # batch_size / questions_per_image examples, about as cheap as a VQA batch.
+        task_batch, task_rows = global_batch // per_image, slice(rows.start // per_image, rows.stop // per_image)
+        load = functools.partial(_load_rows, data=data, rows=task_rows, length=length,
+                                 caption_length=data.target_length(TASK_CAPTION) if joint_captions else 0)
         ds = (grain.MapDataset.source(_Ids(ids)).shuffle(seed=seed).repeat()
-              .batch(global_batch, drop_remainder=True).map(load))
+              .batch(task_batch, drop_remainder=True).map(load))
       streams.append(ds)
       weights.append(len(ids) * task_weights[TASK_NAMES[task]])
     if not streams:

@@ -123,8 +123,25 @@ class VisionLanguageModel(nn.Module):
       media["audio"] = self._audio_tokens(audio, audio_len)
     if video is not None:
       media["video"] = self._video_tokens(video, video_len)
+    return self._condition(media, prompt, prompt_len)
+
+  def _condition(self, media, prompt, prompt_len) -> Conditioning:
     text_tokens = self.text_encoder(prompt, prompt_len)
     return self.fusion(media, (text_tokens, prompt_len))
+
+  def with_captions(self, images, prompt, prompt_len, target_in, caption_prompt, caption_prompt_len, caption_in):
+    """Teacher-forced logits of G questions per image and of each image's caption, off one encoding
+    of the images (data.captions_with_questions): -> (logits [B, Lt, V], caption logits [B/G, Lc, V]).
+    The caption rows read their own image as a batch of one prompt per image."""
+    if caption_prompt.shape[0] != images.shape[0]:
+      raise ValueError(f"VisionLanguageModel.with_captions: {caption_prompt.shape[0]} captions for "
+                       f"{images.shape[0]} images; one caption per image.")
+    if images.shape[0] != prompt.shape[0]:
+      self._check_shared_images(images.shape[0], prompt.shape[0], False)
+    media = {"image": (self.image_encoder(images), None)}
+    logits = self.decoder(target_in, self._condition(media, prompt, prompt_len))
+    caption_logits = self.decoder(caption_in, self._condition(media, caption_prompt, caption_prompt_len))
+    return logits, caption_logits
 
   def _check_shared_images(self, n_images: int, n_prompts: int, other_media: bool):
     """Several prompts per image (data.questions_per_image): G consecutive prompts read one image."""

@@ -15,7 +15,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mmjax import sharding
-from mmjax.data.config import max_audio_samples, questions_per_image
+from mmjax.data.config import captions_with_questions, max_audio_samples, questions_per_image
 from mmjax.models import build_model, model_kind as model_kind_name, transfer
 from mmjax.models import contrastive, vlm
 from mmjax.train.optim import make_optimizer
@@ -38,7 +38,8 @@ def batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def _vlm_batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  return BATCH_KEYS + vlm.media_input_keys(config.model)
+  captions = CAPTION_KEYS if captions_with_questions(config) else ()
+  return BATCH_KEYS + vlm.media_input_keys(config.model) + captions
 
 
 def check_data_media(config: ml_collections.ConfigDict, data_media) -> None:
@@ -158,19 +159,32 @@ def init_state(setup: Setup, rng) -> TrainState:
     return jax.jit(lambda r: nn.meta.unbox(setup.init_fn(r)), out_shardings=setup.state_sharding)(rng)
 
 
+# Batch keys of the images' captions that ride along with their questions (data.captions_with_questions).
+CAPTION_KEYS = ("caption_prompt", "caption_prompt_len", "caption_in", "caption_out", "caption_mask")
+
+
 def loss_sums(model, params, batch):
   """Unnormalised sums over the batch: (sum of weighted xent, (that sum, correct tokens, weight)).
 
-  Sums (not means) so microbatches add up exactly to the full batch (gradient accumulation).
+  Sums (not means) so microbatches add up exactly to the full batch (gradient accumulation). A
+  batch with CAPTION_KEYS adds its caption tokens (weighted by caption_mask) to the same sums.
   """
-  logits = model.apply({"params": params}, batch["image"], batch["prompt"], batch["prompt_len"], batch["target_in"],
-                       **vlm.media_inputs(model.config, batch))
-  labels = batch["target_out"]
-  weights = batch["target_mask"]
-  xent = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  xent_sum = (xent * weights).sum()
-  correct = ((logits.argmax(-1) == labels) * weights).sum()
-  return xent_sum, (xent_sum, correct, weights.sum())
+  if "caption_in" in batch:
+    logits, caption_logits = model.apply(
+        {"params": params}, batch["image"], batch["prompt"], batch["prompt_len"], batch["target_in"],
+        *(batch[k] for k in ("caption_prompt", "caption_prompt_len", "caption_in")), method="with_captions")
+    parts = [(logits, batch["target_out"], batch["target_mask"]),
+             (caption_logits, batch["caption_out"], batch["caption_mask"])]
+  else:
+    logits = model.apply({"params": params}, batch["image"], batch["prompt"], batch["prompt_len"],
+                         batch["target_in"], **vlm.media_inputs(model.config, batch))
+    parts = [(logits, batch["target_out"], batch["target_mask"])]
+  xent_sum = correct = n = 0.0
+  for logits, labels, weights in parts:
+    xent_sum += (optax.softmax_cross_entropy_with_integer_labels(logits, labels) * weights).sum()
+    correct += ((logits.argmax(-1) == labels) * weights).sum()
+    n += weights.sum()
+  return xent_sum, (xent_sum, correct, n)
 
 
 def loss_fn(model, params, batch):
