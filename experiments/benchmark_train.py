@@ -48,7 +48,7 @@ def _setup(config, vocab, mesh=None):
     config = ml_collections.ConfigDict(config.to_dict())
     config.mesh = ml_collections.ConfigDict(dict(dict(data=1, fsdp=1, tensor=1, sequence=1), **mesh))
   setup = state_lib.make_setup(config, vocab)
-  batch = state_lib.dummy_batch(config, config.batch_size)
+  batch = state_lib.dummy_train_batch(config)
   step = state_lib.make_train_step(setup, batch)
   abstract_batch = {k: jax.ShapeDtypeStruct(batch[k].shape, batch[k].dtype, sharding=s)
                     for k, s in setup.batch_sharding(batch).items() if k in state_lib.batch_keys(config)}

@@ -299,3 +299,15 @@ def test_manifest_images_with_and_without_captions(tmp_path):
       state, m = step(state, {k: b[k] for k in state_lib.batch_keys(c)})
     assert np.isfinite(float(m["loss"]))
   assert kinds == {"vqa", "caption"}
+
+
+def test_dummy_train_batch_has_the_pipelines_shapes():
+  c = config_files.load(os.path.join(CONFIGS, "default.py"))
+  b = state_lib.dummy_train_batch(c)
+  g = c.data.questions_per_image
+  assert g > 1 and c.data.captions_with_questions  # the main job shares images (else this test is moot)
+  assert b["image"].shape[0] == c.batch_size // g and b["prompt"].shape[0] == c.batch_size
+  assert set(state_lib.batch_keys(c)) <= set(b)
+  assert all(b[k].shape[0] == c.batch_size // g for k in state_lib.CAPTION_KEYS)
+  tiny = config_files.load(os.path.join(CONFIGS, "tiny.py"))
+  assert set(state_lib.dummy_train_batch(tiny)) == set(state_lib.BATCH_KEYS)

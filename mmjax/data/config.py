@@ -12,6 +12,14 @@ Keys (defaults):
   shapes              3      number of shape kinds (2: circle, square; 3: + triangle).
   questions_per_type  {attribute: 2, spatial: 2, relational: 4}  questions per shapes scene.
   captions            True   also make one captioning example per caption.
+  task_weights        {vqa: 1, caption: 1, av_match: 1}  each task's share of the train batches
+                             (examples x weight; 0 drops it); with captions_with_questions the
+                             caption weight scales the caption tokens' loss weight instead.
+  questions_per_image 1      G > 1: VQA train batches hold batch_size / G images, G questions each;
+                             the model encodes each image once for them (needs a fusion whose
+                             memory is the image alone: cross_attention, text_as="prefix").
+  captions_with_questions False  with G > 1: each VQA batch also carries its images' captions,
+                             decoded off the same image encoding (no caption batches for them).
   max_prompt_len      16     prompt tokens (questions are <= 13 tokens with the shapes tokenizer).
   max_target_len      64     target tokens incl. bos/eos (shapes captions are <= 54 tokens).
   vocab_size          512    SentencePiece vocabulary size (a maximum, incl. 256 byte pieces).

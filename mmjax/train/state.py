@@ -119,6 +119,21 @@ def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict:
   return batch
 
 
+def dummy_train_batch(config: ml_collections.ConfigDict) -> dict:
+  """A global train batch of the shapes the pipeline makes for `config`: batch_size rows, with
+  data.questions_per_image G > 1 batch_size / G images, and with data.captions_with_questions
+  their captions (CAPTION_KEYS)."""
+  batch = dummy_batch(config, config.batch_size)
+  images = config.batch_size // questions_per_image(config)
+  batch["image"] = batch["image"][:images]
+  if captions_with_questions(config):
+    lp, lt = config.data.max_prompt_len, config.data.max_target_len
+    batch |= {"caption_prompt": np.ones((images, lp), np.int32), "caption_prompt_len": np.full((images,), lp, np.int32),
+              "caption_in": np.ones((images, lt), np.int32), "caption_out": np.ones((images, lt), np.int32),
+              "caption_mask": np.ones((images, lt), np.float32)}
+  return batch
+
+
 def make_setup(config: ml_collections.ConfigDict, vocab_size: int, devices=None) -> Setup:
   kind = model_kind(config)
   kind.check(config)
