@@ -311,3 +311,22 @@ def test_dummy_train_batch_has_the_pipelines_shapes():
   assert all(b[k].shape[0] == c.batch_size // g for k in state_lib.CAPTION_KEYS)
   tiny = config_files.load(os.path.join(CONFIGS, "tiny.py"))
   assert set(state_lib.dummy_train_batch(tiny)) == set(state_lib.BATCH_KEYS)
+
+
+def test_grouped_iterator_state_resumes_exactly(tiny_config):
+  tiny_config.batch_size = 16
+  tiny_config.data.questions_per_image = 4
+  tiny_config.data.captions_with_questions = True
+  data = pipeline.Data(tiny_config)
+  it = data.train_iterator()
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  expected = [next(it) for _ in range(3)]
+  resumed = data.train_iterator()
+  resumed.set_state(state)
+  for want in expected:
+    got = next(resumed)
+    assert set(got) == set(want)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
