@@ -135,6 +135,7 @@ def _budget(c, steps=0, batch_size=0, overrides=()):
   # Every family trains on the same examples, one question per image: most families cannot share
   # an image between questions (data.questions_per_image), so the main job's setting is not theirs.
   c.data.questions_per_image = 1
+  c.data.captions_with_questions = False
   for key, value in overrides:
     config_files.set_key(c, key, value)
   if steps:

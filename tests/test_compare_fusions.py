@@ -144,7 +144,7 @@ def test_config_drift_is_an_error(shared_data_dir, tmp_path, monkeypatch):
       "  return c\n")
   monkeypatch.setitem(cf.FAMILY_CONFIGS, "prefix_lm", {"tiny": (str(drifted), None)})
   with pytest.raises(ValueError, match=r"model.vit.depth: cross_attention 1 vs prefix_lm 2.*"
-                                       r"optim.learning_rate: cross_attention 0.001 vs prefix_lm 0.0003"):
+                                       r"optim.learning_rate: cross_attention 0.002 vs prefix_lm 0.0003"):
     _main(*_tiny_args(tmp_path / "runs", shared_data_dir))
   assert not (tmp_path / "runs").exists()  # refused before anything trained
 

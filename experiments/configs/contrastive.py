@@ -36,9 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.captions_with_questions = False
   if arg == "tiny":
     return c
-  c.batch_size = 64                 # the negatives of every pair: the rest of the global batch
   c.eval_batch_size = 128
   if arg is None:
+    c.batch_size = 64               # the negatives of every pair: the rest of the global batch
     c.total_steps = 300
     c.eval_every = 100
     c.checkpoint_every = 100
