@@ -33,6 +33,7 @@ def flat(tree):
 
 def rel_err(a, b):
   a, b = flat(a), flat(b)
+  assert np.isfinite(a).all() and np.isfinite(b).all()  # NaN never passes
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 

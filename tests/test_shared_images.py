@@ -16,6 +16,7 @@ from mmjax.encoders.vit import ViT, _pixel_coordinates
 from mmjax.models import build_model
 from mmjax.train import state as state_lib
 from tests.conftest import CONFIGS
+from tests.test_knobs import rel_err
 from tests.sharding_entry import V, batches
 
 ARGS = ("image", "prompt", "prompt_len", "target_in")
@@ -29,16 +30,6 @@ def prefix_config(**model):
   c.model.decoder.max_len = c.data.max_prompt_len + c.data.max_target_len
   c.model.update(model)
   return c
-
-
-def flat(tree):
-  return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
-
-
-def rel_err(a, b):
-  a, b = flat(a), flat(b)
-  assert np.isfinite(a).all() and np.isfinite(b).all()
-  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def grouped_batch(config, images=4, per_image=4, seed=0):

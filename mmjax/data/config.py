@@ -114,6 +114,11 @@ def questions_per_image(config) -> int:
   return int(q)
 
 
+# With captions_with_questions: the batch key of each caption field -> the example field it holds.
+CAPTION_FIELDS = {"caption_prompt": "prompt", "caption_prompt_len": "prompt_len", "caption_in": "target_in",
+                  "caption_out": "target_out", "caption_mask": "target_mask"}
+
+
 def captions_with_questions(config) -> bool:
   """config.data.captions_with_questions (default False); it needs questions_per_image > 1."""
   on = bool(config.data.get("captions_with_questions", False))

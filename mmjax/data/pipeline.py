@@ -517,15 +517,18 @@ def _load_groups(groups_batch, rng: np.random.Generator, groups: list[np.ndarray
   batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
   batch["image"] = np.stack(images)
   if captions:
-    _, caption_length, weight = captions
-    # An image without a caption gets an empty one (mask 0: no loss).
-    rows_c = [_truncate_targets(data.example(i, media=False), caption_length) for i in chosen[rows]]
-    batch |= {"caption_prompt": np.stack([r["prompt"] for r in rows_c]),
-              "caption_prompt_len": np.stack([r["prompt_len"] for r in rows_c]),
-              "caption_in": np.stack([r["target_in"] for r in rows_c]),
-              "caption_out": np.stack([r["target_out"] for r in rows_c]),
-              "caption_mask": np.stack([r["target_mask"] for r in rows_c]) * np.float32(weight)}
+    # An image without a caption gets an empty one (id -1: the padding example, mask 0).
+    batch |= _caption_keys(data, chosen[rows], *captions[1:])
   return batch
+
+
+def _caption_keys(data: "SplitData", ids, length: int, weight: float) -> dict:
+  """The CAPTION_FIELDS batch keys of caption examples `ids` (-1: an empty caption), targets cut
+  to `length`, the mask scaled by `weight`."""
+  rows = [_truncate_targets(data.example(int(i), media=False), length) for i in ids]
+  out = {key: np.stack([r[field] for r in rows]) for key, field in config_lib.CAPTION_FIELDS.items()}
+  out["caption_mask"] = out["caption_mask"] * np.float32(weight)
+  return out
 
 
 def _captions_of_groups(data: "SplitData", groups: list[np.ndarray]) -> list[np.ndarray]:
@@ -587,10 +590,7 @@ def _load_rows(ids: np.ndarray, data: SplitData, rows: slice, length: int, capti
   examples = [_truncate_targets(data.example(int(i)), length) for i in np.asarray(ids)[rows]]
   batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
   if caption_length:
-    n, lp = batch["prompt"].shape
-    batch |= {"caption_prompt": np.zeros((n, lp), np.int32), "caption_prompt_len": np.zeros((n,), np.int32),
-              **{k: np.zeros((n, caption_length), np.int32) for k in ("caption_in", "caption_out")},
-              "caption_mask": np.zeros((n, caption_length), np.float32)}
+    batch |= _caption_keys(data, [-1] * len(examples), caption_length, 0.0)
   return batch
 
 

@@ -15,7 +15,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mmjax import sharding
-from mmjax.data.config import captions_with_questions, max_audio_samples, questions_per_image
+from mmjax.data.config import CAPTION_FIELDS, captions_with_questions, max_audio_samples, questions_per_image
 from mmjax.models import build_model, model_kind as model_kind_name, transfer
 from mmjax.models import contrastive, vlm
 from mmjax.train.optim import make_optimizer
@@ -127,10 +127,7 @@ def dummy_train_batch(config: ml_collections.ConfigDict) -> dict:
   images = config.batch_size // questions_per_image(config)
   batch["image"] = batch["image"][:images]
   if captions_with_questions(config):
-    lp, lt = config.data.max_prompt_len, config.data.max_target_len
-    batch |= {"caption_prompt": np.ones((images, lp), np.int32), "caption_prompt_len": np.full((images,), lp, np.int32),
-              "caption_in": np.ones((images, lt), np.int32), "caption_out": np.ones((images, lt), np.int32),
-              "caption_mask": np.ones((images, lt), np.float32)}
+    batch |= {key: batch[field][:images] for key, field in CAPTION_FIELDS.items()}
   return batch
 
 
@@ -175,7 +172,7 @@ def init_state(setup: Setup, rng) -> TrainState:
 
 
 # Batch keys of the images' captions that ride along with their questions (data.captions_with_questions).
-CAPTION_KEYS = ("caption_prompt", "caption_prompt_len", "caption_in", "caption_out", "caption_mask")
+CAPTION_KEYS = tuple(CAPTION_FIELDS)
 
 
 def loss_sums(model, params, batch):
