@@ -146,3 +146,31 @@ def test_greedy_generate_matches_argmax_of_full_forward():
 
 def test_fusion_registry_has_cross_attention():
   assert "cross_attention" in FUSIONS
+
+
+def _gelu64(x):
+  """tanh-approximate GELU in float64 (flax's nn.gelu default)."""
+  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+@pytest.mark.parametrize("activation", ["gelu", "geglu"])
+def test_mlp_activations_match_float64_reference(activation):
+  x = np.random.default_rng(11).normal(size=(2, 5, 12)).astype(np.float32)
+  mlp = layers.MLP(24, activation=activation)
+  params = nn.meta.unbox(mlp.init(jax.random.key(1), x)["params"])
+  rnd = np.random.default_rng(12)  # fresh non-zero weights and biases everywhere
+  params = jax.tree.map(lambda p: jnp.asarray(rnd.normal(size=p.shape) * 0.3, jnp.float32), params)
+  got = mlp.apply({"params": params}, x)
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  dense = lambda name, h: h @ p[name]["kernel"] + p[name]["bias"]
+  h = _gelu64(dense("wi", x.astype(np.float64)))
+  if activation == "geglu":
+    h = h * dense("wi_linear", x.astype(np.float64))
+  want = dense("wo", h)
+  assert rel_err(got, want) < 1e-5
+  assert ("wi_linear" in params) == (activation == "geglu")
+
+
+def test_mlp_unknown_activation_is_an_error():
+  with pytest.raises(ValueError, match="relu.*gelu"):
+    layers.MLP(8, activation="relu").init(jax.random.key(0), jnp.ones((1, 2, 4)))

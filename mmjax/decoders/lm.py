@@ -32,6 +32,7 @@ class Decoder(nn.Module):
   dtype: layers.Dtype = jnp.float32
   remat: str = "none"        # layers.REMAT_POLICIES
   scan_layers: bool = False  # nn.scan over the blocks; needs identical blocks (cross_attention_every 0 or 1)
+  mlp_activation: str = "gelu"  # layers.MLP_ACTIVATIONS
 
   def setup(self):
     self.embed = layers.Embed(self.vocab_size, self.width, self.dtype)
@@ -41,7 +42,8 @@ class Decoder(nn.Module):
     block = lambda i: dict(num_heads=self.num_heads, head_dim=self.width // self.num_heads, mlp_dim=self.mlp_dim,
                            num_kv_heads=self.num_kv_heads, cross_attention=bool(every) and (i + 1) % every == 0,
                            gated_cross_attention=self.gated_cross_attention,
-                           implementation=self.implementation, dtype=self.dtype)
+                           implementation=self.implementation, dtype=self.dtype,
+                           mlp_activation=self.mlp_activation)
     if self.scan_layers:
       if len({tuple(sorted(block(i).items())) for i in range(self.depth)}) > 1:
         raise ValueError(f"Decoder: scan_layers needs identical layers; cross_attention_every={every} makes "
