@@ -60,6 +60,14 @@ def test_train_checkpoint_resume_sample(tiny_config, tmp_path):
                         f"--image={image}", "--prompt= "], capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "prompt 0 is empty" in bad.stderr
 
+  # The spatial probe reads the trained model's answer position (tiny's train split has 48
+  # spatial questions) and prints its three probes with accuracies in [0, 1].
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "probe_spatial.py"), f"--workdir={wd}",
+                        "--split=train"], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  probes = [line.split()[-2:] for line in out.stdout.splitlines()[1:]]
+  assert len(probes) == 3 and all(0.0 <= float(a) <= 1.0 and 0.5 <= float(b.strip("()")) <= 1.0 for a, b in probes)
+
 
 def test_checkpoint_of_another_model_is_refused(tiny_config, tmp_path):
   wd = str(tmp_path / "run")

@@ -1,0 +1,21 @@
+"""Linear probes: how much of a label a set of hidden states holds linearly."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def linear_probe_accuracy(x: np.ndarray, y: np.ndarray, ridge: float = 1.0) -> tuple[float, float]:
+  """Fits a ridge-regression probe on +-1 labels (features x [N, D] plus a bias) to the first two
+  thirds of the rows and scores it on the last third.
+
+  Returns (held-out accuracy, held-out majority rate): the rate is what a probe that reads nothing
+  scores, so a probe holds the label only where its accuracy is clearly above it."""
+  x = np.asarray(x, np.float64)
+  y = np.asarray(y, bool)
+  if x.ndim != 2 or len(x) != len(y) or len(x) < 3:
+    raise ValueError(f"linear_probe_accuracy needs features [N, D] and N >= 3 labels; got {x.shape} and {y.shape}.")
+  x = np.concatenate([x, np.ones((len(x), 1))], 1)
+  n = len(x) * 2 // 3
+  w = np.linalg.solve(x[:n].T @ x[:n] + ridge * np.eye(x.shape[1]), x[:n].T @ (2.0 * y[:n] - 1.0))
+  held = y[n:]
+  return float(((x[n:] @ w > 0) == held).mean()), float(max(held.mean(), 1 - held.mean()))

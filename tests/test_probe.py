@@ -1,0 +1,24 @@
+"""mmjax.evaluate.probe's linear probe against hand-made separable and random features."""
+import numpy as np
+import pytest
+
+from mmjax.evaluate.probe import linear_probe_accuracy
+
+
+def test_probe_reads_a_linearly_coded_label_and_not_a_random_one():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(900, 16))
+  side = x[:, 3] - 0.5 * x[:, 7] > 0.2  # a label that is a linear function of the features
+  acc, base = linear_probe_accuracy(x, side)
+  assert acc > 0.9 and base < 0.7  # least squares on +-1 labels: not a perfect separator
+  acc, base = linear_probe_accuracy(x, rng.random(900) < 0.5)  # a label the features do not hold
+  assert abs(acc - 0.5) < 0.1
+  # The majority rate is the held-out third's (the last 300 rows).
+  labels = np.zeros(900, bool)
+  labels[-60:] = True
+  assert linear_probe_accuracy(x, labels)[1] == 240 / 300
+
+
+def test_probe_bad_shapes_are_errors():
+  with pytest.raises(ValueError, match="features"):
+    linear_probe_accuracy(np.ones((5, 2)), np.ones(4, bool))
