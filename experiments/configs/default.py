@@ -43,13 +43,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   #   caption (data.captions_with_questions), each step reading 32 images once for 256 questions
   #   and 32 captions. Captions name every object's shape and position: the dense signal that
   #   teaches the model to see; question words then find "the red object" the way caption words do.
+  # - Gated (GEGLU) decoder MLPs: an answer often hangs on the product of two things the decoder
+  #   holds ("the circle" and "at the top left"). Hidden width 128 = 2/3 of a 192-wide GELU MLP
+  #   keeps its parameters and FLOPs (at 192 the step is 16% slower: over the 15-minute budget).
   c.model.vit = ml_collections.ConfigDict(dict(width=96, depth=2, num_heads=4, mlp_dim=192, patch_size=8,
                                                posemb="sincos2d", stem="conv", stem_channels=(32, 64, 96),
                                                coord_channels=True))
   c.model.text = ml_collections.ConfigDict(dict(width=96, depth=0, num_heads=4, mlp_dim=192, max_len=32))
   c.model.fusion = ml_collections.ConfigDict(dict(name="cross_attention", cross_attention_every=1, gated=False,
                                                   text_as="prefix", fuse_depth=0, num_heads=4, mlp_dim=192))
-  c.model.decoder = ml_collections.ConfigDict(dict(width=96, depth=2, num_heads=4, mlp_dim=192,
+  c.model.decoder = ml_collections.ConfigDict(dict(width=96, depth=2, num_heads=4, mlp_dim=128, mlp_activation="geglu",
                                                    max_len=c.data.max_prompt_len + c.data.max_target_len))
 
   c.optim = ml_collections.ConfigDict(dict(learning_rate=2e-3, warmup_steps=100, weight_decay=0.05,
