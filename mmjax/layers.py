@@ -91,7 +91,8 @@ class MLP(nn.Module):
   def __call__(self, x):
     d = x.shape[-1]
     if self.activation not in MLP_ACTIVATIONS:
-      raise ValueError(f"MLP activation {self.activation!r}: use one of {MLP_ACTIVATIONS}.")
+      raise ValueError(f"mlp_activation={self.activation!r} (config.model.decoder.mlp_activation): use one of "
+                       f"{MLP_ACTIVATIONS}.")
     h = Dense(self.hidden, ("embed",), ("mlp",), dtype=self.dtype, name="wi")(x)
     h = nn.gelu(h)
     if self.activation == "geglu":
