@@ -97,6 +97,12 @@ def _oracle(q, objs, size):
   if m := re.fullmatch(r"how many objects have the same shape as the (\w+) object\?", q):
     n = sum(o.shape == by[m[1]].shape for o in objs)
     return ["zero", "one", "two", "three", "four", "five", "six"][n]
+  # Training-only (auxiliary) templates.
+  if m := re.fullmatch(r"is the (\w+) object on the (left or the right|top or the bottom)\?", q):
+    fx, fy = cen[m[1]]
+    return ("left" if fx < .5 else "right") if m[2].startswith("left") else ("top" if fy < .5 else "bottom")
+  if m := re.fullmatch(r"how many objects are (\w+)s\?", q):
+    return ["zero", "one", "two", "three", "four", "five", "six"][sum(o.shape == m[1] for o in objs)]
   raise AssertionError(f"unknown template: {q}")
 
 
@@ -109,6 +115,37 @@ def test_answers_match_independent_oracle():
       templates.add(re.sub(r"\b(red|green|blue|orange|gray|yellow)\b", "{color}", q))
   for t in shapes.RELATIONAL_TEMPLATES + shapes.SPATIAL_TEMPLATES + shapes.ATTRIBUTE_TEMPLATES[:1]:
     assert t in templates, t
+
+
+def test_auxiliary_questions_follow_the_scored_ones_and_match_the_oracle():
+  aux = {"side": 2, "spatial_lean": 2, "count": 1}
+  lean_asks, side_words, counts = set(), set(), set()
+  for i in range(200):
+    plain = shapes.generate_scene([6, 0, i])
+    s = shapes.generate_scene([6, 0, i], auxiliary_per_type=aux)
+    n = len(plain.questions)
+    # The scored questions are exactly those of the scene without auxiliary questions.
+    assert (s.questions[:n], s.answers[:n], s.question_types[:n]) == (
+        plain.questions, plain.answers, plain.question_types)
+    assert s.question_types[n:] == ["side"] * 2 + ["spatial_lean"] * 2 + ["count"]
+    assert len(set(s.questions)) == len(s.questions)
+    for q, a, kind in zip(s.questions[n:], s.answers[n:], s.question_types[n:]):
+      assert _oracle(q, s.objects, 64) == a, (q, a, s.objects)
+      if kind == "spatial_lean":
+        lean_asks.add(q.split()[-1])
+      side_words.add(a) if kind == "side" else counts.add(a) if kind == "count" else None
+  assert lean_asks == {"left?", "top?"}  # never right/bottom: that is the point of the kind
+  assert side_words == {"left", "right", "top", "bottom"}
+  assert len(counts) >= 3
+
+
+def test_auxiliary_question_kind_errors():
+  with pytest.raises(ValueError, match="unknown auxiliary question types.*'where'"):
+    shapes.generate_scene([0, 0, 0], auxiliary_per_type={"where": 1})
+  with pytest.raises(ValueError, match="train_auxiliary_questions.*'where'"):
+    tfds_builders.shapes_config(train_auxiliary_questions={"where": 1})
+  with pytest.raises(ValueError, match="train_auxiliary_questions.*>= 0"):
+    tfds_builders.shapes_config(train_auxiliary_questions={"side": -1})
 
 
 def test_caption_matches_objects():
@@ -176,7 +213,27 @@ def test_shapes_config_names_differ():
   b = tfds_builders.shapes_config(image_size=96)
   c = tfds_builders.shapes_config(num_shapes=2)
   d = tfds_builders.shapes_config(questions_per_type={"relational": 1})
-  assert len({a.name, b.name, c.name, d.name}) == 4
+  e = tfds_builders.shapes_config(train_auxiliary_questions={"count": 1})
+  assert len({a.name, b.name, c.name, d.name, e.name}) == 5
+  # No auxiliary questions: the name datasets had before they existed.
+  assert tfds_builders.shapes_config(train_auxiliary_questions={"side": 0}).name == a.name
+  assert e.name == "s64_k3_n12000-500-1000_q2-2-4_aux0-0-1_seed0"
+
+
+def test_auxiliary_questions_only_in_the_train_split(tmp_path):
+  cfg = _cfg(tmp_path, train_scenes=6, validation_scenes=3, test_scenes=3)
+  cfg.data.train_auxiliary_questions.side = 1
+  cfg.data.train_auxiliary_questions.spatial_lean = 1
+  builder = pipeline.prepare_builder(cfg)
+  assert "_aux1-1-0_" in str(builder.data_dir)
+  for split in ("train", "validation", "test"):
+    src = builder.as_data_source(split)
+    for i in range(len(src)):
+      kinds = [t.decode() for t in src[i]["question_types"]]
+      if split == "train":
+        assert kinds == ["attribute"] * 2 + ["spatial"] * 2 + ["relational"] * 4 + ["side", "spatial_lean"]
+      else:
+        assert set(kinds) <= set(shapes.QUESTION_KINDS), (split, kinds)
 
 
 # ------------------------------------------------------------------------------------------------

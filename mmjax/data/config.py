@@ -11,6 +11,9 @@ Keys (defaults):
   test_scenes         1000
   shapes              3      number of shape kinds (2: circle, square; 3: + triangle).
   questions_per_type  {attribute: 2, spatial: 2, relational: 4}  questions per shapes scene.
+  train_auxiliary_questions {side: 0, spatial_lean: 0, count: 0}  training-only questions per
+                             train scene (never in validation/test, never scored; see
+                             shapes.AUXILIARY_KINDS for what they are and why). Ignored for manifests.
   captions            True   also make one captioning example per caption.
   task_weights        {vqa: 1, caption: 1, av_match: 1}  each task's share of the train batches
                              (examples x weight; 0 drops it); with captions_with_questions the
@@ -71,6 +74,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.shapes = 3
   c.questions_per_type = ml_collections.ConfigDict(
       {"attribute": 2, "spatial": 2, "relational": 4})
+  c.train_auxiliary_questions = ml_collections.ConfigDict({"side": 0, "spatial_lean": 0, "count": 0})
   c.captions = True
   # Train-batch mixing: each task's share is (its examples) x (its weight). Captions name every
   # object's shape and position, a denser perception signal than one answer per question.

@@ -67,7 +67,8 @@ from mmjax.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 CAPTION_PROMPT = "describe the image."
 SPOKEN_PROMPT = "answer the spoken question."
-QUESTION_TYPES = ("attribute", "spatial", "relational", "vqa", "caption", "av_match")
+# The training-only kinds come last, so the indices of the others are as they were before them.
+QUESTION_TYPES = ("attribute", "spatial", "relational", "vqa", "caption", "av_match") + shapes.AUXILIARY_KINDS
 TASK_VQA, TASK_CAPTION, TASK_AV_MATCH = 0, 1, 2
 TASK_NAMES = ("vqa", "caption", "av_match")
 TOKENIZER_FILENAME = "tokenizer.model"
@@ -101,12 +102,14 @@ def _dataset_args(config) -> tuple[str, dict]:
   if manifest:
     return os.path.expanduser(manifest), args
   qpt = _get(d, "questions_per_type", None)
+  aux = _get(d, "train_auxiliary_questions", None)
   return "", args | dict(
       num_shapes=int(_get(d, "shapes", 3)),
       train_scenes=int(_get(d, "train_scenes", 12000)),
       validation_scenes=int(_get(d, "validation_scenes", 500)),
       test_scenes=int(_get(d, "test_scenes", 1000)),
       questions_per_type=dict(qpt) if qpt is not None else None,
+      train_auxiliary_questions=dict(aux) if aux is not None else None,
       object_sounds=bool(_get(d, "object_sounds", False)))
 
 

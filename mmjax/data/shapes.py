@@ -23,6 +23,13 @@ Question templates (answers are single lowercase words):
   ``how many objects have the same shape as the <color> object?`` (the count includes the object
   itself, answered one..six), ``what color is the object closest to the <color> object?``.
   Questions whose answer would depend on a distance tie are never asked.
+
+Training-only (auxiliary) questions, generated for the train split alone and never scored
+(``AUXILIARY_KINDS``; off unless asked for):
+
+* side: ``is the <color> object on the left or the right?`` -> left/right (likewise top/bottom);
+* spatial_lean: the spatial templates asking only about the left or the top;
+* count: ``how many objects are <shape>s?`` -> one..six.
 """
 from __future__ import annotations
 
@@ -68,6 +75,20 @@ RELATIONAL_TEMPLATES = (
     "how many objects have the same shape as the {color} object?",
     "what color is the object closest to the {color} object?",
 )
+
+# Why training-only questions: a balanced yes/no spatial question is an XOR of the side the object
+# is on and the side the question asks about. Neither alone predicts the answer, so the answer's
+# loss gives no gradient toward reading where the object is, and models sit at chance for long
+# (README, "Measured results"). "side" questions name the object's side as the answer, and
+# "spatial_lean" questions ask only "left?" / "top?", so that on them the object's side alone
+# predicts the answer; once a model reads the side, the XOR with the asked side follows. "count"
+# questions are the counting half of "how many objects have the same shape as the <color> object?".
+AUXILIARY_KINDS = ("side", "spatial_lean", "count")
+SIDE_TEMPLATES = (
+    ("is the {color} object on the left or the right?", ("left", "right")),
+    ("is the {color} object on the top or the bottom?", ("top", "bottom")),
+)
+COUNT_TEMPLATE = "how many objects are {shape}s?"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +253,17 @@ def _ask(kind: str, objects, image_size: int, rng: np.random.Generator):
     cx, cy = ref.x + 0.5, ref.y + 0.5
     truth = (cx < mid, cx > mid, cy < mid, cy > mid)[t]
     return SPATIAL_TEMPLATES[t].format(color=color), "yes" if truth else "no"
+  if kind == "side":  # the object's side, as a word
+    t = int(rng.integers(len(SIDE_TEMPLATES)))
+    template, words = SIDE_TEMPLATES[t]
+    return template.format(color=color), words[int((ref.x, ref.y)[t] + 0.5 > mid)]
+  if kind == "spatial_lean":  # a spatial question about the left or the top only
+    t = int(rng.integers(2))
+    truth = (ref.x, ref.y)[t] + 0.5 < mid
+    return SPATIAL_TEMPLATES[2 * t].format(color=color), "yes" if truth else "no"
+  if kind == "count":
+    shape = ref.shape  # a shape that is in the scene, drawn through a random object
+    return COUNT_TEMPLATE.format(shape=shape), NUMBER_WORDS[sum(o.shape == shape for o in objects)]
   if kind == "relational":
     t = int(rng.integers(len(RELATIONAL_TEMPLATES)))
     q = RELATIONAL_TEMPLATES[t].format(color=color)
@@ -245,14 +277,21 @@ def _ask(kind: str, objects, image_size: int, rng: np.random.Generator):
 
 
 def generate_questions(objects, image_size: int, rng: np.random.Generator,
-                       questions_per_type=None):
-  """Returns (questions, answers, question_types); no duplicated question within a scene."""
+                       questions_per_type=None, auxiliary_per_type=None):
+  """Returns (questions, answers, question_types); no duplicated question within a scene.
+  Auxiliary questions (``AUXILIARY_KINDS``) come after the scored ones, which they leave as they
+  would be without them."""
   counts = dict(DEFAULT_QUESTIONS_PER_TYPE if questions_per_type is None else questions_per_type)
   unknown = set(counts) - set(QUESTION_KINDS)
   if unknown:
     raise ValueError(f"unknown question types {sorted(unknown)}; expected {QUESTION_KINDS}")
+  aux = dict(auxiliary_per_type or {})
+  unknown = set(aux) - set(AUXILIARY_KINDS)
+  if unknown:
+    raise ValueError(f"unknown auxiliary question types {sorted(unknown)}; expected {AUXILIARY_KINDS}")
+  counts |= aux
   questions, answers, qtypes = [], [], []
-  for kind in QUESTION_KINDS:
+  for kind in QUESTION_KINDS + AUXILIARY_KINDS:
     for _ in range(int(counts.get(kind, 0))):
       for _ in range(50):
         qa = _ask(kind, objects, image_size, rng)
@@ -265,11 +304,11 @@ def generate_questions(objects, image_size: int, rng: np.random.Generator,
 
 
 def generate_scene(seed, image_size: int = 64, num_shapes: int = 3,
-                   questions_per_type=None) -> Scene:
+                   questions_per_type=None, auxiliary_per_type=None) -> Scene:
   """The scene for ``seed`` (an int, a sequence of ints or a numpy Generator)."""
   rng = _as_rng(seed)
   objects = sample_objects(rng, image_size, num_shapes)
-  qs, ans, qts = generate_questions(objects, image_size, rng, questions_per_type)
+  qs, ans, qts = generate_questions(objects, image_size, rng, questions_per_type, auxiliary_per_type)
   return Scene(objects=objects, image=render(objects, image_size),
                caption=caption(objects, image_size), questions=qs, answers=ans,
                question_types=qts, image_size=image_size)

@@ -79,6 +79,10 @@ class ShapesConfig(RecordConfig):
   attribute_questions: int = 2
   spatial_questions: int = 2
   relational_questions: int = 4
+  # Training-only questions per train scene (shapes.AUXILIARY_KINDS); validation/test have none.
+  side_questions: int = 0
+  spatial_lean_questions: int = 0
+  count_questions: int = 0
   object_sounds: bool = False
 
   @property
@@ -91,6 +95,11 @@ class ShapesConfig(RecordConfig):
             "relational": self.relational_questions}
 
   @property
+  def auxiliary_per_type(self):
+    return {"side": self.side_questions, "spatial_lean": self.spatial_lean_questions,
+            "count": self.count_questions}
+
+  @property
   def split_sizes(self):
     return {"train": self.train_scenes, "validation": self.validation_scenes,
             "test": self.test_scenes}
@@ -100,23 +109,38 @@ def shapes_config(image_size: int = 64, num_shapes: int = 3, train_scenes: int =
                   validation_scenes: int = 500, test_scenes: int = 1000,
                   questions_per_type=None, seed: int = 0, *, spoken_questions: bool = False,
                   object_sounds: bool = False, video_frames: int = 0,
-                  audio_sample_rate: int = 16000) -> ShapesConfig:
-  """A ShapesConfig whose name encodes all of its parameters."""
+                  audio_sample_rate: int = 16000, train_auxiliary_questions=None) -> ShapesConfig:
+  """A ShapesConfig whose name encodes all of its parameters.
+
+  train_auxiliary_questions: {kind: count} of training-only questions per train scene
+  (shapes.AUXILIARY_KINDS; kinds left out: 0)."""
   q = dict(shapes.DEFAULT_QUESTIONS_PER_TYPE)
   if questions_per_type is not None:
     unknown = set(dict(questions_per_type)) - set(q)
     if unknown:
       raise ValueError(f"unknown question types {sorted(unknown)}")
     q.update({k: int(v) for k, v in dict(questions_per_type).items()})
+  aux = {k: 0 for k in shapes.AUXILIARY_KINDS}
+  if train_auxiliary_questions is not None:
+    unknown = set(dict(train_auxiliary_questions)) - set(aux)
+    if unknown:
+      raise ValueError(f"config.data.train_auxiliary_questions: unknown question types {sorted(unknown)}; "
+                       f"expected some of {shapes.AUXILIARY_KINDS}.")
+    aux.update({k: int(v) for k, v in dict(train_auxiliary_questions).items()})
+  if min(aux.values()) < 0:
+    raise ValueError(f"config.data.train_auxiliary_questions: counts must be >= 0, got {aux}.")
+  # Datasets without auxiliary questions keep the names they had before these existed.
+  aux_suffix = ("_aux" + "-".join(str(aux[k]) for k in shapes.AUXILIARY_KINDS)) if any(aux.values()) else ""
   name = (f"s{int(image_size)}_k{int(num_shapes)}_n{int(train_scenes)}-{int(validation_scenes)}-"
-          f"{int(test_scenes)}_q{q['attribute']}-{q['spatial']}-{q['relational']}_seed{int(seed)}"
+          f"{int(test_scenes)}_q{q['attribute']}-{q['spatial']}-{q['relational']}{aux_suffix}_seed{int(seed)}"
           + _media_suffix(spoken_questions, object_sounds, video_frames, audio_sample_rate))
   return ShapesConfig(
       name=name, version="1.0.0", description="shapes scenes " + name,
       image_size=int(image_size), num_shapes=int(num_shapes), train_scenes=int(train_scenes),
       validation_scenes=int(validation_scenes), test_scenes=int(test_scenes),
       attribute_questions=q["attribute"], spatial_questions=q["spatial"],
-      relational_questions=q["relational"], seed=int(seed),
+      relational_questions=q["relational"], side_questions=aux["side"],
+      spatial_lean_questions=aux["spatial_lean"], count_questions=aux["count"], seed=int(seed),
       spoken_questions=bool(spoken_questions), object_sounds=bool(object_sounds),
       video_frames=int(video_frames), audio_sample_rate=int(audio_sample_rate))
 
@@ -184,7 +208,8 @@ class MmjaxShapes(_RecordBuilder):
       # The scene's rng goes on to draw the video's velocities (after the scene, so the scene
       # itself is the same with or without video).
       rng = np.random.default_rng(shapes.scene_seed(cfg.seed, split, i))
-      scene = shapes.generate_scene(rng, cfg.image_size, cfg.num_shapes, cfg.questions_per_type)
+      scene = shapes.generate_scene(rng, cfg.image_size, cfg.num_shapes, cfg.questions_per_type,
+                                    cfg.auxiliary_per_type if split == "train" else None)
       rid = f"{split}_{i:06d}"
       yield rid, self._with_media(
           {
