@@ -17,6 +17,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.spoken_questions = True
   c.data.spoken_prompt = True
   c.data.captions = False           # captioning examples would hear nothing
+  # No training-only questions: each would be synthesised as speech too, for a text-side trick
+  # this experiment has not been measured with.
+  c.data.train_auxiliary_questions = ml_collections.ConfigDict(dict(side=0, spatial_lean=0, count=0))
   c.data.max_audio_seconds = 3.5    # the longest spoken shapes question is about 3.3 s
   c.sampler.max_new_tokens = 8      # one-word answers
   text = c.model.text
