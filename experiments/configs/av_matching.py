@@ -18,7 +18,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.object_sounds = True
   c.data.av_matching = True
   c.data.questions_per_type = ml_collections.ConfigDict(dict(attribute=0, spatial=0, relational=0))
-  c.data.train_auxiliary_questions = ml_collections.ConfigDict(dict(side=0, spatial_lean=0, count=0))
   c.data.max_audio_seconds = 1.0
   if arg is None:
     c.data.validation_scenes, c.data.test_scenes = 16, 32  # one example per scene: enough to score

@@ -96,8 +96,7 @@ class ShapesConfig(RecordConfig):
 
   @property
   def auxiliary_per_type(self):
-    return {"side": self.side_questions, "spatial_lean": self.spatial_lean_questions,
-            "count": self.count_questions}
+    return {k: getattr(self, f"{k}_questions") for k in shapes.AUXILIARY_KINDS}
 
   @property
   def split_sizes(self):
@@ -139,8 +138,7 @@ def shapes_config(image_size: int = 64, num_shapes: int = 3, train_scenes: int =
       image_size=int(image_size), num_shapes=int(num_shapes), train_scenes=int(train_scenes),
       validation_scenes=int(validation_scenes), test_scenes=int(test_scenes),
       attribute_questions=q["attribute"], spatial_questions=q["spatial"],
-      relational_questions=q["relational"], side_questions=aux["side"],
-      spatial_lean_questions=aux["spatial_lean"], count_questions=aux["count"], seed=int(seed),
+      relational_questions=q["relational"], **{f"{k}_questions": n for k, n in aux.items()}, seed=int(seed),
       spoken_questions=bool(spoken_questions), object_sounds=bool(object_sounds),
       video_frames=int(video_frames), audio_sample_rate=int(audio_sample_rate))
 
