@@ -1,5 +1,6 @@
 """Tests for mmjax.data: shapes scenes, TFDS builders, manifests and the grain pipeline."""
 import hashlib
+import logging
 import itertools
 import json
 import math
@@ -285,6 +286,27 @@ def test_pipeline_no_captions(shapes_data):
   cfg.data.captions = False
   data = pipeline.load_split(cfg, "train", tok, builder)
   assert len(data) == 24 * 8 and (data.task == pipeline.TASK_VQA).all()
+
+
+def test_truncation_is_reported_with_the_flag(shapes_data, caplog):
+  cfg, builder, tok = shapes_data
+  prompts = {q for r in pipeline.load_split(cfg, "train", tok, builder).records for q in r["questions"]}
+  prompts.add(pipeline.CAPTION_PROMPT)
+  longest = max(len(tok.encode(q)) for q in prompts)
+  # Arrays that fit every question and caption: nothing to report.
+  with caplog.at_level(logging.WARNING):
+    pipeline.load_split(cfg, "train", tok, builder)
+  assert "truncated" not in caplog.text
+  cut = cfg.copy_and_resolve_references()
+  cut.data.max_prompt_len, cut.data.max_target_len = longest - 1, 8
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    data = pipeline.load_split(cut, "train", tok, builder)
+  too_long = {q for q in prompts if len(tok.encode(q)) > longest - 1}
+  assert data.truncated["prompt"] == too_long and too_long
+  assert data.truncated["target"] == {c for r in data.records for c in r["captions"]}  # answers fit in 7
+  assert f"{len(too_long)} distinct prompts are longer than the {longest - 1} tokens" in caplog.text
+  assert "--config.data.max_prompt_len" in caplog.text and "--config.data.max_target_len" in caplog.text
 
 
 def test_grain_state_resumes_exactly(shapes_data):

@@ -240,6 +240,7 @@ class SplitData:
                        if av_matching else np.full(len(self.records), -1, np.int64))
     index, task, qtype, prompts, targets = [], [], [], [], []
     self._cache = {}
+    self.truncated = {"prompt": set(), "target": set()}  # distinct texts longer than their array
     caption_prompt = self._prompt(CAPTION_PROMPT)
     for ri, r in enumerate(self.records):
       nq, nc = len(r["questions"]), len(r["captions"])
@@ -268,6 +269,18 @@ class SplitData:
     self._prompts = prompts
     self._targets = targets
     del self._cache
+    self._warn_truncated()
+
+  def _warn_truncated(self):
+    """Truncation is the documented behaviour, but a question cut short is a different question:
+    say so, naming the flag that lengthens the arrays."""
+    flags = {"prompt": ("max_prompt_len", self.max_prompt_len), "target": ("max_target_len", self.max_target_len - 1)}
+    for kind, texts in self.truncated.items():
+      if texts:
+        flag, room = flags[kind]
+        logging.warning("split %r: %d distinct %ss are longer than the %d tokens config.data.%s leaves them and are "
+                        "truncated (e.g. %r); raise --config.data.%s to keep them whole.",
+                        self.split, len(texts), kind, room, flag, min(texts, key=len), flag)
 
   def _prompt(self, text):
     key = ("p", text)
@@ -282,13 +295,19 @@ class SplitData:
     return self._cache[key]
 
   def _make_prompt(self, text):
-    ids = self.tokenizer.encode(text)[: self.max_prompt_len]
+    ids = self.tokenizer.encode(text)
+    if len(ids) > self.max_prompt_len:
+      self.truncated["prompt"].add(text)
+    ids = ids[: self.max_prompt_len]
     p = np.zeros(self.max_prompt_len, np.int32)
     p[: len(ids)] = ids
     return p, len(ids)
 
   def _make_target(self, text):
-    ids = self.tokenizer.encode(text)[: self.max_target_len - 1]
+    ids = self.tokenizer.encode(text)
+    if len(ids) > self.max_target_len - 1:
+      self.truncated["target"].add(text)
+    ids = ids[: self.max_target_len - 1]
     n, lt = len(ids), self.max_target_len
     t_in = np.full(lt, PAD_ID, np.int32)
     t_out = np.full(lt, PAD_ID, np.int32)
