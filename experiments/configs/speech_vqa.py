@@ -10,6 +10,7 @@ variant builds its dataset in well under 30 s and runs 200 steps in about a minu
 import ml_collections
 
 from mmjax import config_files
+from mmjax.data import default_data_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -19,7 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.captions = False           # captioning examples would hear nothing
   # No training-only questions: each would be synthesised as speech too, for a text-side trick
   # this experiment has not been measured with.
-  c.data.train_auxiliary_questions = ml_collections.ConfigDict(dict(side=0, spatial_lean=0, count=0))
+  c.data.train_auxiliary_questions = default_data_config().train_auxiliary_questions  # all 0
   c.data.max_audio_seconds = 3.5    # the longest spoken shapes question is about 3.3 s
   c.sampler.max_new_tokens = 8      # one-word answers
   text = c.model.text

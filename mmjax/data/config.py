@@ -55,6 +55,8 @@ import os
 
 import ml_collections
 
+from mmjax.data.shapes import AUXILIARY_KINDS
+
 DEFAULT_DATA_DIR = "~/.cache/mmjax/tensorflow_datasets"
 
 
@@ -74,7 +76,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.shapes = 3
   c.questions_per_type = ml_collections.ConfigDict(
       {"attribute": 2, "spatial": 2, "relational": 4})
-  c.train_auxiliary_questions = ml_collections.ConfigDict({"side": 0, "spatial_lean": 0, "count": 0})
+  c.train_auxiliary_questions = ml_collections.ConfigDict({k: 0 for k in AUXILIARY_KINDS})
   c.captions = True
   # Train-batch mixing: each task's share is (its examples) x (its weight). Captions name every
   # object's shape and position, a denser perception signal than one answer per question.
