@@ -28,11 +28,11 @@ from mmjax.data import pipeline, shapes
 from mmjax.train import optim
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("steps", 1500, "train steps (the main job's)")
-flags.DEFINE_integer("batch", 256, "examples per step (the main job's 256 questions)")
+flags.DEFINE_integer("steps", 1500, "train steps (the main job's)", lower_bound=1)
+flags.DEFINE_integer("batch", 256, "examples per step (the main job's 256 questions)", lower_bound=1)
 flags.DEFINE_bool("distance_prior", False, "add distance_bias() to the attention between object tokens")
-flags.DEFINE_integer("eval_every", 500, "evaluate every N steps")
-flags.DEFINE_integer("eval_examples", 1200, "validation VQA examples")
+flags.DEFINE_integer("eval_every", 500, "evaluate every N steps", lower_bound=1)
+flags.DEFINE_integer("eval_examples", 1200, "validation VQA examples", lower_bound=1)
 
 
 def object_tokens(images: np.ndarray) -> np.ndarray:
@@ -73,24 +73,26 @@ PRIOR_SLOPES = (8.0, -8.0, 4.0, 0.0)
 
 
 def pair_geometry(centroids):
-  """[B, 6, 6, 4] (dx, dy, squared distance, distance) of every ordered pair of object centroids."""
+  """[B, O, O, 4] (dx, dy, squared distance, distance) of every ordered pair of object centroids."""
   delta = centroids[:, :, None] - centroids[:, None]
   sq = (delta ** 2).sum(-1, keepdims=True)
   return jnp.concatenate([delta, sq, jnp.sqrt(sq + 1e-6)], -1)
 
 
 def distance_bias(geometry, learned, slopes, n_tokens: int):
-  """[B, H, N, N] logit bias between the object tokens (rows/columns 1..6 of the sequence):
-  -slope_h * (distance - 1) + learned[..., h]. Subtracting 1 lifts near objects above the tokens
-  without a bias (CLS, question words), which a near-looking head would otherwise prefer (without it
-  "closest" questions stay at chance). Heads 0 and 1 never attend to the object itself: "closest to
-  the red object" means the closest *other* object, and a near-looking head's nearest object is
-  always itself (without it, too, "closest" stays at chance)."""
+  """[B, H, N, N] logit bias between the object tokens (rows/columns 1..objects of the sequence,
+  after CLS): -slope_h * (distance - 1) + learned[..., h]. Subtracting 1 lifts near objects above the
+  tokens without a bias (CLS, question words), which a near-looking head would otherwise prefer.
+  Heads 0 and 1 never attend to the object itself: "closest to the red object" means the closest
+  *other* object, and a near-looking head's nearest object is always itself. (In a side testbed,
+  README "Measured results", "closest" questions stayed at chance without either of the two.)"""
   dist = geometry[..., 3]
+  n_obj = dist.shape[-1]
   pair = -slopes[None, :, None, None] * (dist[:, None] - 1.0) + learned.transpose(0, 3, 1, 2)
-  not_self = jnp.eye(dist.shape[-1], dtype=bool)[None, None] & (jnp.arange(len(slopes)) < 2)[None, :, None, None]
+  not_self = jnp.eye(n_obj, dtype=bool)[None, None] & (jnp.arange(len(slopes)) < 2)[None, :, None, None]
   pair = jnp.where(not_self, -1e9, pair)
-  return jnp.zeros((dist.shape[0], len(slopes), n_tokens, n_tokens)).at[:, :, 1:7, 1:7].set(pair)
+  objects = slice(1, 1 + n_obj)
+  return jnp.zeros((dist.shape[0], len(slopes), n_tokens, n_tokens)).at[:, :, objects, objects].set(pair)
 
 
 class OracleReasoner(nn.Module):
