@@ -9,9 +9,9 @@ import ml_collections
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.total_steps = 1500
+  c.total_steps = 2000
   c.batch_size = 256              # questions per step: 32 images x data.questions_per_image
-  c.eval_every = 750
+  c.eval_every = 1000
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
   c.log_every = 50
@@ -58,6 +58,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.vit = ml_collections.ConfigDict(dict(width=96, depth=2, num_heads=4, mlp_dim=192, patch_size=8,
                                                posemb="sincos2d", stem="conv", stem_channels=(32, 64, 96),
                                                coord_channels=True))
+  # The image enters as one token per object (mmjax/encoders/objects.py): pixels grouped by colour
+  # into slots, each slot's shape features, exact centroid and size, and relation layers whose
+  # heads look at the nearest and the furthest *other* object. README "Measured results" has the
+  # ViT runs (`--config.model.image_encoder=vit`) it replaced.
+  c.model.image_encoder = "objects"   # "objects" (model.objects) | "vit" (model.vit)
+  c.model.objects = ml_collections.ConfigDict(dict(
+      num_slots=7,                       # six objects and the background
+      width=96, feature_dim=32, feature_stride=2, iterations=3, sharpness=20.0, depth=2, num_heads=4, mlp_dim=192,
+      slopes=(60.0, -30.0, 15.0, 0.0),   # per head, on squared distance: near, far, gently near, none
+      self_excluding_heads=2, position_frequencies=4, mass_prior=-2.0))
   c.model.text = ml_collections.ConfigDict(dict(width=96, depth=0, num_heads=4, mlp_dim=192, max_len=32))
   c.model.fusion = ml_collections.ConfigDict(dict(name="cross_attention", cross_attention_every=1, gated=False,
                                                   text_as="prefix", fuse_depth=0, num_heads=4, mlp_dim=192))

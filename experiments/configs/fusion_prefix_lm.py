@@ -11,8 +11,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_files.sibling(__file__, arg or "tiny")
   c.model.fusion = ml_collections.ConfigDict(dict(name="prefix_lm"))
   # The prefix (image tokens + max_prompt_len) shares the decoder's positions with the answer.
-  s, p = c.data.image_size, c.model.vit.patch_size
+  if c.model.image_encoder == "objects":   # one token per slot
+    n_image = c.model.objects.num_slots
+  else:                                     # one per ViT patch
+    n_image = (c.data.image_size // c.model.vit.patch_size) ** 2
   c.data.questions_per_image = 1  # one image per question: the image's tokens and the question form one prefix
   c.data.captions_with_questions = False
-  c.model.decoder.max_len = (s // p) ** 2 + c.data.max_prompt_len + c.data.max_target_len
+  c.model.decoder.max_len = n_image + c.data.max_prompt_len + c.data.max_target_len
   return c

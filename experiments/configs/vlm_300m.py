@@ -24,6 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dtype = "bfloat16"
   c.model.remat = "dots_with_no_batch_dims_saveable"
   c.model.scan_layers = True
+  c.model.image_encoder = "vit"  # (the default uses the object encoder)
   c.model.vit.update(dict(width=768, depth=24, num_heads=12, mlp_dim=3072, patch_size=16))
   c.model.text.update(dict(width=768, depth=4, num_heads=12, mlp_dim=3072, max_len=64))
   # The question joins the image in the fusion memory (not the main job's decoder prefix, which would

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmjax.decoders import Decoder
-from mmjax.encoders import AudioEncoder, TextEncoder, VideoEncoder, ViT
+from mmjax.encoders import AudioEncoder, ObjectEncoder, TextEncoder, VideoEncoder, ViT
 from mmjax.encoders.video import num_valid_tokens
 from mmjax.fusion import FUSIONS, Conditioning, build_fusion
 
@@ -68,6 +68,20 @@ def check_fusion_media(model_config) -> None:
           f"{m} clip as the whole fixed-length window, zero padding included (right only when clips fill it).")
 
 
+IMAGE_ENCODERS = {"vit": ViT, "objects": ObjectEncoder}
+
+
+def image_encoder(model_config, **kwargs) -> nn.Module:
+  """The image encoder `model_config.image_encoder` names ("vit", the default, or "objects"), built
+  from the config block of the same name (`model.vit` or `model.objects`)."""
+  name = str(model_config.get("image_encoder", "vit"))
+  if name not in IMAGE_ENCODERS:
+    raise ValueError(f"config.model.image_encoder={name!r}: use one of {sorted(IMAGE_ENCODERS)}.")
+  if name not in model_config:
+    raise ValueError(f"config.model.image_encoder={name!r} needs a config.model.{name} block.")
+  return IMAGE_ENCODERS[name](**model_config[name].to_dict(), **kwargs)
+
+
 class VisionLanguageModel(nn.Module):
   """Answers prompts about images (and sounds / videos). Built from `config.model` by `build_model`.
 
@@ -91,7 +105,7 @@ class VisionLanguageModel(nn.Module):
     impl = c.attention_implementation
     # Memory knobs (absent from older configs): rematerialisation policy and scanning over layers.
     knobs = dict(remat=str(c.get("remat", "none") or "none"), scan_layers=bool(c.get("scan_layers", False)))
-    self.image_encoder = ViT(**c.vit.to_dict(), implementation=impl, dtype=dtype, **knobs)
+    self.image_encoder = image_encoder(c, implementation=impl, dtype=dtype, **knobs)
     self.text_encoder = TextEncoder(self.vocab_size, **c.text.to_dict(), implementation=impl, dtype=dtype, **knobs)
     check_fusion_media(c)
     self.media = media_modalities(c)

@@ -1,0 +1,176 @@
+"""The object-centric image encoder (mmjax/encoders/objects.py)."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mmjax.encoders.objects import (GeometricSelfAttention, KMeansSlots, ObjectEncoder, farthest_point_indices,
+                                    mask_geometry, pixel_coordinates)
+from mmjax.models import build_model
+from mmjax.models.vlm import image_encoder
+
+
+def rel_err(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  assert np.all(np.isfinite(a)), "NaN/Inf in result"
+  return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def float64_params(variables):
+  return jax.tree.map(lambda a: np.asarray(a, np.float64), nn.unbox(variables)["params"])
+
+
+@pytest.mark.parametrize("self_excluding", [0, 2])
+def test_geometric_attention_matches_float64_reference(self_excluding):
+  rng = np.random.default_rng(1)
+  b, k, d, h = 2, 5, 16, 4
+  x = jnp.asarray(rng.normal(size=(b, k, d)), jnp.float32)
+  c = jnp.asarray(rng.uniform(-1, 1, (b, k, 2)), jnp.float32)
+  slopes = (5.0, -3.0, 2.0, 0.0)
+  log_mass = jnp.asarray(rng.uniform(-5, 0, (b, k)), jnp.float32)
+  module = GeometricSelfAttention(h, d // h, slopes, self_excluding, implementation="xla", mass_prior=-1.5)
+  variables = module.init(jax.random.key(0), x, c, log_mass)
+  out = module.apply(variables, x, c, log_mass)
+
+  p, xs, cs, hd = float64_params(variables), np.asarray(x, np.float64), np.asarray(c, np.float64), d // h
+  q, kk, v = (np.einsum("bke,ehd->bkhd", xs, p[n]["kernel"]) for n in ("query", "key", "value"))
+  key_bias = (xs @ p["key_bias"]["kernel"] + p["key_bias"]["bias"]
+              - 1.5 * np.asarray(log_mass, np.float64)[..., None])                 # [B, K, H]
+  dist2 = ((cs[:, :, None] - cs[:, None]) ** 2).sum(-1)                       # [B, K, K]
+  logits = (np.einsum("bihd,bjhd->bhij", q, kk) / np.sqrt(hd) - np.asarray(slopes)[None, :, None, None] * dist2[:, None]
+            + key_bias.transpose(0, 2, 1)[:, :, None, :])
+  logits[:, :self_excluding, np.arange(k), np.arange(k)] = -np.inf
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  ref = np.einsum("bihd,hde->bie", np.einsum("bhij,bjhd->bihd", weights, v), p["out"]["kernel"])
+  assert rel_err(out, ref) < 1e-5
+
+
+def test_steep_slopes_read_the_nearest_and_furthest_other_object():
+  """With steep slopes and no content term, a self-excluding near head returns the nearest *other*
+  object's value and a far head the furthest one's (hand-placed centroids on a line)."""
+  c = jnp.asarray([[[-0.9, 0.0], [-0.5, 0.0], [0.1, 0.0], [0.8, 0.0]]], jnp.float32)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 4, 8)), jnp.float32)
+  log_mass = jnp.zeros((1, 4))
+  module = GeometricSelfAttention(2, 4, (400.0, -400.0), 2, implementation="xla")
+  variables = nn.unbox(module.init(jax.random.key(0), x, c, log_mass))
+  params = jax.tree.map(np.asarray, variables["params"])
+  for name in ("query", "key"):
+    params[name]["kernel"] = np.zeros_like(params[name]["kernel"])
+  params["key_bias"]["kernel"] = np.zeros_like(params["key_bias"]["kernel"])
+  # Value = identity per head, out = identity: the output is the attended objects' features.
+  params["value"]["kernel"] = np.eye(8, dtype=np.float32).reshape(8, 2, 4)
+  params["out"]["kernel"] = np.eye(8, dtype=np.float32).reshape(2, 4, 8)
+  out = np.asarray(module.apply({"params": params}, x, c, log_mass))
+  nearest, furthest = [1, 0, 1, 2], [3, 3, 0, 0]
+  xs = np.asarray(x)[0]
+  np.testing.assert_allclose(out[0, :, :4], xs[nearest, :4], atol=1e-4)
+  np.testing.assert_allclose(out[0, :, 4:], xs[furthest, 4:], atol=1e-4)
+
+
+def test_mask_geometry_of_hard_masks_is_hand_computed():
+  h = w = 8
+  coords = pixel_coordinates(h, w)                      # pixel centres at -0.875, -0.625, ..., 0.875
+  square = np.zeros((h, w), np.float32)
+  square[1:3, 4:8] = 1.0                                 # rows 1-2, columns 4-7: 8 pixels
+  attn = np.stack([square.reshape(-1), 1.0 - square.reshape(-1)], -1)[None]  # [1, 64, 2]: hard masks
+  geo = np.asarray(mask_geometry(jnp.asarray(attn), jnp.asarray(coords)))
+  xs, ys = (np.arange(4, 8) + 0.5) / 4 - 1, (np.arange(1, 3) + 0.5) / 4 - 1
+  assert geo[0, 0, 0] == pytest.approx(np.log(8 / 64), abs=1e-4)
+  np.testing.assert_allclose(geo[0, 0, 1:3], [xs.mean(), ys.mean()], atol=1e-6)
+  np.testing.assert_allclose(geo[0, 0, 3:5], [xs.std(), ys.std()], atol=1e-3)
+  assert abs(geo[0, 0, 5]) < 1e-3                        # an axis-aligned rectangle: no correlation
+  np.testing.assert_allclose(geo[0, 0, 6:8], 0.0, atol=1e-2)  # and no skew
+
+
+def test_mask_geometry_matches_float64_moments_of_soft_masks():
+  rng = np.random.default_rng(5)
+  coords = pixel_coordinates(6, 10)
+  attn = rng.dirichlet(np.ones(3), size=(2, 60))                  # [2, 60, 3]: each pixel's weights over 3 slots
+  geo = np.asarray(mask_geometry(jnp.asarray(attn, jnp.float32), jnp.asarray(coords), power=2.0))
+  w = attn ** 2
+  ref = []
+  for b in range(2):
+    for k in range(3):
+      p = w[b, :, k] / w[b, :, k].sum()
+      mean = p @ coords
+      centred = coords - mean
+      std = np.sqrt(p @ centred ** 2)
+      corr = (p * centred[:, 0] * centred[:, 1]).sum() / std.prod()
+      skew = (p @ centred ** 3) / std ** 3
+      ref.append(np.concatenate([[np.log(w[b, :, k].sum() / 60)], mean, std, [corr], skew]))
+  assert rel_err(geo.reshape(6, 8), np.stack(ref)) < 1e-4
+
+
+def test_farthest_point_indices_hand_computed():
+  x = jnp.asarray([[[0.0, 0.0], [0.1, 0.0], [5.0, 0.0], [0.0, 3.0], [5.0, 0.1]]])
+  # Mean (2.02, 0.62); squared distances to it 4.46, 4.07, 9.26, 9.74, 9.15: row 3 first. From
+  # (0, 3): row 2 (34) beats row 4 (33.41). Then the nearest-chosen distances of rows 0 and 1 are
+  # 9 and 9.01: row 1.
+  np.testing.assert_array_equal(np.asarray(farthest_point_indices(x, 3)), [[3, 2, 1]])
+
+
+def test_kmeans_slots_give_each_colour_its_own_slot():
+  """Three flat colours, three slots: every pixel ends up (almost) wholly in its colour's slot,
+  the three colours in three different slots, and each slot's content is the mean of its pixels'
+  values."""
+  rng = np.random.default_rng(3)
+  palette = np.asarray([[-1.0, -1.0, -1.0], [0.8, -0.8, -0.8], [-0.7, 0.6, 0.9]], np.float32)
+  labels = rng.integers(0, 3, (2, 40))
+  labels[:, :3] = [0, 1, 2]                                        # every colour present
+  grouping = jnp.asarray(palette[labels])                        # [2, 40, 3]
+  values = jnp.asarray(rng.normal(size=(2, 40, 5)), jnp.float32)
+  module = KMeansSlots(num_slots=3, width=8, iterations=2, mlp_dim=16)
+  variables = module.init(jax.random.key(0), grouping, values)
+  slots, attn = module.apply(variables, grouping, values)
+  assert slots.shape == (2, 3, 8) and attn.shape == (2, 40, 3)
+  attn = np.asarray(attn)
+  np.testing.assert_allclose(attn.sum(-1), 1.0, atol=1e-5)
+  for b in range(2):
+    slot_of = attn[b].argmax(-1)
+    assert attn[b].max(-1).min() > 0.99
+    for colour in range(3):
+      assert len(set(slot_of[labels[b] == colour])) == 1
+    assert len(set(slot_of[:3])) == 3
+
+
+def test_object_encoder_shapes_and_bad_input():
+  images = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3)).astype(np.uint8)
+  encoder = ObjectEncoder(num_slots=3, width=16, feature_dim=8, iterations=1, depth=1, num_heads=2, mlp_dim=32,
+                          slopes=(10.0, -10.0), self_excluding_heads=2, implementation="xla")
+  variables = encoder.init(jax.random.key(0), images)
+  out = encoder.apply(variables, images)
+  assert out.shape == (2, 3, 16) and np.all(np.isfinite(np.asarray(out)))
+  with pytest.raises(ValueError, match="feature_stride"):
+    encoder.apply(variables, images[:, :15, :15])
+  with pytest.raises(ValueError, match=r"\[B, H, W, 3\]"):
+    encoder.apply(variables, images[..., :1])
+  wrong = ObjectEncoder(num_slots=3, width=16, feature_dim=8, iterations=1, depth=1, num_heads=2, mlp_dim=32,
+                        slopes=(10.0,), implementation="xla")
+  with pytest.raises(ValueError, match="slopes"):
+    wrong.init(jax.random.key(0), images)
+
+
+def test_model_with_object_encoder_and_unknown_encoder_name():
+  config = ml_collections.ConfigDict(dict(
+      dtype="float32", attention_implementation="xla", image_encoder="objects",
+      objects=dict(num_slots=3, width=16, feature_dim=8, iterations=1, depth=1, num_heads=2, mlp_dim=32,
+                   slopes=(10.0, -10.0)),
+      text=dict(width=16, depth=1, num_heads=2, mlp_dim=32, max_len=8),
+      fusion=dict(name="cross_attention", cross_attention_every=1, num_heads=2, mlp_dim=32),
+      decoder=dict(width=16, depth=1, num_heads=2, mlp_dim=32, max_len=16)))
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (2, 16, 16, 3)).astype(np.uint8)
+  prompt = rng.integers(4, 20, (2, 5)).astype(np.int32)
+  target = rng.integers(4, 20, (2, 4)).astype(np.int32)
+  model = build_model(config, 20)
+  variables = model.init(jax.random.key(0), images, prompt, np.array([5, 3], np.int32), target)
+  assert "image_encoder" in variables["params"]
+  assert model.apply(variables, images, prompt, np.array([5, 3], np.int32), target).shape == (2, 4, 20)
+  with pytest.raises(ValueError, match="image_encoder='resnet'"):
+    image_encoder(ml_collections.ConfigDict(dict(image_encoder="resnet")))
+  with pytest.raises(ValueError, match="config.model.objects block"):
+    image_encoder(ml_collections.ConfigDict(dict(image_encoder="objects")))
+
