@@ -290,6 +290,13 @@ def run_blocks(x, *, depth: int, block: dict, remat: str = "none", scan: bool = 
   return x
 
 
+def pixel_coordinates(h: int, w: int) -> np.ndarray:
+  """[h, w, 2] float32: each pixel centre's (x, y), scaled to [-1, 1] across the image."""
+  y = (np.arange(h, dtype=np.float32) + 0.5) / h * 2.0 - 1.0
+  x = (np.arange(w, dtype=np.float32) + 0.5) / w * 2.0 - 1.0
+  return np.stack(np.broadcast_arrays(x[None, :], y[:, None]), axis=-1)
+
+
 def sincos_2d(h: int, w: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
   """Fixed 2-D sin-cos position embedding [h*w, dim] (MoCo v3 / big_vision)."""
   if dim % 4:

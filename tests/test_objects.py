@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from mmjax.encoders.objects import (GeometricSelfAttention, KMeansSlots, ObjectEncoder, farthest_point_indices,
-                                    mask_geometry, pixel_coordinates)
+                                    mask_geometry)
+from mmjax.layers import pixel_coordinates
 from mmjax.models import build_model
 from mmjax.models.vlm import image_encoder
 
@@ -72,7 +73,7 @@ def test_steep_slopes_read_the_nearest_and_furthest_other_object():
 
 def test_mask_geometry_of_hard_masks_is_hand_computed():
   h = w = 8
-  coords = pixel_coordinates(h, w)                      # pixel centres at -0.875, -0.625, ..., 0.875
+  coords = pixel_coordinates(h, w).reshape(-1, 2)       # pixel centres at -0.875, -0.625, ..., 0.875
   square = np.zeros((h, w), np.float32)
   square[1:3, 4:8] = 1.0                                 # rows 1-2, columns 4-7: 8 pixels
   attn = np.stack([square.reshape(-1), 1.0 - square.reshape(-1)], -1)[None]  # [1, 64, 2]: hard masks
@@ -87,7 +88,7 @@ def test_mask_geometry_of_hard_masks_is_hand_computed():
 
 def test_mask_geometry_matches_float64_moments_of_soft_masks():
   rng = np.random.default_rng(5)
-  coords = pixel_coordinates(6, 10)
+  coords = pixel_coordinates(6, 10).reshape(-1, 2)
   attn = rng.dirichlet(np.ones(3), size=(2, 60))                  # [2, 60, 3]: each pixel's weights over 3 slots
   geo = np.asarray(mask_geometry(jnp.asarray(attn, jnp.float32), jnp.asarray(coords), power=2.0))
   w = attn ** 2
@@ -174,3 +175,54 @@ def test_model_with_object_encoder_and_unknown_encoder_name():
   with pytest.raises(ValueError, match="config.model.objects block"):
     image_encoder(ml_collections.ConfigDict(dict(image_encoder="objects")))
 
+
+
+@pytest.mark.slow
+def test_object_encoder_trains_resumes_samples_and_inspects(tiny_config, tmp_path):
+  """The main job's image path end to end: train with the object encoder, resume, answer a question
+  about an image file, and inspect the slots; inspecting a ViT workdir is a clear error."""
+  import os
+  import subprocess
+  import sys
+
+  from PIL import Image
+
+  from mmjax.train import trainer, workdir as workdir_lib
+  from tests.conftest import ROOT
+
+  tiny_config.model.image_encoder = "objects"
+  tiny_config.model.objects.update(dict(width=32, feature_dim=8, iterations=2, depth=1, num_heads=2, mlp_dim=64,
+                                        slopes=(60.0, -30.0)))
+  tiny_config.total_steps = 2
+  tiny_config.checkpoint_every = 2
+  wd = str(tmp_path / "objects")
+  trainer.train_and_evaluate(tiny_config, wd, progress=False)
+  tiny_config.total_steps = 3
+  trainer.train_and_evaluate(tiny_config, wd, progress=False)
+  trained = workdir_lib.load(wd)
+  assert trained.step == 3 and "slots" in trained.params["image_encoder"]
+
+  image = tmp_path / "scene.png"
+  Image.fromarray(trained.data.image("test", 0)).save(image)
+  run = lambda script, *args: subprocess.run([sys.executable, os.path.join(ROOT, "experiments", script),
+                                              f"--workdir={wd}", *args], capture_output=True, text=True, timeout=300)
+  out = run("sample.py", f"--image={image}", "--prompt=what shape is the red object?")
+  assert out.returncode == 0 and len(out.stdout.splitlines()) == 1, out.stderr[-2000:]
+
+  out = run("inspect_slots.py", "--split=train", "--num_images=4")
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.splitlines()
+  separate = lines[1].split(":")[1].split("/")
+  assert int(separate[1]) == 4 and 0 <= int(separate[0]) <= 4
+  assert 0.0 <= float(lines[2].split()[-1]) <= 1.0
+  # Colour grouping holds from step 0: every object gets its own slot and the slot's centroid
+  # (on every second pixel) is within a pixel of the object's.
+  assert int(separate[0]) == 4 and float(lines[3].split()[-1]) < 1.0, out.stdout
+
+  tiny_config.model.image_encoder = "vit"
+  vit_wd = str(tmp_path / "vit")
+  tiny_config.total_steps = 1
+  trainer.train_and_evaluate(tiny_config, vit_wd, progress=False)
+  bad = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "inspect_slots.py"), f"--workdir={vit_wd}"],
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "model.image_encoder='vit'" in bad.stderr

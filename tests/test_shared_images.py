@@ -12,7 +12,8 @@ import pytest
 from mmjax import config_files, layers
 from mmjax.attention import MaskSpec
 from mmjax.data import pipeline
-from mmjax.encoders.vit import ViT, _pixel_coordinates
+from mmjax.encoders.vit import ViT
+from mmjax.layers import pixel_coordinates
 from mmjax.models import build_model
 from mmjax.train import state as state_lib
 from tests.conftest import CONFIGS
@@ -167,7 +168,7 @@ def test_image_batch_must_divide_over_the_mesh():
 
 
 def test_coordinate_channels():
-  coords = _pixel_coordinates(2, 4)
+  coords = pixel_coordinates(2, 4)
   np.testing.assert_allclose(coords[..., 0], [[-0.75, -0.25, 0.25, 0.75]] * 2)   # x across columns
   np.testing.assert_allclose(coords[..., 1], [[-0.5] * 4, [0.5] * 4])             # y down rows
   vit = ViT(width=8, depth=0, num_heads=2, mlp_dim=8, patch_size=4, coord_channels=True)

@@ -1,7 +1,7 @@
 """The README main job: a vision-language model trained from scratch on the embedded shapes data.
 
 Sized for a 2-core CPU (about 15 minutes, dataset generation included); every key can be
-overridden from the command line, e.g. `--config.total_steps=500 --config.model.vit.depth=2`.
+overridden from the command line, e.g. `--config.total_steps=500 --config.model.objects.depth=1`.
 """
 import ml_collections
 

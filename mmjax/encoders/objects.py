@@ -44,13 +44,6 @@ from mmjax.sharding import constrain
 _SELF_PENALTY = 1e4
 
 
-def pixel_coordinates(h: int, w: int) -> np.ndarray:
-  """[h * w, 2] float32: each pixel centre's (x, y), scaled to [-1, 1] across the image."""
-  y = (np.arange(h, dtype=np.float32) + 0.5) / h * 2.0 - 1.0
-  x = (np.arange(w, dtype=np.float32) + 0.5) / w * 2.0 - 1.0
-  return np.stack(np.broadcast_arrays(x[None, :], y[:, None]), axis=-1).reshape(h * w, 2)
-
-
 def mask_geometry(attn: jax.Array, coords: jax.Array, power: float = 3.0, eps: float = 1e-6) -> jax.Array:
   """Moments of soft masks. attn [B, N, K] (each pixel's weights over K slots), coords [N, 2].
 
@@ -253,8 +246,8 @@ class ObjectEncoder(nn.Module):
     slots, attn = KMeansSlots(self.num_slots, self.width, self.iterations, self.sharpness, self.mlp_dim, self.dtype,
                               name="slots")(pixels, values)
     # Coordinates of the pixels that were grouped (each cell's first pixel), in image units.
-    coords = pixel_coordinates(h * self.feature_stride, w * self.feature_stride).reshape(
-        h * self.feature_stride, w * self.feature_stride, 2)[::self.feature_stride, ::self.feature_stride]
+    coords = layers.pixel_coordinates(h * self.feature_stride, w * self.feature_stride)[
+        ::self.feature_stride, ::self.feature_stride]
     geometry = mask_geometry(attn, jnp.asarray(coords.reshape(h * w, 2)))
     centroids = geometry[..., 1:3]
     # Spreads on a log scale: an object's (about 0.07) and the background's (about 0.5) differ by

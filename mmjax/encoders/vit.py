@@ -54,7 +54,7 @@ class ViT(nn.Module):
       x = x / 255.0
     x = x * 2.0 - 1.0
     if self.coord_channels:
-      x = jnp.concatenate([x, jnp.broadcast_to(jnp.asarray(_pixel_coordinates(h, w)), (x.shape[0], h, w, 2))], -1)
+      x = jnp.concatenate([x, jnp.broadcast_to(jnp.asarray(layers.pixel_coordinates(h, w)), (x.shape[0], h, w, 2))], -1)
     if self.stem == "conv":
       x, p = self._conv_stem(x, p)
     elif self.stem != "patch":
@@ -88,9 +88,3 @@ class ViT(nn.Module):
       p //= 2
     return x, p
 
-
-def _pixel_coordinates(h: int, w: int) -> np.ndarray:
-  """[h, w, 2] float32: each pixel centre's (x, y), scaled to [-1, 1] across the image."""
-  y = (np.arange(h, dtype=np.float32) + 0.5) / h * 2.0 - 1.0
-  x = (np.arange(w, dtype=np.float32) + 0.5) / w * 2.0 - 1.0
-  return np.stack(np.broadcast_arrays(x[None, :], y[:, None]), axis=-1)
