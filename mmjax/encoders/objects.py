@@ -200,7 +200,11 @@ class GeometricSelfAttention(nn.Module):
 
 
 class ObjectEncoder(nn.Module):
-  """Images uint8 [B, H, W, 3] (or float in [0, 1]) -> object tokens [B, num_slots, width]."""
+  """Images uint8 [B, H, W, 3] (or float in [0, 1]) -> object tokens [B, num_slots, width].
+
+  num_slots should be the number of colour clusters of an image (the objects and the background):
+  an image with fewer gets slots that share a cluster (and are each other's "nearest object"), one
+  with more gets slots that hold two clusters."""
   num_slots: int = 7
   width: int = 96
   feature_dim: int = 32
