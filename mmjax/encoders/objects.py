@@ -157,7 +157,6 @@ class GeometricSelfAttention(nn.Module):
   self_excluding_heads: int = 2
   implementation: str = "auto"
   dtype: layers.Dtype = jnp.float32
-
   mass_prior: float = -2.0
 
   @nn.compact
@@ -220,8 +219,6 @@ class ObjectEncoder(nn.Module):
   mass_prior: float = -2.0   # GeometricSelfAttention.mass_prior
   implementation: str = "auto"
   dtype: layers.Dtype = jnp.float32
-  remat: str = "none"        # accepted for a uniform encoder interface; the encoder is small
-  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, images):

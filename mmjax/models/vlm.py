@@ -71,15 +71,19 @@ def check_fusion_media(model_config) -> None:
 IMAGE_ENCODERS = {"vit": ViT, "objects": ObjectEncoder}
 
 
-def image_encoder(model_config, **kwargs) -> nn.Module:
+def image_encoder(model_config, knobs: dict | None = None, **kwargs) -> nn.Module:
   """The image encoder `model_config.image_encoder` names ("vit", the default, or "objects"), built
-  from the config block of the same name (`model.vit` or `model.objects`)."""
+  from the config block of the same name (`model.vit` or `model.objects`) and `kwargs`. The memory
+  `knobs` (remat, scan_layers) go only to an encoder that has them, as for fusion modules: the
+  object encoder is small and has neither."""
   name = str(model_config.get("image_encoder", "vit"))
   if name not in IMAGE_ENCODERS:
     raise ValueError(f"config.model.image_encoder={name!r}: use one of {sorted(IMAGE_ENCODERS)}.")
   if name not in model_config:
     raise ValueError(f"config.model.image_encoder={name!r} needs a config.model.{name} block.")
-  return IMAGE_ENCODERS[name](**model_config[name].to_dict(), **kwargs)
+  cls = IMAGE_ENCODERS[name]
+  knobs = {k: v for k, v in (knobs or {}).items() if k in cls.__dataclass_fields__}
+  return cls(**model_config[name].to_dict(), **knobs, **kwargs)
 
 
 class VisionLanguageModel(nn.Module):
@@ -105,7 +109,7 @@ class VisionLanguageModel(nn.Module):
     impl = c.attention_implementation
     # Memory knobs (absent from older configs): rematerialisation policy and scanning over layers.
     knobs = dict(remat=str(c.get("remat", "none") or "none"), scan_layers=bool(c.get("scan_layers", False)))
-    self.image_encoder = image_encoder(c, implementation=impl, dtype=dtype, **knobs)
+    self.image_encoder = image_encoder(c, knobs, implementation=impl, dtype=dtype)
     self.text_encoder = TextEncoder(self.vocab_size, **c.text.to_dict(), implementation=impl, dtype=dtype, **knobs)
     check_fusion_media(c)
     self.media = media_modalities(c)
