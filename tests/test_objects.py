@@ -23,22 +23,25 @@ def float64_params(variables):
   return jax.tree.map(lambda a: np.asarray(a, np.float64), nn.unbox(variables)["params"])
 
 
-@pytest.mark.parametrize("self_excluding", [0, 2])
-def test_geometric_attention_matches_float64_reference(self_excluding):
+@pytest.mark.parametrize("self_excluding,geometric", [(0, 0), (2, 0), (2, 2), (1, 3)])
+def test_geometric_attention_matches_float64_reference(self_excluding, geometric):
   rng = np.random.default_rng(1)
   b, k, d, h = 2, 5, 16, 4
   x = jnp.asarray(rng.normal(size=(b, k, d)), jnp.float32)
   c = jnp.asarray(rng.uniform(-1, 1, (b, k, 2)), jnp.float32)
   slopes = (5.0, -3.0, 2.0, 0.0)
   log_mass = jnp.asarray(rng.uniform(-5, 0, (b, k)), jnp.float32)
-  module = GeometricSelfAttention(h, d // h, slopes, self_excluding, implementation="xla", mass_prior=-1.5)
+  module = GeometricSelfAttention(h, d // h, slopes, self_excluding, implementation="xla", mass_prior=-1.5,
+                                  geometric_heads=geometric)
   variables = module.init(jax.random.key(0), x, c, log_mass)
   out = module.apply(variables, x, c, log_mass)
 
   p, xs, cs, hd = float64_params(variables), np.asarray(x, np.float64), np.asarray(c, np.float64), d // h
   q, kk, v = (np.einsum("bke,ehd->bkhd", xs, p[n]["kernel"]) for n in ("query", "key", "value"))
-  key_bias = (xs @ p["key_bias"]["kernel"] + p["key_bias"]["bias"]
-              - 1.5 * np.asarray(log_mass, np.float64)[..., None])                 # [B, K, H]
+  learned_bias = xs @ p["key_bias"]["kernel"] + p["key_bias"]["bias"]
+  q[:, :, :geometric] = 0.0                      # geometric heads: no content term ...
+  learned_bias[..., :geometric] = 0.0            # ... and no learned key bias
+  key_bias = learned_bias - 1.5 * np.asarray(log_mass, np.float64)[..., None]        # [B, K, H]
   dist2 = ((cs[:, :, None] - cs[:, None]) ** 2).sum(-1)                       # [B, K, K]
   logits = (np.einsum("bihd,bjhd->bhij", q, kk) / np.sqrt(hd) - np.asarray(slopes)[None, :, None, None] * dist2[:, None]
             + key_bias.transpose(0, 2, 1)[:, :, None, :])
@@ -69,6 +72,29 @@ def test_steep_slopes_read_the_nearest_and_furthest_other_object():
   xs = np.asarray(x)[0]
   np.testing.assert_allclose(out[0, :, :4], xs[nearest, :4], atol=1e-4)
   np.testing.assert_allclose(out[0, :, 4:], xs[furthest, 4:], atol=1e-4)
+
+
+def test_geometric_heads_read_the_nearest_and_furthest_whatever_the_learned_weights():
+  """Geometric heads ignore the learned content and key-bias weights, however large: the near head
+  still returns the nearest other object's value, the far head the furthest one's. The small one
+  of two objects at the same distance wins through the mass prior (objects over background)."""
+  c = jnp.asarray([[[-0.9, 0.0], [-0.5, 0.0], [0.1, 0.0], [0.8, 0.0], [-0.5, 0.05]]], jnp.float32)
+  log_mass = jnp.asarray([[-4.0, -4.0, -4.0, -4.0, -0.3]])      # slot 4: a large segment beside slot 1
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 5, 8)), jnp.float32)
+  module = GeometricSelfAttention(2, 4, (60.0, -60.0), 2, implementation="xla", mass_prior=-8.0,
+                                  geometric_heads=2)
+  variables = nn.unbox(module.init(jax.random.key(0), x, c, log_mass))
+  params = jax.tree.map(lambda a: 30.0 * np.asarray(a), variables["params"])   # large learned weights
+  params["slopes"], params["mass_prior"] = np.asarray([60.0, -60.0]), np.asarray([-8.0, -8.0])
+  params["value"]["kernel"] = np.eye(8, dtype=np.float32).reshape(8, 2, 4)
+  params["out"]["kernel"] = np.eye(8, dtype=np.float32).reshape(2, 4, 8)
+  out = np.asarray(module.apply({"params": params}, x, c, log_mass))
+  nearest, furthest = [1, 0, 1, 2], [3, 3, 0, 0]
+  xs = np.asarray(x)[0]
+  np.testing.assert_allclose(out[0, :4, :4], xs[nearest, :4], atol=1e-3)
+  np.testing.assert_allclose(out[0, :4, 4:], xs[furthest, 4:], atol=1e-3)
+  with pytest.raises(ValueError, match="geometric_heads=3"):
+    GeometricSelfAttention(2, 4, (1.0, -1.0), geometric_heads=3).init(jax.random.key(0), x, c, log_mass)
 
 
 def test_mask_geometry_of_hard_masks_is_hand_computed():
@@ -152,6 +178,28 @@ def test_object_encoder_shapes_and_bad_input():
                         slopes=(10.0,), implementation="xla")
   with pytest.raises(ValueError, match="slopes"):
     wrong.init(jax.random.key(0), images)
+
+
+def test_clean_tokens_are_the_objects_before_the_relation_layers():
+  """With clean_tokens the encoder returns 2K tokens; the first K do not depend on the relation
+  layers (changing their weights moves only the last K), the last K are the plain encoder's."""
+  images = np.random.default_rng(1).integers(0, 256, (2, 16, 16, 3)).astype(np.uint8)
+  kwargs = dict(num_slots=3, width=16, feature_dim=8, iterations=1, depth=1, num_heads=2, mlp_dim=32,
+                slopes=(10.0, -10.0), geometric_heads=1, implementation="xla")
+  encoder = ObjectEncoder(**kwargs, clean_tokens=True)
+  params = nn.unbox(encoder.init(jax.random.key(0), images))["params"]
+  out = np.asarray(encoder.apply({"params": params}, images))
+  assert out.shape == (2, 6, 16) and np.all(np.isfinite(out))
+  moved = jax.tree.map(np.asarray, params)
+  kernel = moved["relation_0_attention"]["value"]["kernel"]
+  moved["relation_0_attention"]["value"]["kernel"] = kernel + np.random.default_rng(2).normal(size=kernel.shape)
+  out2 = np.asarray(encoder.apply({"params": moved}, images))
+  np.testing.assert_array_equal(out2[:, :3], out[:, :3])
+  assert rel_err(out2[:, 3:], out[:, 3:]) > 1e-2
+  plain = ObjectEncoder(**kwargs)
+  plain_params = {k: v for k, v in params.items() if k not in ("token_kind", "norm_clean")}
+  np.testing.assert_allclose(out[:, 3:] - np.asarray(params["token_kind"])[1],
+                             np.asarray(plain.apply({"params": plain_params}, images)), atol=1e-5)
 
 
 def test_model_with_object_encoder_and_unknown_encoder_name():

@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_slots=7,                       # six objects and the background
       width=96, feature_dim=32, feature_stride=2, iterations=3, sharpness=20.0, depth=2, num_heads=4, mlp_dim=192,
       slopes=(60.0, -30.0, 15.0, 0.0),   # per head, on squared distance: near, far, gently near, none
-      self_excluding_heads=2, position_frequencies=4, mass_prior=-2.0))
+      self_excluding_heads=2, geometric_heads=0, position_frequencies=4, mass_prior=-2.0, clean_tokens=False))
   c.model.text = ml_collections.ConfigDict(dict(width=96, depth=0, num_heads=4, mlp_dim=192, max_len=32))
   c.model.fusion = ml_collections.ConfigDict(dict(name="cross_attention", cross_attention_every=1, gated=False,
                                                   text_as="prefix", fuse_depth=0, num_heads=4, mlp_dim=192))

@@ -11,8 +11,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_files.sibling(__file__, arg or "tiny")
   c.model.fusion = ml_collections.ConfigDict(dict(name="prefix_lm"))
   # The prefix (image tokens + max_prompt_len) shares the decoder's positions with the answer.
-  if c.model.image_encoder == "objects":   # one token per slot
-    n_image = c.model.objects.num_slots
+  if c.model.image_encoder == "objects":   # one token per slot (two with clean_tokens)
+    n_image = c.model.objects.num_slots * (2 if c.model.objects.get("clean_tokens", False) else 1)
   else:                                     # one per ViT patch
     n_image = (c.data.image_size // c.model.vit.patch_size) ** 2
   c.data.questions_per_image = 1  # one image per question: the image's tokens and the question form one prefix
