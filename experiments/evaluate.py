@@ -3,7 +3,11 @@ r"""Evaluates the newest checkpoint of a workdir on a split and appends the metr
 A VLM workdir is scored by generation (VQA accuracy, CIDEr); a contrastive one
 (config.model.kind="contrastive") by retrieval recall@1/5/10 and zero-shot accuracy.
 
-  python experiments/evaluate.py --workdir=DIR [--split=test] [--max_examples=0]
+  python experiments/evaluate.py --workdir=DIR [--split=test] [--max_examples=0] [--by_template]
+
+--by_template also prints the VQA accuracy of every question template (the question with its
+colour, shape and position words replaced, shapes.question_template) and writes it to
+DIR/samples/<split>_templates.json.
 """
 from absl import app, flags, logging
 
@@ -11,6 +15,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to evaluate.")
 _MAX = flags.DEFINE_integer("max_examples", 0, "Evaluate at most this many examples (0 = all; contrastive "
                              "models: captions).")
+_BY_TEMPLATE = flags.DEFINE_bool("by_template", False, "Also report VQA accuracy per question template.")
 _REPORT = flags.DEFINE_integer("report_examples", 16, "Examples written to DIR/samples/<split>_samples.*")
 
 
@@ -34,6 +39,15 @@ def main(argv):
   print(f"step {t.step}")
   for k, v in sorted(metrics.items()):
     print(f"{k}: {v:.4f}")
+  if _BY_TEMPLATE.value:
+    import json
+    from mmjax.data.shapes import question_template
+    from mmjax.evaluate.vqa import accuracy_by_template
+    table = accuracy_by_template(preds, question_template)
+    for template, (acc, n) in table.items():
+      print(f"  {acc:.3f}  n={n:5d}  {template}")
+    with open(os.path.join(_WORKDIR.value, "samples", f"{_SPLIT.value}_templates.json"), "w") as f:
+      json.dump({t: {"accuracy": a, "count": n} for t, (a, n) in table.items()}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -143,15 +143,6 @@ def scene_images(split: pipeline.SplitData) -> np.ndarray:
   return np.stack([split.example(i)["image"] for i in first])
 
 
-def question_template(question: str) -> str:
-  """The question with its colour, shape and position words replaced by <color>, <shape>, <pos>."""
-  if " at the " in question:
-    question = question[:question.index(" at the ")] + " at the <pos>?"
-  words = ["<color>" if w in shapes.COLORS else "<shape>" if w.rstrip("s") in shapes.SHAPES else w
-           for w in question.rstrip("?").split()]
-  return " ".join(words) + "?" * question.endswith("?")
-
-
 def main(argv):
   del argv
   config = config_files.load("experiments/configs/default.py")
@@ -192,7 +183,7 @@ def main(argv):
       print(f"step {i} examples {i * FLAGS.batch} loss {float(loss):.3f} accuracy {acc}", flush=True)
   by_template = {}
   for row, example in enumerate(val_ids):
-    by_template.setdefault(question_template(val.prompt_text(example)), []).append(ok[row])
+    by_template.setdefault(shapes.question_template(val.prompt_text(example)), []).append(ok[row])
   for template, hits in sorted(by_template.items()):
     print(f"  {np.mean(hits):.3f}  n={len(hits):4d}  {template}")
 

@@ -64,6 +64,20 @@ def test_scene_questions_counts_and_vocabulary():
     assert all(len(a.split()) == 1 for a in s.answers)
 
 
+def test_question_template_recovers_every_generator_template():
+  assert shapes.question_template("what color is the circle at the top left?") == "what color is the <shape> at the <pos>?"
+  assert shapes.question_template("what color is the square at the center?") == "what color is the <shape> at the <pos>?"
+  assert shapes.question_template("how many objects are triangles?") == "how many objects are <shape>?"
+  assert shapes.question_template("is the gray object on the top?") == "is the <color> object on the top?"
+  assert shapes.question_template("describe the image") == "describe the image"
+  templates = {t.replace("{color}", "<color>").replace("{shape}", "<shape>").replace("{pos}", "<pos>")
+               for t in shapes.ATTRIBUTE_TEMPLATES + shapes.SPATIAL_TEMPLATES + shapes.RELATIONAL_TEMPLATES}
+  seen = set()
+  for i in range(60):
+    seen |= {shapes.question_template(q) for q in shapes.generate_scene([3, 0, i]).questions}
+  assert seen == templates
+
+
 # Independent answer oracle: parses the question and brute-forces the answer from the objects.
 def _oracle(q, objs, size):
   cen = {o.color: ((o.x + 0.5) / size, (o.y + 0.5) / size) for o in objs}

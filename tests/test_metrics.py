@@ -5,7 +5,8 @@ from collections import defaultdict
 
 import pytest
 
-from mmjax.evaluate import OVERALL, accuracy_by_type, cider_d, normalize_answer, vqa_exact_match
+from mmjax.evaluate import (OVERALL, accuracy_by_template, accuracy_by_type, cider_d, normalize_answer,
+                            vqa_exact_match)
 
 # --------------------------------------------------------------------------------------------- VQA
 
@@ -35,6 +36,16 @@ def test_accuracy_by_type():
   for bad in (([1.0], []), ([], []), ([1.0], [OVERALL])):
     with pytest.raises(ValueError):
       accuracy_by_type(*bad)
+
+
+def test_accuracy_by_template_groups_vqa_predictions():
+  preds = [dict(task="vqa", prompt="q about red", prediction="Yes.", references=["yes"]),
+           dict(task="vqa", prompt="q about blue", prediction="no", references=["yes"]),
+           dict(task="vqa", prompt="other", prediction="two", references=["two"]),
+           dict(task="caption", prompt="describe", prediction="a cat", references=["a dog"])]
+  template = lambda prompt: prompt.split(" about ")[0]
+  assert accuracy_by_template(preds, template) == {"other": (1.0, 1), "q": (0.5, 2)}
+  assert accuracy_by_template(preds[3:], template) == {}
 
 
 # ---------------------------------------------------------------------------------------- CIDEr-D

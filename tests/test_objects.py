@@ -229,6 +229,7 @@ def test_model_with_object_encoder_and_unknown_encoder_name():
 def test_object_encoder_trains_resumes_samples_and_inspects(tiny_config, tmp_path):
   """The main job's image path end to end: train with the object encoder, resume, answer a question
   about an image file, and inspect the slots; inspecting a ViT workdir is a clear error."""
+  import json
   import os
   import subprocess
   import sys
@@ -266,6 +267,14 @@ def test_object_encoder_trains_resumes_samples_and_inspects(tiny_config, tmp_pat
   # Colour grouping holds from step 0: every object gets its own slot and the slot's centroid
   # (on every second pixel) is within a pixel of the object's.
   assert int(separate[0]) == 4 and float(lines[3].split()[-1]) < 1.0, out.stdout
+
+  out = run("evaluate.py", "--split=validation", "--max_examples=40", "--by_template")
+  assert out.returncode == 0, out.stderr[-2000:]
+  with open(os.path.join(wd, "samples", "validation_templates.json")) as f:
+    table = json.load(f)
+  assert table and all(t.count("<") >= 1 and 0.0 <= r["accuracy"] <= 1.0 and r["count"] >= 1 for t, r in table.items())
+  printed = dict(reversed(line.split("n=")[1].split(None, 1)) for line in out.stdout.splitlines() if " n=" in line)
+  assert {t: int(n) for t, n in printed.items()} == {t: r["count"] for t, r in table.items()}
 
   tiny_config.model.image_encoder = "vit"
   vit_wd = str(tmp_path / "vit")

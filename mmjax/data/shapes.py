@@ -314,6 +314,18 @@ def generate_scene(seed, image_size: int = 64, num_shapes: int = 3,
                question_types=qts, image_size=image_size)
 
 
+def question_template(question: str) -> str:
+  """The question with its colour, shape and position words replaced by <color>, <shape> and <pos>
+  ("what color is the circle at the top left?" -> "what color is the <shape> at the <pos>?"): the
+  template it was made from, for per-template accuracy. Other text passes through unchanged, apart
+  from those words."""
+  if " at the " in question:
+    question = question[:question.index(" at the ")] + " at the <pos>" + "?" * question.endswith("?")
+  words = ["<color>" if w in COLORS else "<shape>" if w.rstrip("s") in SHAPES else w
+           for w in question.rstrip("?").split()]
+  return " ".join(words) + "?" * question.endswith("?")
+
+
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 
 

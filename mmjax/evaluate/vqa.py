@@ -33,3 +33,17 @@ def accuracy_by_type(scores: Sequence[float], question_types: Sequence[str]) -> 
   out = {qtype: sum(vals) / len(vals) for qtype, vals in groups.items()}
   out[OVERALL] = sum(scores) / len(scores)
   return out
+
+
+def accuracy_by_template(predictions, template_of) -> dict[str, tuple[float, int]]:
+  """{template: (exact-match accuracy, number of questions)} over the VQA `predictions` (dicts with
+  task, prompt, prediction, references, as the evaluator returns them), grouped by
+  template_of(prompt), e.g. `shapes.question_template`."""
+  vqa = [p for p in predictions if p["task"] == "vqa"]
+  if not vqa:
+    return {}
+  hits = vqa_exact_match([p["prediction"] for p in vqa], [p["references"][0] for p in vqa])
+  groups: dict[str, list[float]] = defaultdict(list)
+  for hit, p in zip(hits, vqa):
+    groups[template_of(p["prompt"])].append(hit)
+  return {t: (sum(v) / len(v), len(v)) for t, v in sorted(groups.items())}
