@@ -22,7 +22,7 @@ _NUM = flags.DEFINE_integer("num_images", 64, "Scenes to inspect.", lower_bound=
 
 
 def slot_masks(encoder, params, images) -> np.ndarray:
-  """[B, N, K]: each grouped pixel's weights over the slots (the encoder's KMeansSlots output)."""
+  """[B, H W, K]: each pixel's weights over the slots (the masks the encoder's geometry is read off)."""
   _, state = encoder.apply({"params": params}, images, mutable=["intermediates"],
                            capture_intermediates=lambda m, _: m.name == "slots")
   return np.asarray(state["intermediates"]["slots"]["__call__"][0][1])
@@ -48,10 +48,10 @@ def main(argv):
   c = t.config.model.objects
   encoder = ObjectEncoder(**c.to_dict(), implementation="xla")
   masks = slot_masks(encoder, t.params["image_encoder"], images)
-  s, size = c.feature_stride, images.shape[1]
-  grouped = images[:, ::s, ::s].reshape(len(images), -1, 3)                # the pixels the encoder grouped
+  size = images.shape[1]
+  grouped = images.reshape(len(images), -1, 3)
   coords = pixel_coordinates(size, size)
-  geometry = np.asarray(mask_geometry(jnp.asarray(masks), jnp.asarray(coords[::s, ::s].reshape(-1, 2))))
+  geometry = np.asarray(mask_geometry(jnp.asarray(masks), jnp.asarray(coords.reshape(-1, 2))))
 
   separate, weights, errors = 0, [], []
   for b in range(len(images)):

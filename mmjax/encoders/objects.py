@@ -19,7 +19,11 @@ itself. This encoder builds that structure from pixels:
 4. relation layers over the slots. Each head's logits add -slope_h * |c_i - c_j|^2 to the usual
    content term, and the first `self_excluding_heads` heads never attend to the slot itself, so a
    head with a positive slope reads the *other* object nearest to each object and one with a
-   negative slope the furthest.
+   negative slope the furthest. The first `geometric_heads` heads drop the content term, so that
+   what they read cannot drift to other objects during training;
+5. with `clean_tokens`, each object's token from before the relation layers goes out beside its
+   related token, so that questions about the object itself read a token without its neighbours
+   mixed in.
 
 The distance term is built as a dot product over extra query/key features (below), so every
 attention still goes through `mmjax.attention.attention` and any of its implementations. The
@@ -39,9 +43,10 @@ from mmjax import layers
 from mmjax.attention import attention
 from mmjax.sharding import constrain
 
-# Added to the logits of a slot attending to itself in a self-excluding head. Large enough that
+# Subtracted from the logits of what a head must not attend to: the slot itself in a self-excluding
+# head, the background (largest segment) in a geometric head. Large enough that
 # softmax gives it no weight; small enough to stay finite in bfloat16.
-_SELF_PENALTY = 1e4
+_EXCLUDED = 1e4
 
 
 def mask_geometry(attn: jax.Array, coords: jax.Array, power: float = 3.0, eps: float = 1e-6) -> jax.Array:
@@ -101,8 +106,9 @@ class KMeansSlots(nn.Module):
   The grouping features are given, not learned: learned ones drifted during training until two
   objects shared a slot (README "Measured results"). The object encoder groups by colour.
 
-  Returns (slots [B, K, width], attn [B, N, K]): attn is each pixel's weight over the slots after
-  the last update of the centres, i.e. the masks of what the returned slots hold."""
+  Returns (slots [B, K, width], masks [B, M, K]): each pixel's weight over the slots after the last
+  update of the centres, for the M pixels of `mask_grouping` (default: the N grouping pixels).
+  The encoder groups a subsample of the pixels and asks for the masks of all of them."""
   num_slots: int
   width: int
   iterations: int = 3
@@ -111,8 +117,8 @@ class KMeansSlots(nn.Module):
   dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, grouping, values):
-    """grouping [B, N, G] (float32), values [B, N, F]."""
+  def __call__(self, grouping, values, mask_grouping=None):
+    """grouping [B, N, G] (float32), values [B, N, F], mask_grouping [B, M, G] or None."""
     g = grouping.astype(jnp.float32)
     log_sharpness = self.param("log_sharpness", layers.param_with_axes(
         nn.initializers.constant(np.log(self.sharpness)), ("norm",)), (1,))
@@ -120,7 +126,7 @@ class KMeansSlots(nn.Module):
     start = farthest_point_indices(g, self.num_slots)                           # [B, K]
     centres = jnp.take_along_axis(g, start[..., None], axis=1)                 # [B, K, G]
 
-    def assign(centres):
+    def assign(centres, g=g):
       # |g - c|^2 = |g|^2 - 2 g.c + |c|^2; the |g|^2 term is the same for every slot and drops
       # out of the softmax (and the expansion never builds a [B, N, K, G] array).
       logits = 2.0 * jnp.einsum("bng,bkg->bnk", g, centres) - (centres ** 2).sum(-1)[:, None, :]
@@ -136,7 +142,9 @@ class KMeansSlots(nn.Module):
     pooled = jnp.einsum("bnk,bnf->bkf", w.astype(self.dtype), v)              # [B, K, F]
     slots = layers.Dense(self.width, ("media_embed",), ("embed",), dtype=self.dtype, name="out")(pooled)
     slots = slots + layers.MLP(self.mlp_dim, self.dtype, name="mlp")(layers.LayerNorm(self.dtype, name="norm_mlp")(slots))
-    return slots, attn
+    if mask_grouping is None:
+      return slots, attn
+    return slots, assign(centres, mask_grouping.astype(jnp.float32))
 
 
 class GeometricSelfAttention(nn.Module):
@@ -152,10 +160,13 @@ class GeometricSelfAttention(nn.Module):
   (the background, whose centroid sits near the middle of the image and would otherwise be the
   "nearest object" of every object near the middle).
 
-  The first `geometric_heads` heads score by distance and mass alone (no content term q.k, no
-  learned key bias), so a near head always reads the nearest other object. With content terms,
-  the trained main job's first-layer near head had learned to look at the background in 40% of
-  cases and at the true nearest object in only 53% (README "Measured results")."""
+  The first `geometric_heads` heads score by distance alone: no content term q.k, no learned key
+  bias, no mass prior (which would also prefer small objects to large ones), and they never
+  attend to the largest segment of the image (the background). A near head then always reads the
+  nearest other object. With content terms, the trained main job's first-layer near head had
+  learned to look at the background in 40% of cases and at the true nearest object in only 53%;
+  geometric heads with the mass prior in place of the exclusion still chose the background in 7%
+  (README "Measured results")."""
   num_heads: int
   head_dim: int
   slopes: Sequence[float]
@@ -183,8 +194,10 @@ class GeometricSelfAttention(nn.Module):
                                                          ("heads",)), (h,))
     mass_prior = self.param("mass_prior", layers.param_with_axes(nn.initializers.constant(self.mass_prior),
                                                                  ("heads",)), (h,))
-    key_bias = (layers.Dense(h, ("embed",), ("heads",), dtype=self.dtype, name="key_bias")(x) * content
-                + mass_prior * log_mass[..., None].astype(self.dtype))                    # [B, K, H]
+    learned_bias = (layers.Dense(h, ("embed",), ("heads",), dtype=self.dtype, name="key_bias")(x)
+                    + mass_prior * log_mass[..., None].astype(self.dtype))                # [B, K, H]
+    largest = jax.nn.one_hot(jnp.argmax(log_mass, axis=-1), k_slots, dtype=self.dtype)   # [B, K]: the background
+    key_bias = learned_bias * content + (1 - content) * (-_EXCLUDED * largest[..., None])
     c = centroids.astype(self.dtype)
     excl = (jnp.arange(h) < self.self_excluding_heads).astype(self.dtype)                  # [H]
     eye = jnp.eye(k_slots, dtype=self.dtype)
@@ -192,7 +205,7 @@ class GeometricSelfAttention(nn.Module):
     q_geo = jnp.concatenate([
         2.0 * slopes[None, None, :, None] * c[:, :, None, :],                                  # x 2 slope c_i
         jnp.broadcast_to(slopes[None, None, :, None], (b, k_slots, h, 1)),                      # x slope
-        jnp.broadcast_to(_SELF_PENALTY * excl[None, None, :, None] * eye[None, :, None, :], (b, k_slots, h, k_slots)),
+        jnp.broadcast_to(_EXCLUDED * excl[None, None, :, None] * eye[None, :, None, :], (b, k_slots, h, k_slots)),
         ones], -1)
     k_geo = jnp.concatenate([
         jnp.broadcast_to(c[:, :, None, :], (b, k_slots, h, 2)),
@@ -262,12 +275,15 @@ class ObjectEncoder(nn.Module):
                      bias_init=layers.param_with_axes(nn.initializers.zeros, ("conv_out",)), name="appearance_conv")(x)
     values = layers.Dense(self.feature_dim, ("conv_out",), ("media_embed",), dtype=self.dtype,
                           name="appearance_mlp")(nn.gelu(values.reshape(b, h * w, self.feature_dim)))
-    slots, attn = KMeansSlots(self.num_slots, self.width, self.iterations, self.sharpness, self.mlp_dim, self.dtype,
-                              name="slots")(pixels, values)
-    # Coordinates of the pixels that were grouped (each cell's first pixel), in image units.
-    coords = layers.pixel_coordinates(h * self.feature_stride, w * self.feature_stride)[
-        ::self.feature_stride, ::self.feature_stride]
-    geometry = mask_geometry(attn, jnp.asarray(coords.reshape(h * w, 2)))
+    # The geometry is read off the masks of *all* pixels, assigned to the centres found on the
+    # subsample: at full resolution an object's pixel count is exact (every circle of the shapes
+    # data has the same, as has every square and every triangle), which on every second pixel
+    # it is not (it depends on where the object falls on the subsampling grid). The masks cost
+    # one more assignment, at [B, H W, K].
+    slots, masks = KMeansSlots(self.num_slots, self.width, self.iterations, self.sharpness, self.mlp_dim,
+                               self.dtype, name="slots")(pixels, values, x.reshape(b, -1, 3))
+    coords = layers.pixel_coordinates(h * self.feature_stride, w * self.feature_stride)   # in image units
+    geometry = mask_geometry(masks, jnp.asarray(coords.reshape(-1, 2)))
     centroids = geometry[..., 1:3]
     # Spreads on a log scale: an object's (about 0.07) and the background's (about 0.5) differ by
     # a factor, and shapes by a few per cent of it.
