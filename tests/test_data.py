@@ -94,6 +94,10 @@ def _oracle(q, objs, size):
 
   if m := re.fullmatch(r"what shape is the (\w+) object\?", q):
     return by[m[1]].shape
+  if m := re.fullmatch(r"what color is the object at the ([\w ]+)\?", q):  # training-only "position"
+    hits = [o for o in objs if pos(o) == m[1]]
+    assert len(hits) == 1, q
+    return hits[0].color
   if m := re.fullmatch(r"what color is the (\w+) at the ([\w ]+)\?", q):
     hits = [o for o in objs if o.shape == m[1] and pos(o) == m[2]]
     assert len(hits) == 1, q
@@ -133,8 +137,8 @@ def test_answers_match_independent_oracle():
 
 
 def test_auxiliary_questions_follow_the_scored_ones_and_match_the_oracle():
-  aux = {"side": 2, "spatial_lean": 2, "count": 1}
-  lean_asks, side_words, counts = set(), set(), set()
+  aux = {"side": 2, "spatial_lean": 2, "count": 1, "position": 1}
+  lean_asks, side_words, counts, positions = set(), set(), set(), set()
   for i in range(200):
     plain = shapes.generate_scene([6, 0, i])
     s = shapes.generate_scene([6, 0, i], auxiliary_per_type=aux)
@@ -142,16 +146,21 @@ def test_auxiliary_questions_follow_the_scored_ones_and_match_the_oracle():
     # The scored questions are exactly those of the scene without auxiliary questions.
     assert (s.questions[:n], s.answers[:n], s.question_types[:n]) == (
         plain.questions, plain.answers, plain.question_types)
-    assert s.question_types[n:] == ["side"] * 2 + ["spatial_lean"] * 2 + ["count"]
+    words = [shapes.position_word(o, 64) for o in s.objects]
+    lone = any(words.count(w) == 1 for w in words)   # else no position question can be asked
+    assert s.question_types[n:] == ["side"] * 2 + ["spatial_lean"] * 2 + ["count"] + ["position"] * lone
     assert len(set(s.questions)) == len(s.questions)
     for q, a, kind in zip(s.questions[n:], s.answers[n:], s.question_types[n:]):
       assert _oracle(q, s.objects, 64) == a, (q, a, s.objects)
       if kind == "spatial_lean":
         lean_asks.add(q.split()[-1])
       side_words.add(a) if kind == "side" else counts.add(a) if kind == "count" else None
+      if kind == "position":
+        positions.add(q.split(" at the ")[1])
   assert lean_asks == {"left?", "top?"}  # never right/bottom: that is the point of the kind
   assert side_words == {"left", "right", "top", "bottom"}
   assert len(counts) >= 3
+  assert len(positions) == 9   # every position word is asked about
 
 
 def test_auxiliary_question_kind_errors():
@@ -233,6 +242,8 @@ def test_shapes_config_names_differ():
   # No auxiliary questions: the name datasets had before they existed.
   assert tfds_builders.shapes_config(train_auxiliary_questions={"side": 0}).name == a.name
   assert e.name == "s64_k3_n12000-500-1000_q2-2-4_aux0-0-1_seed0"
+  assert tfds_builders.shapes_config(train_auxiliary_questions={"position": 2}).name == (
+      "s64_k3_n12000-500-1000_q2-2-4_aux0-0-0-2_seed0")
 
 
 def test_auxiliary_questions_only_in_the_train_split(tmp_path):

@@ -29,7 +29,8 @@ Training-only (auxiliary) questions, generated for the train split alone and nev
 
 * side: ``is the <color> object on the left or the right?`` -> left/right (likewise top/bottom);
 * spatial_lean: the spatial templates asking only about the left or the top;
-* count: ``how many objects are <shape>s?`` -> one..six.
+* count: ``how many objects are <shape>s?`` -> one..six;
+* position: ``what color is the object at the <pos>?`` (a position word that holds one object).
 """
 from __future__ import annotations
 
@@ -83,12 +84,16 @@ RELATIONAL_TEMPLATES = (
 # "spatial_lean" questions ask only "left?" / "top?", so that on them the object's side alone
 # predicts the answer; once a model reads the side, the XOR with the asked side follows. "count"
 # questions are the counting half of "how many objects have the same shape as the <color> object?".
-AUXILIARY_KINDS = ("side", "spatial_lean", "count")
+# "position" questions are the position half of "what color is the <shape> at the <pos>?": there,
+# matching the shape alone already gets about half of the answers right, a plateau on which finding
+# the object by its position word gets little gradient. New kinds go at the end (question type ids).
+AUXILIARY_KINDS = ("side", "spatial_lean", "count", "position")
 SIDE_TEMPLATES = (
     ("is the {color} object on the left or the right?", ("left", "right")),
     ("is the {color} object on the top or the bottom?", ("top", "bottom")),
 )
 COUNT_TEMPLATE = "how many objects are {shape}s?"
+POSITION_TEMPLATE = "what color is the object at the {pos}?"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +266,13 @@ def _ask(kind: str, objects, image_size: int, rng: np.random.Generator):
     t = int(rng.integers(2))
     truth = (ref.x, ref.y)[t] + 0.5 < mid
     return SPATIAL_TEMPLATES[2 * t].format(color=color), "yes" if truth else "no"
+  if kind == "position":  # an object found by its position word alone
+    words = [position_word(o, image_size) for o in objects]
+    unique = [o for o, w in zip(objects, words) if words.count(w) == 1]
+    if not unique:
+      return None
+    o = unique[int(rng.integers(len(unique)))]
+    return POSITION_TEMPLATE.format(pos=position_word(o, image_size)), o.color
   if kind == "count":
     shape = ref.shape  # a shape that is in the scene, drawn through a random object
     return COUNT_TEMPLATE.format(shape=shape), NUMBER_WORDS[sum(o.shape == shape for o in objects)]

@@ -83,6 +83,7 @@ class ShapesConfig(RecordConfig):
   side_questions: int = 0
   spatial_lean_questions: int = 0
   count_questions: int = 0
+  position_questions: int = 0
   object_sounds: bool = False
 
   @property
@@ -128,8 +129,12 @@ def shapes_config(image_size: int = 64, num_shapes: int = 3, train_scenes: int =
     aux.update({k: int(v) for k, v in dict(train_auxiliary_questions).items()})
   if min(aux.values()) < 0:
     raise ValueError(f"config.data.train_auxiliary_questions: counts must be >= 0, got {aux}.")
-  # Datasets without auxiliary questions keep the names they had before these existed.
-  aux_suffix = ("_aux" + "-".join(str(aux[k]) for k in shapes.AUXILIARY_KINDS)) if any(aux.values()) else ""
+  # Datasets keep the names they had before a kind existed: no suffix without auxiliary questions,
+  # and no trailing zeros after the first three kinds (side, spatial_lean, count).
+  counts = [aux[k] for k in shapes.AUXILIARY_KINDS]
+  while len(counts) > 3 and counts[-1] == 0:
+    counts.pop()
+  aux_suffix = ("_aux" + "-".join(map(str, counts))) if any(counts) else ""
   name = (f"s{int(image_size)}_k{int(num_shapes)}_n{int(train_scenes)}-{int(validation_scenes)}-"
           f"{int(test_scenes)}_q{q['attribute']}-{q['spatial']}-{q['relational']}{aux_suffix}_seed{int(seed)}"
           + _media_suffix(spoken_questions, object_sounds, video_frames, audio_sample_rate))
