@@ -24,15 +24,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = _data_config()
   c.data.questions_per_image = 8
   c.data.captions_with_questions = True
-  # Training-only questions per train scene (never scored; see shapes.AUXILIARY_KINDS): two
-  # spatial questions that ask only "on the left?" / "on the top?", and one "how many objects are
-  # <shape>s?". Balanced yes/no spatial questions are an XOR of the object's side and the asked
-  # side, which gives reading the object's side no gradient: without the one-sided ones the main
-  # job stays at chance on spatial questions (test 0.50; 0.98 with). Measured alternatives, all
-  # with spatial_lean=2 (README): without the count question 0.53 / 0.79 / 0.38
-  # (attribute / spatial / relational), with side=1 instead 0.70 / 0.99 / 0.41.
+  # Training-only questions per train scene (never scored; see shapes.AUXILIARY_KINDS):
+  # - spatial_lean: two spatial questions that ask only "on the left?" / "on the top?". Balanced
+  #   yes/no spatial questions are an XOR of the object's side and the asked side, which gives
+  #   reading the object's side no gradient: without the one-sided ones the (ViT) main job stayed
+  #   at chance on spatial questions (test 0.50; 0.98 with).
+  # - count: one "how many objects are <shape>s?" (the ViT job without it: 0.53 / 0.79 / 0.38,
+  #   attribute / spatial / relational).
+  # - side: one "is the <color> object on the left or the right?" -> left / right (likewise top /
+  #   bottom); with the object encoder, "on the right?" otherwise lagged (0.667 at the end of one run).
+  # - position: one "what color is the object at the <pos>?": "what color is the <shape> at the
+  #   <pos>?" otherwise stalled where matching the shape alone leaves it (about 0.6).
   c.data.train_auxiliary_questions.spatial_lean = 2
   c.data.train_auxiliary_questions.count = 1
+  c.data.train_auxiliary_questions.side = 1
+  c.data.train_auxiliary_questions.position = 1
 
   c.model = ml_collections.ConfigDict()
   c.model.dtype = "float32"       # compute dtype; parameters stay float32
@@ -60,14 +66,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                coord_channels=True))
   # The image enters as one token per object (mmjax/encoders/objects.py): pixels grouped by colour
   # into slots, each slot's shape features, exact centroid and size, and relation layers whose
-  # heads look at the nearest and the furthest *other* object. README "Measured results" has the
-  # ViT runs (`--config.model.image_encoder=vit`) it replaced.
+  # two geometric heads read the nearest and the furthest *other* object; the decoder sees each
+  # object's token before and after the relation layers (clean_tokens). README "Measured results"
+  # has how each piece was measured, and the ViT runs (`--config.model.image_encoder=vit`) it
+  # replaced.
   c.model.image_encoder = "objects"   # "objects" (model.objects) | "vit" (model.vit)
   c.model.objects = ml_collections.ConfigDict(dict(
       num_slots=7,                       # six objects and the background
       width=96, feature_dim=32, feature_stride=2, iterations=3, sharpness=20.0, depth=2, num_heads=4, mlp_dim=192,
-      slopes=(60.0, -30.0, 15.0, 0.0),   # per head, on squared distance: near, far, gently near, none
-      self_excluding_heads=2, geometric_heads=0, position_frequencies=4, mass_prior=-2.0, clean_tokens=False))
+      slopes=(300.0, -100.0, 15.0, 0.0),  # per head, on squared distance: near, far, gently near, none
+      self_excluding_heads=2, geometric_heads=2,  # the near and far heads: distance only, never self
+      position_frequencies=4, mass_prior=-8.0, clean_tokens=True))
   c.model.text = ml_collections.ConfigDict(dict(width=96, depth=0, num_heads=4, mlp_dim=192, max_len=32))
   c.model.fusion = ml_collections.ConfigDict(dict(name="cross_attention", cross_attention_every=1, gated=False,
                                                   text_as="prefix", fuse_depth=0, num_heads=4, mlp_dim=192))
