@@ -222,9 +222,9 @@ class GeometricSelfAttention(nn.Module):
 
 
 class ObjectEncoder(nn.Module):
-  """Images uint8 [B, H, W, 3] (or float in [0, 1]) -> object tokens [B, num_tokens, width]
-  (num_slots tokens, or with clean_tokens the num_slots tokens from before the relation layers
-  followed by the num_slots related ones).
+  """Images uint8 [B, H, W, 3] (or float in [0, 1]) -> object tokens [B, num_slots, width], or with
+  clean_tokens [B, 2 num_slots, width]: the num_slots tokens from before the relation layers
+  followed by the num_slots related ones.
 
   num_slots should be the number of colour clusters of an image (the objects and the background):
   an image with fewer gets slots that share a cluster (and are each other's "nearest object"), one
