@@ -4,6 +4,6 @@ This is the lowest floor of mmjax: nothing here imports the rest of the library.
 (triton, jax-triton) are imported lazily by the functions that need them, so `import mmjax.kernels`
 works on a CPU-only machine.
 """
-from mmjax.kernels.mask import MaskSpec, tile_map, TILE_EMPTY, TILE_PARTIAL, TILE_FULL
+from mmjax.kernels.mask import MaskSpec, tile_map, tile_spans, TILE_EMPTY, TILE_PARTIAL, TILE_FULL
 
-__all__ = ["MaskSpec", "tile_map", "TILE_EMPTY", "TILE_PARTIAL", "TILE_FULL"]
+__all__ = ["MaskSpec", "tile_map", "tile_spans", "TILE_EMPTY", "TILE_PARTIAL", "TILE_FULL"]

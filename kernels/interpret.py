@@ -69,8 +69,8 @@ class HostTensor:
     return "torch." + self.array.dtype.name
 
 
-def _numpy_launch(kernel, grid, operands, outputs, meta, cfg):
-  del cfg  # num_warps / num_stages mean nothing to the interpreter
+def _numpy_launch(kernel, grid, operands, outputs, meta, tiling):
+  del tiling  # num_warps / num_stages mean nothing to the interpreter
   # Zero-filled so that a store the kernel forgot shows up as a wrong value, not as garbage.
   outs = [np.zeros(shape, np.dtype(dtype)) for shape, dtype in outputs]
   wrap = lambda x: HostTensor(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
@@ -94,16 +94,25 @@ def backward_arrays(q, k, v, out, lse, dout, mask_arrays, cfg):
                                         _host(mask_arrays), cfg)
 
 
+def _tilings(block_q, block_k, bwd_blocks=None):
+  """(forward, backward) tilings: the backward's blocks are bwd_blocks, by default the forward's
+  smaller block in both directions (backward tiles are square; see flash_attention.check_shapes)."""
+  square = min(block_q, block_k)
+  return (_kernels.Tiling(block_q=block_q, block_k=block_k),
+          _kernels.Tiling(*(bwd_blocks or (square, square))))
+
+
 def forward_interpret(q, k, v, mask=None, scale=None, softcap=None, block_q=16, block_k=16):
   """Interpreted forward: returns numpy (out [B, Sq, HQ, D], lse float32 [B, HQ, Sq])."""
-  cfg, arrays = triton_call.prepare(q, k, mask, scale, softcap, block_q, block_k)
+  cfg, arrays = triton_call.prepare(q, k, mask, scale, softcap, *_tilings(block_q, block_k))
   return forward_arrays(q, k, v, arrays, cfg)
 
 
 def backward_interpret(q, k, v, out, lse, dout, mask=None, scale=None, softcap=None,
-                       block_q=16, block_k=16):
-  """Interpreted backward: returns numpy (dq, dk, dv)."""
-  cfg, arrays = triton_call.prepare(q, k, mask, scale, softcap, block_q, block_k)
+                       block_q=16, block_k=16, bwd_blocks=None):
+  """Interpreted backward: returns numpy (dq, dk, dv). bwd_blocks=(block_q, block_k) gives the
+  backward other blocks than the forward's."""
+  cfg, arrays = triton_call.prepare(q, k, mask, scale, softcap, *_tilings(block_q, block_k, bwd_blocks))
   return backward_arrays(q, k, v, out, lse, dout, arrays, cfg)
 
 
@@ -127,5 +136,5 @@ def flash_attention_interpret_callback_for_tests(q, k, v, mask=None, scale=None,
                                                  block_q=16, block_k=16):
   """TESTING ONLY: the same custom_vjp as mmjax.kernels.triton_call.flash_attention, but launching
   the interpreted kernels through jax.pure_callback, so jax.grad through it runs on a CPU."""
-  cfg, arrays = triton_call.prepare(q, k, mask, scale, softcap, block_q, block_k)
+  cfg, arrays = triton_call.prepare(q, k, mask, scale, softcap, *_tilings(block_q, block_k))
   return _callback_attention(q, k, v, arrays, cfg)

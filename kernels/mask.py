@@ -140,6 +140,22 @@ def tile_map(spec: MaskSpec, batch: int, q_len: int, kv_len: int, block_q: int, 
   return jnp.where(all_ok, TILE_FULL, jnp.where(any_ok, TILE_PARTIAL, TILE_EMPTY)).astype(jnp.int8)
 
 
+def tile_spans(tiles: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Where the kernels loop: int32 [B, nq, 2] and [B, nk, 2] half-open spans [first, last + 1) of
+  the non-EMPTY tiles in each query-block row and each key-block column of `tiles` ([0, 0) when a
+  row or column is all EMPTY). EMPTY tiles inside a span are not skipped, so kernels must mask
+  every tile that is not FULL."""
+  def span(nonempty):  # [..., n] bool -> [..., 2]
+    n = nonempty.shape[-1]
+    idx = jnp.arange(n, dtype=jnp.int32)
+    first = jnp.min(jnp.where(nonempty, idx, n), axis=-1)
+    last = jnp.max(jnp.where(nonempty, idx, -1), axis=-1)
+    any_ = last >= 0
+    return jnp.stack([jnp.where(any_, first, 0), jnp.where(any_, last + 1, 0)], -1).astype(jnp.int32)
+  nonempty = tiles != TILE_EMPTY
+  return span(nonempty), span(jnp.swapaxes(nonempty, 1, 2))
+
+
 def _block_min_max(ids: jax.Array, block: int, nblocks: int):
   """Per-block min and max of [B, S] ids, ignoring the padding of a ragged last block."""
   b, s = ids.shape

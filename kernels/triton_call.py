@@ -10,6 +10,7 @@ interpreter via jax.pure_callback) and exercise exactly this wiring on a CPU.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -17,33 +18,72 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.kernels import flash_attention as fa
-from mmjax.kernels.mask import MaskSpec, tile_map
+from mmjax.kernels.mask import MaskSpec, tile_map, tile_spans
 
 
-def prepare(q, k, mask: MaskSpec | None, scale, softcap, block_q: int, block_k: int,
-            num_warps: int = 4, num_stages: int = 2):
-  """Turns (mask, scale, softcap, blocks) into the kernels' static config and mask operands.
+# Shared memory the kernels may plan for per program (H100: 227 KiB; leave room for the
+# compiler's own buffers and the A100's 163 KiB).
+SHARED_MEMORY_BUDGET = 160 * 1024
 
-  Returns (cfg, mask_arrays) with mask_arrays = (tiles, causal_offset, prefix_len, q_segment_ids,
-  kv_segment_ids, kv_valid_len), all int arrays; absent fields become a 1-element dummy because a
+# Measured on one H100 (bf16, D=128; kernels/BENCHMARKS.md): the best forward and
+# forward+backward among the configurations tried there.
+DEFAULT_FWD = fa.Tiling(block_q=64, block_k=64, num_warps=4, num_stages=3)
+DEFAULT_BWD = fa.Tiling(block_q=64, block_k=64, num_warps=4, num_stages=2)
+
+
+def fit_tiling(tiling: fa.Tiling, head_dim: int, itemsize: int, square: bool = False) -> fa.Tiling:
+  """`tiling` with its blocks halved (block_k first) until one query tile plus `num_stages`
+  buffered key and value tiles fit SHARED_MEMORY_BUDGET. Without this, large head dims in float32
+  ask for more shared memory than any GPU has (D=128: 295 KB asked of the H100's 227 KB).
+  float32 rows count twice: the TF32x3 products keep a high and a low part of each operand."""
+  row_bytes = max(16, 1 << (head_dim - 1).bit_length()) * itemsize * (2 if itemsize == 4 else 1)
+  block_q, block_k = tiling.block_q, tiling.block_k
+  while (block_q + 2 * tiling.num_stages * block_k) * row_bytes > SHARED_MEMORY_BUDGET and block_q > 16:
+    if square:  # the backward's tiles must stay square (fa.check_shapes)
+      block_q, block_k = block_q // 2, block_k // 2
+    elif block_k >= block_q:
+      block_k //= 2
+    else:
+      block_q //= 2
+  return dataclasses.replace(tiling, block_q=block_q, block_k=block_k)
+
+
+def prepare(q, k, mask: MaskSpec | None, scale, softcap, fwd: fa.Tiling | None = None,
+            bwd: fa.Tiling | None = None):
+  """Turns (mask, scale, softcap, tilings) into the kernels' static config and mask operands.
+
+  A tiling left as None is DEFAULT_FWD / DEFAULT_BWD fitted to the head dim and dtype.
+
+  Returns (cfg, mask_arrays) with mask_arrays = (tiles, row_spans, col_spans) of the forward's
+  blocks, the same three for the backward's, then causal_offset, prefix_len, q_segment_ids,
+  kv_segment_ids, kv_valid_len; all int arrays. Absent fields become a 1-element dummy because a
   kernel pointer argument cannot be omitted (its constexpr HAS_* flag keeps it unread).
   """
   mask = mask if mask is not None else MaskSpec()
+  itemsize = jnp.dtype(q.dtype).itemsize
+  fwd = fwd or fit_tiling(DEFAULT_FWD, q.shape[-1], itemsize)
+  bwd = bwd or fit_tiling(DEFAULT_BWD, q.shape[-1], itemsize, square=True)
   b, sq, skv = q.shape[0], q.shape[1], k.shape[1]
   cfg = fa.KernelConfig(
       scale=float(1.0 / math.sqrt(q.shape[-1]) if scale is None else scale),
       softcap=float(softcap or 0.0), causal=mask.causal, has_prefix=mask.prefix_len is not None,
       has_segments=mask.q_segment_ids is not None, has_kv_len=mask.kv_valid_len is not None,
-      block_q=block_q, block_k=block_k, num_warps=num_warps, num_stages=num_stages)
+      fwd=fwd, bwd=bwd)
   fa.check_shapes(q, k, k, cfg)
   dummy = jnp.zeros((1,), jnp.int32)
 
   def as_i32(x, shape):
     return dummy if x is None else jnp.broadcast_to(jnp.asarray(x, jnp.int32), shape)
 
-  tiles = tile_map(mask, b, sq, skv, block_q, block_k)
+  def tile_arrays(t: fa.Tiling):
+    tiles = tile_map(mask, b, sq, skv, t.block_q, t.block_k)
+    return (tiles, *tile_spans(tiles))
+
+  fwd_tiles = tile_arrays(fwd)
+  bwd_tiles = fwd_tiles if (bwd.block_q, bwd.block_k) == (fwd.block_q, fwd.block_k) else tile_arrays(bwd)
   offset = jnp.zeros((b,), jnp.int32) if mask.causal_offset is None else as_i32(mask.causal_offset, (b,))
-  arrays = (tiles, offset, as_i32(mask.prefix_len, (b,)), as_i32(mask.q_segment_ids, (b, sq)),
+  arrays = (*fwd_tiles, *bwd_tiles, offset, as_i32(mask.prefix_len, (b,)),
+            as_i32(mask.q_segment_ids, (b, sq)),
             as_i32(mask.kv_segment_ids, (b, skv)), as_i32(mask.kv_valid_len, (b,)))
   return cfg, arrays
 
@@ -72,7 +112,7 @@ def make_attention(forward_impl, backward_impl):
   return attn
 
 
-def _jax_triton_launch(kernel, grid, operands, outputs, meta, cfg: fa.KernelConfig):
+def _jax_triton_launch(kernel, grid, operands, outputs, meta, tiling: fa.Tiling):
   try:
     import jax_triton as jt  # lazily: fails to import on CPU-only JAX
   except ImportError as e:
@@ -80,7 +120,7 @@ def _jax_triton_launch(kernel, grid, operands, outputs, meta, cfg: fa.KernelConf
                        f"(import jax_triton failed: {e}).") from e
   out_shape = [jax.ShapeDtypeStruct(shape, jnp.dtype(dtype)) for shape, dtype in outputs]
   return list(jt.triton_call(*operands, kernel=kernel, out_shape=out_shape, grid=grid,
-                             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **meta))
+                             num_warps=tiling.num_warps, num_stages=tiling.num_stages, **meta))
 
 
 _gpu_attention = make_attention(
@@ -90,11 +130,12 @@ _gpu_attention = make_attention(
 
 
 def flash_attention(q, k, v, mask: MaskSpec | None = None, scale: float | None = None,
-                    softcap: float | None = None, *, block_q: int = 64, block_k: int = 64,
-                    num_warps: int = 4, num_stages: int = 2):
+                    softcap: float | None = None, *, fwd: fa.Tiling | None = None,
+                    bwd: fa.Tiling | None = None):
   """Fused attention on a GPU via jax_triton. q [B, Sq, HQ, D], k/v [B, Skv, HKV, D].
 
-  Differentiable in q, k, v. Fully masked query rows give output 0 and gradient 0.
+  Differentiable in q, k, v. Fully masked query rows give output 0 and gradient 0. `fwd` / `bwd`
+  override the tiling of each pass (default: DEFAULT_FWD / DEFAULT_BWD fitted to D and dtype).
   """
-  cfg, arrays = prepare(q, k, mask, scale, softcap, block_q, block_k, num_warps, num_stages)
+  cfg, arrays = prepare(q, k, mask, scale, softcap, fwd, bwd)
   return _gpu_attention(q, k, v, arrays, cfg)

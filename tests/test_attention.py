@@ -10,7 +10,7 @@ from hypothesis import given, settings
 
 from mmjax.attention import IMPLEMENTATIONS, MaskSpec, UnsupportedAttention, attention, tile_map
 from mmjax.attention import dispatch, gpu
-from mmjax.kernels.mask import TILE_EMPTY, TILE_FULL
+from mmjax.kernels.mask import TILE_EMPTY, TILE_FULL, tile_spans
 
 
 @pytest.fixture
@@ -123,6 +123,21 @@ def test_tile_map_matches_dense_mask(seed, sq, skv, bq, bk, kind):
   all_ok = (blocks | ~in_range).all((2, 4)) & in_range.all((2, 4))  # ragged tiles never FULL
   assert not (any_ok & (tiles == TILE_EMPTY)).any(), "EMPTY tile with an allowed pair"
   assert (all_ok | (tiles != TILE_FULL)).all(), "FULL tile with a masked pair"
+
+
+def test_tile_spans_bound_the_nonempty_tiles():
+  rng = np.random.default_rng(3)
+  tiles = rng.choice([TILE_EMPTY, TILE_EMPTY, 1, TILE_FULL], size=(3, 5, 7)).astype(np.int8)
+  tiles[0, 2] = TILE_EMPTY      # an all-EMPTY row ...
+  tiles[1, :, 4] = TILE_EMPTY   # ... and column give the empty span [0, 0)
+  rows, cols = (np.asarray(x) for x in tile_spans(jnp.asarray(tiles)))
+  assert rows.shape == (3, 5, 2) and cols.shape == (3, 7, 2) and rows.dtype == np.int32
+  for grid, spans in ((tiles, rows), (tiles.transpose(0, 2, 1), cols)):
+    for b in range(grid.shape[0]):
+      for i in range(grid.shape[1]):
+        idx = [j for j in range(grid.shape[2]) if grid[b, i, j] != TILE_EMPTY]
+        want = (idx[0], idx[-1] + 1) if idx else (0, 0)
+        assert tuple(spans[b, i]) == want, (b, i, grid[b, i], spans[b, i])
 
 
 # ---- implementations vs reference -----------------------------------------------------------------
