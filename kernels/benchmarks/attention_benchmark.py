@@ -3,6 +3,9 @@
   python kernels/benchmarks/attention_benchmark.py            # GPU shapes (or tiny CPU run if no GPU)
   python kernels/benchmarks/attention_benchmark.py --cpu-tiny # tiny shapes: xla, xla_chunked,
                                                               # interpreted triton
+  python kernels/benchmarks/attention_benchmark.py --triton_configs=64x64w4s3/64x64w4s2,128x64w8s3 --cases=cross
+      # one triton row per kernel config (block_q x block_k, warps, stages; forward/backward when
+      # they differ); cases by substring
 
 TFLOP/s follow the FlashAttention convention: forward = 4 * B * H * (allowed q-k pairs) * D, with
 only unmasked pairs counted for sparse masks; forward+backward = 3.5 x forward. Timing is device
@@ -55,17 +58,42 @@ def _cases(tiny: bool):
           ("causal D64 B8 2048", 8, 2048, 2048, 16, 64, causal)]
 
 
+def parse_triton_config(text: str) -> dict:
+  """'128x64w8s3' (both passes) or '64x64w4s3/32x128w4s2' (forward/backward) -> flash_attention
+  keyword arguments fwd=Tiling(...), bwd=Tiling(...)."""
+  import re
+  from mmjax.kernels.flash_attention import Tiling
+  tilings = []
+  for part in text.strip().split("/"):
+    m = re.fullmatch(r"(\d+)x(\d+)w(\d+)s(\d+)", part)
+    if not m:
+      raise ValueError(f"--triton_configs entry {text!r} is not of the form 128x64w8s3 or "
+                       "64x64w4s3/32x128w4s2 (block_q x block_k, warps, stages; forward/backward).")
+    bq, bk, w, st = map(int, m.groups())
+    tilings.append(Tiling(block_q=bq, block_k=bk, num_warps=w, num_stages=st))
+  if len(tilings) > 2:
+    raise ValueError(f"--triton_configs entry {text!r}: at most one '/' (forward/backward).")
+  return dict(fwd=tilings[0], bwd=tilings[-1])
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--cpu-tiny", action="store_true")
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--reps", type=int, default=10)
+  parser.add_argument("--triton_configs", default="",
+                      help="comma-separated kernel configs, e.g. 64x64w4s3/64x64w4s2,128x64w8s3; one triton row "
+                           "each (default: one row with the kernel's default config)")
+  parser.add_argument("--cases", default="", help="comma-separated substrings: only matching cases, "
+                      "in this order")
+  parser.add_argument("--impls", default="", help="comma-separated implementations to run (default: all)")
   args = parser.parse_args(argv)
   import jax
   tiny = args.cpu_tiny or jax.default_backend() != "gpu"
   if tiny:
     from mmjax.kernels import interpret  # before triton is imported elsewhere
     args.rounds, args.reps = 3, 2
+  triton_configs = {c: parse_triton_config(c) for c in filter(None, args.triton_configs.split(","))}
   import jax.numpy as jnp
   from mmjax.attention import IMPLEMENTATIONS, UnsupportedAttention
   from mmjax.attention.xla import xla_attention
@@ -73,13 +101,24 @@ def main(argv=None):
   dtype = jnp.float32 if tiny else jnp.bfloat16
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, dtype {jnp.dtype(dtype).name}, "
         f"rounds {args.rounds} x reps {args.reps}")
-  impls = ["xla", "xla_chunked"] + ([] if tiny else ["triton", "cudnn", "cudnn_dense"])
+  triton_rows = [f"triton {c}" for c in triton_configs] or ["triton"]
+  impls = ["xla", "xla_chunked"] + ([] if tiny else ["cudnn", "cudnn_dense"] + triton_rows)
   if tiny:
     impls.append("triton_interpret")
-  print(f"{'case':24s} {'impl':16s} {'fwd ms':>9s} {'fwd TF/s':>9s} {'f+b ms':>9s} "
-        f"{'f+b TF/s':>9s} {'vs cudnn':>8s} {'rel err':>9s}")
+  if args.impls:
+    wanted = set(args.impls.split(","))
+    impls = [i for i in impls if i in wanted or i.split(" ")[0] in wanted]
+  print(f"{'case':24s} {'impl':22s} {'fwd ms':>9s} {'fwd TF/s':>9s} {'f+b ms':>9s} "
+        f"{'f+b TF/s':>9s} {'fwd x':>6s} {'f+b x':>6s} {'rel err':>9s}")
+  print("(fwd x, f+b x: the baseline's time / this time; the baseline is cudnn, or cudnn_dense where "
+        "cudnn cannot express the mask)")
   rng = np.random.default_rng(0)
-  for name, b, sq, skv, h, d, make_mask in _cases(tiny):
+  cases = _cases(tiny)
+  if args.cases:  # in the order asked for
+    words = [w.strip() for w in args.cases.split(",")]
+    cases = [c for i, c in sorted((min(i for i, w in enumerate(words) if w in c[0]), c)
+                                  for c in cases if any(w in c[0] for w in words))]
+  for name, b, sq, skv, h, d, make_mask in cases:
     q = jnp.asarray(rng.standard_normal((b, sq, h, d)), dtype)
     k = jnp.asarray(rng.standard_normal((b, skv, h, d)), dtype)
     v = jnp.asarray(rng.standard_normal((b, skv, h, d)), dtype)
@@ -87,11 +126,22 @@ def main(argv=None):
     scale = 1.0 / np.sqrt(d)
     allowed = float(mask.dense(b, sq, skv).sum()) / b if mask is not None else sq * skv
     fwd_flops = 4.0 * b * h * allowed * d
-    ref = None if sq * skv > 4096 * 4096 else jax.jit(lambda q, k, v: xla_attention(q, k, v, mask, scale, None))(q, k, v)
-    cudnn_fwd = None
+    # Reference: XLA in float32 on the same (rounded) inputs; skipped where the logits get too big.
+    f32 = lambda x: x.astype(jnp.float32)
+    with jax.default_matmul_precision("highest"):
+      ref = None if sq * skv > 4096 * 4096 else jax.jit(
+          lambda q, k, v: xla_attention(f32(q), f32(k), f32(v), mask, scale, None))(q, k, v)
+    base = None  # (fwd, f+b) seconds of cudnn, else cudnn_dense
     for impl in impls:
+      if impl == "xla" and sq * skv > 4096 * 4096:
+        print(f"{name:24s} {impl:22s} skipped: the logits alone would take B*H*Sq*Skv memory")
+        continue
       if impl == "triton_interpret":
         fn = lambda q, k, v: interpret.flash_attention_interpret_callback_for_tests(q, k, v, mask, scale)
+      elif impl.startswith("triton "):
+        from mmjax.kernels import triton_call
+        kw = triton_configs[impl.split(" ", 1)[1]]
+        fn = lambda q, k, v, kw=kw: triton_call.flash_attention(q, k, v, mask, scale, None, **kw)
       elif impl == "cudnn_dense":
         dense = None if mask is None else mask.dense(b, sq, skv)[:, None]
         fn = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, scale=scale, mask=dense, implementation="cudnn")
@@ -103,15 +153,20 @@ def main(argv=None):
         t_f = _timed(fwd, (q, k, v), args.reps, args.rounds)
         t_fb = _timed(fb, (q, k, v), args.reps, args.rounds)
         out = fwd(q, k, v)
-      except (UnsupportedAttention, NotImplementedError, ValueError, RuntimeError) as e:
-        print(f"{name:24s} {impl:16s} skipped: {str(e).splitlines()[0][:90]}")
+      except UnsupportedAttention as e:
+        print(f"{name:24s} {impl:22s} skipped: {str(e).splitlines()[0][:90]}")
         continue
-      if impl == "cudnn":
-        cudnn_fwd = t_f
+      except Exception as e:  # noqa: BLE001 - a compile error or OOM in one row must not end the run
+        msg = " ".join(str(e).split())
+        msg = msg if len(msg) < 400 else msg[:150] + " ... " + msg[-250:]  # the cause is at the end
+        print(f"{name:24s} {impl:22s} FAILED: {type(e).__name__}: {msg}")
+        continue
+      if impl == "cudnn" or (impl == "cudnn_dense" and base is None):
+        base = (t_f, t_fb)
       err = float("nan") if ref is None else float(
           jnp.linalg.norm((out - ref).astype(jnp.float32)) / jnp.linalg.norm(ref.astype(jnp.float32)))
-      ratio = f"{cudnn_fwd / t_f:8.2f}" if cudnn_fwd else f"{'-':>8s}"
-      print(f"{name:24s} {impl:16s} {t_f * 1e3:9.3f} {fwd_flops / t_f / 1e12:9.4f} {t_fb * 1e3:9.3f} "
+      ratio = f"{base[0] / t_f:6.2f} {base[1] / t_fb:6.2f}" if base else f"{'-':>6s} {'-':>6s}"
+      print(f"{name:24s} {impl:22s} {t_f * 1e3:9.3f} {fwd_flops / t_f / 1e12:9.4f} {t_fb * 1e3:9.3f} "
             f"{3.5 * fwd_flops / t_fb / 1e12:9.4f} {ratio} {err:9.2e}")
   return 0
 

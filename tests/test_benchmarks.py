@@ -1,0 +1,42 @@
+"""The benchmark scripts run on a CPU (tiny shapes) and print what their READMEs promise."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args):
+  res = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert res.returncode == 0, res.stderr[-3000:]
+  return res.stdout
+
+
+def test_attention_benchmark_cpu_rows_and_errors():
+  out = _run("kernels/benchmarks/attention_benchmark.py", "--cpu-tiny", "--cases=cross", "--impls=xla,xla_chunked")
+  rows = [line.split() for line in out.splitlines() if line.startswith("cross tiny")]
+  assert [r[2] for r in rows] == ["xla", "xla_chunked"]
+  assert float(rows[1][-1]) < 1e-5  # xla_chunked vs the float32 reference
+
+
+def test_parse_triton_config():
+  sys.path.insert(0, os.path.join(ROOT, "kernels", "benchmarks"))
+  try:
+    from attention_benchmark import parse_triton_config
+  finally:
+    sys.path.pop(0)
+  both = parse_triton_config("128x64w8s3")
+  assert both["fwd"] == both["bwd"] and (both["fwd"].block_q, both["fwd"].num_stages) == (128, 3)
+  split = parse_triton_config("64x64w4s3/32x32w4s2")
+  assert str(split["fwd"]) == "64x64w4s3" and str(split["bwd"]) == "32x32w4s2"
+  with pytest.raises(ValueError, match="--triton_configs"):
+    parse_triton_config("64x64")
+
+
+def test_train_benchmark_reports_model_flops_and_mfu():
+  out = _run("experiments/benchmark_train.py", "--config=experiments/configs/tiny.py", "--steps=1",
+             "--peak_tflops=1", "--config.batch_size=4")
+  assert "model FLOPs per step per device" in out and "MFU" in out, out
