@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mmjax.encoders.objects import (GeometricSelfAttention, KMeansSlots, ObjectEncoder, farthest_point_indices,
-                                    mask_geometry)
+                                   mask_geometry, nearest_and_furthest, tokens_per_image)
 from mmjax.layers import pixel_coordinates
 from mmjax.models import build_model
 from mmjax.models.vlm import image_encoder
@@ -225,6 +225,51 @@ def test_clean_tokens_are_the_objects_before_the_relation_layers():
   plain_params = {k: v for k, v in params.items() if k not in ("token_kind", "norm_clean")}
   np.testing.assert_allclose(out[:, 3:] - np.asarray(params["token_kind"])[1],
                              np.asarray(plain.apply({"params": plain_params}, images)), atol=1e-5)
+
+
+def test_nearest_and_furthest_skip_self_and_background():
+  rng = np.random.default_rng(4)
+  centroids = rng.uniform(-1, 1, (3, 6, 2)).astype(np.float32)
+  log_mass = rng.normal(size=(3, 6)).astype(np.float32)
+  near, far = (np.asarray(x) for x in nearest_and_furthest(jnp.asarray(centroids), jnp.asarray(log_mass)))
+  for b in range(3):
+    background = log_mass[b].argmax()
+    for i in range(6):
+      others = [j for j in range(6) if j not in (i, background)]
+      dist = [float(((centroids[b, i] - centroids[b, j]) ** 2).sum()) for j in others]
+      assert near[b, i] == others[int(np.argmin(dist))] and far[b, i] == others[int(np.argmax(dist))]
+
+
+def test_neighbour_tokens_pair_each_object_with_its_nearest_and_furthest():
+  """4K tokens with clean and neighbour tokens: the first 2K are the clean_tokens encoder's, and
+  each pair token is the partner's clean token plus a projection of the object's own, for the
+  partner that nearest_and_furthest picks from the slots' geometry."""
+  images = np.random.default_rng(1).integers(0, 256, (2, 16, 16, 3)).astype(np.uint8)
+  kwargs = dict(num_slots=4, width=16, feature_dim=8, iterations=1, depth=1, num_heads=2, mlp_dim=32,
+                slopes=(10.0, -10.0), geometric_heads=1, implementation="xla", clean_tokens=True)
+  encoder = ObjectEncoder(**kwargs, neighbour_tokens=True)
+  assert tokens_per_image(4, True, True) == 16 and tokens_per_image(4) == 4
+  params = nn.unbox(encoder.init(jax.random.key(0), images))["params"]
+  out = np.asarray(encoder.apply({"params": params}, images))
+  assert out.shape == (2, 16, 16) and np.all(np.isfinite(out))
+  plain = ObjectEncoder(**kwargs)
+  keep = {k: v for k, v in params.items() if k in nn.unbox(plain.init(jax.random.key(0), images))["params"]}
+  np.testing.assert_allclose(out[:, :8], np.asarray(plain.apply({"params": keep}, images)), atol=1e-5)
+  clean = out[:, :4] - np.asarray(params["token_kind"])[0]
+  _, state = encoder.apply({"params": params}, images, capture_intermediates=lambda m, _: m.name == "slots",
+                           mutable=["intermediates"])
+  masks = state["intermediates"]["slots"]["__call__"][0][1]          # every pixel's slot weights
+  geometry = np.asarray(mask_geometry(masks, jnp.asarray(pixel_coordinates(16, 16).reshape(-1, 2))))
+  partners = [np.asarray(x) for x in nearest_and_furthest(jnp.asarray(geometry[..., 1:3]), jnp.asarray(geometry[..., 0]))]
+  for r, name in enumerate(("nearest", "furthest")):
+    dense = params[f"{name}_self"]
+    tokens = out[:, 8 + 4 * r: 12 + 4 * r] - np.asarray(params["neighbour_kind"])[r]
+    for b in range(2):
+      for i in range(4):
+        j = partners[r][b, i]
+        assert j != i
+        want = clean[b, j] + clean[b, i] @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"])
+        np.testing.assert_allclose(tokens[b, i], want, atol=1e-4)
 
 
 def test_model_with_object_encoder_and_unknown_encoder_name():

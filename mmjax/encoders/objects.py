@@ -248,6 +248,13 @@ class ObjectEncoder(nn.Module):
   # features to each token; questions about the object's own shape or position then read a token
   # that holds two other objects as well. With the clean copies next to them they need not.
   clean_tokens: bool = False
+  # Also return, for every object, a token of it paired with its nearest other object and one
+  # paired with its furthest (2 num_slots more tokens, after the others): a dense projection of
+  # [object's clean token, other object's clean token], so that "what shape is the object closest
+  # to the red one?" is one cross-attention read, keyed by the first half and answered by the
+  # second. The pairs are chosen by exact centroid distance, never the object itself or the
+  # background (largest segment), like the geometric heads.
+  neighbour_tokens: bool = False
   implementation: str = "auto"
   dtype: layers.Dtype = jnp.float32
 
@@ -301,9 +308,43 @@ class ObjectEncoder(nn.Module):
       y = layers.LayerNorm(self.dtype, name=f"relation_{i}_norm_mlp")(x)
       x = layers.constrain_tokens(x + layers.MLP(self.mlp_dim, self.dtype, name=f"relation_{i}_mlp")(y))
     x = layers.LayerNorm(self.dtype, name="norm")(x)
-    if not self.clean_tokens:
+    if not (self.clean_tokens or self.neighbour_tokens):
       return x
-    kinds = self.param("token_kind", layers.param_with_axes(nn.initializers.normal(0.02), (None, "embed")),
-                       (2, self.width)).astype(self.dtype)
     clean = layers.LayerNorm(self.dtype, name="norm_clean")(clean)
-    return layers.constrain_tokens(jnp.concatenate([clean + kinds[0], x + kinds[1]], axis=1))
+    tokens = [x]
+    if self.clean_tokens:
+      kinds = self.param("token_kind", layers.param_with_axes(nn.initializers.normal(0.02), (None, "embed")),
+                         (2, self.width)).astype(self.dtype)
+      tokens = [clean + kinds[0], x + kinds[1]]
+    if self.neighbour_tokens:
+      tokens += self._neighbour_tokens(clean, centroids, geometry[..., 0])
+    return layers.constrain_tokens(jnp.concatenate(tokens, axis=1))
+
+  def _neighbour_tokens(self, clean, centroids, log_mass):
+    """[nearest-pair tokens [B, K, width], furthest-pair tokens [B, K, width]] (neighbour_tokens)."""
+    kinds = self.param("neighbour_kind", layers.param_with_axes(nn.initializers.normal(0.02), (None, "embed")),
+                       (2, self.width)).astype(self.dtype)
+    out = []
+    for r, (name, other) in enumerate(zip(("nearest", "furthest"), nearest_and_furthest(centroids, log_mass))):
+      partner = jnp.take_along_axis(clean, other[..., None], axis=1)                      # [B, K, width]
+      # The partner's clean token as it is, so reading its shape or colour is the read the decoder
+      # already does for "what shape is the red object?"; the object itself enters through a
+      # learned projection, which the question's "closest to the red object" is matched against.
+      pair = partner + layers.Dense(self.width, ("embed",), ("mlp",), dtype=self.dtype, name=f"{name}_self")(clean)
+      out.append(pair + kinds[r])
+    return out
+
+
+def nearest_and_furthest(centroids: jax.Array, log_mass: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """int [B, K] each: for every slot, the other slot with the nearest and the furthest centroid,
+  never the slot itself nor the largest segment (the background). centroids [B, K, 2]."""
+  k_slots = centroids.shape[1]
+  d2 = ((centroids[:, :, None, :] - centroids[:, None, :, :]) ** 2).sum(-1)           # [B, K, K]
+  largest = jax.nn.one_hot(jnp.argmax(log_mass, axis=-1), k_slots)                     # [B, K]
+  excluded = jnp.maximum(jnp.eye(k_slots)[None], largest[:, None, :]) * _EXCLUDED      # self, background
+  return jnp.argmin(d2 + excluded, -1), jnp.argmax(d2 - excluded, -1)
+
+
+def tokens_per_image(num_slots: int, clean_tokens: bool = False, neighbour_tokens: bool = False) -> int:
+  """How many tokens ObjectEncoder returns per image."""
+  return num_slots * (1 + int(clean_tokens) + 2 * int(neighbour_tokens))
