@@ -9,8 +9,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(*args):
+  # One CPU device, whatever simulated device count another test left in this process's XLA_FLAGS.
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   res = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                       env=dict(env, JAX_PLATFORMS="cpu"))
   assert res.returncode == 0, res.stderr[-3000:]
   return res.stdout
 
