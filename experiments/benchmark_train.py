@@ -43,18 +43,24 @@ def peak_tflops(device) -> float | None:
   return None
 
 
-def _setup(config, vocab, mesh=None):
+def _step(config, vocab):
+  """(setup, batch, jitted train step, abstract sharded batch) for `config`."""
   import jax
-  import ml_collections
   from mmjax.train import state as state_lib
-  if mesh is not None:
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.mesh = ml_collections.ConfigDict(dict(dict(data=1, fsdp=1, tensor=1, sequence=1), **mesh))
   setup = state_lib.make_setup(config, vocab)
   batch = state_lib.dummy_train_batch(config)
   step = state_lib.make_train_step(setup, batch)
   abstract_batch = {k: jax.ShapeDtypeStruct(batch[k].shape, batch[k].dtype, sharding=s)
                     for k, s in setup.batch_sharding(batch).items() if k in state_lib.batch_keys(config)}
+  return setup, batch, step, abstract_batch
+
+
+def _setup(config, vocab, mesh=None):
+  import ml_collections
+  if mesh is not None:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.mesh = ml_collections.ConfigDict(dict(dict(data=1, fsdp=1, tensor=1, sequence=1), **mesh))
+  setup, batch, step, abstract_batch = _step(config, vocab)
   with setup.context():
     compiled = step.lower(setup.abstract_state, abstract_batch).compile()
   return setup, batch, step, compiled
@@ -62,18 +68,12 @@ def _setup(config, vocab, mesh=None):
 
 def _model_flops(config, vocab) -> float:
   """Matmul FLOPs of one global step as the model defines them: no remat, attention as XLA dots."""
-  import jax
   import ml_collections
   from mmjax.train import flops as flops_lib
-  from mmjax.train import state as state_lib
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.remat = "none"
   config.model.attention_implementation = "xla"
-  setup = state_lib.make_setup(config, vocab)
-  batch = state_lib.dummy_train_batch(config)
-  step = state_lib.make_train_step(setup, batch)
-  abstract_batch = {k: jax.ShapeDtypeStruct(batch[k].shape, batch[k].dtype)
-                    for k in state_lib.batch_keys(config)}
+  setup, _, step, abstract_batch = _step(config, vocab)
   with setup.context():
     return float(flops_lib.matmul_flops(step, setup.abstract_state, abstract_batch))
 

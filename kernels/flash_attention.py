@@ -5,7 +5,7 @@ head h reads kv head h // (HQ // HKV)). D may be any size up to 256: blocks are 
 BLOCK_D = next_power_of_2(D) with masked loads, so D=80 or 96 needs no copy on the host.
 
 The mask arrives as data (see mmjax.kernels.mask): a per-(batch, query block, key block) int8 tile
-map says per tile whether it is EMPTY, PARTIAL or FULL, and `tile_ranges` gives each query-block
+map says per tile whether it is EMPTY, PARTIAL or FULL, and `tile_spans` gives each query-block
 row (and each key-block column) the span from its first to its last non-EMPTY tile. A kernel loops
 over that span only, so EMPTY tiles outside it cost nothing (no loads, no math); FULL tiles skip
 the mask arithmetic, and any other tile in the span gets the exact mask. The span loop has
@@ -13,8 +13,8 @@ unconditional loads, which Triton's software pipeliner (num_stages) can prefetch
 tiles with `if tile != EMPTY` around the loads cannot be pipelined. For the masks that matter
 (causal, prefix-LM, padding, sorted segment ids such as Flamingo's media-local mask) the
 non-EMPTY tiles of a row are contiguous, so the span skips every EMPTY tile. All three kernels
-that visit tiles read the same map; only the traversal order differs. The exact per-element rule lives in one @triton.jit helper,
-`_allowed`, so forward and backward cannot disagree about the mask.
+that visit tiles read the same map; only the traversal order differs. The exact per-element rule
+lives in one @triton.jit helper, `_allowed`, so forward and backward cannot disagree about the mask.
 
 Residual: the forward writes lse = logsumexp of the (scaled, capped) logits per query row, float32
 [B, HQ, Sq], natural-log units. A fully masked row has no logsumexp; it gets +inf so that the
@@ -323,12 +323,17 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, tiles_ptr, r
 # the blocks, and the two passes may use different ones (mmjax.kernels.triton_call.prepare).
 # --------------------------------------------------------------------------------------------
 
+def block_d(head_dim: int) -> int:
+  """The padded head-dim block the kernels load: the next power of two, at least 16 (tl.dot)."""
+  return max(16, triton.next_power_of_2(head_dim))
+
+
 def _meta(q, k, cfg: KernelConfig, tiling: Tiling) -> dict:
   d = q.shape[3]
   return dict(HQ=q.shape[2], HKV=k.shape[2], D=d, SCALE=float(cfg.scale),
               SOFTCAP=float(cfg.softcap), IS_CAUSAL=cfg.causal, HAS_PREFIX=cfg.has_prefix,
               HAS_SEG=cfg.has_segments, HAS_KVLEN=cfg.has_kv_len, BLOCK_Q=tiling.block_q,
-              BLOCK_K=tiling.block_k, BLOCK_D=max(16, triton.next_power_of_2(d)),
+              BLOCK_K=tiling.block_k, BLOCK_D=block_d(d),
               # float32 inputs: three TF32 products per dot (about float32 accuracy on the tensor
               # cores). Plain TF32 lost the cancellation in dS = P (dP - delta): with one key per
               # row dQ should be 0 and came out at 2e-2. Other dtypes ignore the setting.

@@ -36,7 +36,7 @@ def fit_tiling(tiling: fa.Tiling, head_dim: int, itemsize: int, square: bool = F
   buffered key and value tiles fit SHARED_MEMORY_BUDGET. Without this, large head dims in float32
   ask for more shared memory than any GPU has (D=128: 295 KB asked of the H100's 227 KB).
   float32 rows count twice: the TF32x3 products keep a high and a low part of each operand."""
-  row_bytes = max(16, 1 << (head_dim - 1).bit_length()) * itemsize * (2 if itemsize == 4 else 1)
+  row_bytes = fa.block_d(head_dim) * itemsize * (2 if itemsize == 4 else 1)
   block_q, block_k = tiling.block_q, tiling.block_k
   while (block_q + 2 * tiling.num_stages * block_k) * row_bytes > SHARED_MEMORY_BUDGET and block_q > 16:
     if square:  # the backward's tiles must stay square (fa.check_shapes)

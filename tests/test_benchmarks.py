@@ -8,13 +8,13 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(*args):
+def _run(*args, ok=True):
   # One CPU device, whatever simulated device count another test left in this process's XLA_FLAGS.
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   res = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env=dict(env, JAX_PLATFORMS="cpu"))
-  assert res.returncode == 0, res.stderr[-3000:]
-  return res.stdout
+  assert (res.returncode == 0) == ok, res.stderr[-3000:]
+  return res.stdout if ok else res.stderr
 
 
 def test_attention_benchmark_cpu_rows_and_errors():
@@ -22,6 +22,10 @@ def test_attention_benchmark_cpu_rows_and_errors():
   rows = [line.split() for line in out.splitlines() if line.startswith("cross tiny")]
   assert [r[2] for r in rows] == ["xla", "xla_chunked"]
   assert float(rows[1][-1]) < 1e-5  # xla_chunked vs the float32 reference
+  err = _run("kernels/benchmarks/attention_benchmark.py", "--cpu-tiny", "--cases=nosuchcase", ok=False)
+  assert "--cases='nosuchcase' matches none" in err
+  err = _run("kernels/benchmarks/attention_benchmark.py", "--cpu-tiny", "--impls=cudnn", ok=False)
+  assert "--impls: ['cudnn'] not among" in err
 
 
 def test_parse_triton_config():

@@ -107,6 +107,9 @@ def main(argv=None):
     impls.append("triton_interpret")
   if args.impls:
     wanted = set(args.impls.split(","))
+    unknown = wanted - {i.split(" ")[0] for i in impls} - set(impls)
+    if unknown:
+      raise SystemExit(f"--impls: {sorted(unknown)} not among {impls} on this backend.")
     impls = [i for i in impls if i in wanted or i.split(" ")[0] in wanted]
   print(f"{'case':24s} {'impl':22s} {'fwd ms':>9s} {'fwd TF/s':>9s} {'f+b ms':>9s} "
         f"{'f+b TF/s':>9s} {'fwd x':>6s} {'f+b x':>6s} {'rel err':>9s}")
@@ -114,10 +117,11 @@ def main(argv=None):
         "cudnn cannot express the mask)")
   rng = np.random.default_rng(0)
   cases = _cases(tiny)
-  if args.cases:  # in the order asked for
+  if args.cases:  # in the order asked for (a dict keeps each case once, at its first match)
     words = [w.strip() for w in args.cases.split(",")]
-    cases = [c for i, c in sorted((min(i for i, w in enumerate(words) if w in c[0]), c)
-                                  for c in cases if any(w in c[0] for w in words))]
+    cases = list({c[0]: c for w in words for c in cases if w in c[0]}.values())
+    if not cases:
+      raise SystemExit(f"--cases={args.cases!r} matches none of {[c[0] for c in _cases(tiny)]}.")
   for name, b, sq, skv, h, d, make_mask in cases:
     q = jnp.asarray(rng.standard_normal((b, sq, h, d)), dtype)
     k = jnp.asarray(rng.standard_normal((b, skv, h, d)), dtype)

@@ -254,11 +254,11 @@ class ObjectEncoder(nn.Module):
   # that holds two other objects as well. With the clean copies next to them they need not.
   clean_tokens: bool = False
   # Also return, for every object, a token of it paired with its nearest other object and one
-  # paired with its furthest (2 num_slots more tokens, after the others): a dense projection of
-  # [object's clean token, other object's clean token], so that "what shape is the object closest
-  # to the red one?" is one cross-attention read, keyed by the first half and answered by the
-  # second. The pairs are chosen by exact centroid distance, never the object itself or the
-  # background (largest segment), like the geometric heads.
+  # paired with its furthest (2 num_slots more tokens, after the others): the partner's clean token
+  # plus a learned projection of the object's own, so that "what shape is the object closest to
+  # the red one?" is one cross-attention read, keyed by the projection and answered by the
+  # partner's token. The pairs are chosen by exact centroid distance, never the object itself or
+  # the background (largest segment), like the geometric heads.
   neighbour_tokens: bool = False
   implementation: str = "auto"
   dtype: layers.Dtype = jnp.float32

@@ -1,7 +1,7 @@
 """Model FLOPs counted from a function's jaxpr: every matrix product and convolution, by shape.
 
 XLA's cost analysis cannot serve for MFU: on GPU it leaves out the cuBLAS and fused-kernel custom
-calls (it reported 6e11 FLOPs for a step of about 2.4e13 on an H100), and with rematerialisation
+calls (it reported 6.3e11 FLOPs for a step of 2.6e13 on an H100), and with rematerialisation
 it counts the recomputed forward too. The jaxpr is the program as written, before any backend sees
 it, so the count is the same on every platform. Scans multiply their body by the trip count; a
 while loop's body (trip count unknown) and a cond's costliest branch count once.
