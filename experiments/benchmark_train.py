@@ -20,6 +20,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from mmjax import cli
+
 _CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 config_flags.DEFINE_config_file("config", os.path.join(_CONFIGS, "default.py"), "Experiment config file.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warm-up steps).")
@@ -142,4 +144,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -12,6 +12,7 @@ import time
 from absl import app
 from absl import flags
 
+from mmjax import cli
 from mmjax.data import default_data_config
 from mmjax.data import pipeline
 from mmjax.data import tfds_builders
@@ -56,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

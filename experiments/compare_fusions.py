@@ -46,6 +46,8 @@ import time
 
 from absl import app, flags, logging
 
+from mmjax import cli
+
 _CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 # family -> --sizes -> (config file in experiments/configs, its argument). cross_attention is the
@@ -177,7 +179,6 @@ def _set_path(c, key: str, value) -> None:
 def run_config(task: str, family: str, sizes="default", steps=0, batch_size=0, overrides=()):
   """The config of one run: the family's (or the contrastive row's) config, the task's changes for an
   audio task, then the shared budget and overrides."""
-  from mmjax.fusion import FUSIONS
   if family == CONTRASTIVE:
     if task != "vqa":
       raise ValueError(f"the {CONTRASTIVE} row has no audio: it runs on the vqa task only, not {task!r}.")
@@ -188,8 +189,6 @@ def run_config(task: str, family: str, sizes="default", steps=0, batch_size=0, o
   if family not in FAMILY_CONFIGS:
     raise ValueError(f"fusion family {family!r} has no config here; known: {sorted(FAMILY_CONFIGS)} and "
                      f"{CONTRASTIVE!r}.")
-  if family not in FUSIONS:
-    raise ValueError(f"fusion family {family!r} is not registered; registered: {sorted(FUSIONS)}.")
   path, _ = FAMILY_CONFIGS[family][sizes]
   c = _load(FAMILY_CONFIGS[family][sizes])
   if c.model.fusion.name != family:
@@ -557,8 +556,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   from mmjax.data import pipeline
-  from mmjax.fusion import FUSIONS
-  families = _FAMILIES.value or [f for f in FAMILY_CONFIGS if f in FUSIONS] + [CONTRASTIVE]
+  families = _FAMILIES.value or list(FAMILY_CONFIGS) + [CONTRASTIVE]
   tasks = list(dict.fromkeys(_TASKS.value))
   overrides = [parse_override(s) for s in _SET.value]
   configs = comparison_configs(families, tasks, _SIZES.value, _STEPS.value, _BATCH.value, overrides)
@@ -597,4 +595,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

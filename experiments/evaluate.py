@@ -11,6 +11,8 @@ DIR/samples/<split>_templates.json.
 """
 from absl import app, flags, logging
 
+from mmjax import cli
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to evaluate.")
 _MAX = flags.DEFINE_integer("max_examples", 0, "Evaluate at most this many examples (0 = all; contrastive "
@@ -30,7 +32,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   t = workdir_lib.load(_WORKDIR.value)
   # The evaluation of the workdir's model kind: generation (VLM) or retrieval + zero-shot (contrastive).
-  evaluate = t.setup.kind.make_evaluator(t.setup, t.data)
+  evaluate = t.setup.make_evaluator(t.data)
   metrics, preds = evaluate(t.params, _SPLIT.value, max_examples=_MAX.value, progress=True)
   writer = MetricWriter(_WORKDIR.value)
   writer.write(t.step, metrics)
@@ -51,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

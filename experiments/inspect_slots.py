@@ -16,6 +16,8 @@ from absl import app, flags
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax import cli
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir trained with model.image_encoder=objects.", required=True)
 _SPLIT = flags.DEFINE_enum("split", "validation", ["train", "validation", "test"], "Split to read scenes from.")
 _NUM = flags.DEFINE_integer("num_images", 64, "Scenes to inspect.", lower_bound=1)
@@ -37,7 +39,7 @@ def main(argv):
   from mmjax.train import workdir as workdir_lib
 
   t = workdir_lib.load(_WORKDIR.value)
-  if t.config.model.get("image_encoder", "vit") != "objects":
+  if not t.config.model.get("image_encoder", "vit").endswith(":ObjectEncoder"):
     raise ValueError(f"{_WORKDIR.value} was trained with model.image_encoder="
                      f"{t.config.model.get('image_encoder', 'vit')!r}; this inspects the 'objects' encoder.")
   if t.config.data.get("manifest"):
@@ -76,4 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mmjax import cli
 from mmjax import config_files
 from mmjax.data import pipeline, shapes
 from mmjax.train import optim
@@ -189,4 +190,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -17,6 +17,8 @@ from absl import app, flags
 import jax
 import numpy as np
 
+from mmjax import cli
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained VLM workdir.", required=True)
 _SPLIT = flags.DEFINE_enum("split", "validation", ["train", "validation", "test"], "Split to probe.")
 _MAX = flags.DEFINE_integer("max_questions", 1500, "Spatial questions to probe (at most).")
@@ -66,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

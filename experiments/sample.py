@@ -27,9 +27,10 @@ image retrieves first.
 
   python experiments/sample.py --workdir=DIR --image=scene.png --prompt="a red circle" --prompt="a red square"
 """
-import sys
 
 from absl import app, flags, logging
+
+from mmjax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
 _IMAGE = flags.DEFINE_multi_string("image", [], "Image file(s); one prompt for all, or one prompt per image.")
@@ -64,17 +65,11 @@ def main(argv):
   from mmjax.train import workdir as workdir_lib
 
   logging.set_verbosity(logging.WARNING)
-  if _IMAGE.value:
-    try:  # from the config alone: a wrong --audio fails before the model is loaded
-      check_audio_flag(workdir_lib.load_config(_WORKDIR.value), _AUDIO.value)
-    except ValueError as e:
-      sys.exit(f"error: {e}")
+  if _IMAGE.value:  # from the config alone: a wrong --audio fails before the model is loaded
+    check_audio_flag(workdir_lib.load_config(_WORKDIR.value), _AUDIO.value)
   t = workdir_lib.load(_WORKDIR.value)
-  if t.setup.kind.name == "contrastive":
-    try:
-      _contrastive(t)
-    except (ValueError, FileNotFoundError) as e:  # bad image file, empty or too long text
-      sys.exit(f"error: {e}")
+  if t.setup.kind.evaluator == "contrastive":
+    _contrastive(t)
     return
   opts = options_from_config(t.config, t.data.tokenizer)
   changes = {k: v for k, v in dict(sampler=_SAMPLER.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
@@ -98,10 +93,7 @@ def main(argv):
     raise app.UsageError(f"{len(_IMAGE.value)} images but {len(_PROMPT.value)} prompts: give one prompt, "
                          "or one per image.")
   audio = _AUDIO.value * len(_IMAGE.value) if len(_AUDIO.value) == 1 else _AUDIO.value
-  try:
-    answers = answer(t, gen, _IMAGE.value, prompts, rng, audio_paths=audio)
-  except (ValueError, FileNotFoundError) as e:  # bad image or WAV file, empty or too long prompt
-    sys.exit(f"error: {e}")
+  answers = answer(t, gen, _IMAGE.value, prompts, rng, audio_paths=audio)
   for image, prompt, text in zip(_IMAGE.value, prompts, answers):
     print(text if len(prompts) == 1 else f"{image}\t{prompt}\t{text}")
 
@@ -123,7 +115,7 @@ def _contrastive(t):
     raise app.UsageError(f"{' '.join(given)}: this workdir holds a contrastive model, which ranks texts instead "
                          "of generating them; drop the sampler flags.")
   if _SPLIT.value:
-    metrics, preds = t.setup.kind.make_evaluator(t.setup, t.data)(t.params, _SPLIT.value, max_examples=_NUM.value)
+    metrics, preds = t.setup.make_evaluator(t.data)(t.params, _SPLIT.value, max_examples=_NUM.value)
     _report(t, preds)
     return
   if not _PROMPT.value:
@@ -136,4 +128,4 @@ def _contrastive(t):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -11,6 +11,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mmjax import cli
+
 _CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.", required=True)
 config_flags.DEFINE_config_file("config", os.path.join(_CONFIGS, "default.py"), "Experiment config file.",
@@ -30,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

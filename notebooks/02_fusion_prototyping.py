@@ -15,7 +15,7 @@
 # # Prototyping a fusion family
 #
 # A fusion module turns encoder outputs into a `Conditioning` (a decoder `prefix` and/or a
-# cross-attention `memory`). Here we write a new one in a few lines, register it, train it with the
+# cross-attention `memory`). Here we write a new one in a few lines, name it in a config, train it with the
 # real trainer on the embedded shapes data, and compare its loss curve with built-in families.
 # `MMJAX_NOTEBOOK_FAST=1` (CI) trains 2 steps per family; otherwise 300.
 
@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 import ml_collections
 
 from mmjax import config_files, layers
-from mmjax.fusion import FUSIONS, Conditioning, Fusion, register
+from mmjax.fusion import Conditioning, Fusion
 from mmjax.train import trainer
 from mmjax.train.metrics_writer import read_metrics
 
@@ -47,11 +47,11 @@ while not os.path.exists(os.path.join(ROOT, "experiments", "configs")):
 # put in front of the answer together with the projected prompt tokens. The decoder handles the
 # prefix-LM mask (bidirectional prefix, padded prompt slots masked) by itself.
 
+# %% [markdown]
+# A config names any family as `"module:Class"` (mmjax.registry); this notebook's own module is
+# `__main__`, so the config below says `name="__main__:PooledPrefixFusion"`.
+
 # %%
-FUSIONS.pop("pooled_prefix", None)  # re-running this cell re-registers
-
-
-@register("pooled_prefix")
 class PooledPrefixFusion(Fusion):
   cross_attention_every: int = 0
   gated: bool = False
@@ -94,7 +94,7 @@ def run(config_name, fusion=None):
   return read_metrics(workdir)
 
 
-families = {"pooled_prefix (new)": ("tiny", dict(name="pooled_prefix", pool=4)),
+families = {"pooled_prefix (new)": ("tiny", dict(name="__main__:PooledPrefixFusion", pool=4)),
             "cross_attention": ("tiny", None)}
 if not FAST:
   families["prefix_lm"] = ("fusion_prefix_lm", None)

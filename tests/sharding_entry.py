@@ -24,6 +24,7 @@ sys.path.insert(0, ROOT)
 from mmjax import config_files  # noqa: E402
 from mmjax.sample.generate import GenerateOptions, make_generate_fn  # noqa: E402
 from mmjax.train import state as state_lib  # noqa: E402
+from mmjax.models import vlm  # noqa: E402
 
 V = 64
 STRATEGIES = {
@@ -67,7 +68,7 @@ def train(mesh, devices, data):
   with setup.context():
     for b in data:
       sh = setup.batch_sharding(b)
-      state, m = step(state, {k: jax.device_put(b[k], sh[k]) for k in state_lib.BATCH_KEYS})
+      state, m = step(state, {k: jax.device_put(b[k], sh[k]) for k in vlm.BATCH_KEYS})
       losses.append(float(m["loss"]))
   return setup, state, losses
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from mmjax.attention import IMPLEMENTATIONS, MaskSpec, UnsupportedAttention, attention, tile_map
-from mmjax.attention import dispatch, gpu
+from mmjax.attention import MaskSpec, UnsupportedAttention, attention, backend, tile_map
+from mmjax.attention import cudnn, dispatch
 from mmjax.kernels.mask import TILE_EMPTY, TILE_FULL, tile_spans
 
 
@@ -171,7 +171,7 @@ def test_chunked_gradients_match_float64(case, x64):
   ref_grads = jax.grad(lambda *a: (reference(*a, allowed, 0.3, softcap, xp=jnp) * dout).sum(),
                        argnums=(0, 1, 2))(*(x.astype(np.float64) for x in (q, k, v)))
   for block_k in (5,):
-    chunked = lambda *a: IMPLEMENTATIONS["xla_chunked"](*a, spec, 0.3, softcap, block_k=block_k)
+    chunked = lambda *a: backend("xla_chunked")(*a, spec, 0.3, softcap, block_k=block_k)
     grads = jax.grad(lambda *a: (chunked(*a) * dout.astype(np.float32)).sum(), argnums=(0, 1, 2))(q, k, v)
     for g, r in zip(grads, ref_grads):
       assert g.dtype == jnp.float32 and rel_err(g, r) < 1e-5
@@ -228,12 +228,28 @@ def test_accelerator_routes_refuse_on_cpu(impl):
     attention(q, q, q, implementation=impl)
 
 
+def test_unknown_backend_names_the_choices():
+  q = jnp.zeros((1, 4, 2, 16))
+  with pytest.raises(UnsupportedAttention, match="attention implementation='flash'.*'xla_chunked'"):
+    attention(q, q, q, implementation="flash")
+  with pytest.raises(UnsupportedAttention, match="no module 'no_such_module'"):
+    attention(q, q, q, implementation="no_such_module:fn")
+
+
+def test_user_backend_by_module_path():
+  """A backend of one's own is named "module:function", like any component (mmjax.registry)."""
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.standard_normal((1, 5, 2, 8)), jnp.float32) for _ in range(3))
+  out = attention(q, k, v, implementation="mmjax.attention.xla:xla_attention")
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(attention(q, k, v, implementation="xla")))
+
+
 def test_cudnn_mask_reasons_name_the_field():
   seg = jnp.zeros((1, 4), jnp.int32)
-  assert "segment" in gpu.cudnn_unsupported_reason(MaskSpec(q_segment_ids=seg, kv_segment_ids=seg))
-  assert "prefix_len" in gpu.cudnn_unsupported_reason(MaskSpec(causal=True, prefix_len=jnp.array([1])))
-  assert "causal_offset" in gpu.cudnn_unsupported_reason(MaskSpec(causal=True, causal_offset=jnp.array([1])))
-  assert gpu.cudnn_unsupported_reason(MaskSpec(causal=True, kv_valid_len=jnp.array([3]))) is None
+  assert "segment" in cudnn.cudnn_unsupported_reason(MaskSpec(q_segment_ids=seg, kv_segment_ids=seg))
+  assert "prefix_len" in cudnn.cudnn_unsupported_reason(MaskSpec(causal=True, prefix_len=jnp.array([1])))
+  assert "causal_offset" in cudnn.cudnn_unsupported_reason(MaskSpec(causal=True, causal_offset=jnp.array([1])))
+  assert cudnn.cudnn_unsupported_reason(MaskSpec(causal=True, kv_valid_len=jnp.array([3]))) is None
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU auto table")

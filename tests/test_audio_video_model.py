@@ -23,6 +23,7 @@ from mmjax.sample import predict
 from mmjax.train import state as state_lib
 from mmjax.train import trainer
 from mmjax.train.metrics_writer import read_metrics
+from mmjax.models import vlm
 from tests.conftest import CONFIGS, ROOT
 from tests.test_fusion import FAMILIES, decode_step_by_step, model_config, open_gates
 from tests.test_model import V, inputs, rel_err
@@ -244,11 +245,11 @@ def test_task_options_need_their_audio(shared_data_dir):
 
 
 def test_batch_keys_follow_the_model(tiny_config):
-  assert state_lib.batch_keys(tiny_config) == state_lib.BATCH_KEYS
+  assert state_lib.batch_keys(tiny_config) == vlm.BATCH_KEYS
   tiny_config.model.audio = ml_collections.ConfigDict(dict(AUDIO, sample_rate=16000))
   tiny_config.model.video = ml_collections.ConfigDict()  # empty section = off
   tiny_config.data.max_audio_seconds = 0.5
-  assert state_lib.batch_keys(tiny_config) == state_lib.BATCH_KEYS + ("audio", "audio_len")
+  assert state_lib.batch_keys(tiny_config) == vlm.BATCH_KEYS + ("audio", "audio_len")
   batch = state_lib.dummy_batch(tiny_config, 2)
   assert batch["audio"].shape == (2, 8000) and batch["audio"].dtype == np.int16
 

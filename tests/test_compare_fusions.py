@@ -180,7 +180,7 @@ def test_audio_task_configs(shared_data_dir, monkeypatch):
   (speech_vqa); prefix_lm's decoder gets the positions of the audio tokens in its prefix."""
   from mmjax import config_files
   from mmjax.data import pipeline
-  from mmjax.models import build_model
+  from mmjax.models import build_model, model_class
   from mmjax.models.vlm import check_fusion_media
   from mmjax.train import state as state_lib
   families = list(cf.FAMILY_CONFIGS)
@@ -226,7 +226,7 @@ def test_audio_task_configs(shared_data_dir, monkeypatch):
   # With those positions prefix_lm's model takes a whole audio batch (it would not without them).
   c = configs["av_matching"]["prefix_lm"]
   b = state_lib.dummy_batch(c, 1)
-  args, kwargs = state_lib.model_kind(c).init_inputs(c, b)
+  args, kwargs = model_class(c.model).init_inputs(c.model, b)
   jax.eval_shape(lambda: build_model(c.model, 64).init(jax.random.key(0), *args, **kwargs))
   c.model.decoder.max_len = old
   with pytest.raises(ValueError, match="exceed max_len"):

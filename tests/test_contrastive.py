@@ -73,9 +73,26 @@ def test_model_outputs_and_learnable_temperature(loss):
   np.testing.assert_allclose(np.linalg.norm(img, axis=-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(float(scale), np.log(10.0) if loss == "siglip" else np.log(1 / 0.07), rtol=1e-6)
   assert (bias is not None) == (loss == "siglip")
-  grads = jax.grad(lambda p: model.apply(p, images, tokens, lengths, method="loss"))(params)
-  assert float(abs(grads["params"]["logit_scale"].unbox()[0] if hasattr(grads["params"]["logit_scale"], "unbox")
-                   else grads["params"]["logit_scale"][0])) > 0
+  # The trainer's path (loss_sums, on a pipeline-style batch) against the loss in float64 numpy.
+  # Pipeline rows are [t1..tn, eos, pad..] with the mask on t1..tn and eos: one column more than tokens.
+  n = np.minimum(lengths, 7)
+  target_out = np.pad(np.where(np.arange(7)[None] < n[:, None], tokens[:, :7], 0), ((0, 0), (0, 1)))
+  batch = {"image": images, "target_out": target_out,
+           "target_mask": (np.arange(8)[None] <= n[:, None]).astype(np.float32)}
+  (value, sums), grads = jax.value_and_grad(lambda p: model.apply(p, batch, method="loss_sums"), has_aux=True)(params)
+  img2, txt2, scale2, bias2 = (np.asarray(x, np.float64) if x is not None else None
+                               for x in model.apply(params, images, target_out, n))
+  logits = np.exp(scale2) * img2 @ txt2.T + (0.0 if bias2 is None else bias2)
+  if loss == "clip":
+    lse = lambda x, ax: np.log(np.exp(x - x.max(ax, keepdims=True)).sum(ax)) + x.max(ax)
+    want = 0.5 * ((lse(logits, 1) - np.diag(logits)).mean() + (lse(logits, 0) - np.diag(logits)).mean())
+  else:
+    z = 2 * np.eye(4) - 1
+    want = np.log1p(np.exp(-z * logits)).sum() / 4
+  np.testing.assert_allclose(float(value), want, rtol=1e-5)
+  assert float(sums["weight"]) == 1.0
+  grad_scale = grads["params"]["logit_scale"]
+  assert float(abs(np.asarray(getattr(grad_scale, "unbox", lambda: grad_scale)())[0])) > 0
 
 
 SHARDED_SCRIPT = textwrap.dedent("""

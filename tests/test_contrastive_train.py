@@ -17,6 +17,7 @@ from mmjax.models import ContrastiveModel, VisionLanguageModel, build_model
 from mmjax.train import state as state_lib, trainer, workdir as workdir_lib
 from mmjax.train.checkpoint import CheckpointMismatch, _check_compatible
 from mmjax.train.metrics_writer import read_metrics
+from mmjax.models import model_class, vlm
 from tests.conftest import CONFIGS, ROOT
 
 RETRIEVAL_KEYS = [f"retrieval_{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
@@ -95,15 +96,15 @@ def contrastive_config(tiny_config):
 def test_kind_switch_and_vlm_unchanged(tiny_config, contrastive_config):
   assert "kind" not in tiny_config.model  # existing configs have no kind: the VLM
   assert isinstance(build_model(tiny_config.model, 64), VisionLanguageModel)
-  assert state_lib.model_kind(tiny_config).name == "vlm"
-  assert state_lib.batch_keys(tiny_config) == state_lib.BATCH_KEYS
+  assert model_class(tiny_config.model) is VisionLanguageModel
+  assert state_lib.batch_keys(tiny_config) == vlm.BATCH_KEYS
   assert isinstance(build_model(contrastive_config.model, 64), ContrastiveModel)
   assert state_lib.batch_keys(contrastive_config) == ("image", "target_out", "target_mask")
   assert contrastive_config.model.loss == "siglip"
   assert config_files.load(os.path.join(CONFIGS, "contrastive.py"), overrides={"model.loss": "clip"}).model.loss == "clip"
   tiny_config.model.kind = "diffusion"
   with pytest.raises(ValueError, match="model.kind='diffusion'"):
-    state_lib.model_kind(tiny_config)
+    model_class(tiny_config.model)
   # Checkpoints written before the switch existed are VLM checkpoints; a contrastive run refuses them.
   old = {"model": {k: v for k, v in tiny_config.model.to_dict().items() if k != "kind"}}
   _check_compatible(old, {"model": dict(old["model"], kind="vlm")}, "ckpt")
@@ -143,7 +144,7 @@ def test_loss_decreases_on_a_fixed_batch(contrastive_config, loss):
   data = pipeline.Data(c)
   setup = state_lib.make_setup(c, data.tokenizer.vocab_size)
   state = state_lib.init_state(setup, jax.random.key(0))
-  host = next(data.train_iterator(tasks=state_lib.model_kind(c).train_tasks))
+  host = next(data.train_iterator(tasks=model_class(c.model).train_tasks))
   shardings = setup.batch_sharding(host)
   batch = {k: jax.device_put(host[k], shardings[k]) for k in state_lib.batch_keys(c)}
   step = state_lib.make_train_step(setup, host)

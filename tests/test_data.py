@@ -17,6 +17,7 @@ from mmjax.data import manifest as manifest_lib
 from mmjax.data import pipeline
 from mmjax.data import shapes
 from mmjax.data import tfds_builders
+from mmjax.sample import predict
 
 # ------------------------------------------------------------------------------------------------
 # Scenes
@@ -469,6 +470,10 @@ def test_manifest_builds_and_reads(tmp_path):
   g = recs["imgs/gray.jpg"][1]
   assert [c.decode() for c in g["captions"]] == ["grey static", "a noisy grey picture"]
   assert np.array_equal(g["image"], manifest_lib.load_image(str(src / "imgs/gray.jpg"), 32))
+  # Sampling reads an image file to the same pixels as the dataset holds for it (it once resized
+  # bicubically where training resized bilinearly), alpha included: against the prepared records.
+  for name in ("imgs/gray.jpg", "imgs/rgba.png", "imgs/rgb.png"):
+    assert np.array_equal(predict.load_image(str(src / name), 32), recs[name][1]["image"]), name
   assert (g["image"][..., 0] == g["image"][..., 1]).all()
   # Pipeline over the manifest (tokenizer trained on it).
   cfg = _cfg(data_dir, manifest=str(m), image_size=32)

@@ -13,6 +13,7 @@ from mmjax import config_files
 from mmjax.models import build_model
 from mmjax.sample.generate import GenerateOptions, generate
 from mmjax.train import state as state_lib
+from mmjax.models import vlm
 from tests.conftest import CONFIGS
 from tests.sharding_entry import V, batches
 
@@ -67,7 +68,7 @@ def test_grad_accumulation_equals_full_batch(base, batch):
     step = state_lib.make_train_step(setup, batch)
     with setup.context():
       for _ in range(2):
-        state, m = step(state, {k: batch[k] for k in state_lib.BATCH_KEYS})
+        state, m = step(state, {k: batch[k] for k in vlm.BATCH_KEYS})
     outs.append((jax.device_get(state.params), float(m["loss"])))
   assert rel_err(outs[1][0], outs[0][0]) < 1e-5
   np.testing.assert_allclose(outs[1][1], outs[0][1], rtol=1e-5)

@@ -274,7 +274,7 @@ def test_neighbour_tokens_pair_each_object_with_its_nearest_and_furthest():
 
 def test_model_with_object_encoder_and_unknown_encoder_name():
   config = ml_collections.ConfigDict(dict(
-      dtype="float32", attention_implementation="xla", image_encoder="objects",
+      dtype="float32", attention_implementation="xla", image_encoder="mmjax.encoders.objects:ObjectEncoder",
       objects=dict(num_slots=3, width=16, feature_dim=8, iterations=1, depth=1, num_heads=2, mlp_dim=32,
                    slopes=(10.0, -10.0)),
       text=dict(width=16, depth=1, num_heads=2, mlp_dim=32, max_len=8),
@@ -288,10 +288,10 @@ def test_model_with_object_encoder_and_unknown_encoder_name():
   variables = model.init(jax.random.key(0), images, prompt, np.array([5, 3], np.int32), target)
   assert "image_encoder" in variables["params"]
   assert model.apply(variables, images, prompt, np.array([5, 3], np.int32), target).shape == (2, 4, 20)
-  with pytest.raises(ValueError, match="image_encoder='resnet'"):
+  with pytest.raises(ValueError, match="image_encoder='resnet'.*'vit'"):
     image_encoder(ml_collections.ConfigDict(dict(image_encoder="resnet")))
   with pytest.raises(ValueError, match="config.model.objects block"):
-    image_encoder(ml_collections.ConfigDict(dict(image_encoder="objects")))
+    image_encoder(ml_collections.ConfigDict(dict(image_encoder="mmjax.encoders.objects:ObjectEncoder")))
 
 
 
@@ -309,7 +309,7 @@ def test_object_encoder_trains_resumes_samples_and_inspects(tiny_config, tmp_pat
   from mmjax.train import trainer, workdir as workdir_lib
   from tests.conftest import ROOT
 
-  tiny_config.model.image_encoder = "objects"
+  tiny_config.model.image_encoder = "mmjax.encoders.objects:ObjectEncoder"
   tiny_config.model.objects.update(dict(width=32, feature_dim=8, iterations=2, depth=1, num_heads=2, mlp_dim=64,
                                         slopes=(60.0, -30.0)))
   tiny_config.total_steps = 2

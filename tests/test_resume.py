@@ -102,7 +102,7 @@ def test_corrupted_latest_checkpoint_falls_back(tiny_config, tmp_path, caplog):
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"\x00garbage")
   from mmjax.train import state as state_lib
-  data = trainer.load_data(tiny_config, wd)
+  data = workdir_lib.load_data(tiny_config, wd)
   setup = state_lib.make_setup(tiny_config, data.tokenizer.vocab_size)
   ckpt = Checkpointer(wd, keep=5, save_interval_steps=1)
   with caplog.at_level(logging.WARNING):

@@ -16,6 +16,7 @@ from mmjax.encoders.vit import ViT
 from mmjax.layers import pixel_coordinates
 from mmjax.models import build_model
 from mmjax.train import state as state_lib
+from mmjax.models import vlm
 from tests.conftest import CONFIGS
 from tests.test_knobs import rel_err
 from tests.sharding_entry import V, batches
@@ -159,7 +160,7 @@ def test_image_batch_must_divide_over_the_mesh():
     state_lib.make_setup(c, V)
   c.batch_size = 32  # 8 images: one per device
   setup = state_lib.make_setup(c, V)
-  b = {k: v for k, v in grouped_batch(c, images=8).items() if k in state_lib.BATCH_KEYS}
+  b = {k: v for k, v in grouped_batch(c, images=8).items() if k in vlm.BATCH_KEYS}
   state = state_lib.init_state(setup, jax.random.key(0))
   step = state_lib.make_train_step(setup, b)
   with setup.context():
@@ -208,11 +209,12 @@ def test_captions_ride_along_with_the_questions():
   ref = model.apply({"params": params}, b["image"], b["caption_prompt"], b["caption_prompt_len"], b["caption_in"])
   assert rel_err(caption_logits, ref) < 1e-5
   # The loss counts answer and caption tokens alike (weighted by their masks), and microbatches agree.
-  questions = {k: b[k] for k in state_lib.BATCH_KEYS}
+  questions = {k: b[k] for k in vlm.BATCH_KEYS}
   captions = {"image": b["image"], "prompt": b["caption_prompt"], "prompt_len": b["caption_prompt_len"],
               "target_in": b["caption_in"], "target_out": b["caption_out"], "target_mask": b["caption_mask"]}
-  q_sum, (_, _, q_n) = state_lib.loss_sums(model, params, questions)
-  c_sum, (_, _, c_n) = state_lib.loss_sums(model, params, captions)
+  loss_sums = lambda batch: model.apply({"params": params}, batch, method="loss_sums")
+  (q_sum, q), (c_sum, c) = loss_sums(questions), loss_sums(captions)
+  q_n, c_n = q["weight"], c["weight"]
   grads, metrics = state_lib.grads_and_metrics(model, params, b)
   np.testing.assert_allclose(metrics["loss"], (q_sum + c_sum) / (q_n + c_n), rtol=1e-5)
   g2, m2 = jax.jit(lambda p, x: state_lib.grads_and_metrics(model, p, x, 2))(params, b)
@@ -302,7 +304,7 @@ def test_dummy_train_batch_has_the_pipelines_shapes():
   assert set(state_lib.batch_keys(c)) <= set(b)
   assert all(b[k].shape[0] == c.batch_size // g for k in state_lib.CAPTION_KEYS)
   tiny = config_files.load(os.path.join(CONFIGS, "tiny.py"))
-  assert set(state_lib.dummy_train_batch(tiny)) == set(state_lib.BATCH_KEYS)
+  assert set(state_lib.dummy_train_batch(tiny)) == set(vlm.BATCH_KEYS)
 
 
 def test_grouped_iterator_state_resumes_exactly(tiny_config):

@@ -32,7 +32,7 @@ def test_train_checkpoint_resume_sample(tiny_config, tmp_path):
   assert any("validation/vqa_accuracy" in r for r in rows) and any("test/cider" in r for r in rows)
   assert os.listdir(os.path.join(wd, "tensorboard"))
   assert os.path.exists(os.path.join(wd, "samples", "test_samples.png"))
-  assert os.path.exists(os.path.join(wd, trainer.TOKENIZER_FILE))
+  assert os.path.exists(os.path.join(wd, workdir_lib.TOKENIZER_FILENAME))
   first = workdir_lib.load(wd)
   assert first.step == 4
 

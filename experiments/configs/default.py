@@ -72,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # to the red one?" went from 0.56 to 0.98 on test). README "Measured results"
   # has how each piece was measured, and the ViT runs (`--config.model.image_encoder=vit`) it
   # replaced.
-  c.model.image_encoder = "objects"   # "objects" (model.objects) | "vit" (model.vit)
+  c.model.image_encoder = "mmjax.encoders.objects:ObjectEncoder"  # fields in model.objects; "vit": model.vit
   c.model.objects = ml_collections.ConfigDict(dict(
       num_slots=7,                       # six objects and the background
       width=96, feature_dim=32, feature_stride=2, iterations=3, sharpness=20.0, depth=2, num_heads=4, mlp_dim=192,

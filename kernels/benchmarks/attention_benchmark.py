@@ -95,7 +95,7 @@ def main(argv=None):
     args.rounds, args.reps = 3, 2
   triton_configs = {c: parse_triton_config(c) for c in filter(None, args.triton_configs.split(","))}
   import jax.numpy as jnp
-  from mmjax.attention import IMPLEMENTATIONS, UnsupportedAttention
+  from mmjax.attention import UnsupportedAttention, backend
   from mmjax.attention.xla import xla_attention
 
   dtype = jnp.float32 if tiny else jnp.bfloat16
@@ -150,7 +150,7 @@ def main(argv=None):
         dense = None if mask is None else mask.dense(b, sq, skv)[:, None]
         fn = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, scale=scale, mask=dense, implementation="cudnn")
       else:
-        fn = lambda q, k, v, impl=impl: IMPLEMENTATIONS[impl](q, k, v, mask, scale, None)
+        fn = lambda q, k, v, impl=impl: backend(impl)(q, k, v, mask, scale, None)
       fwd = jax.jit(fn)
       fb = jax.jit(jax.grad(lambda q, k, v: fn(q, k, v).astype(jnp.float32).sum(), argnums=(0, 1, 2)))
       try:

@@ -2,11 +2,12 @@
 
   out = attention(q, k, v, mask=MaskSpec(...), implementation="auto")
 
-q: [B, Sq, Hq, D]; k, v: [B, Skv, Hkv, D] with Hq a multiple of Hkv (GQA / MQA).
+q: [B, Sq, Hq, D]; k, v: [B, Skv, Hkv, D] with Hq a multiple of Hkv (GQA / MQA). Backends are
+picked by name through mmjax.registry (IMPLEMENTATIONS lists the built-in ones; `backend(name)`
+returns one's function).
 """
 from mmjax.kernels.mask import MaskSpec, tile_map
-from mmjax.attention.dispatch import attention, IMPLEMENTATIONS, UnsupportedAttention
-# Imported for their side effect: each registers itself in IMPLEMENTATIONS.
-from mmjax.attention import chunked, gpu, splash  # noqa: F401,E402
+from mmjax.attention.dispatch import IMPLEMENTATIONS, attention, backend, choose_auto
+from mmjax.attention.errors import UnsupportedAttention
 
-__all__ = ["attention", "MaskSpec", "tile_map", "IMPLEMENTATIONS", "UnsupportedAttention"]
+__all__ = ["attention", "backend", "choose_auto", "MaskSpec", "tile_map", "IMPLEMENTATIONS", "UnsupportedAttention"]

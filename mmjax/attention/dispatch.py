@@ -1,6 +1,7 @@
 """`attention`: validates inputs once, then routes to an implementation.
 
-Implementations (see README "Attention" for the `auto` table):
+Implementations (mmjax.registry.BUILTIN["attention"]; a config may also name its own
+"module:function" with the same signature):
   xla          reference; any platform, any mask.
   xla_chunked  blockwise online softmax in plain JAX, O(S) memory; any platform, any mask.
   triton       our fused Triton kernel (mmjax.kernels), GPU only.
@@ -23,12 +24,13 @@ is no silent fallback except inside `auto`, whose choices are documented.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from mmjax.attention.xla import xla_attention
+from mmjax import registry
+from mmjax.attention import cudnn, triton
+from mmjax.attention.errors import UnsupportedAttention
 from mmjax.kernels.mask import MaskSpec
 
 
@@ -36,12 +38,15 @@ from mmjax.kernels.mask import MaskSpec
 LONG_SEQUENCE_PAIRS = 4096 * 4096
 
 
-class UnsupportedAttention(ValueError):
-  """The requested implementation cannot compute this attention (shape, dtype, mask or platform)."""
+IMPLEMENTATIONS = tuple(registry.names("attention"))  # the built-in names; "auto" chooses among them
 
 
-# name -> fn(q, k, v, mask, scale, softcap) -> out. Other modules register themselves here.
-IMPLEMENTATIONS: dict[str, Callable] = {"xla": xla_attention}
+def backend(name: str):
+  """The backend function `name` (a built-in name or "module:function")."""
+  try:
+    return registry.get("attention", name, "attention implementation")
+  except ValueError as e:
+    raise UnsupportedAttention(f"{e} ('auto' chooses for the platform.)") from e
 
 
 def _validate(q, k, v, mask: MaskSpec | None):
@@ -57,8 +62,6 @@ def _validate(q, k, v, mask: MaskSpec | None):
     mask.validate(q.shape[0], q.shape[1], k.shape[1])
 
 
-def _auto(q, k, v, mask, scale, softcap):
-  return IMPLEMENTATIONS[choose_auto(q, k, mask, softcap)](q, k, v, mask, scale, softcap)
 
 
 def choose_auto(q, k, mask: MaskSpec | None, softcap) -> str:
@@ -66,15 +69,14 @@ def choose_auto(q, k, mask: MaskSpec | None, softcap) -> str:
   platform = jax.default_backend()
   long = q.shape[1] * k.shape[1] > LONG_SEQUENCE_PAIRS
   if platform == "gpu":
-    from mmjax.attention import gpu  # registers triton/cudnn; imported here to avoid a cycle
-    if gpu.jax_triton_available() and "triton" in IMPLEMENTATIONS:
+    if triton.jax_triton_available():
       return "triton"
-    if (gpu.cudnn_unsupported_reason(mask) is None and softcap is None
-        and q.dtype in (jnp.bfloat16, jnp.float16) and "cudnn" in IMPLEMENTATIONS):
+    if (cudnn.cudnn_unsupported_reason(mask) is None and softcap is None
+        and q.dtype in (jnp.bfloat16, jnp.float16)):
       return "cudnn"
-  elif platform == "tpu" and "splash" in IMPLEMENTATIONS:
+  elif platform == "tpu":
     return "splash"
-  if long and "xla_chunked" in IMPLEMENTATIONS:
+  if long:
     return "xla_chunked"
   return "xla"
 
@@ -87,9 +89,5 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: MaskSpec | None
   if scale is None:
     scale = 1.0 / math.sqrt(q.shape[-1])
   if implementation == "auto":
-    return _auto(q, k, v, mask, scale, softcap)
-  if implementation not in IMPLEMENTATIONS:
-    raise UnsupportedAttention(
-        f"attention implementation {implementation!r} is not available here; known: "
-        f"{sorted(IMPLEMENTATIONS) + ['auto']}.")
-  return IMPLEMENTATIONS[implementation](q, k, v, mask, scale, softcap)
+    implementation = choose_auto(q, k, mask, softcap)
+  return backend(implementation)(q, k, v, mask, scale, softcap)

@@ -15,8 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mmjax.attention import dispatch
-from mmjax.attention.dispatch import UnsupportedAttention
+from mmjax.attention.errors import UnsupportedAttention
 from mmjax.kernels.mask import MaskSpec
 
 # Padded keys get this segment id; real segment ids must be >= 0 for the fold to be exact.
@@ -57,5 +56,3 @@ def splash_attention(q, k, v, mask: MaskSpec | None, scale: float, softcap: floa
     out = jax.vmap(lambda q_, k_, v_, s_: kernel(q_, k_, v_, segment_ids=s_))(qh, kh, vh, segments)
   return out.transpose(0, 2, 1, 3).astype(q.dtype)
 
-
-dispatch.IMPLEMENTATIONS["splash"] = splash_attention

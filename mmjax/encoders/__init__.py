@@ -1,8 +1,7 @@
 """Encoders turn one modality into token embeddings [B, N, D]."""
 from mmjax.encoders.vit import ViT
-from mmjax.encoders.objects import ObjectEncoder
 from mmjax.encoders.text import TextEncoder
 from mmjax.encoders.audio import AudioEncoder, log_mel_spectrogram, mel_filterbank
 from mmjax.encoders.video import VideoEncoder
 
-__all__ = ["ViT", "ObjectEncoder", "TextEncoder", "AudioEncoder", "VideoEncoder", "log_mel_spectrogram", "mel_filterbank"]
+__all__ = ["ViT", "TextEncoder", "AudioEncoder", "VideoEncoder", "log_mel_spectrogram", "mel_filterbank"]

@@ -25,85 +25,18 @@ first (prediction), its own captions (references) and the rank of the best of th
 from __future__ import annotations
 
 import logging
-import math
 
 import jax
 import numpy as np
 
-from mmjax import sharding
 from mmjax.data import shapes, tfds_builders
 from mmjax.data.pipeline import TASK_CAPTION
 from mmjax.evaluate import retrieval
 from mmjax.models.contrastive import caption_tokens
+from mmjax.sample.embed import local_rows, embed_texts, global_batch, make_embed_fn
 from mmjax.sample.predict import encode_prompts
 
 ZERO_SHOT_PROMPT = shapes.object_phrase  # (color, shape) -> "a red circle"
-
-
-def make_embed_fn(setup):
-  """jit-compiled embedding under the training mesh: batch on data x fsdp, params as in training.
-
-  Returns run(params, images, tokens, lengths) -> (image embeddings, text embeddings), numpy
-  [B, D] each, all processes' rows in process order; every process passes its share of a global
-  batch whose size is a multiple of `run.multiple` (the data x fsdp shards).
-  """
-  model = setup.model
-  image_s, mat_s, vec_s = (sharding.batch_sharding(setup.mesh, r) for r in (4, 2, 1))
-  fn = jax.jit(lambda p, im, tok, ln: model.apply({"params": p}, im, tok, ln)[:2],
-               in_shardings=(setup.state_sharding.params, image_s, mat_s, vec_s), out_shardings=(mat_s, mat_s))
-
-  def run(params, images, tokens, lengths):
-    put = lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x))
-    with setup.context():
-      out = fn(params, put(images, image_s), put(tokens, mat_s), put(lengths, vec_s))
-    return tuple(_to_host(x) for x in out)
-
-  run.multiple = setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]
-  return run
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-  if jax.process_count() == 1:
-    return np.asarray(x)
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def global_batch(batch_size: int, multiple: int) -> int:
-  """Rows per global batch: batch_size rounded up to the mesh multiple (and the process count)."""
-  m = math.lcm(multiple, jax.process_count())
-  return max(1, math.ceil(batch_size / m)) * m
-
-
-def _local_rows(n: int, rows_per_batch: int):
-  """(start, stop) of this process's rows in each global batch of `n` rows (the last one padded)."""
-  local = rows_per_batch // jax.process_count()
-  for start in range(0, max(n, 1), rows_per_batch):
-    lo = start + jax.process_index() * local
-    yield lo, lo + local
-
-
-def embed_rows(embed_fn, params, images: np.ndarray, tokens: np.ndarray, lengths: np.ndarray,
-               rows_per_batch: int) -> tuple[np.ndarray, np.ndarray]:
-  """(image embeddings, text embeddings) [N, D] of N rows that every process passes whole, in
-  global batches of `rows_per_batch` rows (the last one zero-padded; padding is dropped again)."""
-  imgs, txts = [], []
-  for lo, hi in _local_rows(len(tokens), rows_per_batch):
-    take = slice(lo, min(hi, len(tokens)))
-    rows = [np.zeros((hi - lo,) + x.shape[1:], x.dtype) for x in (images, tokens, lengths)]
-    for r, x in zip(rows, (images, tokens, lengths)):
-      r[: max(0, take.stop - lo)] = x[take]
-    img, txt = embed_fn(params, *rows)
-    imgs.append(img)
-    txts.append(txt)
-  return np.concatenate(imgs)[: len(tokens)], np.concatenate(txts)[: len(tokens)]
-
-
-def embed_texts(embed_fn, params, tokens: np.ndarray, lengths: np.ndarray, rows_per_batch: int,
-                image_size: int) -> np.ndarray:
-  """Text embeddings [N, D] of token rows (every process passes all N rows; images are zeros)."""
-  images = np.zeros((len(tokens), image_size, image_size, 3), np.uint8)
-  return embed_rows(embed_fn, params, images, tokens, lengths, rows_per_batch)[1]
 
 
 def embed_split(data, split: str, embed_fn, params, batch_size: int, max_examples: int = 0,
@@ -118,7 +51,7 @@ def embed_split(data, split: str, embed_fn, params, batch_size: int, max_example
     raise ValueError(f"split {split!r} has no captions: a contrastive model is evaluated (and trained) on "
                      "(image, caption) pairs; set --config.data.captions=True.")
   gb = global_batch(batch_size, embed_fn.multiple)
-  rows = list(_local_rows(len(ids), gb))
+  rows = list(local_rows(len(ids), gb))
   if progress:
     import tqdm
     rows = tqdm.tqdm(rows, desc=f"embed {split}", leave=False, disable=jax.process_index() != 0)

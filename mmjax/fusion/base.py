@@ -1,21 +1,22 @@
-"""The interface every fusion family implements, and the registry configs select them from.
+"""The interface every fusion family implements, and how a config's name finds a family.
 
 A fusion module turns encoder outputs into a `Conditioning` for the decoder:
   prefix  tokens placed before the decoder's own tokens (early fusion / prefix-LM, PaliGemma);
   memory  tokens that decoder layers cross-attend to (cross-attention, Flamingo, Q-Former).
 and says which decoder layers get cross-attention (`cross_attention_every`, `gated`). The decoder
 consumes a Conditioning the same way whatever produced it, so a new family is one new file that
-subclasses `Fusion`, registers itself, and a config that names it.
+subclasses `Fusion` and a config that names it (`fusion.name = "my.module:MyFusion"`, or a short
+name once it is in mmjax.registry.BUILTIN).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import flax.struct
 import jax
 
-FUSIONS: dict[str, type["Fusion"]] = {}
+from mmjax import registry
 
 
 @flax.struct.dataclass
@@ -54,16 +55,13 @@ class Fusion(nn.Module):
     return False
 
 
-def register(name: str) -> Callable[[type[Fusion]], type[Fusion]]:
-  def deco(cls):
-    if name in FUSIONS:
-      raise ValueError(f"fusion family {name!r} is registered twice.")
-    FUSIONS[name] = cls
-    return cls
-  return deco
+def family(name: str) -> type[Fusion]:
+  """The Fusion subclass `name` (config.model.fusion.name) names, through mmjax.registry."""
+  cls = registry.get("fusion", name, "config.model.fusion.name")
+  if not (isinstance(cls, type) and issubclass(cls, Fusion)):
+    raise ValueError(f"config.model.fusion.name={name!r} names {cls!r}, which is not a mmjax.fusion.Fusion subclass.")
+  return cls
 
 
 def build_fusion(name: str, **kwargs) -> Fusion:
-  if name not in FUSIONS:
-    raise ValueError(f"unknown fusion {name!r}; registered: {sorted(FUSIONS)}.")
-  return FUSIONS[name](**kwargs)
+  return family(name)(**kwargs)

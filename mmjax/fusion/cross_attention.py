@@ -18,11 +18,10 @@ import jax.numpy as jnp
 
 from mmjax import layers
 from mmjax.attention import MaskSpec
-from mmjax.fusion.base import Conditioning, Fusion, register
+from mmjax.fusion.base import Conditioning, Fusion
 from mmjax.fusion.prefix_lm import project_sources
 
 
-@register("cross_attention")
 class CrossAttentionFusion(Fusion):
   cross_attention_every: int = 1
   gated: bool = False

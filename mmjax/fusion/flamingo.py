@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from mmjax import layers
 from mmjax.attention import MaskSpec
-from mmjax.fusion.base import Conditioning, Fusion, register
+from mmjax.fusion.base import Conditioning, Fusion
 from mmjax.fusion.prefix_lm import project_sources
 
 
@@ -56,7 +56,6 @@ class PerceiverResampler(nn.Module):
     return layers.LayerNorm(self.dtype, name="norm")(x)
 
 
-@register("flamingo")
 class FlamingoFusion(Fusion):
   cross_attention_every: int = 1
   gated: bool = True

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mmjax import layers
-from mmjax.fusion.base import Conditioning, Fusion, register
+from mmjax.fusion.base import Conditioning, Fusion
 
 
 def project_sources(module: nn.Module, media, text, width: int, dtype):
@@ -41,7 +41,6 @@ def project_sources(module: nn.Module, media, text, width: int, dtype):
   return out, valid
 
 
-@register("prefix_lm")
 class PrefixLMFusion(Fusion):
   cross_attention_every: int = 0
   gated: bool = False

@@ -9,8 +9,9 @@ the batch sharded over ("data", "fsdp") the result is the unsharded loss: XLA ga
 tower's embeddings as needed (the explicit all-gather that pmap implementations do by hand). The
 logits are pinned to rows-on-batch, columns-replicated, so each device holds [B/n, B].
 
-Trained through the one trainer with config.model.kind = "contrastive" (mmjax.train.state.KINDS):
-the text of an image is its caption, read from a pipeline batch by `caption_tokens`.
+Trained through the one trainer with config.model.kind = "contrastive" (the hooks of
+mmjax.models.kind): the text of an image is its caption, read from a pipeline batch by
+`caption_tokens`.
 """
 from __future__ import annotations
 
@@ -85,6 +86,51 @@ class ContrastiveModel(nn.Module):
   config: ml_collections.ConfigDict
   vocab_size: int
 
+  # Model-kind hooks (mmjax.models.kind).
+  evaluator = "contrastive"  # retrieval recall@k (and a dataset's zero-shot metric)
+  train_tasks = ("caption",)  # (image, caption) pairs
+  progress_metric = "batch_i2t_accuracy"
+  # The loss couples every pair of the global batch: microbatches would change the objective.
+  accumulates_gradients = False
+
+  @staticmethod
+  def check_config(config: ml_collections.ConfigDict) -> None:
+    """Start-up errors of a contrastive config, naming the keys to change."""
+    if not config.data.get("captions", True):
+      raise ValueError("config.model.kind='contrastive' trains on (image, caption) pairs, but "
+                       "config.data.captions=False: set --config.data.captions=True.")
+    text_len, caption_len = int(config.model.text.max_len), int(config.data.max_target_len)
+    if text_len < caption_len:
+      raise ValueError(f"config.model.text.max_len={text_len} < config.data.max_target_len={caption_len}: the "
+                       "contrastive text tower reads whole captions (up to max_target_len - 1 tokens); set "
+                       "--config.model.text.max_len to at least max_target_len.")
+    extra = [m for m in ("audio", "video") if config.model.get(m)]
+    if extra:
+      raise ValueError(f"config.model.kind='contrastive' has an image and a text tower only; remove "
+                       f"config.model.{extra[0]}.")
+
+  @staticmethod
+  def batch_keys(model_config) -> tuple[str, ...]:
+    return ("image", "target_out", "target_mask")
+
+  @staticmethod
+  def init_inputs(model_config, batch) -> tuple[tuple, dict]:
+    return (batch["image"], *caption_tokens(batch["target_out"], batch["target_mask"])), {}
+
+  def loss_sums(self, batch) -> tuple:
+    """The CLIP / SigLIP loss of the whole global batch (every other caption is a negative), with
+    in-batch top-1 retrieval accuracies and the learned temperature; weight 1 (a mean already)."""
+    img, txt, scale, bias = self(batch["image"], *caption_tokens(batch["target_out"], batch["target_mask"]))
+    loss = contrastive_loss(img, txt, scale, bias, self.config.get("loss", "clip"))
+    logits = pairwise_logits(img, txt, scale, bias)
+    target = jnp.arange(logits.shape[0])
+    sums = {"batch_i2t_accuracy": (logits.argmax(1) == target).mean(),
+            "batch_t2i_accuracy": (logits.argmax(0) == target).mean(), "temperature": jnp.exp(scale),
+            "weight": jnp.ones(())}
+    if bias is not None:
+      sums["logit_bias"] = bias
+    return loss, sums
+
   @nn.compact
   def __call__(self, images, tokens, lengths):
     c = self.config
@@ -112,7 +158,3 @@ class ContrastiveModel(nn.Module):
       bias = self.param("logit_bias", layers.param_with_axes(nn.initializers.constant(-10.0), ("norm",)),
                         (1,), jnp.float32)[0]
     return img, txt, scale, bias
-
-  def loss(self, images, tokens, lengths):
-    img, txt, scale, bias = self(images, tokens, lengths)
-    return contrastive_loss(img, txt, scale, bias, self.config.get("loss", "clip"))

@@ -23,11 +23,16 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
+import optax
 
+from mmjax import registry
 from mmjax.decoders import Decoder
-from mmjax.encoders import AudioEncoder, ObjectEncoder, TextEncoder, VideoEncoder, ViT
+from mmjax.encoders import AudioEncoder, TextEncoder, VideoEncoder
 from mmjax.encoders.video import num_valid_tokens
-from mmjax.fusion import FUSIONS, Conditioning, build_fusion
+from mmjax.fusion import Conditioning, base as fusion_base
+
+# The batch keys every VLM loss reads; batch_keys(model_config) adds the media its encoders read.
+BATCH_KEYS = ("image", "prompt", "prompt_len", "target_in", "target_out", "target_mask")
 
 # Optional media: modality -> {batch key: rank}. Keyword arguments of encode / __call__ and batch keys.
 MEDIA_INPUTS = {"audio": {"audio": 2, "audio_len": 1}, "video": {"video": 5, "video_len": 1}}
@@ -56,9 +61,7 @@ def _media_settings(model_config, modality: str) -> tuple[dict, bool]:
 def check_fusion_media(model_config) -> None:
   """Raises when a media section asks for masked padding that the fusion family cannot do."""
   modalities = media_modalities(model_config)
-  family = FUSIONS.get(model_config.fusion.name)
-  if family is None:
-    return  # build_fusion names the unknown family
+  family = fusion_base.family(model_config.fusion.name)
   for m in modalities:
     if _media_settings(model_config, m)[1] and not family.masks_padded_media(m, ("image",) + modalities):
       raise ValueError(
@@ -68,22 +71,24 @@ def check_fusion_media(model_config) -> None:
           f"{m} clip as the whole fixed-length window, zero padding included (right only when clips fill it).")
 
 
-IMAGE_ENCODERS = {"vit": ViT, "objects": ObjectEncoder}
+def image_encoder_block(name: str) -> str:
+  """The config.model key holding the fields of the image encoder `name`: the name itself for a
+  built-in ("vit" -> model.vit), the module's last component for "module.path:Class"
+  ("mmjax.projects.shapes.objects:ObjectEncoder" -> model.objects)."""
+  return name.partition(":")[0].rsplit(".", 1)[-1]
 
 
 def image_encoder(model_config, knobs: dict | None = None, **kwargs) -> nn.Module:
-  """The image encoder `model_config.image_encoder` names ("vit", the default, or "objects"), built
-  from the config block of the same name (`model.vit` or `model.objects`) and `kwargs`. The memory
-  `knobs` (remat, scan_layers) go only to an encoder that has them, as for fusion modules: the
-  object encoder is small and has neither."""
+  """The image encoder `model_config.image_encoder` names (mmjax.registry floor "encoders"; "vit"
+  by default), built from its config block (image_encoder_block) and `kwargs`. The memory `knobs`
+  (remat, scan_layers) go only to an encoder that has them, as for fusion modules."""
   name = str(model_config.get("image_encoder", "vit"))
-  if name not in IMAGE_ENCODERS:
-    raise ValueError(f"config.model.image_encoder={name!r}: use one of {sorted(IMAGE_ENCODERS)}.")
-  if name not in model_config:
-    raise ValueError(f"config.model.image_encoder={name!r} needs a config.model.{name} block.")
-  cls = IMAGE_ENCODERS[name]
+  cls = registry.get("encoders", name, "config.model.image_encoder")
+  block = image_encoder_block(name)
+  if block not in model_config:
+    raise ValueError(f"config.model.image_encoder={name!r} needs a config.model.{block} block with its fields.")
   knobs = {k: v for k, v in (knobs or {}).items() if k in cls.__dataclass_fields__}
-  return cls(**model_config[name].to_dict(), **knobs, **kwargs)
+  return cls(**model_config[block].to_dict(), **knobs, **kwargs)
 
 
 class VisionLanguageModel(nn.Module):
@@ -103,6 +108,46 @@ class VisionLanguageModel(nn.Module):
   config: ml_collections.ConfigDict
   vocab_size: int
 
+  # Model-kind hooks (mmjax.models.kind).
+  evaluator = "generative"  # evaluated by generation: VQA accuracy, CIDEr-D, matching accuracy
+  train_tasks = None  # every task of the dataset
+  progress_metric = "token_accuracy"
+  accumulates_gradients = True  # the loss is a sum over target tokens
+
+  @staticmethod
+  def check_config(config: ml_collections.ConfigDict) -> None:
+    check_fusion_media(config.model)
+
+  @staticmethod
+  def batch_keys(model_config) -> tuple[str, ...]:
+    return BATCH_KEYS + media_input_keys(model_config)
+
+  @staticmethod
+  def init_inputs(model_config, batch) -> tuple[tuple, dict]:
+    return ((batch["image"], batch["prompt"], batch["prompt_len"], batch["target_in"]),
+            media_inputs(model_config, batch))
+
+  def loss_sums(self, batch) -> tuple:
+    """Teacher-forced cross-entropy summed over target tokens (weighted by target_mask), with the
+    correct-token count: sums, not means, so microbatches add up exactly to the whole batch. A batch
+    with the caption keys (data.captions_with_questions) adds its caption tokens to the same sums."""
+    if "caption_in" in batch:
+      logits, caption_logits = self.with_captions(
+          batch["image"], batch["prompt"], batch["prompt_len"], batch["target_in"],
+          *(batch[k] for k in ("caption_prompt", "caption_prompt_len", "caption_in")))
+      parts = [(logits, batch["target_out"], batch["target_mask"]),
+               (caption_logits, batch["caption_out"], batch["caption_mask"])]
+    else:
+      logits = self(batch["image"], batch["prompt"], batch["prompt_len"], batch["target_in"],
+                    **media_inputs(self.config, batch))
+      parts = [(logits, batch["target_out"], batch["target_mask"])]
+    xent = correct = weight = 0.0
+    for logits, labels, weights in parts:
+      xent += (optax.softmax_cross_entropy_with_integer_labels(logits, labels) * weights).sum()
+      correct += ((logits.argmax(-1) == labels) * weights).sum()
+      weight += weights.sum()
+    return xent, {"token_accuracy": correct, "weight": weight}
+
   def setup(self):
     c = self.config
     dtype = jnp.dtype(c.dtype)
@@ -118,9 +163,10 @@ class VisionLanguageModel(nn.Module):
       self.audio_encoder = AudioEncoder(**_media_settings(c, "audio")[0], implementation=impl, dtype=dtype)
     if "video" in self.media:
       self.video_encoder = VideoEncoder(**_media_settings(c, "video")[0], implementation=impl, dtype=dtype)
-    fusion_knobs = {k: v for k, v in knobs.items() if k in getattr(FUSIONS.get(c.fusion.name), "__dataclass_fields__", {})}
-    self.fusion = build_fusion(c.fusion.name, width=c.decoder.width, implementation=impl, dtype=dtype,
-                               **fusion_knobs, **{k: v for k, v in c.fusion.to_dict().items() if k != "name"})
+    family = fusion_base.family(c.fusion.name)
+    fusion_knobs = {k: v for k, v in knobs.items() if k in family.__dataclass_fields__}
+    self.fusion = family(width=c.decoder.width, implementation=impl, dtype=dtype,
+                         **fusion_knobs, **{k: v for k, v in c.fusion.to_dict().items() if k != "name"})
     self.decoder = Decoder(self.vocab_size, **c.decoder.to_dict(),
                            cross_attention_every=self.fusion.cross_attention_every,
                            gated_cross_attention=self.fusion.gated, implementation=impl, dtype=dtype, **knobs)
@@ -215,6 +261,3 @@ def media_inputs(model_config, batch) -> dict:
                    f"(config.model.{'/'.join(media_modalities(model_config))}).")
   return {k: batch[k] for k in keys}
 
-
-def build_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> VisionLanguageModel:
-  return VisionLanguageModel(model_config, vocab_size)

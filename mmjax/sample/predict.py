@@ -7,24 +7,20 @@ import os
 import wave
 
 import numpy as np
-from PIL import Image
+
+from mmjax.data import config as data_config_lib
+from mmjax.data import manifest, pipeline, wav
+from mmjax.models import vlm
+from mmjax.sample import embed
 
 
 def load_image(path: str, image_size: int) -> np.ndarray:
-  """Any PIL-readable image -> uint8 [S, S, 3]: RGB (alpha composited on white), bicubic resize."""
+  """An image file as the model saw training images: manifest.load_image (RGB, alpha composited on
+  white, the training resize), so sampled pixels equal the dataset's for the same file."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"--image {path}: no such file.")
   try:
-    with Image.open(path) as im:
-      im.load()
-      if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        im = Image.new("RGB", rgba.size, "white")
-        im.paste(rgba, mask=rgba.split()[-1])
-      im = im.convert("RGB")
-      if im.size != (image_size, image_size):
-        im = im.resize((image_size, image_size), Image.BICUBIC)
-      return np.asarray(im, np.uint8)
+    return manifest.load_image(path, image_size)
   except OSError as e:
     raise ValueError(f"--image {path}: not a readable image ({e}).") from e
 
@@ -37,8 +33,6 @@ def load_audio(path: str, data_config) -> tuple[np.ndarray, np.int32]:
   data.max_audio_seconds window by the pipeline's own fit_clip. A longer file is cut, as the
   pipeline cuts dataset clips; that is logged, since the model then never hears the rest.
   """
-  from mmjax.data import config as data_config_lib
-  from mmjax.data import pipeline, wav
   if not os.path.exists(path):
     raise FileNotFoundError(f"--audio {path}: no such file.")
   rate = int(data_config.get("audio_sample_rate", 16000))
@@ -58,7 +52,6 @@ def load_audio(path: str, data_config) -> tuple[np.ndarray, np.int32]:
 def check_audio_flag(config, audio_paths) -> None:
   """--audio is given exactly when the model has an audio encoder (config.model.audio); cheap (the
   config only), so the sample command checks it before loading the workdir."""
-  from mmjax.models import vlm
   hears = "audio" in vlm.media_modalities(config.model)
   if hears and not audio_paths:
     what = (" and its questions are spoken (config.data.spoken_prompt): give the question as a WAV file"
@@ -90,7 +83,6 @@ def answer(trained, generate_fn, image_paths: list[str], prompts: list[str], rng
   audio_paths: one WAV file per image, for a model with an audio encoder (config.model.audio; see
   load_audio); they reach the model as the batch's audio / audio_len, like dataset clips.
   """
-  from mmjax.models import vlm
   c = trained.config
   check_audio_flag(c, audio_paths)
   unheard = [k for k in getattr(generate_fn, "media_keys", ()) if k not in vlm.MEDIA_INPUTS["audio"]]
@@ -113,14 +105,13 @@ def answer(trained, generate_fn, image_paths: list[str], prompts: list[str], rng
 def rank_texts(trained, image_paths: list[str], texts: list[str]) -> list[list[tuple[str, float]]]:
   """A contrastive model (config.model.kind="contrastive"): for every image, the texts sorted by
   cosine similarity of their embeddings, highest first, as (text, similarity) pairs."""
-  from mmjax.evaluate import contrastive
   c = trained.config
   images = np.stack([load_image(p, c.data.image_size) for p in image_paths])
   tokens, lengths = encode_prompts(trained.data.tokenizer, texts, c.data.max_target_len)
   n = max(len(images), len(texts))
   pad = lambda x: np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)])
-  embed_fn = contrastive.make_embed_fn(trained.setup)
-  img, txt = contrastive.embed_rows(embed_fn, trained.params, pad(images), pad(tokens), pad(lengths),
-                                    contrastive.global_batch(n, embed_fn.multiple))
+  embed_fn = embed.make_embed_fn(trained.setup)
+  img, txt = embed.embed_rows(embed_fn, trained.params, pad(images), pad(tokens), pad(lengths),
+                                    embed.global_batch(n, embed_fn.multiple))
   sims = img[: len(images)] @ txt[: len(texts)].T
   return [[(texts[j], float(row[j])) for j in np.argsort(-row, kind="stable")] for row in sims]

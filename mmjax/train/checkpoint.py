@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 _MODEL_KEYS = ("model",)
 _FREE_MODEL_KEYS = ("dtype", "attention_implementation", "remat", "init_from")
 # Model keys added after checkpoints were already written: a checkpoint without them used this value.
-# Empty media sections = encoder off; no kind = the vision-language model (mmjax.models.MODEL_KINDS).
+# Empty media sections = encoder off; no kind = the vision-language model (mmjax.registry's "models").
 _MODEL_KEY_DEFAULTS = {"scan_layers": False, "audio": {}, "video": {}, "kind": "vlm"}
 
 

@@ -14,14 +14,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mmjax import sharding
+from mmjax import registry, sharding
 from mmjax.data.config import CAPTION_FIELDS, captions_with_questions, max_audio_samples, questions_per_image
-from mmjax.models import build_model, model_kind as model_kind_name, transfer
-from mmjax.models import contrastive, vlm
+from mmjax.encoders import AudioEncoder
+from mmjax.models import model_class, transfer, vlm
 from mmjax.train.optim import make_optimizer
-
-# The keys every model's train step reads; batch_keys(config) adds the media its encoders read.
-BATCH_KEYS = ("image", "prompt", "prompt_len", "target_in", "target_out", "target_mask")
 
 # What to set so the dataset carries a modality's batch keys (for the errors of check_data_media).
 _MEDIA_DATA_KEYS = {
@@ -32,14 +29,10 @@ _MEDIA_DATA_KEYS = {
 
 
 def batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The batch keys the train step reads (the model kind's; for a VLM BATCH_KEYS plus the media
-  keys of its encoders)."""
-  return model_kind(config).batch_keys(config)
-
-
-def _vlm_batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The batch keys the train step reads: the model kind's, plus the captions that ride along with
+  the questions (data.captions_with_questions)."""
   captions = CAPTION_KEYS if captions_with_questions(config) else ()
-  return BATCH_KEYS + vlm.media_input_keys(config.model) + captions
+  return model_class(config.model).batch_keys(config.model) + captions
 
 
 def check_data_media(config: ml_collections.ConfigDict, data_media) -> None:
@@ -50,7 +43,6 @@ def check_data_media(config: ml_collections.ConfigDict, data_media) -> None:
       raise ValueError(f"config.model.{m} turns on the {m} encoder, but the dataset has no {m}: set "
                        f"{_MEDIA_DATA_KEYS[m]}, or remove config.model.{m}.")
   if "audio" in vlm.media_modalities(config.model):
-    from mmjax.encoders import AudioEncoder
     model_rate = int(config.model.audio.get("sample_rate", AudioEncoder.sample_rate))
     data_rate = int(config.data.get("audio_sample_rate", 16000))
     if model_rate != data_rate:
@@ -85,8 +77,14 @@ class Setup:
     return _mesh_and_rules(self.mesh, self.rules)
 
   @property
-  def kind(self) -> "ModelKind":
-    return model_kind(self.config)
+  def kind(self) -> type:
+    """The model's class, with the model-kind hooks (mmjax.models.kind)."""
+    return type(self.model)
+
+  def make_evaluator(self, data):
+    """The evaluation of this model kind: evaluate(params, split, max_examples=0, progress=False)
+    -> (metrics named "<split>/<metric>", predictions for sample.report.write_report)."""
+    return registry.get("evaluators", self.kind.evaluator, "the model kind's evaluator")(self, data)
 
 
 @contextlib.contextmanager
@@ -132,9 +130,13 @@ def dummy_train_batch(config: ml_collections.ConfigDict) -> dict:
 
 
 def make_setup(config: ml_collections.ConfigDict, vocab_size: int, devices=None) -> Setup:
-  kind = model_kind(config)
-  kind.check(config)
-  model = build_model(config.model, vocab_size)
+  kind = model_class(config.model)
+  kind.check_config(config)
+  if int(config.get("grad_accum_steps", 1) or 1) > 1 and not kind.accumulates_gradients:
+    raise ValueError(f"config.model.kind={config.model.get('kind', 'vlm')!r} trains on the whole global batch at "
+                     "once: its loss couples the examples of the batch, so microbatches (grad accumulation) would "
+                     "change the objective; set --config.grad_accum_steps=1 and a --config.batch_size that fits.")
+  model = kind(config.model, vocab_size)
   mesh = sharding.make_mesh(dict(config.mesh), dict(config.get("dcn_mesh", {}) or {}), devices=devices)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.batch_size % shards:
@@ -152,7 +154,7 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int, devices=None)
   batch = dummy_batch(config, 1)
 
   def init(rng):
-    args, kwargs = kind.init_inputs(config, batch)
+    args, kwargs = kind.init_inputs(config.model, batch)
     variables = model.init(rng, *args, **kwargs)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
@@ -175,37 +177,6 @@ def init_state(setup: Setup, rng) -> TrainState:
 CAPTION_KEYS = tuple(CAPTION_FIELDS)
 
 
-def loss_sums(model, params, batch):
-  """Unnormalised sums over the batch: (sum of weighted xent, (that sum, correct tokens, weight)).
-
-  Sums (not means) so microbatches add up exactly to the full batch (gradient accumulation). A
-  batch with CAPTION_KEYS adds its caption tokens (weighted by caption_mask) to the same sums.
-  """
-  if "caption_in" in batch:
-    logits, caption_logits = model.apply(
-        {"params": params}, batch["image"], batch["prompt"], batch["prompt_len"], batch["target_in"],
-        *(batch[k] for k in ("caption_prompt", "caption_prompt_len", "caption_in")), method="with_captions")
-    parts = [(logits, batch["target_out"], batch["target_mask"]),
-             (caption_logits, batch["caption_out"], batch["caption_mask"])]
-  else:
-    logits = model.apply({"params": params}, batch["image"], batch["prompt"], batch["prompt_len"],
-                         batch["target_in"], **vlm.media_inputs(model.config, batch))
-    parts = [(logits, batch["target_out"], batch["target_mask"])]
-  xent_sum = correct = n = 0.0
-  for logits, labels, weights in parts:
-    xent_sum += (optax.softmax_cross_entropy_with_integer_labels(logits, labels) * weights).sum()
-    correct += ((logits.argmax(-1) == labels) * weights).sum()
-    n += weights.sum()
-  return xent_sum, (xent_sum, correct, n)
-
-
-def loss_fn(model, params, batch):
-  xent_sum, (_, correct, n) = loss_sums(model, params, batch)
-  denom = jnp.maximum(n, 1.0)
-  loss = xent_sum / denom
-  return loss, {"loss": loss, "token_accuracy": correct / denom}
-
-
 def _microbatches(batch, k: int):
   """[B, ...] -> [k, B/k, ...] with microbatch j = rows j, j+k, j+2k, ...: every device keeps its
   share of every microbatch (rows stay on the device that holds them), so no data moves.
@@ -224,26 +195,34 @@ def _microbatches(batch, k: int):
 
 
 def grads_and_metrics(model, params, batch, grad_accum_steps: int = 1):
-  """Gradient of the token-mean loss over the whole batch, summed over `grad_accum_steps`
-  microbatches inside one lax.scan (activation memory of one microbatch)."""
-  grad_fn = jax.grad(lambda p, b: loss_sums(model, p, b), has_aux=True)
+  """Gradient of the model's loss over the whole batch (its kind's loss_sums: the objective summed
+  over the batch, divided by the summed weight), summed over `grad_accum_steps` microbatches inside
+  one lax.scan (activation memory of one microbatch). Returns (grads, metrics): "loss" and every
+  other sum of loss_sums divided by the weight."""
+  def sums_fn(p, b):
+    objective, sums = model.apply({"params": p}, b, method="loss_sums")
+    return objective, dict(sums, loss=objective)
+
+  grad_fn = jax.grad(sums_fn, has_aux=True)
   if grad_accum_steps <= 1:
-    grads, (xent_sum, correct, n) = grad_fn(params, batch)
+    grads, sums = grad_fn(params, batch)
   else:
     micro = _microbatches(batch, grad_accum_steps)
+    _, sums_shape = jax.eval_shape(sums_fn, params, jax.tree.map(lambda x: x[0], micro))
 
     def body(carry, mb):
       mb = {k: sharding.constrain(v, ("act_batch",) + (None,) * (v.ndim - 1)) for k, v in mb.items()}
-      g, sums = grad_fn(params, mb)
+      g, s = grad_fn(params, mb)
       acc_g, acc_s = carry
-      return (jax.tree.map(jnp.add, acc_g, g), jax.tree.map(jnp.add, acc_s, sums)), None
+      return (jax.tree.map(jnp.add, acc_g, g), jax.tree.map(jnp.add, acc_s, s)), None
 
-    zeros = (jax.tree.map(jnp.zeros_like, params), (jnp.zeros(()), jnp.zeros(()), jnp.zeros(())))
-    (grads, (xent_sum, correct, n)), _ = jax.lax.scan(body, zeros, micro)
-  denom = jnp.maximum(n, 1.0)
+    zeros = (jax.tree.map(jnp.zeros_like, params),
+             jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), sums_shape))
+    (grads, sums), _ = jax.lax.scan(body, zeros, micro)
+  # Token-mean (VLM) semantics: an all-padding batch has weight 0 and must not divide by it.
+  denom = jnp.maximum(sums["weight"], 1.0)
   grads = jax.tree.map(lambda g: g / denom, grads)
-  loss = xent_sum / denom
-  return grads, {"loss": loss, "token_accuracy": correct / denom}
+  return grads, {k: v / denom for k, v in sums.items() if k != "weight"}
 
 
 def make_train_step(setup: Setup, batch_example: dict, skip_nonfinite: bool = False,
@@ -257,7 +236,7 @@ def make_train_step(setup: Setup, batch_example: dict, skip_nonfinite: bool = Fa
   accum = int(grad_accum_steps or setup.config.get("grad_accum_steps", 1) or 1)
 
   def step(state: TrainState, batch):
-    grads, metrics = setup.kind.grads_and_metrics(model, state.params, batch, accum)
+    grads, metrics = grads_and_metrics(model, state.params, batch, accum)
     loss = metrics["loss"]
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -274,109 +253,3 @@ def make_train_step(setup: Setup, batch_example: dict, skip_nonfinite: bool = Fa
   replicated = NamedSharding(setup.mesh, P())
   return jax.jit(step, in_shardings=(setup.state_sharding, batch_sharding),
                  out_shardings=(setup.state_sharding, replicated), donate_argnums=(0,))
-
-
-def contrastive_grads_and_metrics(model, params, batch, grad_accum_steps: int = 1):
-  """Gradient of the CLIP / SigLIP loss over the whole global batch of (image, caption) pairs (every
-  other caption of the batch is a negative), plus in-batch top-1 retrieval accuracies and the
-  learned temperature. No microbatching: the loss couples every pair of the batch (see
-  _check_contrastive)."""
-  if grad_accum_steps > 1:
-    raise ValueError(_CONTRASTIVE_ACCUM)
-  loss_kind = model.config.get("loss", "clip")
-
-  def loss_fn(p):
-    img, txt, scale, bias = model.apply({"params": p}, batch["image"],
-                                        *contrastive.caption_tokens(batch["target_out"], batch["target_mask"]))
-    loss = contrastive.contrastive_loss(img, txt, scale, bias, loss_kind)
-    logits = contrastive.pairwise_logits(img, txt, scale, bias)
-    target = jnp.arange(logits.shape[0])
-    metrics = {"loss": loss, "batch_i2t_accuracy": (logits.argmax(1) == target).mean(),
-               "batch_t2i_accuracy": (logits.argmax(0) == target).mean(), "temperature": jnp.exp(scale)}
-    if bias is not None:
-      metrics["logit_bias"] = bias
-    return loss, metrics
-
-  grads, metrics = jax.grad(loss_fn, has_aux=True)(params)
-  return grads, metrics
-
-
-_CONTRASTIVE_ACCUM = ("config.model.kind='contrastive' trains on the whole global batch at once: the CLIP / SigLIP "
-                      "loss couples every pair of it, so microbatches (grad accumulation) would change the objective "
-                      "(fewer negatives); set --config.grad_accum_steps=1 and a --config.batch_size that fits.")
-
-
-def _check_contrastive(config: ml_collections.ConfigDict) -> None:
-  """Start-up errors of a contrastive config, naming the keys to change."""
-  if int(config.get("grad_accum_steps", 1) or 1) > 1:
-    raise ValueError(_CONTRASTIVE_ACCUM)
-  if not config.data.get("captions", True):
-    raise ValueError("config.model.kind='contrastive' trains on (image, caption) pairs, but "
-                     "config.data.captions=False: set --config.data.captions=True.")
-  text_len, caption_len = int(config.model.text.max_len), int(config.data.max_target_len)
-  if text_len < caption_len:
-    raise ValueError(f"config.model.text.max_len={text_len} < config.data.max_target_len={caption_len}: the "
-                     "contrastive text tower reads whole captions (up to max_target_len - 1 tokens); set "
-                     "--config.model.text.max_len to at least max_target_len.")
-  extra = vlm.media_modalities(config.model)
-  if extra:
-    raise ValueError(f"config.model.kind='contrastive' has an image and a text tower only; remove "
-                     f"config.model.{extra[0]}.")
-
-
-def _vlm_evaluator(setup: Setup, data):
-  from mmjax.evaluate import evaluator  # imported when used: it pulls in generation
-  return evaluator.make_evaluator(setup, data)
-
-
-def _contrastive_evaluator(setup: Setup, data):
-  from mmjax.evaluate import contrastive as contrastive_eval  # imported when used: it pulls in the data pipeline
-  return contrastive_eval.make_evaluator(setup, data)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelKind:
-  """What the one trainer does differently per config.model.kind (KINDS); everything else (mesh,
-  optimizer, checkpoints, the loop) is shared.
-
-  init_inputs(config, batch) -> (args, kwargs) of model.init from a dummy_batch.
-  batch_keys(config) -> the batch keys the train step reads.
-  grads_and_metrics(model, params, batch, grad_accum_steps) -> (grads, metrics with "loss").
-  make_evaluator(setup, data) -> evaluate(params, split, max_examples=0, progress=False)
-      -> (metrics named "<split>/<metric>", predictions for sample.report.write_report).
-  train_tasks: the pipeline TASK_NAMES trained on (None: all of the dataset's).
-  progress_metric: the train metric shown next to the loss on the progress bar.
-  check(config): start-up errors of configs this kind cannot train.
-  """
-  name: str
-  init_inputs: Callable
-  batch_keys: Callable
-  grads_and_metrics: Callable
-  make_evaluator: Callable
-  train_tasks: tuple[str, ...] | None = None
-  progress_metric: str = "token_accuracy"
-  check: Callable = lambda config: None
-
-
-KINDS = {
-    # Vision-language model: teacher-forced next-token loss on every task; evaluated by generation
-    # (VQA accuracy, CIDEr, matching accuracy).
-    "vlm": ModelKind(
-        name="vlm",
-        init_inputs=lambda config, b: ((b["image"], b["prompt"], b["prompt_len"], b["target_in"]),
-                                       vlm.media_inputs(config.model, b)),
-        batch_keys=_vlm_batch_keys, grads_and_metrics=grads_and_metrics, make_evaluator=_vlm_evaluator),
-    # CLIP / SigLIP: (image, caption) pairs of the captioning examples, the caption's tokens as the
-    # text; evaluated by retrieval recall@k and zero-shot shape classification.
-    "contrastive": ModelKind(
-        name="contrastive",
-        init_inputs=lambda config, b: ((b["image"], *contrastive.caption_tokens(b["target_out"], b["target_mask"])), {}),
-        batch_keys=lambda config: ("image", "target_out", "target_mask"),
-        grads_and_metrics=contrastive_grads_and_metrics, make_evaluator=_contrastive_evaluator,
-        train_tasks=("caption",), progress_metric="batch_i2t_accuracy", check=_check_contrastive),
-}
-
-
-def model_kind(config: ml_collections.ConfigDict) -> ModelKind:
-  """The ModelKind of config.model.kind ("vlm" when absent)."""
-  return KINDS[model_kind_name(config.model)]

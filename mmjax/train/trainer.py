@@ -3,8 +3,8 @@
   train_and_evaluate(config, workdir)
 
 One loop for every model kind (config.model.kind: "vlm", or "contrastive" for CLIP / SigLIP): what
-differs between them (init inputs, batch keys, loss, training tasks, evaluation) comes from
-state.KINDS.
+differs between them (init inputs, batch keys, loss, training tasks, evaluation) is asked of the
+model's class (mmjax.models.kind).
 
 A workdir holds everything a run needs to continue or be sampled from: checkpoints/ (train state,
 input-pipeline position, config), tokenizer.model, config.json, metrics.jsonl, tensorboard/ and
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 
 import jax
@@ -28,12 +27,10 @@ from mmjax.data import pipeline
 from mmjax.models import transfer
 from mmjax.sample.report import write_report
 from mmjax.train import state as state_lib
+from mmjax.train import workdir as workdir_lib
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.metrics_writer import MetricWriter
 from mmjax.train.preemption import StopRequest
-
-TOKENIZER_FILE = "tokenizer.model"
-
 
 class NonFiniteLoss(FloatingPointError):
   pass
@@ -60,23 +57,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"--config.batch_size={config.batch_size} is not divisible by the {n} processes.")
 
 
-def load_data(config, workdir: str):
-  """Prepares the dataset and the tokenizer; a workdir's own tokenizer wins (resume / sample).
-  Fails when the model reads media (config.model.audio / video) the dataset does not carry."""
-  state_lib.check_data_media(config, pipeline.dataset_media(config))  # before building the dataset
-  tok_path = os.path.join(workdir, TOKENIZER_FILE)
-  data = pipeline.Data(config, tokenizer_path=tok_path if os.path.exists(tok_path) else None)
-  if jax.process_index() == 0 and not os.path.exists(tok_path):
-    os.makedirs(workdir, exist_ok=True)
-    shutil.copyfile(data.tokenizer.path, tok_path)
-  return data
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) -> dict:
   validate_config(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  data = load_data(config, workdir)
+  data = workdir_lib.load_data(config, workdir)
   _check_eval_splits(config, data)
   setup = state_lib.make_setup(config, data.tokenizer.vocab_size)
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, save_interval_steps=1)
@@ -101,7 +86,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
   shardings = setup.batch_sharding(first)
   keys = state_lib.batch_keys(config)
   writer = MetricWriter(workdir)
-  evaluator = kind.make_evaluator(setup, data)
+  evaluator = setup.make_evaluator(data)
   stop = StopRequest()
 
   def put(batch, step):
@@ -183,7 +168,6 @@ def _init_from(state, setup, config):
   init_from = dict(config.model.get("init_from", {}) or {})
   if not init_from:
     return state
-  from mmjax.train import workdir as workdir_lib
   params = transfer.init_from_workdirs(state.params, init_from, lambda wd: workdir_lib.load(wd).params)
   return state.replace(params=jax.device_put(params, setup.state_sharding.params))
 

@@ -1,17 +1,35 @@
-"""Loading a trained workdir back: its config, tokenizer, data and newest parameters."""
+"""A run's workdir: its data and tokenizer (load_data), and loading a trained one back (load)."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
 
+import shutil
+
 import jax
 import ml_collections
 
 from mmjax import config_files
+from mmjax.data import pipeline
 from mmjax.train import state as state_lib
 from mmjax.train.checkpoint import Checkpointer
-from mmjax.train.trainer import load_data
+
+
+TOKENIZER_FILENAME = pipeline.TOKENIZER_FILENAME  # the tokenizer a run keeps beside its checkpoints
+
+
+def load_data(config, workdir: str):
+  """Prepares the dataset and the tokenizer; a workdir's own tokenizer wins (resume / sample).
+  Fails when the model reads media (config.model.audio / video) the dataset does not carry."""
+  state_lib.check_data_media(config, pipeline.dataset_media(config))  # before building the dataset
+  tok_path = os.path.join(workdir, TOKENIZER_FILENAME)
+  data = pipeline.Data(config, tokenizer_path=tok_path if os.path.exists(tok_path) else None)
+  if jax.process_index() == 0 and not os.path.exists(tok_path):
+    os.makedirs(workdir, exist_ok=True)
+    shutil.copyfile(data.tokenizer.path, tok_path)
+  return data
+
 
 
 @dataclasses.dataclass

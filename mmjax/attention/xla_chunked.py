@@ -15,7 +15,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mmjax.attention import dispatch
 from mmjax.kernels.mask import MaskSpec, _allowed
 
 DEFAULT_BLOCK_K = 512
@@ -129,9 +128,7 @@ _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 def xla_chunked(q, k, v, mask: MaskSpec | None, scale: float, softcap: float | None,
                 block_k: int = DEFAULT_BLOCK_K):
-  """Registered as IMPLEMENTATIONS["xla_chunked"]; block_k is clipped to the key length."""
+  """The "xla_chunked" backend (mmjax.registry); block_k is clipped to the key length."""
   block_k = max(1, min(block_k, k.shape[1]))
   return _chunked(q, k, v, mask, float(scale), None if softcap is None else float(softcap), block_k)
 
-
-dispatch.IMPLEMENTATIONS["xla_chunked"] = xla_chunked

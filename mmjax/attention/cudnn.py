@@ -1,27 +1,14 @@
-"""GPU attention routes: "triton" (our fused kernel in mmjax.kernels) and "cudnn".
+""""cudnn": jax.nn.dot_product_attention(implementation="cudnn") when the mask fits it; GPU only.
 
-Both raise UnsupportedAttention instead of falling back, so a request for a specific kernel either
-runs that kernel or says why not. The mmjax.kernels Triton path is imported lazily: importing triton
-and jax_triton costs time and, for jax_triton, fails on CPU-only installs.
+Raises UnsupportedAttention (naming what cuDNN cannot express) instead of falling back.
 """
 from __future__ import annotations
-
-import importlib.util
 
 import jax
 import jax.numpy as jnp
 
-from mmjax.attention import dispatch
-from mmjax.attention.dispatch import UnsupportedAttention
+from mmjax.attention.errors import UnsupportedAttention
 from mmjax.kernels.mask import MaskSpec
-
-
-def on_gpu() -> bool:
-  return jax.default_backend() == "gpu"
-
-
-def jax_triton_available() -> bool:
-  return importlib.util.find_spec("jax_triton") is not None
 
 
 def cudnn_unsupported_reason(mask: MaskSpec | None) -> str | None:
@@ -37,21 +24,8 @@ def cudnn_unsupported_reason(mask: MaskSpec | None) -> str | None:
   return None
 
 
-def triton_attention(q, k, v, mask: MaskSpec | None, scale: float, softcap: float | None):
-  if not on_gpu():
-    raise UnsupportedAttention(f"'triton' attention needs a CUDA GPU; default backend is "
-                               f"{jax.default_backend()!r}.")
-  if not jax_triton_available():
-    raise UnsupportedAttention("'triton' attention needs the jax_triton package (not installed).")
-  from mmjax.kernels import triton_call
-  try:
-    return triton_call.flash_attention(q, k, v, mask, scale, softcap)
-  except ValueError as e:  # shape limits of the kernel (head dim, ...)
-    raise UnsupportedAttention(f"'triton' attention: {e}") from e
-
-
 def cudnn_attention(q, k, v, mask: MaskSpec | None, scale: float, softcap: float | None):
-  if not on_gpu():
+  if jax.default_backend() != "gpu":
     raise UnsupportedAttention(f"'cudnn' attention needs a CUDA GPU; default backend is "
                                f"{jax.default_backend()!r}.")
   reason = cudnn_unsupported_reason(mask)
@@ -70,7 +44,3 @@ def cudnn_attention(q, k, v, mask: MaskSpec | None, scale: float, softcap: float
   return jax.nn.dot_product_attention(
       q, k, v, scale=scale, is_causal=bool(mask is not None and mask.causal),
       key_value_seq_lengths=kv_len, implementation="cudnn")
-
-
-dispatch.IMPLEMENTATIONS["triton"] = triton_attention
-dispatch.IMPLEMENTATIONS["cudnn"] = cudnn_attention
