@@ -62,7 +62,7 @@ def test_train_checkpoint_resume_sample(tiny_config, tmp_path):
 
   # The spatial probe reads the trained model's answer position (tiny's train split has 48
   # spatial questions) and prints its three probes with accuracies in [0, 1].
-  out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "probe_spatial.py"), f"--workdir={wd}",
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "proj", "shapes", "probe_spatial.py"), f"--workdir={wd}",
                         "--split=train"], capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   probes = [line.split()[-2:] for line in out.stdout.splitlines()[1:]]

@@ -1,7 +1,9 @@
-"""The README main job: a vision-language model trained from scratch on the embedded shapes data.
+"""The README main job: the general vision-language model (ViT + text encoder -> cross-attention
+fusion -> causal decoder) trained from scratch on the embedded shapes data.
 
+Nothing here knows that data: it is the model a user gets with `--config.data.manifest=...`.
 Sized for a 2-core CPU (about 15 minutes, dataset generation included); every key can be
-overridden from the command line, e.g. `--config.total_steps=500 --config.model.objects.depth=1`.
+overridden from the command line, e.g. `--config.total_steps=500 --config.model.vit.depth=1`.
 """
 import ml_collections
 
@@ -9,9 +11,9 @@ import ml_collections
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.total_steps = 1900            # 12 min 51 s in all (README); set when a slower form of the neighbour tokens took 14 min 26 s
+  c.total_steps = 1500            # about 2.2 steps/s on 2 CPU cores: inside the 15-minute budget (docs/results.md)
   c.batch_size = 256              # questions per step: 32 images x data.questions_per_image
-  c.eval_every = 1000
+  c.eval_every = 750
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
   c.log_every = 50
@@ -24,21 +26,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = _data_config()
   c.data.questions_per_image = 8
   c.data.captions_with_questions = True
-  # Training-only questions per train scene (never scored; see shapes.AUXILIARY_KINDS):
-  # - spatial_lean: two spatial questions that ask only "on the left?" / "on the top?". Balanced
-  #   yes/no spatial questions are an XOR of the object's side and the asked side, which gives
-  #   reading the object's side no gradient: without the one-sided ones the (ViT) main job stayed
-  #   at chance on spatial questions (test 0.50; 0.98 with).
-  # - count: one "how many objects are <shape>s?" (the ViT job without it: 0.53 / 0.79 / 0.38,
-  #   attribute / spatial / relational).
-  # - side: one "is the <color> object on the left or the right?" -> left / right (likewise top /
-  #   bottom); with the object encoder, "on the right?" otherwise lagged (0.667 at the end of one run).
-  # - position: one "what color is the object at the <pos>?": "what color is the <shape> at the
-  #   <pos>?" otherwise stalled where matching the shape alone leaves it (about 0.6).
-  c.data.train_auxiliary_questions.spatial_lean = 2
-  c.data.train_auxiliary_questions.count = 1
-  c.data.train_auxiliary_questions.side = 1
-  c.data.train_auxiliary_questions.position = 1
 
   c.model = ml_collections.ConfigDict()
   c.model.dtype = "float32"       # compute dtype; parameters stay float32
@@ -49,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.init_from = ml_collections.ConfigDict()  # {"image_encoder": "/path/to/workdir"}: copied at a fresh start
   # Small on purpose: the main job must train, evaluate and sample in about 15 minutes on 2 CPU
   # cores, so every choice below buys examples per second or learning per example (measured; see
-  # README "Measured results"):
+  # docs/results.md and the shapes project's README):
   # - 8x8-pixel tokens (64 per image; an object, about 9 px, falls mostly in one) from three
   #   stride-2 convolutions, with each pixel's x, y as extra input channels so that a token knows
   #   where inside its patch the object sits ("is the red object on the left?").
@@ -64,21 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.vit = ml_collections.ConfigDict(dict(width=96, depth=2, num_heads=4, mlp_dim=192, patch_size=8,
                                                posemb="sincos2d", stem="conv", stem_channels=(32, 64, 96),
                                                coord_channels=True))
-  # The image enters as one token per object (mmjax/encoders/objects.py): pixels grouped by colour
-  # into slots, each slot's shape features, exact centroid and size, and relation layers whose
-  # two geometric heads read the nearest and the furthest *other* object; the decoder sees each
-  # object's token before and after the relation layers (clean_tokens) and each object paired with
-  # its nearest and its furthest other object (neighbour_tokens: "what shape is the object closest
-  # to the red one?" went from 0.56 to 0.98 on test). README "Measured results"
-  # has how each piece was measured, and the ViT runs (`--config.model.image_encoder=vit`) it
-  # replaced.
-  c.model.image_encoder = "mmjax.encoders.objects:ObjectEncoder"  # fields in model.objects; "vit": model.vit
-  c.model.objects = ml_collections.ConfigDict(dict(
-      num_slots=7,                       # six objects and the background
-      width=96, feature_dim=32, feature_stride=2, iterations=3, sharpness=20.0, depth=2, num_heads=4, mlp_dim=192,
-      slopes=(300.0, -100.0, 15.0, 0.0),  # per head, on squared distance: near, far, gently near, none
-      self_excluding_heads=2, geometric_heads=2,  # the near and far heads: distance only, never self
-      position_frequencies=4, mass_prior=-8.0, clean_tokens=True, neighbour_tokens=True))
+  c.model.image_encoder = "vit"   # any registry name (mmjax.registry) or "module:Class"; fields in model.vit
   c.model.text = ml_collections.ConfigDict(dict(width=96, depth=0, num_heads=4, mlp_dim=192, max_len=32))
   c.model.fusion = ml_collections.ConfigDict(dict(name="cross_attention", cross_attention_every=1, gated=False,
                                                   text_as="prefix", fuse_depth=0, num_heads=4, mlp_dim=192))

@@ -11,12 +11,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_files.sibling(__file__, arg or "tiny")
   c.model.fusion = ml_collections.ConfigDict(dict(name="prefix_lm"))
   # The prefix (image tokens + max_prompt_len) shares the decoder's positions with the answer.
-  if c.model.image_encoder != "vit":   # the object encoder: one token per slot, more with clean / neighbour tokens
-    from mmjax.encoders.objects import tokens_per_image
-    o = c.model.objects
-    n_image = tokens_per_image(o.num_slots, o.get("clean_tokens", False), o.get("neighbour_tokens", False))
-  else:                                     # one per ViT patch
-    n_image = (c.data.image_size // c.model.vit.patch_size) ** 2
+  n_image = (c.data.image_size // c.model.vit.patch_size) ** 2  # one token per ViT patch
   c.data.questions_per_image = 1  # one image per question: the image's tokens and the question form one prefix
   c.data.captions_with_questions = False
   c.model.decoder.max_len = n_image + c.data.max_prompt_len + c.data.max_target_len

@@ -17,7 +17,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.train_scenes = 24
   c.data.validation_scenes = 4
   c.data.test_scenes = 4
-  c.model.image_encoder = "vit"  # (the default uses the object encoder)
   c.model.vit.update(dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=16))
   c.model.text.update(dict(width=32, depth=1, num_heads=2, mlp_dim=64))
   c.model.fusion.update(dict(fuse_depth=1, num_heads=2, mlp_dim=64))

@@ -10,7 +10,7 @@ them. Prints:
   - how far each object's slot centroid (from the slot's mask) is from the object's true centroid,
     in pixels: mean, 90th percentile and maximum.
 
-  python experiments/inspect_slots.py --workdir=DIR [--split=validation] [--num_images=64]
+  python experiments/proj/shapes/inspect_slots.py --workdir=DIR [--split=validation] [--num_images=64]
 """
 from absl import app, flags
 import jax.numpy as jnp
@@ -34,7 +34,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from mmjax.data import shapes
-  from mmjax.encoders.objects import ObjectEncoder, mask_geometry
+  from mmjax.projects.shapes.objects import ObjectEncoder, mask_geometry
   from mmjax.layers import pixel_coordinates
   from mmjax.train import workdir as workdir_lib
 

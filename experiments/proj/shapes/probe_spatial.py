@@ -2,7 +2,7 @@ r"""What does a trained VLM's answer position know about a spatial question?
 
 For the shapes spatial questions of a split ("is the red object on the left?"), takes the decoder's
 final hidden state at the position that predicts the answer and fits linear probes
-(mmjax.evaluate.probe: ridge regression, fit on two thirds of the questions, scored on the rest) for:
+(mmjax.projects.shapes.probe: ridge regression, fit on two thirds of the questions, scored on the rest) for:
   - the object's side along the asked axis (read off the image: the object's pixel centroid),
   - the side the question asks about (left/top vs right/bottom),
   - the answer (yes/no).
@@ -11,7 +11,7 @@ answers at chance although it names positions in its captions shows here whether
 position never reads the object's position (first probe near chance) or reads it but fails to
 combine it with the question (first two probes high, the third at chance).
 
-  python experiments/probe_spatial.py --workdir=DIR [--split=validation] [--max_questions=1500]
+  python experiments/proj/shapes/probe_spatial.py --workdir=DIR [--split=validation] [--max_questions=1500]
 """
 from absl import app, flags
 import jax
@@ -38,7 +38,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from mmjax.data import shapes
-  from mmjax.evaluate.probe import linear_probe_accuracy
+  from mmjax.projects.shapes.probe import linear_probe_accuracy
   from mmjax.train import workdir as workdir_lib
 
   t = workdir_lib.load(_WORKDIR.value)

@@ -8,7 +8,7 @@ bind question words to objects and reason, on the main job's budget (1500 steps 
 with the main job's optimiser. With --distance_prior the attention between object tokens also gets
 a distance bias (distance_bias below), the inductive bias a "closest to" question asks for.
 
-  python experiments/perception_oracle.py [--distance_prior]
+  python experiments/proj/shapes/perception_oracle.py [--distance_prior]
 
 prints validation accuracy per question type every --eval_every steps and per question template at
 the end. Measured 2026-11-27 on the default dataset (2-core CPU, a few minutes each), attribute /
@@ -146,7 +146,7 @@ def scene_images(split: pipeline.SplitData) -> np.ndarray:
 
 def main(argv):
   del argv
-  config = config_files.load("experiments/configs/default.py")
+  config = config_files.load("experiments/configs/proj/shapes/objects.py")
   data = pipeline.Data(config)
   train, val = data.split("train"), data.split("validation")
   train_ids = np.flatnonzero(train.task == pipeline.TASK_VQA)

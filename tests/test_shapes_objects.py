@@ -1,4 +1,4 @@
-"""The object-centric image encoder (mmjax/encoders/objects.py)."""
+"""The object-centric image encoder (mmjax/projects/shapes/objects.py)."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mmjax.encoders.objects import (GeometricSelfAttention, KMeansSlots, ObjectEncoder, farthest_point_indices,
+from mmjax.projects.shapes.objects import (GeometricSelfAttention, KMeansSlots, ObjectEncoder, farthest_point_indices,
                                    mask_geometry, nearest_and_furthest, tokens_per_image)
 from mmjax.layers import pixel_coordinates
 from mmjax.models import build_model
@@ -274,7 +274,7 @@ def test_neighbour_tokens_pair_each_object_with_its_nearest_and_furthest():
 
 def test_model_with_object_encoder_and_unknown_encoder_name():
   config = ml_collections.ConfigDict(dict(
-      dtype="float32", attention_implementation="xla", image_encoder="mmjax.encoders.objects:ObjectEncoder",
+      dtype="float32", attention_implementation="xla", image_encoder="mmjax.projects.shapes.objects:ObjectEncoder",
       objects=dict(num_slots=3, width=16, feature_dim=8, iterations=1, depth=1, num_heads=2, mlp_dim=32,
                    slopes=(10.0, -10.0)),
       text=dict(width=16, depth=1, num_heads=2, mlp_dim=32, max_len=8),
@@ -291,7 +291,7 @@ def test_model_with_object_encoder_and_unknown_encoder_name():
   with pytest.raises(ValueError, match="image_encoder='resnet'.*'vit'"):
     image_encoder(ml_collections.ConfigDict(dict(image_encoder="resnet")))
   with pytest.raises(ValueError, match="config.model.objects block"):
-    image_encoder(ml_collections.ConfigDict(dict(image_encoder="mmjax.encoders.objects:ObjectEncoder")))
+    image_encoder(ml_collections.ConfigDict(dict(image_encoder="mmjax.projects.shapes.objects:ObjectEncoder")))
 
 
 
@@ -309,7 +309,7 @@ def test_object_encoder_trains_resumes_samples_and_inspects(tiny_config, tmp_pat
   from mmjax.train import trainer, workdir as workdir_lib
   from tests.conftest import ROOT
 
-  tiny_config.model.image_encoder = "mmjax.encoders.objects:ObjectEncoder"
+  tiny_config.model.image_encoder = "mmjax.projects.shapes.objects:ObjectEncoder"
   tiny_config.model.objects.update(dict(width=32, feature_dim=8, iterations=2, depth=1, num_heads=2, mlp_dim=64,
                                         slopes=(60.0, -30.0)))
   tiny_config.total_steps = 2
@@ -328,7 +328,7 @@ def test_object_encoder_trains_resumes_samples_and_inspects(tiny_config, tmp_pat
   out = run("sample.py", f"--image={image}", "--prompt=what shape is the red object?")
   assert out.returncode == 0 and len(out.stdout.splitlines()) == 1, out.stderr[-2000:]
 
-  out = run("inspect_slots.py", "--split=train", "--num_images=4")
+  out = run("proj/shapes/inspect_slots.py", "--split=train", "--num_images=4")
   assert out.returncode == 0, out.stderr[-2000:]
   lines = out.stdout.splitlines()
   separate = lines[1].split(":")[1].split("/")
@@ -350,6 +350,6 @@ def test_object_encoder_trains_resumes_samples_and_inspects(tiny_config, tmp_pat
   vit_wd = str(tmp_path / "vit")
   tiny_config.total_steps = 1
   trainer.train_and_evaluate(tiny_config, vit_wd, progress=False)
-  bad = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "inspect_slots.py"), f"--workdir={vit_wd}"],
+  bad = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "proj", "shapes", "inspect_slots.py"), f"--workdir={vit_wd}"],
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "model.image_encoder='vit'" in bad.stderr

@@ -1,8 +1,8 @@
-"""mmjax.evaluate.probe's linear probe against hand-made separable and random features."""
+"""mmjax.projects.shapes.probe's linear probe against hand-made separable and random features."""
 import numpy as np
 import pytest
 
-from mmjax.evaluate.probe import linear_probe_accuracy
+from mmjax.projects.shapes.probe import linear_probe_accuracy
 
 
 def test_probe_reads_a_linearly_coded_label_and_not_a_random_one():
