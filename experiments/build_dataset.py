@@ -1,46 +1,33 @@
-r"""Builds an mmjax TFDS dataset (and its tokenizer) in one command.
+r"""Builds the TFDS dataset (and its tokenizer) of a config's `data` block in one command.
 
-  python experiments/build_dataset.py --manifest=/path/manifest.jsonl --data_dir=/path/tfds \
-      [--image_size=64] [--vocab_size=512]
+  python experiments/build_dataset.py                                        # the main job's data
+  python experiments/build_dataset.py --config.data.manifest=/path/manifest.jsonl \
+      [--config.data.data_dir=/path/tfds] [--config.data.image_size=64] [--config.data.vocab_size=512]
 
-Without --manifest it builds the procedural shapes dataset (--train_scenes, --validation_scenes,
---test_scenes, --shapes). Prints the dataset directory, the record count per split and the number
-of flattened (question/caption) examples per split.
+Prints the dataset directory, the record count per split and the number of flattened
+(question / caption) examples per split. Training builds the same dataset on first use; this
+builds it ahead of time (e.g. once, before many runs share it).
 """
+import os
 import time
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
 from mmjax import cli
-from mmjax.data import default_data_config
 from mmjax.data import pipeline
 from mmjax.data import tfds_builders
 
-_MANIFEST = flags.DEFINE_string("manifest", "", "JSONL manifest; empty builds shapes.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $MMJAX_DATA_DIR or "
-                                "~/.cache/mmjax/tensorflow_datasets).")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "Square image size.")
-_SEED = flags.DEFINE_integer("seed", 0, "Shapes scene seed / manifest split seed.")
-_VOCAB = flags.DEFINE_integer("vocab_size", 512, "Tokenizer vocabulary size (max).")
-_TRAIN = flags.DEFINE_integer("train_scenes", 12000, "Shapes: train scenes.")
-_VAL = flags.DEFINE_integer("validation_scenes", 500, "Shapes: validation scenes.")
-_TEST = flags.DEFINE_integer("test_scenes", 1000, "Shapes: test scenes.")
-_SHAPES = flags.DEFINE_integer("shapes", 3, "Shapes: number of shape kinds (2 or 3).")
+_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+config_flags.DEFINE_config_file("config", os.path.join(_CONFIGS, "default.py"), "Experiment config file.",
+                                lock_config=True)
 
 
 def main(argv):
-  del argv
-  data = default_data_config()
-  data.manifest = _MANIFEST.value
-  if _DATA_DIR.value:
-    data.data_dir = _DATA_DIR.value
-  data.image_size = _IMAGE_SIZE.value
-  data.seed = _SEED.value
-  data.vocab_size = _VOCAB.value
-  data.train_scenes, data.validation_scenes = _TRAIN.value, _VAL.value
-  data.test_scenes, data.shapes = _TEST.value, _SHAPES.value
-  config = type(data)({"seed": 0, "batch_size": 1, "data": data})
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = flags.FLAGS.config
   t0 = time.time()
   builder, tok = pipeline.prepare(config)
   print(f"dataset: {builder.data_dir}")

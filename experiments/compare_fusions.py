@@ -1,7 +1,7 @@
 r"""Trains every fusion family on the same data and step budget and tables the results.
 
   python experiments/compare_fusions.py --workdir=workdirs/fusions --steps=300 \
-      --set=data.train_scenes=3000 --set=data.test_scenes=300 --readme=README.md
+      --set=data.shapes.train_scenes=3000 --set=data.shapes.test_scenes=300 --readme=README.md
   python experiments/compare_fusions.py ... --tasks=vqa,speech_vqa,av_matching   # + the audio tasks
 
 Rows: the fusion families (FAMILY_CONFIGS) and a contrastive row (experiments/configs/contrastive.py,
@@ -105,7 +105,7 @@ _SIZES = flags.DEFINE_enum("sizes", "default", ["default", "tiny"], "The configs
 _STEPS = flags.DEFINE_integer("steps", 0, "total_steps of every run (0 = the configs' own).")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "batch_size of every run (0 = the configs' own).")
 _SET = flags.DEFINE_multi_string("set", [], "key=value config override applied to every run, e.g. "
-                                 "--set=data.train_scenes=3000 (values are Python literals, else strings).")
+                                 "--set=data.shapes.train_scenes=3000 (values are Python literals, else strings).")
 _README = flags.DEFINE_string("readme", "", "Markdown file whose text between the fusion-comparison markers "
                               "is replaced by the table.")
 _TABLE = flags.DEFINE_string("table", "", "Also write the markdown table to this file.")
@@ -113,7 +113,7 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show the trainer's progress bar
 
 
 def parse_override(item: str) -> tuple[str, object]:
-  """'data.train_scenes=3000' -> ('data.train_scenes', 3000); a value that is no Python literal is
+  """'data.shapes.train_scenes=3000' -> ('data.shapes.train_scenes', 3000); a value that is no Python literal is
   a string."""
   key, sep, raw = item.partition("=")
   if not sep or not key:

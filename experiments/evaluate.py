@@ -5,8 +5,9 @@ A VLM workdir is scored by generation (VQA accuracy, CIDEr); a contrastive one
 
   python experiments/evaluate.py --workdir=DIR [--split=test] [--max_examples=0] [--by_template]
 
---by_template also prints the VQA accuracy of every question template (the question with its
-colour, shape and position words replaced, shapes.question_template) and writes it to
+--by_template also prints the VQA accuracy of every question template (the dataset source's
+question_template, e.g. the shapes data's question with its colour, shape and position words
+replaced) and writes it to
 DIR/samples/<split>_templates.json.
 """
 from absl import app, flags, logging
@@ -31,6 +32,10 @@ def main(argv):
 
   logging.set_verbosity(logging.WARNING)
   t = workdir_lib.load(_WORKDIR.value)
+  template = t.data.source.question_template
+  if _BY_TEMPLATE.value and template is None:
+    raise ValueError(f"--by_template: the dataset of {_WORKDIR.value} ({t.data.builder.name}) defines no question "
+                     "templates (its source has no question_template).")
   # The evaluation of the workdir's model kind: generation (VLM) or retrieval + zero-shot (contrastive).
   evaluate = t.setup.make_evaluator(t.data)
   metrics, preds = evaluate(t.params, _SPLIT.value, max_examples=_MAX.value, progress=True)
@@ -43,9 +48,8 @@ def main(argv):
     print(f"{k}: {v:.4f}")
   if _BY_TEMPLATE.value:
     import json
-    from mmjax.data.shapes import question_template
     from mmjax.evaluate.vqa import accuracy_by_template
-    table = accuracy_by_template(preds, question_template)
+    table = accuracy_by_template(preds, template)
     for template, (acc, n) in table.items():
       print(f"  {acc:.3f}  n={n:5d}  {template}")
     with open(os.path.join(_WORKDIR.value, "samples", f"{_SPLIT.value}_templates.json"), "w") as f:

@@ -1,5 +1,5 @@
 """The one way a config picks a component: attention backends, encoders, fusion families,
-decoders, model kinds and evaluators.
+decoders, model kinds, evaluators and datasets.
 
 A config names a component by a short name from the table below, or by `"module.path:Attribute"`
 for anything else: a project's encoder (`"mmjax.projects.shapes.objects:ObjectEncoder"`), a user's
@@ -22,6 +22,7 @@ import importlib
 #   decoders    flax Module class: tokens + Conditioning -> logits (KV cache in decode mode).
 #   models      flax Module class with the model-kind hooks of mmjax.models.kind.ModelKind.
 #   evaluators  fn(setup, data) -> evaluate(params, split, max_examples=0, progress=False).
+#   datasets    mmjax.data.source.DatasetSource: a dataset's builder and hooks (config.data.source).
 BUILTIN: dict[str, dict[str, str]] = {
     "attention": {
         "xla": "mmjax.attention.xla:xla_attention",
@@ -52,6 +53,9 @@ BUILTIN: dict[str, dict[str, str]] = {
     "evaluators": {
         "generative": "mmjax.evaluate.evaluator:make_evaluator",
         "contrastive": "mmjax.evaluate.contrastive:make_evaluator",
+    },
+    "datasets": {
+        "manifest": "mmjax.data.tfds_builders:MANIFEST",
     },
 }
 

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmjax.data import default_data_config
 from mmjax.data import pipeline
 from mmjax.data import schema
-from mmjax.data import shapes
-from mmjax.data import sounds
+from mmjax.projects.shapes import scenes as shapes
+from mmjax.projects.shapes import sounds
 from mmjax.data import speech
 from mmjax.data import tfds_builders
-from mmjax.data import video
+from mmjax.projects.shapes import video
 from mmjax.data import wav
+from mmjax.projects.shapes import data as shapes_dataset
 from tests.test_data import _cfg
 from tests.test_data import _write_images
 from tests.test_data import _write_manifest
@@ -261,10 +261,10 @@ def test_speech_missing_program_error(monkeypatch):
 
 def test_shapes_build_without_espeak_fails_cleanly(tmp_path, monkeypatch):
   monkeypatch.setattr(speech, "ESPEAK_EXECUTABLE", "espeak-ng-not-installed-xyz")
-  cfg = tfds_builders.shapes_config(image_size=32, train_scenes=2, validation_scenes=1,
+  cfg = shapes_dataset.shapes_config(image_size=32, train_scenes=2, validation_scenes=1,
                                     test_scenes=1, spoken_questions=True)
   with pytest.raises(speech.SpeechUnavailableError):
-    tfds_builders.prepare_shapes(str(tmp_path / "data"), cfg)
+    shapes_dataset.prepare_shapes(str(tmp_path / "data"), cfg)
   assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*"))
 
 
@@ -280,14 +280,14 @@ def _tiny_cfg(data_dir, **data):
 
 
 def test_media_off_keeps_config_names():
-  assert tfds_builders.shapes_config().name == "s64_k3_n12000-500-1000_q2-2-4_seed0"
-  names = {tfds_builders.shapes_config(**kw).name for kw in (
+  assert shapes_dataset.shapes_config().name == "s64_k3_n12000-500-1000_q2-2-4_seed0"
+  names = {shapes_dataset.shapes_config(**kw).name for kw in (
       {}, {"spoken_questions": True}, {"object_sounds": True}, {"video_frames": 8},
       {"video_frames": 4}, {"object_sounds": True, "audio_sample_rate": 8000},
       {"spoken_questions": True, "object_sounds": True, "video_frames": 8})}
   assert len(names) == 7
-  d = default_data_config()
-  assert (d.spoken_questions, d.object_sounds, d.video_frames) == (False, False, 0)
+  d = shapes_dataset.default_data_config()
+  assert (d.spoken_questions, d.shapes.object_sounds, d.video_frames) == (False, False, 0)
 
 
 @needs_espeak

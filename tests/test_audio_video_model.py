@@ -226,7 +226,7 @@ def test_data_task_and_media_errors(tiny_config, tmp_path):
   with pytest.raises(ValueError, match=r"config.model.audio .*spoken_questions=True .*object_sounds=True"):
     trainer.train_and_evaluate(tiny_config, str(tmp_path / "run"), progress=False)
   assert not os.path.exists(tmp_path / "never_built")
-  tiny_config.data.object_sounds = True
+  tiny_config.data.shapes.object_sounds = True
   with pytest.raises(ValueError, match=r"config.model.audio.sample_rate=8000 but config.data.audio_sample_rate=16000"):
     state_lib.check_data_media(tiny_config, pipeline.dataset_media(tiny_config))
   tiny_config.model.video = ml_collections.ConfigDict(VIDEO)
@@ -240,7 +240,7 @@ def test_task_options_need_their_audio(shared_data_dir):
   with pytest.raises(ValueError, match=r"spoken_prompt=True .*set --config.data.spoken_questions=True"):
     pipeline.load_split(c, "test", builder=builder)
   c.data.spoken_prompt = False
-  with pytest.raises(ValueError, match=r"av_matching=True .*set --config.data.object_sounds=True"):
+  with pytest.raises(ValueError, match=r"av_matching=True .*per-record sound"):
     pipeline.load_split(c, "test", builder=builder)
 
 

@@ -45,7 +45,7 @@ def _table_rows(table):
 E2E = ["cross_attention", cf.CONTRASTIVE]  # one family, the contrastive row; plus av_matching for the family
 # tiny.py's split sizes and log rate, given explicitly so that the av_matching runs use them too (its
 # own config has more scenes and logs every 20 steps).
-SCENES = ["--set=data.train_scenes=24", "--set=data.validation_scenes=4", "--set=data.test_scenes=4",
+SCENES = ["--set=data.shapes.train_scenes=24", "--set=data.shapes.validation_scenes=4", "--set=data.shapes.test_scenes=4",
           "--set=log_every=1"]
 
 
@@ -184,8 +184,8 @@ def test_audio_task_configs(shared_data_dir, monkeypatch):
   from mmjax.models.vlm import check_fusion_media
   from mmjax.train import state as state_lib
   families = list(cf.FAMILY_CONFIGS)
-  overrides = [("data.data_dir", shared_data_dir), ("data.train_scenes", 24), ("data.validation_scenes", 4),
-               ("data.test_scenes", 4)]
+  overrides = [("data.data_dir", shared_data_dir), ("data.shapes.train_scenes", 24), ("data.shapes.validation_scenes", 4),
+               ("data.shapes.test_scenes", 4)]
   configs = cf.comparison_configs(families, ["vqa", "speech_vqa", "av_matching"], "tiny", 2, 8, overrides)
   flat = lambda c: cf._flat(c.to_dict())
   for task in ("speech_vqa", "av_matching"):
@@ -253,8 +253,8 @@ def test_bad_markers(text):
 
 
 def test_overrides():
-  assert cf.parse_override("data.train_scenes=3000") == ("data.train_scenes", 3000)
+  assert cf.parse_override("data.shapes.train_scenes=3000") == ("data.shapes.train_scenes", 3000)
   assert cf.parse_override("data.manifest=") == ("data.manifest", "")
   assert cf.parse_override("data.data_dir=/tmp/x") == ("data.data_dir", "/tmp/x")
   with pytest.raises(ValueError, match="key=value"):
-    cf.parse_override("data.train_scenes")
+    cf.parse_override("data.shapes.train_scenes")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from mmjax import config_files
-from mmjax.data import pipeline, shapes
+from mmjax.data import pipeline
+from mmjax.projects.shapes import scenes as shapes
 from mmjax.evaluate import retrieval
 from mmjax.models import ContrastiveModel, VisionLanguageModel, build_model
 from mmjax.train import state as state_lib, trainer, workdir as workdir_lib

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmjax.data import default_data_config
 from mmjax.data import manifest as manifest_lib
 from mmjax.data import pipeline
-from mmjax.data import shapes
+from mmjax.projects.shapes import scenes as shapes
 from mmjax.data import tfds_builders
 from mmjax.sample import predict
+from mmjax.projects.shapes import data as shapes_dataset
 
 # ------------------------------------------------------------------------------------------------
 # Scenes
@@ -168,9 +168,9 @@ def test_auxiliary_question_kind_errors():
   with pytest.raises(ValueError, match="unknown auxiliary question types.*'where'"):
     shapes.generate_scene([0, 0, 0], auxiliary_per_type={"where": 1})
   with pytest.raises(ValueError, match="train_auxiliary_questions.*'where'"):
-    tfds_builders.shapes_config(train_auxiliary_questions={"where": 1})
+    shapes_dataset.shapes_config(train_auxiliary_questions={"where": 1})
   with pytest.raises(ValueError, match="train_auxiliary_questions.*>= 0"):
-    tfds_builders.shapes_config(train_auxiliary_questions={"side": -1})
+    shapes_dataset.shapes_config(train_auxiliary_questions={"side": -1})
 
 
 def test_caption_matches_objects():
@@ -191,11 +191,13 @@ def _cfg(data_dir, **data):
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.batch_size = 8
-  c.data = default_data_config()
+  c.data = shapes_dataset.default_data_config()
   c.data.data_dir = str(data_dir)
-  c.data.train_scenes, c.data.validation_scenes, c.data.test_scenes = 24, 5, 5
+  c.data.shapes.train_scenes, c.data.shapes.validation_scenes, c.data.shapes.test_scenes = 24, 5, 5
   c.data.vocab_size = 400
-  c.data.update(data)
+  # Keys of the shapes block go there; the rest are the library's data keys.
+  c.data.shapes.update({k: v for k, v in data.items() if k in c.data.shapes})
+  c.data.update({k: v for k, v in data.items() if k not in c.data.shapes})
   return c
 
 
@@ -228,29 +230,29 @@ def test_shapes_build_and_read(shapes_data):
       assert h not in hashes, (split, hashes.get(h))
       hashes[h] = split
   # already prepared: no rebuild, same dir
-  again = tfds_builders.prepare_shapes(cfg.data.data_dir, tfds_builders.shapes_config(
+  again = shapes_dataset.prepare_shapes(cfg.data.data_dir, shapes_dataset.shapes_config(
       train_scenes=24, validation_scenes=5, test_scenes=5))
   assert again.data_dir == builder.data_dir
 
 
 def test_shapes_config_names_differ():
-  a = tfds_builders.shapes_config(image_size=64)
-  b = tfds_builders.shapes_config(image_size=96)
-  c = tfds_builders.shapes_config(num_shapes=2)
-  d = tfds_builders.shapes_config(questions_per_type={"relational": 1})
-  e = tfds_builders.shapes_config(train_auxiliary_questions={"count": 1})
+  a = shapes_dataset.shapes_config(image_size=64)
+  b = shapes_dataset.shapes_config(image_size=96)
+  c = shapes_dataset.shapes_config(num_shapes=2)
+  d = shapes_dataset.shapes_config(questions_per_type={"relational": 1})
+  e = shapes_dataset.shapes_config(train_auxiliary_questions={"count": 1})
   assert len({a.name, b.name, c.name, d.name, e.name}) == 5
   # No auxiliary questions: the name datasets had before they existed.
-  assert tfds_builders.shapes_config(train_auxiliary_questions={"side": 0}).name == a.name
+  assert shapes_dataset.shapes_config(train_auxiliary_questions={"side": 0}).name == a.name
   assert e.name == "s64_k3_n12000-500-1000_q2-2-4_aux0-0-1_seed0"
-  assert tfds_builders.shapes_config(train_auxiliary_questions={"position": 2}).name == (
+  assert shapes_dataset.shapes_config(train_auxiliary_questions={"position": 2}).name == (
       "s64_k3_n12000-500-1000_q2-2-4_aux0-0-0-2_seed0")
 
 
 def test_auxiliary_questions_only_in_the_train_split(tmp_path):
   cfg = _cfg(tmp_path, train_scenes=6, validation_scenes=3, test_scenes=3)
-  cfg.data.train_auxiliary_questions.side = 1
-  cfg.data.train_auxiliary_questions.spatial_lean = 1
+  cfg.data.shapes.train_auxiliary_questions.side = 1
+  cfg.data.shapes.train_auxiliary_questions.spatial_lean = 1
   builder = pipeline.prepare_builder(cfg)
   assert "_aux1-1-0_" in str(builder.data_dir)
   for split in ("train", "validation", "test"):
@@ -297,10 +299,10 @@ def test_pipeline_batches(shapes_data):
     ref = data.references(eid)
     if batch["task"][i] == pipeline.TASK_VQA:
       assert tok.decode(batch["target_out"][i]) == ref
-      assert pipeline.QUESTION_TYPES[batch["qtype"][i]] in ("attribute", "spatial", "relational")
+      assert data.question_types[batch["qtype"][i]] in ("attribute", "spatial", "relational")
     else:
       assert tok.decode(batch["target_out"][i]) in ref
-      assert pipeline.QUESTION_TYPES[batch["qtype"][i]] == "caption"
+      assert data.question_types[batch["qtype"][i]] == "caption"
       assert tok.decode(batch["prompt"][i]) == pipeline.CAPTION_PROMPT
     rec = builder.as_data_source("train")[int(data.index[eid][0])]
     assert np.array_equal(batch["image"][i], rec["image"])
@@ -479,7 +481,7 @@ def test_manifest_builds_and_reads(tmp_path):
   cfg = _cfg(data_dir, manifest=str(m), image_size=32)
   cfg.batch_size = 4
   data = pipeline.load_split(cfg, "train")
-  assert sorted(pipeline.QUESTION_TYPES[q] for q in set(data.qtype.tolist())) <= ["caption", "vqa"]
+  assert sorted(data.question_types[q] for q in set(data.qtype.tolist())) <= ["caption", "vqa"]
   batch = next(iter(pipeline.make_dataset(cfg, "train", data)))
   assert batch["image"].shape == (4, 32, 32, 3)
   tok = data.tokenizer

@@ -121,3 +121,21 @@ def test_the_core_imports_no_project():
   bad = [f"{m} imports {i}" for m, deps in _graph().items() if not m.startswith("mmjax.projects")
          for i in deps if i.startswith("mmjax.projects")]
   assert not bad, "\n".join(bad)
+
+
+# What only the embedded shapes data knows: its palette, its shape kinds, its question templates and
+# the object encoder's slot count. The core must not name any of it (issue: "the core is general").
+SHAPES_WORDS = r"\b(red|green|blue|orange|gray|yellow|circles?|triangles?|num_slots|AUXILIARY_KINDS|object_sounds)\b"
+SHAPES_PHRASES = r"(closest to|furthest from|how many objects|what shape is|what color is)"
+
+
+def test_the_core_names_nothing_of_the_shapes_data():
+  import re
+  bad = []
+  for module, path in sorted(_module_files().items()):
+    if module.startswith("mmjax.projects"):
+      continue
+    for n, line in enumerate(open(path, encoding="utf-8"), 1):
+      if re.search(SHAPES_WORDS, line) or re.search(SHAPES_PHRASES, line, re.IGNORECASE):
+        bad.append(f"{os.path.relpath(path, ROOT)}:{n}: {line.strip()}")
+  assert not bad, "\n".join(bad)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mmjax import registry
+from mmjax.data.source import DatasetSource
 from mmjax.fusion import Conditioning, Fusion, build_fusion
 from mmjax.models import build_model
 from mmjax.models.kind import HOOKS
@@ -23,6 +24,8 @@ def test_every_builtin_resolves_to_its_floors_interface(floor):
       assert isinstance(component, type) and issubclass(component, Fusion), name
     elif floor == "models":
       assert issubclass(component, nn.Module) and all(hasattr(component, h) for h in HOOKS), name
+    elif floor == "datasets":
+      assert isinstance(component, DatasetSource), name
     else:
       assert callable(component) and not isinstance(component, type), name
 

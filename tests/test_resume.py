@@ -125,25 +125,23 @@ def _nan_at(step_to_poison):
   return hook
 
 
-def test_nonfinite_loss_stops_naming_the_step(tiny_config, tmp_path, monkeypatch):
+def test_nonfinite_loss_stops_naming_the_step(tiny_config, tmp_path):
   wd = str(tmp_path / "run")
   tiny_config.total_steps = 5
   tiny_config.checkpoint_every = 1
-  monkeypatch.setattr(trainer, "_batch_hook", _nan_at(3))
   with pytest.raises(trainer.NonFiniteLoss, match="at step 3"):
-    trainer.train_and_evaluate(tiny_config, wd, progress=False)
+    trainer.train_and_evaluate(tiny_config, wd, progress=False, batch_transform=_nan_at(3))
   assert max(_steps(wd)) == 2  # nothing saved after the bad step
   assert all(np.isfinite(x).all() for x in _params(wd))
 
 
-def test_skip_nonfinite_skips_the_update(tiny_config, tmp_path, monkeypatch):
+def test_skip_nonfinite_skips_the_update(tiny_config, tmp_path):
   wd = str(tmp_path / "run")
   tiny_config.total_steps = 4
   tiny_config.checkpoint_every = 2
   tiny_config.eval_max_examples = 8
   tiny_config.skip_nonfinite = True
-  monkeypatch.setattr(trainer, "_batch_hook", _nan_at(2))
-  trainer.train_and_evaluate(tiny_config, wd, progress=False)
+  trainer.train_and_evaluate(tiny_config, wd, progress=False, batch_transform=_nan_at(2))
   rows = {r["step"]: r for r in read_metrics(wd) if "train/loss" in r}
   assert rows[2]["train/loss"] == "nan" and np.isfinite(rows[3]["train/loss"])
   assert all(np.isfinite(x).all() for x in _params(wd))

@@ -185,7 +185,7 @@ def test_object_geometry_comes_from_full_resolution_masks():
   """Grouping runs on every second pixel, but each slot's size and centroid come from the masks of
   all pixels: an untrained encoder's sizes are the objects' exact pixel counts and its centroids
   the means of their pixels (hand-drawn shapes scenes, shapes.object_mask as the reference)."""
-  from mmjax.data import shapes
+  from mmjax.projects.shapes import scenes as shapes
   scenes = [shapes.generate_scene([5, 0, i]) for i in range(3)]
   images = np.stack([s.image for s in scenes])
   encoder = ObjectEncoder(implementation="xla")                  # the default: 7 slots, stride 2

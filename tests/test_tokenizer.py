@@ -1,7 +1,7 @@
 """Tests for mmjax.tokenizer."""
 import pytest
 
-from mmjax.data import shapes
+from mmjax.projects.shapes import scenes as shapes
 from mmjax.tokenizer import Tokenizer
 
 

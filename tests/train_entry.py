@@ -3,7 +3,7 @@
   python tests/train_entry.py WORKDIR DATA_DIR TOTAL_STEPS [STEP_SLEEP_S] [key=value ...]
 
 Trains the tiny config with checkpoint_every=1 on WORKDIR. STEP_SLEEP_S > 0 slows each step down
-(through the trainer's test-only `_batch_hook`) so a test can kill the run at a chosen step.
+(through the trainer's batch_transform) so a test can kill the run at a chosen step.
 MMJAX_COORDINATOR_ADDRESS / MMJAX_NUM_PROCESSES / MMJAX_PROCESS_ID start a multi-process run.
 Prints `stopped_at: N` when stopped by a signal, `done` otherwise.
 """
@@ -32,9 +32,8 @@ def main(workdir, data_dir, total_steps, sleep=0.0, *overrides):
   for kv in overrides:
     k, v = kv.split("=", 1)
     config_files.set_key(c, k, type(eval("c." + k))(eval(v)))
-  if float(sleep) > 0:
-    trainer._batch_hook = lambda step, batch: (time.sleep(float(sleep)), batch)[1]
-  out = trainer.train_and_evaluate(c, workdir, progress=False)
+  slow = (lambda step, batch: (time.sleep(float(sleep)), batch)[1]) if float(sleep) > 0 else None
+  out = trainer.train_and_evaluate(c, workdir, progress=False, batch_transform=slow)
   print(f"stopped_at: {out['stopped_at']}" if "stopped_at" in out else "done", flush=True)
 
 

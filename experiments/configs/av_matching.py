@@ -15,10 +15,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_files.sibling(__file__, "speech_vqa", arg)
   c.data.spoken_questions = False
   c.data.spoken_prompt = False
-  c.data.object_sounds = True
+  c.data.shapes.object_sounds = True
   c.data.av_matching = True
-  c.data.questions_per_type = ml_collections.ConfigDict(dict(attribute=0, spatial=0, relational=0))
+  c.data.shapes.questions_per_type = ml_collections.ConfigDict(dict(attribute=0, spatial=0, relational=0))
   c.data.max_audio_seconds = 1.0
   if arg is None:
-    c.data.validation_scenes, c.data.test_scenes = 16, 32  # one example per scene: enough to score
+    c.data.shapes.validation_scenes, c.data.shapes.test_scenes = 16, 32  # one example per scene: enough to score
   return c

@@ -46,5 +46,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_max_examples = 0         # the small validation split is scored whole
     c.sample_examples = 8
     c.optim.warmup_steps = 10
-    c.data.train_scenes, c.data.validation_scenes, c.data.test_scenes = 1000, 64, 128
+    c.data.shapes.train_scenes, c.data.shapes.validation_scenes, c.data.shapes.test_scenes = 1000, 64, 128
   return c

@@ -7,6 +7,8 @@ overridden from the command line, e.g. `--config.total_steps=500 --config.model.
 """
 import ml_collections
 
+from mmjax.projects.shapes import data as shapes_data
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -23,7 +25,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.skip_nonfinite = False        # True: skip updates whose loss/grads are NaN/Inf instead of stopping
   c.grad_accum_steps = 1          # microbatches per step (summed inside the jitted step with lax.scan)
 
-  c.data = _data_config()
+  # The embedded data: the shapes project's procedural scenes (config.data.source and its
+  # config.data.shapes block). A non-empty --config.data.manifest replaces it with the user's data.
+  c.data = shapes_data.default_data_config()
   c.data.questions_per_image = 8
   c.data.captions_with_questions = True
 
@@ -69,8 +73,3 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg:
     raise ValueError(f"default config takes no argument; got {arg!r}.")
   return c
-
-
-def _data_config() -> ml_collections.ConfigDict:
-  from mmjax.data import default_data_config  # the data module owns its keys and defaults
-  return default_data_config()

@@ -20,7 +20,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.captions = False           # captioning examples would hear nothing
   # No training-only questions: each would be synthesised as speech too, for a text-side trick
   # this experiment has not been measured with.
-  c.data.train_auxiliary_questions = default_data_config().train_auxiliary_questions  # all 0
   c.data.max_audio_seconds = 3.5    # the longest spoken shapes question is about 3.3 s
   c.sampler.max_new_tokens = 8      # one-word answers
   text = c.model.text
@@ -28,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       width=text.width, depth=1, num_heads=text.num_heads, mlp_dim=text.mlp_dim, frontend="logmel", n_mels=40,
       sample_rate=c.data.get_ref("audio_sample_rate"), mask_padding=True))
   if arg is None:
-    c.data.train_scenes, c.data.validation_scenes, c.data.test_scenes = 300, 4, 8
+    c.data.shapes.train_scenes, c.data.shapes.validation_scenes, c.data.shapes.test_scenes = 300, 4, 8
     c.total_steps = 200
     c.eval_every = c.checkpoint_every = 100
     c.log_every = 20

@@ -14,9 +14,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_batch_size = 8
   c.eval_max_examples = 16
   c.sample_examples = 4
-  c.data.train_scenes = 24
-  c.data.validation_scenes = 4
-  c.data.test_scenes = 4
+  c.data.shapes.train_scenes = 24
+  c.data.shapes.validation_scenes = 4
+  c.data.shapes.test_scenes = 4
   c.model.vit.update(dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=16))
   c.model.text.update(dict(width=32, depth=1, num_heads=2, mlp_dim=64))
   c.model.fusion.update(dict(fuse_depth=1, num_heads=2, mlp_dim=64))

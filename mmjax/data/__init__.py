@@ -1,2 +1,2 @@
-"""mmjax data: shapes scenes, manifests, TFDS builders, tokenizer training and grain pipeline."""
+"""mmjax data: dataset sources, manifests, TFDS builders, tokenizer training and the grain pipeline."""
 from mmjax.data.config import default_data_config, default_data_dir

@@ -1,6 +1,6 @@
 """Audio-visual matching: "does the sound match the image?" -> yes / no.
 
-Every record that has its own sound (``scene_audio``: the shapes object sounds, or a manifest's
+Every record that has its own sound (``scene_audio``: a procedural dataset's sounds, or a manifest's
 "audio" file) gets one matching example. ``pair_sounds`` decides which record's sound that example
 hears: its own (answer ``MATCH``) or, for a ``mismatch_fraction`` of the records, the sound of a
 *different* record whose sound is not the same clip (answer ``MISMATCH``). Exactly

@@ -1,19 +1,13 @@
 """Default ``config.data`` block for the mmjax input pipeline (see ``pipeline.py``).
 
 Keys (defaults):
-  manifest            ""     JSONL manifest path; "" -> the procedural shapes dataset.
+  source              "manifest"  the dataset (mmjax.registry floor "datasets", or "module:SOURCE" for
+                             a project's, e.g. the embedded data's); a non-empty manifest
+                             is always the data.
+  manifest            ""     JSONL manifest path (the data when set).
   data_dir            $MMJAX_DATA_DIR or "~/.cache/mmjax/tensorflow_datasets" (TFDS data dir).
-  image_size          64     square image side (shapes: 32-256, 64-128 recommended; manifests
-                             are resized to it).
-  seed                0      seeds the shapes scenes (per split) and the manifest 80/10/10 split.
-  train_scenes        12000  shapes scenes per split ...
-  validation_scenes   500
-  test_scenes         1000
-  shapes              3      number of shape kinds (2: circle, square; 3: + triangle).
-  questions_per_type  {attribute: 2, spatial: 2, relational: 4}  questions per shapes scene.
-  train_auxiliary_questions {side: 0, spatial_lean: 0, count: 0}  training-only questions per
-                             train scene (never in validation/test, never scored; see
-                             shapes.AUXILIARY_KINDS for what they are and why). Ignored for manifests.
+  image_size          64     square image side (images are resized to it).
+  seed                0      seeds the manifest's 80/10/10 split (and a procedural dataset's scenes).
   captions            True   also make one captioning example per caption.
   task_weights        {vqa: 1, caption: 1, av_match: 1}  each task's share of the train batches
                              (examples x weight; 0 drops it); with captions_with_questions the
@@ -23,19 +17,17 @@ Keys (defaults):
                              memory is the image alone: cross_attention, text_as="prefix").
   captions_with_questions False  with G > 1: each VQA batch also carries its images' captions,
                              decoded off the same image encoding (no caption batches for them).
-  max_prompt_len      16     prompt tokens (questions are <= 13 tokens with the shapes tokenizer).
-  max_target_len      64     target tokens incl. bos/eos (shapes captions are <= 54 tokens).
+  max_prompt_len      16     prompt tokens (longer prompts are cut, with a warning).
+  max_target_len      64     target tokens incl. bos/eos (longer targets are cut, with a warning).
   vocab_size          512    SentencePiece vocabulary size (a maximum, incl. 256 byte pieces).
 Audio and video (all off by default; each setting is prepared into its own dataset directory):
   spoken_questions    False  also store every question as speech (espeak-ng, see speech.py;
-                             needs `apt-get install espeak-ng`); works for shapes and manifests.
-  object_sounds       False  shapes: also store a 1 s clip per scene in which each object plays a
-                             tone, pitch from colour, timbre from shape, left to right (sounds.py).
-  video_frames        0      shapes: frames of a clip of the objects moving (video.py); manifests:
-                             frames every "video" entry is fixed to. 0 = no video.
+                             needs `apt-get install espeak-ng`).
+  video_frames        0      frames every clip is fixed to (manifests' "video" entries; a
+                             procedural dataset's clips). 0 = no video.
   audio_sample_rate   16000  Hz of every stored clip (manifest "audio" files are resampled to it).
   max_audio_seconds   4.0    batches' "audio" length (longer clips are cut; the longest spoken
-                             shapes question is about 3.3 s). Read by the pipeline only.
+                             question of the embedded data is about 3.3 s). Read by the pipeline only.
 Tasks on the audio (pipeline options: the prepared dataset is the same with or without them):
   spoken_prompt       False  VQA from spoken questions: every VQA example's text prompt becomes
                              ``pipeline.SPOKEN_PROMPT`` ("answer the spoken question."), so the
@@ -43,7 +35,8 @@ Tasks on the audio (pipeline options: the prepared dataset is the same with or w
   av_matching         False  audio-visual matching: one more example per record with a sound,
                              prompt "does the sound match the image?", answer yes/no; the sound is
                              another scene's for av_mismatch_fraction of them (av_matching.py).
-                             Needs object_sounds (shapes) or manifest "audio" files.
+                             Needs records with their own sound (manifest "audio" files, or a
+                             procedural dataset's own sound option).
   av_mismatch_fraction 0.5   fraction of matching examples whose sound is another scene's ("no").
 Top-level keys the pipeline also reads: ``config.seed`` (train shuffle seed) and
 ``config.batch_size`` (global batch size).
@@ -55,8 +48,6 @@ import os
 
 import ml_collections
 
-from mmjax.data.shapes import AUXILIARY_KINDS
-
 DEFAULT_DATA_DIR = "~/.cache/mmjax/tensorflow_datasets"
 
 
@@ -66,17 +57,11 @@ def default_data_dir() -> str:
 
 def default_data_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  c.source = "manifest"
   c.manifest = ""
   c.data_dir = default_data_dir()
   c.image_size = 64
   c.seed = 0
-  c.train_scenes = 12000
-  c.validation_scenes = 500
-  c.test_scenes = 1000
-  c.shapes = 3
-  c.questions_per_type = ml_collections.ConfigDict(
-      {"attribute": 2, "spatial": 2, "relational": 4})
-  c.train_auxiliary_questions = ml_collections.ConfigDict({k: 0 for k in AUXILIARY_KINDS})
   c.captions = True
   # Train-batch mixing: each task's share is (its examples) x (its weight). Captions name every
   # object's shape and position, a denser perception signal than one answer per question.
@@ -92,7 +77,6 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.max_target_len = 64
   c.vocab_size = 512
   c.spoken_questions = False
-  c.object_sounds = False
   c.video_frames = 0
   c.audio_sample_rate = 16000
   c.max_audio_seconds = 4.0

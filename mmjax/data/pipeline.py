@@ -1,13 +1,12 @@
 """Deterministic grain input pipeline over the prepared TFDS datasets.
 
 Config keys (``config.data.*``; defaults in ``mmjax.data.config.default_data_config``):
-  manifest ("" -> shapes), data_dir, image_size (64), seed (0), train_scenes (12000),
-  validation_scenes (500), test_scenes (1000), shapes (3),
-  questions_per_type ({attribute: 2, spatial: 2, relational: 4}), captions (True),
-  max_prompt_len (16), max_target_len (64), vocab_size (512), spoken_questions (False),
-  object_sounds (False), video_frames (0), audio_sample_rate (16000), max_audio_seconds (4.0),
-  spoken_prompt (False), av_matching (False), av_mismatch_fraction (0.5);
-  plus ``config.seed`` (train shuffle seed) and ``config.batch_size`` (global batch).
+  source ("manifest"), manifest (""; when set, the data), data_dir, image_size (64), seed (0),
+  captions (True), max_prompt_len (16), max_target_len (64), vocab_size (512), spoken_questions
+  (False), video_frames (0), audio_sample_rate (16000), max_audio_seconds (4.0), spoken_prompt
+  (False), av_matching (False), av_mismatch_fraction (0.5), plus what the source reads (its own
+  block, e.g. ``config.data.shapes``); and ``config.seed`` (train shuffle seed) and
+  ``config.batch_size`` (global batch).
 
 Examples are flattened from records: each (question, answer) is a VQA example (prompt = question,
 target = answer), each caption a captioning example (prompt = ``CAPTION_PROMPT``, target = caption).
@@ -26,7 +25,8 @@ Batches are dicts of numpy arrays:
   target_out  int32   [B, Lt]   [t1..tn, eos, pad...]           targets truncated to Lt - 1)
   target_mask float32 [B, Lt]   1 on t1..tn and eos
   task        int32   [B]       0 = vqa, 1 = caption, 2 = av_match (TASK_NAMES)
-  qtype       int32   [B]       index into QUESTION_TYPES
+  qtype       int32   [B]       index into question_types(builder config): the dataset's own types,
+                                then vqa / caption / av_match
   example_id  int32   [B]       index into the split's flat example list (-1 on padding)
   valid       bool    [B]       False on eval padding
 plus, only when the dataset has audio (spoken questions, object sounds or manifest "audio"):
@@ -58,17 +58,18 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mmjax import registry
 from mmjax.data import av_matching as av_lib
 from mmjax.data import config as config_lib
 from mmjax.data import schema
-from mmjax.data import shapes
 from mmjax.data import tfds_builders
+from mmjax.data.source import DatasetSource
 from mmjax.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 CAPTION_PROMPT = "describe the image."
 SPOKEN_PROMPT = "answer the spoken question."
-# The training-only kinds come last, so the indices of the others are as they were before them.
-QUESTION_TYPES = ("attribute", "spatial", "relational", "vqa", "caption", "av_match") + shapes.AUXILIARY_KINDS
+# Example kinds every dataset has besides its own question types (qtype indices: question_types).
+TASK_TYPES = ("vqa", "caption", "av_match")
 TASK_VQA, TASK_CAPTION, TASK_AV_MATCH = 0, 1, 2
 TASK_NAMES = ("vqa", "caption", "av_match")
 TOKENIZER_FILENAME = "tokenizer.model"
@@ -79,46 +80,33 @@ def _data_cfg(config):
   return config.data if "data" in config else config
 
 
-def _get(d, key, default):
-  try:
-    return d[key]
-  except (KeyError, AttributeError):
-    return default
-
-
 def data_dir(config) -> str:
-  d = _get(_data_cfg(config), "data_dir", "") or config_lib.default_data_dir()
+  d = _data_cfg(config).data_dir or config_lib.default_data_dir()
   return os.path.expanduser(os.fspath(d))
 
 
-def _dataset_args(config) -> tuple[str, dict]:
-  """(manifest path or "", keyword arguments of the builder config) of ``config``."""
+def source(config) -> DatasetSource:
+  """The dataset config.data names: the manifest when config.data.manifest is set, else the
+  source config.data.source names (mmjax.registry floor "datasets")."""
   d = _data_cfg(config)
-  args = dict(image_size=int(_get(d, "image_size", 64)), seed=int(_get(d, "seed", 0)),
-              spoken_questions=bool(_get(d, "spoken_questions", False)),
-              video_frames=int(_get(d, "video_frames", 0)),
-              audio_sample_rate=int(_get(d, "audio_sample_rate", 16000)))
-  manifest = _get(d, "manifest", "")
-  if manifest:
-    return os.path.expanduser(manifest), args
-  qpt = _get(d, "questions_per_type", None)
-  aux = _get(d, "train_auxiliary_questions", None)
-  return "", args | dict(
-      num_shapes=int(_get(d, "shapes", 3)),
-      train_scenes=int(_get(d, "train_scenes", 12000)),
-      validation_scenes=int(_get(d, "validation_scenes", 500)),
-      test_scenes=int(_get(d, "test_scenes", 1000)),
-      questions_per_type=dict(qpt) if qpt is not None else None,
-      train_auxiliary_questions=dict(aux) if aux is not None else None,
-      object_sounds=bool(_get(d, "object_sounds", False)))
+  return registry.get("datasets", "manifest" if d.manifest else d.source, "config.data.source")
+
+
+def builder_config(config) -> tfds_builders.RecordConfig:
+  """The TFDS builder config of ``config``'s dataset, known without building it (a manifest is
+  only scanned)."""
+  return source(config).builder_config(_data_cfg(config))
 
 
 def prepare_builder(config) -> tfds.core.DatasetBuilder:
   """Builds (if missing) the TFDS dataset of ``config`` and returns its builder."""
-  manifest, args = _dataset_args(config)
-  if manifest:
-    return tfds_builders.prepare_manifest(manifest, data_dir(config), **args)
-  return tfds_builders.prepare_shapes(data_dir(config), tfds_builders.shapes_config(**args))
+  return source(config).prepare(builder_config(config), data_dir(config))
+
+
+def question_types(cfg: tfds_builders.RecordConfig) -> tuple[str, ...]:
+  """What the batches' ``qtype`` indexes: the dataset's question types, then the task types."""
+  own = tuple(cfg.question_types)
+  return own + tuple(t for t in TASK_TYPES if t not in own)
 
 
 def _media_of(cfg: tfds_builders.RecordConfig) -> tuple[str, ...]:
@@ -128,10 +116,8 @@ def _media_of(cfg: tfds_builders.RecordConfig) -> tuple[str, ...]:
 
 def dataset_media(config) -> tuple[str, ...]:
   """The media the batches of ``config``'s dataset carry ("audio", "video"), known without building
-  it (a manifest is only scanned)."""
-  manifest, args = _dataset_args(config)
-  return _media_of(tfds_builders.manifest_config(manifest, **args) if manifest
-                   else tfds_builders.shapes_config(**args))
+  it."""
+  return _media_of(builder_config(config))
 
 
 def _decode(x) -> str:
@@ -170,13 +156,15 @@ def tokenizer_path(builder) -> str:
   return os.path.join(os.fspath(builder.data_dir), TOKENIZER_FILENAME)
 
 
-def tokenizer_training_texts(builder, records: list[dict] | None = None) -> list[str]:
+def tokenizer_training_texts(builder, records: list[dict] | None = None,
+                             dataset: DatasetSource | None = None) -> list[str]:
+  """The train split's texts, the fixed prompts, and the dataset's own vocabulary texts."""
   records = _read_texts(builder, "train") if records is None else records
   texts = [CAPTION_PROMPT]
   if "audio" in _media_of(builder.builder_config):
     texts += [SPOKEN_PROMPT, av_lib.PROMPT]  # the fixed prompts of the audio tasks
-  if isinstance(builder, tfds_builders.MmjaxShapes):
-    texts += shapes.vocabulary_texts(builder.builder_config.num_shapes)
+  if dataset is not None:
+    texts += list(dataset.vocabulary_texts(builder.builder_config))
   for r in records:
     texts += r["questions"] + r["answers"] + r["captions"]
   return texts
@@ -186,7 +174,7 @@ def load_tokenizer(config, builder=None) -> Tokenizer:
   """Loads ``tokenizer.model`` next to the prepared data, training it on the train split if
   missing (or if it was trained for another vocab_size, recorded in ``tokenizer.model.vocab``)."""
   builder = builder or prepare_builder(config)
-  vocab_size = int(_get(_data_cfg(config), "vocab_size", 512))
+  vocab_size = int(_data_cfg(config).vocab_size)
   path = tokenizer_path(builder)
   meta = path + ".vocab_size"
   if os.path.exists(path) and os.path.exists(meta):
@@ -194,7 +182,7 @@ def load_tokenizer(config, builder=None) -> Tokenizer:
       if f.read().strip() == str(vocab_size):
         return Tokenizer.load(path)
   logging.info("training tokenizer (vocab_size=%d) -> %s", vocab_size, path)
-  tok = Tokenizer.train(tokenizer_training_texts(builder), path, vocab_size)
+  tok = Tokenizer.train(tokenizer_training_texts(builder, dataset=source(config)), path, vocab_size)
   tmp = meta + f".tmp{os.getpid()}"
   with open(tmp, "w") as f:
     f.write(str(vocab_size))
@@ -238,6 +226,8 @@ class SplitData:
     self.av_partner = (av_lib.pair_sounds([r["sound"] for r in self.records], av_mismatch_fraction,
                                           [int(seed), SPLITS.index(split), 0xA7])
                        if av_matching else np.full(len(self.records), -1, np.int64))
+    self.question_types = question_types(cfg)
+    qtype_of = {t: i for i, t in enumerate(self.question_types)}
     index, task, qtype, prompts, targets = [], [], [], [], []
     self._cache = {}
     self.truncated = {"prompt": set(), "target": set()}  # distinct texts longer than their array
@@ -247,20 +237,20 @@ class SplitData:
       for j, (q, a, qt) in enumerate(zip(r["questions"], r["answers"], r["question_types"])):
         index.append((ri, j))
         task.append(TASK_VQA)
-        qtype.append(QUESTION_TYPES.index(qt) if qt in QUESTION_TYPES else QUESTION_TYPES.index("vqa"))
+        qtype.append(qtype_of[qt] if qt in qtype_of else qtype_of["vqa"])
         prompts.append(self._prompt(SPOKEN_PROMPT if spoken_prompt else q))
         targets.append(self._target(a))
       if captions:
         for k, c in enumerate(r["captions"]):
           index.append((ri, nq + k))
           task.append(TASK_CAPTION)
-          qtype.append(QUESTION_TYPES.index("caption"))
+          qtype.append(qtype_of["caption"])
           prompts.append(caption_prompt)
           targets.append(self._target(c))
       if self.av_partner[ri] >= 0:
         index.append((ri, nq + nc))
         task.append(TASK_AV_MATCH)
-        qtype.append(QUESTION_TYPES.index("av_match"))
+        qtype.append(qtype_of["av_match"])
         prompts.append(self._prompt(av_lib.PROMPT))
         targets.append(self._target(av_lib.answer(ri, self.av_partner[ri])))
     self.index = np.asarray(index, np.int64).reshape(-1, 2)
@@ -415,12 +405,12 @@ class SplitData:
 def _check_tasks(data: SplitData, spoken_prompt: bool, av: bool) -> None:
   """The audio tasks need the audio they are about; errors name the config keys to set."""
   if spoken_prompt and not data.spoken_questions:
-    raise ValueError("--config.data.spoken_prompt=True takes the question out of the text prompt, but this "
+    raise ValueError("config.data.spoken_prompt=True takes the question out of the text prompt, but this "
                      "dataset has no spoken questions: set --config.data.spoken_questions=True as well.")
   if av and not data.scene_audio:
-    raise ValueError("--config.data.av_matching=True pairs images with their sounds, but this dataset has no "
-                     "per-record sound: set --config.data.object_sounds=True (shapes) or give the manifest "
-                     "\"audio\" files.")
+    raise ValueError("config.data.av_matching=True pairs images with their sounds, but this dataset has no "
+                     "per-record sound: give the manifest's records \"audio\" files, or turn on the dataset's own "
+                     "sounds (a procedural dataset's sound option in its config block).")
 
 
 def fit_clip(x: np.ndarray, length: int) -> tuple[np.ndarray, np.int32]:
@@ -483,20 +473,16 @@ def load_split(config, split: str, tokenizer: Tokenizer | None = None,
     tokenizer = load_tokenizer(config, builder)
   d = _data_cfg(config)
   return SplitData(builder, split, tokenizer,
-                   max_prompt_len=int(_get(d, "max_prompt_len", 16)),
-                   max_target_len=int(_get(d, "max_target_len", 64)),
-                   captions=bool(_get(d, "captions", True)),
-                   max_audio_seconds=float(_get(d, "max_audio_seconds", 4.0)),
-                   spoken_prompt=bool(_get(d, "spoken_prompt", False)),
-                   av_matching=bool(_get(d, "av_matching", False)),
-                   av_mismatch_fraction=float(_get(d, "av_mismatch_fraction", 0.5)),
-                   seed=int(_get(d, "seed", 0)))
+                   max_prompt_len=int(d.max_prompt_len), max_target_len=int(d.max_target_len),
+                   captions=bool(d.captions), max_audio_seconds=float(d.max_audio_seconds),
+                   spoken_prompt=bool(d.spoken_prompt), av_matching=bool(d.av_matching),
+                   av_mismatch_fraction=float(d.av_mismatch_fraction), seed=int(d.seed))
 
 
 def task_mixing_weights(config) -> dict[str, float]:
   """config.data.task_weights completed with 1.0 for the tasks it leaves out; a clear error for an
   unknown task or a weight that is negative or not a number."""
-  given = _get(_data_cfg(config), "task_weights", None) or {}
+  given = _data_cfg(config).task_weights or {}
   given = given.to_dict() if hasattr(given, "to_dict") else dict(given)
   unknown = sorted(set(given) - set(TASK_NAMES))
   if unknown:
@@ -588,7 +574,7 @@ def make_dataset(config, split: str, data: SplitData | None = None, *, train: bo
   if train:
     if len(ids) == 0:
       raise ValueError(f"split {split!r} has no examples for process {process_index}")
-    ds = grain.MapDataset.source(_Ids(ids)).shuffle(seed=int(_get(config, "seed", 0))).repeat()
+    ds = grain.MapDataset.source(_Ids(ids)).shuffle(seed=int(config.seed)).repeat()
   else:
     per_process = math.ceil(len(data) / process_count)
     padded = max(1, math.ceil(per_process / batch_size)) * batch_size
@@ -626,6 +612,7 @@ class Data:
 
   def __init__(self, config, tokenizer_path: str | None = None):
     self.config = config
+    self.source = source(config)
     self.builder = prepare_builder(config)
     self.tokenizer = Tokenizer.load(tokenizer_path) if tokenizer_path else load_tokenizer(config, self.builder)
     self._splits: dict[str, SplitData] = {}
@@ -760,6 +747,5 @@ class Data:
   def task_name(task: int) -> str:
     return TASK_NAMES[task]
 
-  @staticmethod
-  def qtype_name(qtype: int) -> str:
-    return QUESTION_TYPES[qtype]
+  def qtype_name(self, qtype: int) -> str:
+    return question_types(self.builder.builder_config)[qtype]

@@ -1,10 +1,10 @@
-"""The one record schema shared by every mmjax dataset (shapes scenes and manifests).
+"""The one record schema shared by every mmjax dataset (manifests and procedural datasets).
 
 One record per image:
 
 * ``image``: uint8 [H, W, 3] (PNG-encoded on disk by TFDS),
 * ``questions`` / ``answers`` / ``question_types``: parallel text sequences (one entry per
-  question; question types are attribute/spatial/relational for shapes and "vqa" for manifests),
+  question; question types are the dataset's own, "vqa" for manifests),
 * ``captions``: text sequence (possibly empty),
 * ``id``: unique text id of the record.
 
@@ -15,7 +15,7 @@ them has exactly the features above, so data prepared before they existed stays 
   question's speech, concatenated in question order, and the number of samples of each
   (``pack_clips`` / ``unpack_clips``). Concatenated because TFDS cannot serialise a sequence of
   variable-length tensors (it stacks them);
-* ``scene_audio`` int16 [n]: the record's own sound (shapes: the object sounds; manifests: the
+* ``scene_audio`` int16 [n]: the record's own sound (a procedural dataset's sounds; manifests: the
   "audio" file); empty ([0]) for a record that has none;
 * ``video`` uint8 [T, H, W, 3]: the record's clip; [0, H, W, 3] for a record that has none.
 

@@ -1,21 +1,20 @@
-"""TFDS builders for the shapes scenes and for JSONL manifests (array_record, random access).
+"""TFDS builders over the one record schema (array_record, random access), and the JSONL manifest's.
 
-Both write the record schema of ``schema.py`` with ``file_format="array_record"`` so the prepared
-splits are read through ``builder.as_data_source(split)`` / ``tfds.data_source``.
+Every builder writes the record schema of ``schema.py`` with ``file_format="array_record"`` so the
+prepared splits are read through ``builder.as_data_source(split)`` / ``tfds.data_source``.
+``RecordConfig`` / ``RecordBuilder`` are what a dataset's builder extends (a project's procedural
+data does the same).
 
-* ``mmjax_shapes``: config built from its parameters by ``shapes_config(...)``; the config name
-  encodes every parameter, so each parameter set lives in its own versioned directory
-  ``<data_dir>/mmjax_shapes/<config name>/<version>``. Splits use independent seeds
-  (``shapes.scene_seed``) and the build asserts that no scene layout (hence image) repeats across
-  splits.
 * ``mmjax_manifest``: config built by ``manifest_config(path, image_size)``; the config name holds a
   hash of the manifest's content, so a changed manifest is prepared again into a new directory.
   Only the splits that have records are built (a manifest may have no validation or test lines).
+  ``MANIFEST`` is its dataset source (config.data.source "manifest", or any non-empty
+  config.data.manifest).
 
-Optional media (``schema.record_features``): spoken questions (speech.py), the shapes object sounds
-(sounds.py) or a manifest's "audio" files, and video clips (video.py / a manifest's "video"
-entries). Enabled media add a suffix to the config name (``_media_suffix``); with none, names and
-records are exactly those of datasets prepared before media existed.
+Optional media (``schema.record_features``): spoken questions (speech.py), a record's own sound
+(a manifest's "audio" files) and video clips (a manifest's "video" entries). Enabled media add a
+suffix to the config name (``media_suffix``); with none, names and records are exactly those of
+datasets prepared before media existed.
 """
 from __future__ import annotations
 
@@ -32,17 +31,15 @@ import tensorflow_datasets as tfds
 
 from mmjax.data import manifest as manifest_lib
 from mmjax.data import schema
-from mmjax.data import shapes
-from mmjax.data import sounds
 from mmjax.data import speech
-from mmjax.data import video as video_lib
+from mmjax.data.source import DatasetSource
 
 FILE_FORMAT = "array_record"
 
 
 @dataclasses.dataclass(eq=False)
 class RecordConfig(tfds.core.BuilderConfig):
-  """What both builders' configs share: image size, seed and the optional media."""
+  """What every builder's config shares: image size, seed and the optional media."""
   image_size: int = 64
   seed: int = 0
   spoken_questions: bool = False
@@ -54,8 +51,14 @@ class RecordConfig(tfds.core.BuilderConfig):
     """Whether records carry their own sound (the ``scene_audio`` feature)."""
     raise NotImplementedError
 
+  @property
+  def question_types(self) -> tuple[str, ...]:
+    """The question types the records' ``question_types`` use (the dataset's own metadata, in the
+    order evaluations report them)."""
+    return ("vqa",)
 
-def _media_suffix(spoken_questions: bool, scene_audio: bool, video_frames: int,
+
+def media_suffix(spoken_questions: bool, scene_audio: bool, video_frames: int,
                   audio_sample_rate: int) -> str:
   """Config-name suffix of the enabled media: "" when none (names stay as before media)."""
   parts = (["sq"] if spoken_questions else []) + (["snd"] if scene_audio else [])
@@ -66,90 +69,8 @@ def _media_suffix(spoken_questions: bool, scene_audio: bool, video_frames: int,
   return "".join("_" + p for p in parts)
 
 
-# ----------------------------------------------------------------------------------------------
-# Shapes
-
-
-@dataclasses.dataclass(eq=False)
-class ShapesConfig(RecordConfig):
-  num_shapes: int = 3
-  train_scenes: int = 12000
-  validation_scenes: int = 500
-  test_scenes: int = 1000
-  attribute_questions: int = 2
-  spatial_questions: int = 2
-  relational_questions: int = 4
-  # Training-only questions per train scene (shapes.AUXILIARY_KINDS); validation/test have none.
-  side_questions: int = 0
-  spatial_lean_questions: int = 0
-  count_questions: int = 0
-  position_questions: int = 0
-  object_sounds: bool = False
-
-  @property
-  def scene_audio(self) -> bool:
-    return self.object_sounds
-
-  @property
-  def questions_per_type(self):
-    return {"attribute": self.attribute_questions, "spatial": self.spatial_questions,
-            "relational": self.relational_questions}
-
-  @property
-  def auxiliary_per_type(self):
-    return {k: getattr(self, f"{k}_questions") for k in shapes.AUXILIARY_KINDS}
-
-  @property
-  def split_sizes(self):
-    return {"train": self.train_scenes, "validation": self.validation_scenes,
-            "test": self.test_scenes}
-
-
-def shapes_config(image_size: int = 64, num_shapes: int = 3, train_scenes: int = 12000,
-                  validation_scenes: int = 500, test_scenes: int = 1000,
-                  questions_per_type=None, seed: int = 0, *, spoken_questions: bool = False,
-                  object_sounds: bool = False, video_frames: int = 0,
-                  audio_sample_rate: int = 16000, train_auxiliary_questions=None) -> ShapesConfig:
-  """A ShapesConfig whose name encodes all of its parameters.
-
-  train_auxiliary_questions: {kind: count} of training-only questions per train scene
-  (shapes.AUXILIARY_KINDS; kinds left out: 0)."""
-  q = dict(shapes.DEFAULT_QUESTIONS_PER_TYPE)
-  if questions_per_type is not None:
-    unknown = set(dict(questions_per_type)) - set(q)
-    if unknown:
-      raise ValueError(f"unknown question types {sorted(unknown)}")
-    q.update({k: int(v) for k, v in dict(questions_per_type).items()})
-  aux = {k: 0 for k in shapes.AUXILIARY_KINDS}
-  if train_auxiliary_questions is not None:
-    unknown = set(dict(train_auxiliary_questions)) - set(aux)
-    if unknown:
-      raise ValueError(f"config.data.train_auxiliary_questions: unknown question types {sorted(unknown)}; "
-                       f"expected some of {shapes.AUXILIARY_KINDS}.")
-    aux.update({k: int(v) for k, v in dict(train_auxiliary_questions).items()})
-  if min(aux.values()) < 0:
-    raise ValueError(f"config.data.train_auxiliary_questions: counts must be >= 0, got {aux}.")
-  # Datasets keep the names they had before a kind existed: no suffix without auxiliary questions,
-  # and no trailing zeros after the first three kinds (side, spatial_lean, count).
-  counts = [aux[k] for k in shapes.AUXILIARY_KINDS]
-  while len(counts) > 3 and counts[-1] == 0:
-    counts.pop()
-  aux_suffix = ("_aux" + "-".join(map(str, counts))) if any(counts) else ""
-  name = (f"s{int(image_size)}_k{int(num_shapes)}_n{int(train_scenes)}-{int(validation_scenes)}-"
-          f"{int(test_scenes)}_q{q['attribute']}-{q['spatial']}-{q['relational']}{aux_suffix}_seed{int(seed)}"
-          + _media_suffix(spoken_questions, object_sounds, video_frames, audio_sample_rate))
-  return ShapesConfig(
-      name=name, version="1.0.0", description="shapes scenes " + name,
-      image_size=int(image_size), num_shapes=int(num_shapes), train_scenes=int(train_scenes),
-      validation_scenes=int(validation_scenes), test_scenes=int(test_scenes),
-      attribute_questions=q["attribute"], spatial_questions=q["spatial"],
-      relational_questions=q["relational"], **{f"{k}_questions": n for k, n in aux.items()}, seed=int(seed),
-      spoken_questions=bool(spoken_questions), object_sounds=bool(object_sounds),
-      video_frames=int(video_frames), audio_sample_rate=int(audio_sample_rate))
-
-
-class _RecordBuilder(tfds.core.GeneratorBasedBuilder):
-  """What both builders share: the one record schema (schema.py) at the config's image size,
+class RecordBuilder(tfds.core.GeneratorBasedBuilder):
+  """What every builder shares: the one record schema (schema.py) at the config's image size,
   with the media features the config enables."""
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -176,57 +97,6 @@ class _RecordBuilder(tfds.core.GeneratorBasedBuilder):
     if cfg.video_frames:
       example["video"] = schema.no_video(cfg.image_size) if video is None else video
     return example
-
-
-class MmjaxShapes(_RecordBuilder):
-  """Procedural Sort-of-CLEVR scenes with captions and attribute/spatial/relational QA."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  BUILDER_CONFIGS = []
-  # TFDS derives code_path via importlib_resources (not always installed); our builders have no
-  # checksums or other resources next to the code, so give the plain file path.
-  code_path = epath.Path(__file__)
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    cfg = self.builder_config
-    self._check_media_tools()
-    # Layouts are cheap: check across-split uniqueness up front (identical layouts <=> identical
-    # images, since rendering is a deterministic function of the layout).
-    seen = {}
-    for split, n in cfg.split_sizes.items():
-      for i in range(n):
-        objs = shapes.sample_objects(shapes.scene_seed(cfg.seed, split, i), cfg.image_size,
-                                     cfg.num_shapes)
-        key = tuple((o.shape, o.x, o.y) for o in objs)
-        if key in seen and seen[key][0] != split:
-          raise AssertionError(f"scene {split}/{i} duplicates {seen[key]}")
-        seen.setdefault(key, (split, i))
-    return {split: self._generate_examples(split, n) for split, n in cfg.split_sizes.items()}
-
-  def _generate_examples(self, split: str, n: int):
-    cfg = self.builder_config
-    for i in range(n):
-      # The scene's rng goes on to draw the video's velocities (after the scene, so the scene
-      # itself is the same with or without video).
-      rng = np.random.default_rng(shapes.scene_seed(cfg.seed, split, i))
-      scene = shapes.generate_scene(rng, cfg.image_size, cfg.num_shapes, cfg.questions_per_type,
-                                    cfg.auxiliary_per_type if split == "train" else None)
-      rid = f"{split}_{i:06d}"
-      yield rid, self._with_media(
-          {
-              "image": scene.image,
-              "questions": scene.questions,
-              "answers": scene.answers,
-              "question_types": scene.question_types,
-              "captions": [scene.caption],
-              "id": rid,
-          },
-          scene_audio=(sounds.scene_sound(scene.objects, cfg.audio_sample_rate)
-                       if cfg.object_sounds else None),
-          video=(video_lib.scene_clip(scene.objects, rng, cfg.video_frames, cfg.image_size)
-                 if cfg.video_frames else None))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,14 +131,14 @@ def manifest_config(manifest_path: str | os.PathLike, image_size: int = 64, seed
   has_audio = "audio" in used
   video_frames = int(video_frames) if "video" in used else 0
   name = (f"m{h}-{h2}_s{int(image_size)}_seed{int(seed)}"
-          + _media_suffix(spoken_questions, has_audio, video_frames, audio_sample_rate))
+          + media_suffix(spoken_questions, has_audio, video_frames, audio_sample_rate))
   return ManifestConfig(name=name, version="1.0.0", description=f"manifest {path}",
                         manifest_path=path, image_size=int(image_size), seed=int(seed),
                         spoken_questions=bool(spoken_questions), has_audio=has_audio,
                         video_frames=video_frames, audio_sample_rate=int(audio_sample_rate))
 
 
-class MmjaxManifest(_RecordBuilder):
+class MmjaxManifest(RecordBuilder):
   """Records of a JSONL manifest (VQA and/or captions), grouped per image."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -314,7 +184,7 @@ def is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
   return os.path.exists(os.path.join(os.fspath(builder.data_dir), "dataset_info.json"))
 
 
-def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str):
+def prepare(builder: tfds.core.DatasetBuilder, data_dir: str):
   """download_and_prepare; on failure removes whatever this call created for this dataset.
 
   Only ``data_dir/<dataset name>`` is cleaned (plus ``data_dir`` itself when this call created it
@@ -353,17 +223,6 @@ def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str):
     raise
 
 
-def prepare_shapes(data_dir: str, config: ShapesConfig | None = None) -> MmjaxShapes:
-  """Builds (if missing) and returns the shapes builder for ``config``."""
-  config = config or shapes_config()
-  data_dir = os.path.expanduser(os.fspath(data_dir))
-  builder = MmjaxShapes(config=config, data_dir=data_dir)
-  if not is_prepared(builder):
-    _prepare(builder, data_dir)
-    builder = MmjaxShapes(config=config, data_dir=data_dir)
-  return builder
-
-
 def prepare_manifest(manifest_path: str, data_dir: str, image_size: int = 64, seed: int = 0, *,
                      spoken_questions: bool = False, video_frames: int = 0,
                      audio_sample_rate: int = 16000) -> MmjaxManifest:
@@ -379,7 +238,7 @@ def prepare_manifest(manifest_path: str, data_dir: str, image_size: int = 64, se
     parsed = manifest_lib.parse_manifest(config.manifest_path, seed=seed,
                                          video_frames=config.video_frames)
     builder = MmjaxManifest(config=config, data_dir=data_dir, parsed=parsed)
-    _prepare(builder, data_dir)
+    prepare(builder, data_dir)
     builder = MmjaxManifest(config=config, data_dir=data_dir)
   else:
     logging.info("manifest dataset already prepared in %s", builder.data_dir)
@@ -388,3 +247,20 @@ def prepare_manifest(manifest_path: str, data_dir: str, image_size: int = 64, se
 
 def split_sizes(builder: tfds.core.DatasetBuilder) -> dict[str, int]:
   return {name: int(s.num_examples) for name, s in builder.info.splits.items()}
+
+
+def _manifest_builder_config(data) -> ManifestConfig:
+  if not os.path.isfile(os.path.expanduser(data.manifest)):
+    raise ValueError(f"config.data.manifest={data.manifest!r}: no such file.")
+  return manifest_config(os.path.expanduser(data.manifest), image_size=data.image_size, seed=data.seed,
+                         spoken_questions=data.spoken_questions, video_frames=data.video_frames,
+                         audio_sample_rate=data.audio_sample_rate)
+
+
+def _prepare_manifest(cfg: ManifestConfig, data_dir: str) -> MmjaxManifest:
+  return prepare_manifest(cfg.manifest_path, data_dir, cfg.image_size, cfg.seed,
+                          spoken_questions=cfg.spoken_questions, video_frames=cfg.video_frames,
+                          audio_sample_rate=cfg.audio_sample_rate)
+
+
+MANIFEST = DatasetSource(builder_config=_manifest_builder_config, prepare=_prepare_manifest)

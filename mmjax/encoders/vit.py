@@ -24,7 +24,7 @@ class ViT(nn.Module):
 
   coord_channels=True appends each pixel's x and y (scaled to [-1, 1]) as two more input channels
   (CoordConv, Liu et al. 2018): a token then knows where inside its patch an object sits, which
-  position embeddings on the token grid cannot say ("is the red object on the left?" for an
+  position embeddings on the token grid cannot say ("is the <named> object on the left?" for an
   object astride the middle).
   """
   width: int = 128

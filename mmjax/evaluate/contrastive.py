@@ -1,4 +1,4 @@
-"""Evaluation of a contrastive (CLIP / SigLIP) model: image-text retrieval and zero-shot shapes.
+"""Evaluation of a contrastive (CLIP / SigLIP) model: image-text retrieval and the dataset's zero-shot task.
 
   evaluate = make_evaluator(setup, data)
   metrics, predictions = evaluate(params, "test", max_examples=0, progress=False)
@@ -11,13 +11,10 @@ are dropped again). Metrics (math and tie rule in retrieval.py):
   <split>/retrieval_i2t_r{1,5,10}  image -> text: one of the image's own captions in the top k of
                                    all captions of the split
   <split>/retrieval_t2i_r{1,5,10}  text -> image: the caption's image in the top k of all images
-  <split>/zero_shot_accuracy       shapes data only: for every object of every image, "what shape is
-                                   the <color> object?" answered by scoring the prompts
-                                   ZERO_SHOT_PROMPT ("a red circle", "a red square", "a red
-                                   triangle": one per shape kind of the dataset) against the image;
-                                   the true shape comes from the image's caption. Chance is
-                                   1 / data.shapes. Manifest data has no such labels: the metric is
-                                   skipped (a logged note).
+  <split>/zero_shot_accuracy       datasets whose source defines zero_shot_trials (mmjax.data.source):
+                                   each trial scores its candidate prompts against its image and is
+                                   right when the label's prompt scores highest. Data without such
+                                   labels (manifests) skips the metric (a logged note).
 
 Predictions (for the sample report): one per image, in split order, with the caption it retrieves
 first (prediction), its own captions (references) and the rank of the best of them (prompt).
@@ -29,15 +26,11 @@ import logging
 import jax
 import numpy as np
 
-from mmjax.data import shapes, tfds_builders
 from mmjax.data.pipeline import TASK_CAPTION
 from mmjax.evaluate import retrieval
 from mmjax.models.contrastive import caption_tokens
 from mmjax.sample.embed import local_rows, embed_texts, global_batch, make_embed_fn
 from mmjax.sample.predict import encode_prompts
-
-ZERO_SHOT_PROMPT = shapes.object_phrase  # (color, shape) -> "a red circle"
-
 
 def embed_split(data, split: str, embed_fn, params, batch_size: int, max_examples: int = 0,
                 progress: bool = False):
@@ -76,28 +69,17 @@ _skip_noted = set()
 
 
 def zero_shot_trials(data, split: str, records: np.ndarray):
-  """The shapes zero-shot task over the images `records` (record indices of `split`).
-
-  Returns (prompts [P] texts, trial_image [T] index into `records`, candidates int [T, C] prompt
-  indices, labels int [T]), or None for data without shape labels (manifests)."""
-  cfg = data.builder.builder_config
-  if not isinstance(cfg, tfds_builders.ShapesConfig):
+  """The dataset's zero-shot task (its source's zero_shot_trials) over the images `records`
+  (record indices of `split`), given their first captions. Returns (prompts [P] texts, trial_image
+  [T] index into `records`, candidates int [T, C] prompt indices, labels int [T]), or None for
+  data without such labels (the metric is skipped, with one logged note per dataset)."""
+  if data.source.zero_shot_trials is None:
     if data.builder.name not in _skip_noted:
       _skip_noted.add(data.builder.name)
-      logging.warning("zero-shot classification is defined on the shapes data only; skipped for %s.",
-                      data.builder.name)
+      logging.warning("zero-shot classification is not defined for %s; skipped.", data.builder.name)
     return None
-  kinds = shapes.SHAPES[:cfg.num_shapes]
-  prompts = [ZERO_SHOT_PROMPT(c, s) for c in shapes.COLORS for s in kinds]
   sd = data.split(split)
-  trial_image, candidates, labels = [], [], []
-  for i, r in enumerate(records):
-    for color, shape in shapes.caption_objects(sd.records[int(r)]["captions"][0]):
-      trial_image.append(i)
-      c = shapes.COLORS.index(color)
-      candidates.append([c * len(kinds) + k for k in range(len(kinds))])
-      labels.append(kinds.index(shape))
-  return prompts, np.asarray(trial_image, np.int64), np.asarray(candidates, np.int64), np.asarray(labels, np.int64)
+  return data.source.zero_shot_trials(data.builder.builder_config, [sd.records[int(r)]["captions"][0] for r in records])
 
 
 def evaluate_split(data, split: str, embed_fn, params, batch_size: int, max_examples: int = 0,

@@ -38,7 +38,7 @@ def accuracy_by_type(scores: Sequence[float], question_types: Sequence[str]) -> 
 def accuracy_by_template(predictions, template_of) -> dict[str, tuple[float, int]]:
   """{template: (exact-match accuracy, number of questions)} over the VQA `predictions` (dicts with
   task, prompt, prediction, references, as the evaluator returns them), grouped by
-  template_of(prompt), e.g. `shapes.question_template`."""
+  template_of(prompt), e.g. a dataset source's question_template."""
   vqa = [p for p in predictions if p["task"] == "vqa"]
   if not vqa:
     return {}

@@ -9,7 +9,7 @@ cross-attention by tanh(g) with g initialised at 0 (Flamingo), so the decoder st
 `text_as="prefix"` keeps the question out of the memory and places its tokens at the head of the
 decoder's own sequence instead (a bidirectional prefix, as in prefix-LM): every question word then
 reads the image through the decoder's cross-attention, the same path caption words use, so what
-captioning teaches about finding "the red object" serves the questions too.
+captioning teaches about finding an object by its words serves the questions too.
 """
 from __future__ import annotations
 

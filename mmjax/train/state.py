@@ -22,9 +22,9 @@ from mmjax.train.optim import make_optimizer
 
 # What to set so the dataset carries a modality's batch keys (for the errors of check_data_media).
 _MEDIA_DATA_KEYS = {
-    "audio": "--config.data.spoken_questions=True (spoken questions) or --config.data.object_sounds=True "
-             "(object sounds; manifests: \"audio\" files)",
-    "video": "--config.data.video_frames=N (N > 0 frames per clip; manifests: \"video\" entries)",
+    "audio": "config.data.spoken_questions=True (spoken questions), or give the records their own sound "
+             "(manifests: \"audio\" files; a procedural dataset: its own sound option)",
+    "video": "config.data.video_frames=N (N > 0 frames per clip; manifests: \"video\" entries)",
 }
 
 

@@ -36,12 +36,6 @@ class NonFiniteLoss(FloatingPointError):
   pass
 
 
-# Test-only hook: when set, `_batch_hook(step, batch) -> batch` rewrites each host batch before it
-# is sent to the devices (`step` = the step the batch trains, 1-based). Tests use it to inject a
-# NaN or to slow steps down (tests/test_resume.py); it is None in every real run.
-_batch_hook = None
-
-
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks the keys every experiment must have; errors name the flag to fix."""
   for key in ("total_steps", "batch_size", "eval_every", "checkpoint_every", "seed"):
@@ -50,14 +44,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ("total_steps", "batch_size", "eval_every", "checkpoint_every"):
     if int(config[key]) <= 0:
       raise ValueError(f"--config.{key}={config[key]} must be a positive integer.")
-  if "manifest" not in config.data:
-    raise ValueError("config has no `data.manifest` (set it to '' for the embedded dataset).")
+  for key in ("source", "manifest"):
+    if key not in config.data:
+      raise ValueError(f"config has no `data.{key}`: start config.data from mmjax.data.default_data_config() "
+                       "(data.source names the dataset; a non-empty data.manifest is the data).")
   n = jax.process_count()
   if config.batch_size % n:
     raise ValueError(f"--config.batch_size={config.batch_size} is not divisible by the {n} processes.")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress: bool = True,
+                       batch_transform=None) -> dict:
+  """Trains (resuming from the workdir's newest checkpoint), evaluates and writes the sample report.
+
+  batch_transform(step, batch) -> batch, when given, rewrites each host batch before it is sent to
+  the devices (`step`: the step it trains, 1-based): on-host augmentation, or a test injecting a
+  bad batch. Returns the final test metrics, or {"stopped_at": step} after a stop request.
+  """
   validate_config(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -90,8 +93,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
   stop = StopRequest()
 
   def put(batch, step):
-    if _batch_hook is not None:
-      batch = _batch_hook(step, batch)
+    if batch_transform is not None:
+      batch = batch_transform(step, batch)
     return {k: jax.make_array_from_process_local_data(shardings[k], batch[k]) for k in keys}
 
   def save(step, force=False):

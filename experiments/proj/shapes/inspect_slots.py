@@ -33,7 +33,7 @@ def slot_masks(encoder, params, images) -> np.ndarray:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from mmjax.data import shapes
+  from mmjax.projects.shapes import scenes as shapes
   from mmjax.projects.shapes.objects import ObjectEncoder, mask_geometry
   from mmjax.layers import pixel_coordinates
   from mmjax.train import workdir as workdir_lib

@@ -29,7 +29,8 @@ import optax
 
 from mmjax import cli
 from mmjax import config_files
-from mmjax.data import pipeline, shapes
+from mmjax.data import pipeline
+from mmjax.projects.shapes import scenes as shapes
 from mmjax.train import optim
 
 FLAGS = flags.FLAGS

@@ -37,7 +37,7 @@ def answer_states(model, params, batch) -> np.ndarray:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from mmjax.data import shapes
+  from mmjax.projects.shapes import scenes as shapes
   from mmjax.projects.shapes.probe import linear_probe_accuracy
   from mmjax.train import workdir as workdir_lib
 

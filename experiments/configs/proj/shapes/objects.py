@@ -30,10 +30,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   #   bottom); with the object encoder, "on the right?" otherwise lagged (0.667 at the end of one run).
   # - position: one "what color is the object at the <pos>?": "what color is the <shape> at the
   #   <pos>?" otherwise stalled where matching the shape alone leaves it (about 0.6).
-  c.data.train_auxiliary_questions.spatial_lean = 2
-  c.data.train_auxiliary_questions.count = 1
-  c.data.train_auxiliary_questions.side = 1
-  c.data.train_auxiliary_questions.position = 1
+  c.data.shapes.train_auxiliary_questions.spatial_lean = 2
+  c.data.shapes.train_auxiliary_questions.count = 1
+  c.data.shapes.train_auxiliary_questions.side = 1
+  c.data.shapes.train_auxiliary_questions.position = 1
   # The image enters as one token per object (mmjax/projects/shapes/objects.py): pixels grouped by
   # colour into slots, each slot's shape features, exact centroid and size, and relation layers
   # whose two geometric heads read the nearest and the furthest *other* object; the decoder sees

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mmjax.data import shapes
+from mmjax.projects.shapes import scenes as shapes
 
 # Of the image side per frame: at 64 px and 8 frames an object travels at most 28 px, so motion is
 # clearly visible yet most objects bounce at most once per clip.

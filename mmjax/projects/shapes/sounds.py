@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mmjax.data import shapes
+from mmjax.projects.shapes import scenes as shapes
 from mmjax.data import wav
 
 COLOR_FREQUENCIES = {  # Hz, in shapes.COLORS order
