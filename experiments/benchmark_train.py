@@ -49,11 +49,13 @@ def _step(config, vocab):
   """(setup, batch, jitted train step, abstract sharded batch) for `config`."""
   import jax
   from mmjax.train import state as state_lib
+  from mmjax.train import batches as batches_lib
+  from mmjax.train import step as step_lib
   setup = state_lib.make_setup(config, vocab)
-  batch = state_lib.dummy_train_batch(config)
-  step = state_lib.make_train_step(setup, batch)
+  batch = batches_lib.dummy_train_batch(config)
+  step = step_lib.make_train_step(setup, batch)
   abstract_batch = {k: jax.ShapeDtypeStruct(batch[k].shape, batch[k].dtype, sharding=s)
-                    for k, s in setup.batch_sharding(batch).items() if k in state_lib.batch_keys(config)}
+                    for k, s in setup.batch_sharding(batch).items() if k in batches_lib.batch_keys(config)}
   return setup, batch, step, abstract_batch
 
 
@@ -101,6 +103,8 @@ def main(argv):
   import numpy as np
   from mmjax import distributed
   from mmjax.train import state as state_lib
+  from mmjax.train import batches as batches_lib
+  from mmjax.train import step as step_lib
   distributed.initialize_from_env()
   config = flags.FLAGS.config
   vocab = _VOCAB.value or int(config.data.vocab_size)
@@ -110,7 +114,7 @@ def main(argv):
   flops = _model_flops(config, vocab) / len(jax.devices())
   state = state_lib.init_state(setup, jax.random.key(0))
   sh = setup.batch_sharding(batch)
-  dev_batch = {k: jax.device_put(batch[k], sh[k]) for k in state_lib.batch_keys(config)}
+  dev_batch = {k: jax.device_put(batch[k], sh[k]) for k in batches_lib.batch_keys(config)}
   with setup.context():
     for _ in range(2):
       state, m = step(state, dev_batch)

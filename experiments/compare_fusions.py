@@ -284,9 +284,9 @@ def _prefix_positions(config) -> int:
   """Decoder positions the conditioning prefix of `config`'s model takes (0: no prefix); shapes only."""
   import jax
   from mmjax.models import build_model, vlm
-  from mmjax.train import state as state_lib
+  from mmjax.train import batches as batches_lib
   model = build_model(config.model, int(config.data.vocab_size))
-  b = state_lib.dummy_batch(config, 1)
+  b = batches_lib.dummy_batch(config, 1)
   cond, _ = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), b["image"], b["prompt"], b["prompt_len"],
                                                           method="encode", **vlm.media_inputs(config.model, b)))
   return 0 if cond.prefix is None else int(cond.prefix.shape[1])

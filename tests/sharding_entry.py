@@ -24,6 +24,8 @@ sys.path.insert(0, ROOT)
 from mmjax import config_files  # noqa: E402
 from mmjax.sample.generate import GenerateOptions, make_generate_fn  # noqa: E402
 from mmjax.train import state as state_lib  # noqa: E402
+from mmjax.train import batches as batches_lib  # noqa: E402
+from mmjax.train import step as step_lib  # noqa: E402
 from mmjax.models import vlm  # noqa: E402
 
 V = 64
@@ -46,7 +48,7 @@ def batches(config, n=3, b=8, seed=0):
   rng = np.random.default_rng(seed)
   out = []
   for _ in range(n):
-    x = state_lib.dummy_batch(config, b)
+    x = batches_lib.dummy_batch(config, b)
     s, lp, lt = config.data.image_size, config.data.max_prompt_len, config.data.max_target_len
     x["image"] = rng.integers(0, 256, (b, s, s, 3)).astype(np.uint8)
     x["prompt"] = rng.integers(4, V, (b, lp)).astype(np.int32)
@@ -63,7 +65,7 @@ def train(mesh, devices, data):
   config = tiny_config(mesh)
   setup = state_lib.make_setup(config, V, devices=devices)
   state = state_lib.init_state(setup, jax.random.key(0))
-  step = state_lib.make_train_step(setup, data[0])
+  step = step_lib.make_train_step(setup, data[0])
   losses = []
   with setup.context():
     for b in data:

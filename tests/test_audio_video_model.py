@@ -20,7 +20,7 @@ from mmjax.data import av_matching, pipeline, schema
 from mmjax.models import build_model
 from mmjax.models.vlm import check_fusion_media
 from mmjax.sample import predict
-from mmjax.train import state as state_lib
+from mmjax.train import batches as batches_lib
 from mmjax.train import trainer
 from mmjax.train.metrics_writer import read_metrics
 from mmjax.models import vlm
@@ -228,10 +228,10 @@ def test_data_task_and_media_errors(tiny_config, tmp_path):
   assert not os.path.exists(tmp_path / "never_built")
   tiny_config.data.shapes.object_sounds = True
   with pytest.raises(ValueError, match=r"config.model.audio.sample_rate=8000 but config.data.audio_sample_rate=16000"):
-    state_lib.check_data_media(tiny_config, pipeline.dataset_media(tiny_config))
+    batches_lib.check_data_media(tiny_config, pipeline.dataset_media(tiny_config))
   tiny_config.model.video = ml_collections.ConfigDict(VIDEO)
   with pytest.raises(ValueError, match=r"config.data.video_frames=N"):
-    state_lib.dummy_batch(tiny_config, 1)
+    batches_lib.dummy_batch(tiny_config, 1)
 
 
 def test_task_options_need_their_audio(shared_data_dir):
@@ -245,12 +245,12 @@ def test_task_options_need_their_audio(shared_data_dir):
 
 
 def test_batch_keys_follow_the_model(tiny_config):
-  assert state_lib.batch_keys(tiny_config) == vlm.BATCH_KEYS
+  assert batches_lib.batch_keys(tiny_config) == vlm.BATCH_KEYS
   tiny_config.model.audio = ml_collections.ConfigDict(dict(AUDIO, sample_rate=16000))
   tiny_config.model.video = ml_collections.ConfigDict()  # empty section = off
   tiny_config.data.max_audio_seconds = 0.5
-  assert state_lib.batch_keys(tiny_config) == vlm.BATCH_KEYS + ("audio", "audio_len")
-  batch = state_lib.dummy_batch(tiny_config, 2)
+  assert batches_lib.batch_keys(tiny_config) == vlm.BATCH_KEYS + ("audio", "audio_len")
+  batch = batches_lib.dummy_batch(tiny_config, 2)
   assert batch["audio"].shape == (2, 8000) and batch["audio"].dtype == np.int16
 
 

@@ -182,7 +182,7 @@ def test_audio_task_configs(shared_data_dir, monkeypatch):
   from mmjax.data import pipeline
   from mmjax.models import build_model, model_class
   from mmjax.models.vlm import check_fusion_media
-  from mmjax.train import state as state_lib
+  from mmjax.train import batches as batches_lib
   families = list(cf.FAMILY_CONFIGS)
   overrides = [("data.data_dir", shared_data_dir), ("data.shapes.train_scenes", 24), ("data.shapes.validation_scenes", 4),
                ("data.shapes.test_scenes", 4)]
@@ -225,7 +225,7 @@ def test_audio_task_configs(shared_data_dir, monkeypatch):
   assert new - old == 26  # 1 s at 16 kHz, hop 160: 101 frames -> 51 -> 26 audio tokens after two stride-2 convs
   # With those positions prefix_lm's model takes a whole audio batch (it would not without them).
   c = configs["av_matching"]["prefix_lm"]
-  b = state_lib.dummy_batch(c, 1)
+  b = batches_lib.dummy_batch(c, 1)
   args, kwargs = model_class(c.model).init_inputs(c.model, b)
   jax.eval_shape(lambda: build_model(c.model, 64).init(jax.random.key(0), *args, **kwargs))
   c.model.decoder.max_len = old

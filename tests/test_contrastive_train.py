@@ -16,6 +16,8 @@ from mmjax.projects.shapes import scenes as shapes
 from mmjax.evaluate import retrieval
 from mmjax.models import ContrastiveModel, VisionLanguageModel, build_model
 from mmjax.train import state as state_lib, trainer, workdir as workdir_lib
+from mmjax.train import batches as batches_lib
+from mmjax.train import step as step_lib
 from mmjax.train.checkpoint import CheckpointMismatch, _check_compatible
 from mmjax.train.metrics_writer import read_metrics
 from mmjax.models import model_class, vlm
@@ -98,9 +100,9 @@ def test_kind_switch_and_vlm_unchanged(tiny_config, contrastive_config):
   assert "kind" not in tiny_config.model  # existing configs have no kind: the VLM
   assert isinstance(build_model(tiny_config.model, 64), VisionLanguageModel)
   assert model_class(tiny_config.model) is VisionLanguageModel
-  assert state_lib.batch_keys(tiny_config) == vlm.BATCH_KEYS
+  assert batches_lib.batch_keys(tiny_config) == vlm.BATCH_KEYS
   assert isinstance(build_model(contrastive_config.model, 64), ContrastiveModel)
-  assert state_lib.batch_keys(contrastive_config) == ("image", "target_out", "target_mask")
+  assert batches_lib.batch_keys(contrastive_config) == ("image", "target_out", "target_mask")
   assert contrastive_config.model.loss == "siglip"
   assert config_files.load(os.path.join(CONFIGS, "contrastive.py"), overrides={"model.loss": "clip"}).model.loss == "clip"
   tiny_config.model.kind = "diffusion"
@@ -147,8 +149,8 @@ def test_loss_decreases_on_a_fixed_batch(contrastive_config, loss):
   state = state_lib.init_state(setup, jax.random.key(0))
   host = next(data.train_iterator(tasks=model_class(c.model).train_tasks))
   shardings = setup.batch_sharding(host)
-  batch = {k: jax.device_put(host[k], shardings[k]) for k in state_lib.batch_keys(c)}
-  step = state_lib.make_train_step(setup, host)
+  batch = {k: jax.device_put(host[k], shardings[k]) for k in batches_lib.batch_keys(c)}
+  step = step_lib.make_train_step(setup, host)
   losses = []
   with setup.context():
     for _ in range(20):  # the metrics of a step are those of the parameters it starts from

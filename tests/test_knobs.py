@@ -13,6 +13,7 @@ from mmjax import config_files
 from mmjax.models import build_model
 from mmjax.sample.generate import GenerateOptions, generate
 from mmjax.train import state as state_lib
+from mmjax.train import step as step_lib
 from mmjax.models import vlm
 from tests.conftest import CONFIGS
 from tests.sharding_entry import V, batches
@@ -48,14 +49,14 @@ def base(batch):
   c = config()
   model = build_model(c.model, V)
   params = nn.meta.unbox(model.init(jax.random.key(0), *(batch[k][:1] for k in ARGS))["params"])
-  grads, metrics = state_lib.grads_and_metrics(model, params, batch)
+  grads, metrics = step_lib.grads_and_metrics(model, params, batch)
   return c, model, params, grads, metrics
 
 
 def test_grad_accumulation_equals_full_batch(base, batch):
   c, model, params, grads, metrics = base
   for k in (2, 4):
-    g, m = jax.jit(lambda p, b: state_lib.grads_and_metrics(model, p, b, k))(params, batch)
+    g, m = jax.jit(lambda p, b: step_lib.grads_and_metrics(model, p, b, k))(params, batch)
     assert rel_err(g, grads) < 1e-5
     np.testing.assert_allclose(m["loss"], metrics["loss"], rtol=1e-5)
   # Through the jitted, sharded train step: 2 steps with grad_accum_steps=2 == plain steps.
@@ -65,7 +66,7 @@ def test_grad_accumulation_equals_full_batch(base, batch):
     c2.grad_accum_steps = accum
     setup = state_lib.make_setup(c2, V, devices=jax.devices()[:1])
     state = state_lib.init_state(setup, jax.random.key(0))
-    step = state_lib.make_train_step(setup, batch)
+    step = step_lib.make_train_step(setup, batch)
     with setup.context():
       for _ in range(2):
         state, m = step(state, {k: batch[k] for k in vlm.BATCH_KEYS})
@@ -73,7 +74,7 @@ def test_grad_accumulation_equals_full_batch(base, batch):
   assert rel_err(outs[1][0], outs[0][0]) < 1e-5
   np.testing.assert_allclose(outs[1][1], outs[0][1], rtol=1e-5)
   with pytest.raises(ValueError, match="grad_accum_steps=3"):
-    state_lib.grads_and_metrics(model, params, batch, 3)
+    step_lib.grads_and_metrics(model, params, batch, 3)
 
 
 @pytest.mark.parametrize("policy", ["dots_saveable"])  # "full" runs in the scan test
@@ -82,7 +83,7 @@ def test_remat_same_params_and_gradients(base, batch, policy):
   m2 = build_model(config(remat=policy).model, V)
   p2 = nn.meta.unbox(m2.init(jax.random.key(0), *(batch[k][:1] for k in ARGS))["params"])
   assert jax.tree.structure(p2) == jax.tree.structure(params)  # names unchanged
-  g2, mm = jax.jit(lambda p, b: state_lib.grads_and_metrics(m2, p, b))(params, batch)
+  g2, mm = jax.jit(lambda p, b: step_lib.grads_and_metrics(m2, p, b))(params, batch)
   assert rel_err(g2, grads) < 1e-6
   np.testing.assert_allclose(mm["loss"], metrics["loss"], rtol=1e-6)
 
@@ -123,7 +124,7 @@ def test_scan_layers_same_function_and_layer_axis(base, batch):
   q = specs["image_encoder"]["blocks"]["layers"]["block"]["self_attention"]["query"]["kernel"]
   assert tuple(q) == ("layers", "embed", "heads", "head_dim")
   assert nn.logical_to_mesh(specs, state_lib.sharding.rules_from_config(()))  # "layers" -> None
-  gs, ms_metrics = jax.jit(lambda p, b: state_lib.grads_and_metrics(ms, p, b))(scanned, batch)
+  gs, ms_metrics = jax.jit(lambda p, b: step_lib.grads_and_metrics(ms, p, b))(scanned, batch)
   np.testing.assert_allclose(ms_metrics["loss"], metrics["loss"], rtol=1e-5)
   assert rel_err(gs, to_scanned(grads)) < 1e-5
   # KV-cache decoding through the scanned decoder (cache stacked on axis 1) gives the same tokens.
@@ -139,7 +140,7 @@ def test_bf16_compute_fp32_params(base, batch):
   mb = build_model(config(dtype="bfloat16").model, V)
   pb = nn.meta.unbox(mb.init(jax.random.key(0), *(batch[k][:1] for k in ARGS))["params"])
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(pb))  # master params stay fp32
-  g, m = jax.jit(lambda p, b: state_lib.grads_and_metrics(mb, p, b))(params, batch)
+  g, m = jax.jit(lambda p, b: step_lib.grads_and_metrics(mb, p, b))(params, batch)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(g))
   assert abs(float(m["loss"]) - float(metrics["loss"])) < 0.05 * float(metrics["loss"])
   assert rel_err(g, grads) < 0.1

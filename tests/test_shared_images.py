@@ -16,6 +16,8 @@ from mmjax.encoders.vit import ViT
 from mmjax.layers import pixel_coordinates
 from mmjax.models import build_model
 from mmjax.train import state as state_lib
+from mmjax.train import batches as batches_lib
+from mmjax.train import step as step_lib
 from mmjax.models import vlm
 from tests.conftest import CONFIGS
 from tests.test_knobs import rel_err
@@ -92,17 +94,17 @@ def test_grad_accumulation_keeps_questions_with_their_image():
   model = build_model(c.model, V)
   b = grouped_batch(c)
   params = nn.meta.unbox(model.init(jax.random.key(0), *(b[k][:1] for k in ARGS))["params"])
-  grads, metrics = state_lib.grads_and_metrics(model, params, b)
+  grads, metrics = step_lib.grads_and_metrics(model, params, b)
   # The reference: the same loss with every question's image written out (no sharing).
   flat_batch = dict(b, image=np.repeat(b["image"], 4, 0))
-  ref_grads, ref_metrics = state_lib.grads_and_metrics(model, params, flat_batch)
+  ref_grads, ref_metrics = step_lib.grads_and_metrics(model, params, flat_batch)
   assert rel_err(grads, ref_grads) < 1e-5
   for k in (2, 4):
-    g, m = jax.jit(lambda p, x: state_lib.grads_and_metrics(model, p, x, k))(params, b)
+    g, m = jax.jit(lambda p, x: step_lib.grads_and_metrics(model, p, x, k))(params, b)
     assert rel_err(g, ref_grads) < 1e-5
     np.testing.assert_allclose(m["loss"], ref_metrics["loss"], rtol=1e-5)
   with pytest.raises(ValueError, match="grad_accum_steps=3 does not divide the batch of 4 images"):
-    state_lib.grads_and_metrics(model, params, b, 3)
+    step_lib.grads_and_metrics(model, params, b, 3)
 
 
 def test_train_batches_group_questions_by_image(tiny_config):
@@ -162,7 +164,7 @@ def test_image_batch_must_divide_over_the_mesh():
   setup = state_lib.make_setup(c, V)
   b = {k: v for k, v in grouped_batch(c, images=8).items() if k in vlm.BATCH_KEYS}
   state = state_lib.init_state(setup, jax.random.key(0))
-  step = state_lib.make_train_step(setup, b)
+  step = step_lib.make_train_step(setup, b)
   with setup.context():
     state, m = step(state, b)
   assert np.isfinite(float(m["loss"]))
@@ -215,13 +217,13 @@ def test_captions_ride_along_with_the_questions():
   loss_sums = lambda batch: model.apply({"params": params}, batch, method="loss_sums")
   (q_sum, q), (c_sum, c) = loss_sums(questions), loss_sums(captions)
   q_n, c_n = q["weight"], c["weight"]
-  grads, metrics = state_lib.grads_and_metrics(model, params, b)
+  grads, metrics = step_lib.grads_and_metrics(model, params, b)
   np.testing.assert_allclose(metrics["loss"], (q_sum + c_sum) / (q_n + c_n), rtol=1e-5)
-  g2, m2 = jax.jit(lambda p, x: state_lib.grads_and_metrics(model, p, x, 2))(params, b)
+  g2, m2 = jax.jit(lambda p, x: step_lib.grads_and_metrics(model, p, x, 2))(params, b)
   assert rel_err(g2, grads) < 1e-5
   # Caption tokens weighted 0.5 count half.
   half = dict(b, caption_mask=b["caption_mask"] * 0.5)
-  _, m_half = state_lib.grads_and_metrics(model, params, half)
+  _, m_half = step_lib.grads_and_metrics(model, params, half)
   np.testing.assert_allclose(m_half["loss"], (q_sum + 0.5 * c_sum) / (q_n + 0.5 * c_n), rtol=1e-5)
   with pytest.raises(ValueError, match="one caption per image"):
     model.apply({"params": params}, *(b[k] for k in ARGS), b["caption_prompt"][:2], b["caption_prompt_len"][:2],
@@ -235,7 +237,7 @@ def test_train_batches_carry_their_images_captions(tiny_config):
   tiny_config.data.task_weights.caption = 0.5
   data = pipeline.Data(tiny_config)
   train, tok = data.split("train"), data.tokenizer
-  assert set(state_lib.CAPTION_KEYS) <= set(state_lib.batch_keys(tiny_config))
+  assert set(batches_lib.CAPTION_KEYS) <= set(batches_lib.batch_keys(tiny_config))
   it = data.train_iterator()
   for _ in range(6):
     b = next(it)
@@ -278,7 +280,7 @@ def test_manifest_images_with_and_without_captions(tmp_path):
   kinds = set()
   for _ in range(8):
     b = next(it)
-    assert set(state_lib.batch_keys(c)) <= set(b)
+    assert set(batches_lib.batch_keys(c)) <= set(b)
     if b["task"][0] == pipeline.TASK_VQA:
       kinds.add("vqa")
       for i in range(4):
@@ -288,23 +290,23 @@ def test_manifest_images_with_and_without_captions(tmp_path):
       kinds.add("caption")
       assert all(image_of(e).startswith(("imgs/x4", "imgs/x5")) for e in b["example_id"])
       assert b["caption_mask"].sum() == 0 and b["image"].shape[0] == 4
-    step = state_lib.make_train_step(setup, b)
+    step = step_lib.make_train_step(setup, b)
     with setup.context():
-      state, m = step(state, {k: b[k] for k in state_lib.batch_keys(c)})
+      state, m = step(state, {k: b[k] for k in batches_lib.batch_keys(c)})
     assert np.isfinite(float(m["loss"]))
   assert kinds == {"vqa", "caption"}
 
 
 def test_dummy_train_batch_has_the_pipelines_shapes():
   c = config_files.load(os.path.join(CONFIGS, "default.py"))
-  b = state_lib.dummy_train_batch(c)
+  b = batches_lib.dummy_train_batch(c)
   g = c.data.questions_per_image
   assert g > 1 and c.data.captions_with_questions  # the main job shares images (else this test is moot)
   assert b["image"].shape[0] == c.batch_size // g and b["prompt"].shape[0] == c.batch_size
-  assert set(state_lib.batch_keys(c)) <= set(b)
-  assert all(b[k].shape[0] == c.batch_size // g for k in state_lib.CAPTION_KEYS)
+  assert set(batches_lib.batch_keys(c)) <= set(b)
+  assert all(b[k].shape[0] == c.batch_size // g for k in batches_lib.CAPTION_KEYS)
   tiny = config_files.load(os.path.join(CONFIGS, "tiny.py"))
-  assert set(state_lib.dummy_train_batch(tiny)) == set(vlm.BATCH_KEYS)
+  assert set(batches_lib.dummy_train_batch(tiny)) == set(vlm.BATCH_KEYS)
 
 
 def test_grouped_iterator_state_resumes_exactly(tiny_config):

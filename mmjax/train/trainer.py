@@ -27,6 +27,8 @@ from mmjax.data import pipeline
 from mmjax.models import transfer
 from mmjax.sample.report import write_report
 from mmjax.train import state as state_lib
+from mmjax.train import batches as batches_lib
+from mmjax.train import step as step_lib
 from mmjax.train import workdir as workdir_lib
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.metrics_writer import MetricWriter
@@ -85,9 +87,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
     logging.info("resumed from step %d in %s", start, ckpt.directory)
 
   first = next(train_iter)
-  step_fn = state_lib.make_train_step(setup, first, skip_nonfinite=config.get("skip_nonfinite", False))
+  step_fn = step_lib.make_train_step(setup, first, skip_nonfinite=config.get("skip_nonfinite", False))
   shardings = setup.batch_sharding(first)
-  keys = state_lib.batch_keys(config)
+  keys = batches_lib.batch_keys(config)
   writer = MetricWriter(workdir)
   evaluator = setup.make_evaluator(data)
   stop = StopRequest()

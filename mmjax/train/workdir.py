@@ -13,6 +13,7 @@ import ml_collections
 from mmjax import config_files
 from mmjax.data import pipeline
 from mmjax.train import state as state_lib
+from mmjax.train import batches as batches_lib
 from mmjax.train.checkpoint import Checkpointer
 
 
@@ -22,7 +23,7 @@ TOKENIZER_FILENAME = pipeline.TOKENIZER_FILENAME  # the tokenizer a run keeps be
 def load_data(config, workdir: str):
   """Prepares the dataset and the tokenizer; a workdir's own tokenizer wins (resume / sample).
   Fails when the model reads media (config.model.audio / video) the dataset does not carry."""
-  state_lib.check_data_media(config, pipeline.dataset_media(config))  # before building the dataset
+  batches_lib.check_data_media(config, pipeline.dataset_media(config))  # before building the dataset
   tok_path = os.path.join(workdir, TOKENIZER_FILENAME)
   data = pipeline.Data(config, tokenizer_path=tok_path if os.path.exists(tok_path) else None)
   if jax.process_index() == 0 and not os.path.exists(tok_path):
