@@ -6,20 +6,24 @@ decorated when triton is first imported. So the variable has to be set before th
 `import triton` of the process; importing this module does that, and refuses (ImportError) when
 triton was already imported in compiled mode, because mixing the two modes fails deep inside the
 interpreter. Consequence: a process that imports this module runs every Triton kernel interpreted;
-real-GPU checks belong in a separate process (tests/test_triton_kernel.py runs them in one).
+compiled kernels belong in another process (tests/test_triton_gpu.py and tests/test_triton_compile.py
+run theirs in child processes).
 
 The interpreter expects torch-like tensors; `HostTensor` gives a numpy array the handful of methods
 it calls (data_ptr, untyped_storage, stride, dtype, ...). Kernels write straight into the numpy
 buffers, so the interpreter's "copy to host and back" steps are no-ops.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 
 if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-  raise ImportError("mmjax.kernels.interpret must be imported before triton (it sets "
-                    "TRITON_INTERPRET=1, which triton only reads at import time).")
+  raise ImportError(
+    "mmjax.kernels.interpret must be imported before triton (it sets "
+    "TRITON_INTERPRET=1, which triton only reads at import time)."
+  )
 os.environ["TRITON_INTERPRET"] = "1"
 
 import jax  # noqa: E402
@@ -69,8 +73,9 @@ class HostTensor:
     return "torch." + self.array.dtype.name
 
 
-def _numpy_launch(kernel, grid, operands, outputs, meta, tiling):
+def _numpy_launch(kernel, grid, operands, outputs, meta, tiling, zeroed=()):
   del tiling  # num_warps / num_stages mean nothing to the interpreter
+  del zeroed  # every output starts as zeros here
   # Zero-filled so that a store the kernel forgot shows up as a wrong value, not as garbage.
   outs = [np.zeros(shape, np.dtype(dtype)) for shape, dtype in outputs]
   wrap = lambda x: HostTensor(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
@@ -85,56 +90,71 @@ def _host(xs):
 def forward_arrays(q, k, v, mask_arrays, cfg):
   """(out, lse) as numpy, from numpy-convertible inputs and prepared mask arrays."""
   q, k, v = _host([q, k, v])
-  return _kernels.forward(_numpy_launch, q, k, v, _host(mask_arrays), cfg)
+  return _kernels.forward(_numpy_launch, q, k, v, _kernels.MaskArrays(*_host(mask_arrays)), cfg)
 
 
 def backward_arrays(q, k, v, out, lse, dout, mask_arrays, cfg):
   q, k, v, out, lse, dout = _host([q, k, v, out, lse, dout])
-  return _kernels.backward(_numpy_launch, q, k, v, out, lse, dout,
-                                        _host(mask_arrays), cfg)
+  return _kernels.backward(_numpy_launch, q, k, v, out, lse, dout, _kernels.MaskArrays(*_host(mask_arrays)), cfg)
 
 
-def _tilings(block_q, block_k, bwd_blocks=None):
-  """(forward, backward) tilings: the backward's blocks are bwd_blocks, by default the forward's
-  smaller block in both directions (backward tiles are square; see flash_attention.check_shapes)."""
-  square = min(block_q, block_k)
-  return (_kernels.Tiling(block_q=block_q, block_k=block_k),
-          _kernels.Tiling(*(bwd_blocks or (square, square))))
+def _tiling(blocks):
+  return None if blocks is None else _kernels.Tiling(*blocks)
 
 
 def forward_interpret(q, k, v, mask=None, scale=None, softcap=None, block_q=16, block_k=16):
   """Interpreted forward: returns numpy (out [B, Sq, HQ, D], lse float32 [B, HQ, Sq])."""
-  cfg, arrays = triton_call.prepare(q, k, mask, scale, softcap, *_tilings(block_q, block_k))
+  cfg, arrays = triton_call.prepare(q, k, mask, scale, softcap, _tiling((block_q, block_k)))
   return forward_arrays(q, k, v, arrays, cfg)
 
 
-def backward_interpret(q, k, v, out, lse, dout, mask=None, scale=None, softcap=None,
-                       block_q=16, block_k=16, bwd_blocks=None):
-  """Interpreted backward: returns numpy (dq, dk, dv). bwd_blocks=(block_q, block_k) gives the
-  backward other blocks than the forward's."""
-  cfg, arrays = triton_call.prepare(q, k, mask, scale, softcap, *_tilings(block_q, block_k, bwd_blocks))
+def backward_interpret(
+  q,
+  k,
+  v,
+  out,
+  lse,
+  dout,
+  mask=None,
+  scale=None,
+  softcap=None,
+  block_q=16,
+  block_k=16,
+  dkdv_blocks=None,
+  dq_blocks=None,
+  deterministic=False,
+):
+  """Interpreted backward: returns numpy (dq, dk, dv). dkdv_blocks / dq_blocks = (block_q, block_k)
+  of the dK/dV and dQ kernels (default: the forward's blocks); deterministic picks the two-kernel
+  backward over the atomic-dQ one."""
+  fwd = (block_q, block_k)
+  cfg, arrays = triton_call.prepare(
+    q, k, mask, scale, softcap, _tiling(fwd), _tiling(dkdv_blocks or fwd), _tiling(dq_blocks or fwd), deterministic
+  )
   return backward_arrays(q, k, v, out, lse, dout, arrays, cfg)
 
 
 def _callback_forward(q, k, v, mask_arrays, cfg):
   b, sq, hq, _ = q.shape
   shapes = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, hq, sq), np.float32))
-  return jax.pure_callback(lambda *a: tuple(forward_arrays(*a[:3], a[3:], cfg)), shapes,
-                           q, k, v, *mask_arrays)
+  return jax.pure_callback(lambda *a: tuple(forward_arrays(*a[:3], a[3:], cfg)), shapes, q, k, v, *mask_arrays)
 
 
 def _callback_backward(q, k, v, out, lse, dout, mask_arrays, cfg):
   shapes = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v))
-  return jax.pure_callback(lambda *a: tuple(backward_arrays(*a[:6], a[6:], cfg)), shapes,
-                           q, k, v, out, lse, dout, *mask_arrays)
+  return jax.pure_callback(
+    lambda *a: tuple(backward_arrays(*a[:6], a[6:], cfg)), shapes, q, k, v, out, lse, dout, *mask_arrays
+  )
 
 
 _callback_attention = triton_call.make_attention(_callback_forward, _callback_backward)
 
 
-def flash_attention_interpret_callback_for_tests(q, k, v, mask=None, scale=None, softcap=None,
-                                                 block_q=16, block_k=16):
+def flash_attention_interpret_callback_for_tests(
+  q, k, v, mask=None, scale=None, softcap=None, block_q=16, block_k=16, deterministic=False
+):
   """TESTING ONLY: the same custom_vjp as mmjax.kernels.triton_call.flash_attention, but launching
   the interpreted kernels through jax.pure_callback, so jax.grad through it runs on a CPU."""
-  cfg, arrays = triton_call.prepare(q, k, mask, scale, softcap, *_tilings(block_q, block_k))
+  t = _tiling((block_q, block_k))
+  cfg, arrays = triton_call.prepare(q, k, mask, scale, softcap, t, t, t, deterministic)
   return _callback_attention(q, k, v, arrays, cfg)

@@ -9,9 +9,11 @@ A query position i of example b may attend key position j when ALL of the presen
 
 A query row with no allowed key gets output 0 (and gradient 0), never NaN or a mean of V.
 
-`tile_map` turns the description into a per-(query block, key block) map that kernels use to skip
-empty tiles and drop mask arithmetic on full ones.
+`tile_map` turns the description into a per-(query block, key block) map, and `tile_runs` turns the
+map into the kernels' loop bounds: where each row and column starts and ends (EMPTY tiles outside
+cost nothing) and its run of FULL tiles (no mask arithmetic there).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,6 +38,7 @@ class MaskSpec:
     kv_segment_ids: int32 [B, Skv]. Segment ids are given for both sides or neither.
     kv_valid_len: int32 [B] number of valid keys per example.
   """
+
   causal: bool = dataclasses.field(default=False, metadata=dict(static=True))
   causal_offset: Optional[jax.Array] = None
   prefix_len: Optional[jax.Array] = None
@@ -58,9 +61,11 @@ class MaskSpec:
 
   def validate(self, batch: int, q_len: int, kv_len: int) -> None:
     """Raises ValueError naming the field whose shape does not fit [B, Sq] x [B, Skv]."""
+
     def check(name, value, shapes):
       if value is not None and jnp.shape(value) not in shapes:
         raise ValueError(f"MaskSpec.{name} has shape {jnp.shape(value)}; expected one of {shapes}.")
+
     check("causal_offset", self.causal_offset, [(), (batch,)])
     check("prefix_len", self.prefix_len, [(batch,)])
     check("q_segment_ids", self.q_segment_ids, [(batch, q_len)])
@@ -115,13 +120,16 @@ def tile_map(spec: MaskSpec, batch: int, q_len: int, kv_len: int, block_q: int, 
   if ragged_k:
     all_ok = all_ok & (jnp.arange(nk) < nk - 1)[None, None, :]
   if spec.causal:
-    off = jnp.zeros((batch,), jnp.int32) if spec.causal_offset is None else jnp.broadcast_to(
-        spec.causal_offset, (batch,)).astype(jnp.int32)
+    off = (
+      jnp.zeros((batch,), jnp.int32)
+      if spec.causal_offset is None
+      else jnp.broadcast_to(spec.causal_offset, (batch,)).astype(jnp.int32)
+    )
     off = off[:, None, None]
     qlo, qhi = q_lo[None, :, None], q_hi[None, :, None]
     klo, khi = k_lo[None, None, :], k_hi[None, None, :]
-    c_any = klo <= qhi + off            # some (i, j) with j <= i + off
-    c_all = khi <= qlo + off            # every (i, j)
+    c_any = klo <= qhi + off  # some (i, j) with j <= i + off
+    c_all = khi <= qlo + off  # every (i, j)
     if spec.prefix_len is not None:
       p = spec.prefix_len[:, None, None]
       c_any = c_any | (klo < p)
@@ -141,19 +149,59 @@ def tile_map(spec: MaskSpec, batch: int, q_len: int, kv_len: int, block_q: int, 
 
 
 def tile_spans(tiles: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Where the kernels loop: int32 [B, nq, 2] and [B, nk, 2] half-open spans [first, last + 1) of
-  the non-EMPTY tiles in each query-block row and each key-block column of `tiles` ([0, 0) when a
-  row or column is all EMPTY). EMPTY tiles inside a span are not skipped, so kernels must mask
-  every tile that is not FULL."""
-  def span(nonempty):  # [..., n] bool -> [..., 2]
-    n = nonempty.shape[-1]
-    idx = jnp.arange(n, dtype=jnp.int32)
-    first = jnp.min(jnp.where(nonempty, idx, n), axis=-1)
-    last = jnp.max(jnp.where(nonempty, idx, -1), axis=-1)
-    any_ = last >= 0
-    return jnp.stack([jnp.where(any_, first, 0), jnp.where(any_, last + 1, 0)], -1).astype(jnp.int32)
+  """int32 [B, nq, 2] and [B, nk, 2] half-open spans [first, last + 1) of the non-EMPTY tiles in
+  each query-block row and each key-block column of `tiles` ([0, 0) when a row or column is all
+  EMPTY): the outer bounds of where the kernels loop (tile_runs adds the FULL run inside). EMPTY
+  tiles inside a span are not skipped, so kernels must mask every tile they do not know is FULL."""
   nonempty = tiles != TILE_EMPTY
-  return span(nonempty), span(jnp.swapaxes(nonempty, 1, 2))
+  return _span(nonempty), _span(jnp.swapaxes(nonempty, 1, 2))
+
+
+def tile_runs(tiles: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The kernels' loop bounds: int32 [B, nq, 4] per query-block row and [B, nk, 4] per key-block
+  column of `tiles`, each (first, run_start, run_end, last + 1) with first <= run_start <= run_end
+  <= last + 1. [first, last + 1) is the span of tile_spans; [run_start, run_end) its longest run of
+  FULL tiles (the first one if several are as long; empty, at last + 1, when there is none).
+
+  A kernel visits the head [first, run_start) and the tail [run_end, last + 1) with the exact mask
+  and the run without any mask arithmetic or bounds check, so it never reads the map itself. For
+  causal, prefix-LM, padding and sorted segment masks the FULL tiles of a row are contiguous and
+  the head and tail hold only PARTIAL tiles; for other masks the head and tail may also hold FULL
+  or EMPTY tiles, which the exact mask handles (at the cost of their arithmetic)."""
+
+  def runs(classes):  # [..., n] int8 -> [..., 4]
+    n = classes.shape[-1]
+    idx = jnp.arange(n, dtype=jnp.int32)
+    span = jnp.moveaxis(_span(classes != TILE_EMPTY), -1, 0)
+    full = classes == TILE_FULL
+    # Length of the FULL run ending at each tile: distance to the last non-FULL tile before it.
+    last_break = jax.lax.cummax(jnp.where(full, -1, idx), axis=classes.ndim - 1)
+    length = jnp.where(full, idx - last_break, 0)
+    best = length.max(-1)
+    end = jnp.argmax(length, axis=-1).astype(jnp.int32) + 1
+    run_start = jnp.where(best > 0, end - best, span[1])
+    run_end = jnp.where(best > 0, end, span[1])
+    return jnp.stack([span[0], run_start, run_end, span[1]], -1).astype(jnp.int32)
+
+  return runs(tiles), runs(jnp.swapaxes(tiles, 1, 2))
+
+
+def heaviest_first(runs: jax.Array) -> jax.Array:
+  """int32 [n]: the block indices of `runs` ([B, n, 4], tile_runs) by the number of tiles they
+  visit summed over the batch, largest first (ties in index order). Kernels launch their programs
+  in this order, so the longest causal rows start first and the short ones fill the tail."""
+  work = (runs[..., 3] - runs[..., 0]).sum(0)
+  return jnp.argsort(-work, stable=True).astype(jnp.int32)
+
+
+def _span(nonempty: jax.Array) -> jax.Array:
+  """[..., n] bool -> [..., 2] half-open span [first, last + 1) of the True entries ([0, 0) if none)."""
+  n = nonempty.shape[-1]
+  idx = jnp.arange(n, dtype=jnp.int32)
+  first = jnp.min(jnp.where(nonempty, idx, n), axis=-1)
+  last = jnp.max(jnp.where(nonempty, idx, -1), axis=-1)
+  any_ = last >= 0
+  return jnp.stack([jnp.where(any_, first, 0), jnp.where(any_, last + 1, 0)], -1).astype(jnp.int32)
 
 
 def _block_min_max(ids: jax.Array, block: int, nblocks: int):
