@@ -516,7 +516,7 @@ def markdown(results: dict, configs: dict, command: str, date: str, machine: str
     first = {t: next(iter(runs.values())) for t, runs in configs.items()}
     budget = "; ".join(f"{t}: {c.total_steps} steps of batch {c.batch_size}" for t, c in first.items())
     budget += ", for every run of a task"
-  scenes = {t: "{}/{}/{}".format(*(next(iter(runs.values())).data[k] for k in
+  scenes = {t: "{}/{}/{}".format(*(next(iter(runs.values())).data.shapes[k] for k in
                                    ("train_scenes", "validation_scenes", "test_scenes")))
             for t, runs in configs.items()}
   data = (f"shapes scenes train/validation/test {scenes['vqa']}" if len(set(scenes.values())) == 1 else

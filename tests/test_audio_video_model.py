@@ -169,7 +169,9 @@ def test_pair_sounds_balanced_deterministic_and_really_mismatched():
 def _task_config(name, data_dir, **data):
   """experiments/configs/<name>.py shrunk to seconds: a few 32-px scenes, batch 8 (divisible by 8 simulated devices)."""
   c = config_files.load(os.path.join(CONFIGS, f"{name}.py"))
-  c.data.update(dict(dict(data_dir=data_dir, image_size=32, train_scenes=6, validation_scenes=2, test_scenes=4), **data))
+  data = dict(dict(data_dir=data_dir, image_size=32, train_scenes=6, validation_scenes=2, test_scenes=4), **data)
+  c.data.shapes.update({k: v for k, v in data.items() if k in c.data.shapes})  # the shapes project's block
+  c.data.update({k: v for k, v in data.items() if k not in c.data.shapes})
   c.update(dict(total_steps=2, batch_size=8, eval_batch_size=8, eval_every=1, checkpoint_every=2, log_every=1,
                 eval_max_examples=4, sample_examples=2))
   return c
@@ -223,7 +225,7 @@ def test_data_task_and_media_errors(tiny_config, tmp_path):
   # A model with an audio encoder on a dataset without audio: fails before building anything.
   tiny_config.model.audio = ml_collections.ConfigDict(AUDIO)
   tiny_config.data.data_dir = str(tmp_path / "never_built")
-  with pytest.raises(ValueError, match=r"config.model.audio .*spoken_questions=True .*object_sounds=True"):
+  with pytest.raises(ValueError, match=r"config.model.audio .*spoken_questions=True .*own sound"):
     trainer.train_and_evaluate(tiny_config, str(tmp_path / "run"), progress=False)
   assert not os.path.exists(tmp_path / "never_built")
   tiny_config.data.shapes.object_sounds = True
