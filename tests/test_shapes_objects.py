@@ -309,7 +309,10 @@ def test_object_encoder_trains_resumes_samples_and_inspects(tiny_config, tmp_pat
   from mmjax.train import trainer, workdir as workdir_lib
   from tests.conftest import ROOT
 
-  tiny_config.model.image_encoder = "mmjax.projects.shapes.objects:ObjectEncoder"
+  from mmjax import config_files
+  project = config_files.load(os.path.join(ROOT, "experiments", "configs", "proj", "shapes", "objects.py"))
+  tiny_config.model.image_encoder = project.model.image_encoder  # the project job's encoder, tiny sizes
+  tiny_config.model.objects = project.model.objects
   tiny_config.model.objects.update(dict(width=32, feature_dim=8, iterations=2, depth=1, num_heads=2, mlp_dim=64,
                                         slopes=(60.0, -30.0)))
   tiny_config.total_steps = 2
