@@ -22,7 +22,8 @@ import time
 import numpy as np
 
 
-def _timed(fn, args, reps, rounds):
+def timed_rounds(fn, args, reps, rounds) -> list[float]:
+  """Seconds per call in each of `rounds` rounds of `reps` async dispatches (after a warm-up call)."""
   import jax
 
   jax.block_until_ready(fn(*args))  # compile + warm up
@@ -34,7 +35,11 @@ def _timed(fn, args, reps, rounds):
       out = fn(*args)
     jax.block_until_ready(out)
     times.append((time.perf_counter() - start) / reps)
-  return statistics.median(times)
+  return times
+
+
+def _timed(fn, args, reps, rounds):
+  return statistics.median(timed_rounds(fn, args, reps, rounds))
 
 
 def _cases(tiny: bool):

@@ -30,11 +30,13 @@ import math
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from attention_benchmark import _cases, timed_rounds  # noqa: E402  (the scripts' shared cases and timing)
+
 SCREEN = os.path.join(HERE, "sm90_compile_screen.jsonl")
 # Kernel name in the screen -> (recipe kernel launched alone, deterministic backward?)
 KERNELS = {
@@ -58,21 +60,6 @@ def load_candidates(path: str, dtype: str = "bfloat16", max_candidates: int = 3)
       if r["tiling"] not in lst and len(lst) < max_candidates:
         lst.append(r["tiling"])
   return out
-
-
-def _timed_rounds(fn, args, reps, rounds):
-  import jax
-
-  jax.block_until_ready(fn(*args))  # compile + warm up
-  times = []
-  for _ in range(rounds):
-    start = time.perf_counter()
-    out = None
-    for _ in range(reps):
-      out = fn(*args)
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - start) / reps)
-  return times
 
 
 def _alone(name: str, q, k, v, mask, scale, tiling):
@@ -129,7 +116,7 @@ def run_case(case, candidates, args, parse_tiling):
     for text in candidates.get((kernel, d), []):
       try:
         fn, fn_args = _alone(kernel, q, k, v, mask, scale, parse_tiling(text))
-        t = statistics.median(_timed_rounds(fn, fn_args, args.reps, args.sweep_rounds))
+        t = statistics.median(timed_rounds(fn, fn_args, args.reps, args.sweep_rounds))
       except Exception as e:  # noqa: BLE001 - one failing tiling must not end the sweep
         print(f"{name:24s} {kernel:12s} {text:12s} FAILED: {' '.join(str(e).split())[-300:]}", flush=True)
         continue
@@ -178,8 +165,8 @@ def run_case(case, candidates, args, parse_tiling):
     jax.block_until_ready((fwd[n](q, k, v), fb[n](q, k, v)))
   for _ in range(args.rounds):
     for n in fns:
-      per_round[n][0].extend(_timed_rounds(fwd[n], (q, k, v), args.reps, 1))
-      per_round[n][1].extend(_timed_rounds(fb[n], (q, k, v), args.reps, 1))
+      per_round[n][0].extend(timed_rounds(fwd[n], (q, k, v), args.reps, 1))
+      per_round[n][1].extend(timed_rounds(fb[n], (q, k, v), args.reps, 1))
   ref_out, ref_grads = fwd[base](q, k, v), fb[base](q, k, v)
   bf, bfb = per_round[base]
   for form in rows:
@@ -235,8 +222,6 @@ def main(argv=None):
   parser.add_argument("--reps", type=int, default=10)
   parser.add_argument("--plan", action="store_true", help="print the candidates and cases; time nothing")
   args = parser.parse_args(argv)
-  sys.path.insert(0, HERE)
-  from attention_benchmark import _cases
 
   from mmjax.kernels.compile_check import parse_tiling
 
