@@ -41,8 +41,10 @@ setuptools.setup(
     extras_require={
         # triton runs the kernel source under its interpreter on CPU in the tests.
         # The notebooks are executed by the tests, so their runtime is part of the test extra.
+        # pycocoevalcap: the reference CIDEr-D that tests/test_metrics.py checks mmjax's against.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "chex>=0.1.90", "triton>=3.4",
-                 "jupytext>=1.16", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8"],
+                 "jupytext>=1.16", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8",
+                 "pycocoevalcap>=1.2"],
         "gpu": ["jax[cuda12]", "triton>=3.4", "jax-triton>=0.3.1"],
         "notebooks": ["jupyter", "nbclient>=0.10", "nbformat>=5.10", "jupytext>=1.16", "matplotlib>=3.8", "ipykernel"],
     },

@@ -18,3 +18,18 @@ def tiny_config(shared_data_dir):
   c = config_files.load(os.path.join(CONFIGS, "tiny.py"))
   c.data.data_dir = shared_data_dir
   return c
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "devices(n): needs n devices; with fewer, runs in a child pytest on n simulated "
+                                     "CPU devices (tests/multidevice.py) instead of being skipped")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+  marker = pyfuncitem.get_closest_marker("devices")
+  if marker is None:
+    return None
+  from tests import multidevice
+  # True: the test ran (and passed) in the child; None: run it here as usual.
+  return True if multidevice.run_elsewhere(pyfuncitem, *marker.args) else None

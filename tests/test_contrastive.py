@@ -72,7 +72,7 @@ def test_model_outputs_and_learnable_temperature(loss):
   assert img.shape == txt.shape == (4, 16)
   np.testing.assert_allclose(np.linalg.norm(img, axis=-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(float(scale), np.log(10.0) if loss == "siglip" else np.log(1 / 0.07), rtol=1e-6)
-  assert (bias is not None) == (loss == "siglip")
+  assert bias is None if loss == "clip" else float(bias) == -10.0  # SigLIP's initial bias
   # The trainer's path (loss_sums, on a pipeline-style batch) against the loss in float64 numpy.
   # Pipeline rows are [t1..tn, eos, pad..] with the mask on t1..tn and eos: one column more than tokens.
   n = np.minimum(lengths, 7)
@@ -82,17 +82,26 @@ def test_model_outputs_and_learnable_temperature(loss):
   (value, sums), grads = jax.value_and_grad(lambda p: model.apply(p, batch, method="loss_sums"), has_aux=True)(params)
   img2, txt2, scale2, bias2 = (np.asarray(x, np.float64) if x is not None else None
                                for x in model.apply(params, images, target_out, n))
-  logits = np.exp(scale2) * img2 @ txt2.T + (0.0 if bias2 is None else bias2)
-  if loss == "clip":
-    lse = lambda x, ax: np.log(np.exp(x - x.max(ax, keepdims=True)).sum(ax)) + x.max(ax)
-    want = 0.5 * ((lse(logits, 1) - np.diag(logits)).mean() + (lse(logits, 0) - np.diag(logits)).mean())
-  else:
+
+  def np_loss(log_t, b):
+    logits = np.exp(log_t) * img2 @ txt2.T + (0.0 if b is None else b)
+    if loss == "clip":
+      lse = lambda x, ax: np.log(np.exp(x - x.max(ax, keepdims=True)).sum(ax)) + x.max(ax)
+      return 0.5 * ((lse(logits, 1) - np.diag(logits)).mean() + (lse(logits, 0) - np.diag(logits)).mean())
     z = 2 * np.eye(4) - 1
-    want = np.log1p(np.exp(-z * logits)).sum() / 4
-  np.testing.assert_allclose(float(value), want, rtol=1e-5)
+    return np.log1p(np.exp(-z * logits)).sum() / 4
+
+  np.testing.assert_allclose(float(value), np_loss(scale2, bias2), rtol=1e-5)
   assert float(sums["weight"]) == 1.0
-  grad_scale = grads["params"]["logit_scale"]
-  assert float(abs(np.asarray(getattr(grad_scale, "unbox", lambda: grad_scale)())[0])) > 0
+  # The temperature (and SigLIP's bias) are learned: their gradients equal the float64 loss's derivatives
+  # (central differences) at the model's embeddings.
+  unbox = lambda x: float(np.asarray(getattr(x, "unbox", lambda: x)())[0])
+  h = 1e-6
+  d_scale = (np_loss(scale2 + h, bias2) - np_loss(scale2 - h, bias2)) / (2 * h)
+  np.testing.assert_allclose(unbox(grads["params"]["logit_scale"]), d_scale, rtol=1e-4)
+  if loss == "siglip":
+    d_bias = (np_loss(scale2, bias2 + h) - np_loss(scale2, bias2 - h)) / (2 * h)
+    np.testing.assert_allclose(unbox(grads["params"]["logit_bias"]), d_bias, rtol=1e-4)
 
 
 SHARDED_SCRIPT = textwrap.dedent("""

@@ -123,7 +123,9 @@ def test_scan_layers_same_function_and_layer_axis(base, batch):
   assert tuple(k) == ("layers", "embed", "mlp")
   q = specs["image_encoder"]["blocks"]["layers"]["block"]["self_attention"]["query"]["kernel"]
   assert tuple(q) == ("layers", "embed", "heads", "head_dim")
-  assert nn.logical_to_mesh(specs, state_lib.sharding.rules_from_config(()))  # "layers" -> None
+  # The rules table puts the stacked layer axis nowhere ("layers" -> None), embed on fsdp, mlp on tensor.
+  mesh_spec = nn.logical_to_mesh(specs, state_lib.sharding.rules_from_config(()))
+  assert tuple(mesh_spec["decoder"]["blocks"]["layers"]["block"]["mlp"]["wi"]["kernel"]) == (None, "fsdp", "tensor")
   gs, ms_metrics = jax.jit(lambda p, b: step_lib.grads_and_metrics(ms, p, b))(scanned, batch)
   np.testing.assert_allclose(ms_metrics["loss"], metrics["loss"], rtol=1e-5)
   assert rel_err(gs, to_scanned(grads)) < 1e-5

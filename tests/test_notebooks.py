@@ -1,6 +1,10 @@
-"""Executes every notebook (jupytext .py source -> nbclient, kernel python3) in fast mode."""
+"""Executes every notebook (jupytext .py source -> nbclient, kernel python3) in fast mode, then checks
+what it computed against independent expectations: a cell appended to each notebook prints the values
+(as `MMJAX_CHECK <json>`), and the test compares them with references computed here."""
+import json
 import os
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT
@@ -20,15 +24,119 @@ def test_notebooks_are_paired():
     assert src == paired, f"{name}.ipynb is out of date: run `jupytext --to ipynb notebooks/{name}.py`."
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs(name, shared_data_dir, monkeypatch, tmp_path):
+# Appended to each notebook: reads the notebook's variables and prints what the test checks.
+CHECK_CELLS = {
+    # The generated answers against the notebook's teacher-forced pass of the same model over them (no KV
+    # cache; its logits are the root module's captured output): the logit of each generated token, the
+    # largest logit at that position, the trained step.
+    "01_quickstart": """
+import json
+logits = np.asarray(inter["__call__"][0], np.float64)
+assert logits.shape == answers.shape + (model.vocab_size,), logits.shape
+ans = np.asarray(answers)
+chosen = np.take_along_axis(logits, ans[..., None], -1)[..., 0]
+print("MMJAX_CHECK " + json.dumps(dict(
+    step=int(trained.step), total_steps=int(config.total_steps), answers=ans.tolist(), chosen=chosen.tolist(),
+    best=logits.max(-1).tolist(), eos=int(tok.eos_id), pad=int(tok.pad_id))))
+""",
+    # The notebook's new fusion on fixed inputs with random parameters, and the logged loss curves.
+    "02_fusion_prototyping": """
+import json
+import jax
+import numpy as np
+_rng = np.random.default_rng(0)
+_img = _rng.normal(size=(2, 8, 6)).astype(np.float32)
+_txt = _rng.normal(size=(2, 3, 5)).astype(np.float32)
+_tlen = np.array([3, 1], np.int32)
+_f = PooledPrefixFusion(width=4, pool=2)
+_p = nn.meta.unbox(_f.init(jax.random.key(0), {"image": (_img, None)}, (_txt, _tlen))["params"])
+_p = jax.tree.map(lambda x: _rng.normal(size=x.shape).astype(np.float32), _p)
+_cond = _f.apply({"params": _p}, {"image": (_img, None)}, (_txt, _tlen))
+print("MMJAX_CHECK " + json.dumps(dict(
+    image=_img.tolist(), text=_txt.tolist(), text_len=_tlen.tolist(),
+    params=jax.tree.map(lambda x: np.asarray(x).tolist(), _p),
+    prefix=np.asarray(_cond.prefix).tolist(), prefix_len=np.asarray(_cond.prefix_len).tolist(),
+    memory=_cond.memory is None,
+    steps={k: [r["step"] for r in v if "train/loss" in r] for k, v in curves.items()})))
+""",
+    # Each mask as a dense matrix and as the kernels' tile map, and the implementations' errors.
+    "03_attention_and_masks": """
+import json
+print("MMJAX_CHECK " + json.dumps(dict(
+    block=BLOCK, results=[list(r) for r in results],
+    masks={k: dict(dense=np.asarray(spec.dense(1, sq, skv)[0]).astype(int).tolist(),
+                   tiles=np.asarray(tile_map(spec, 1, sq, skv, BLOCK, BLOCK)[0]).tolist())
+           for k, (spec, sq, skv) in masks.items()})))
+""",
+}
+
+
+def run_notebook(name, data_dir, monkeypatch):
+  """Executes notebook `name` with its check cell appended; returns what the check cell printed."""
   import jupytext
   import nbclient
+  import nbformat
   monkeypatch.setenv("MMJAX_NOTEBOOK_FAST", "1")
-  monkeypatch.setenv("MMJAX_DATA_DIR", shared_data_dir)
+  monkeypatch.setenv("MMJAX_DATA_DIR", data_dir)
   monkeypatch.setenv("MPLBACKEND", "Agg")
   monkeypatch.delenv("XLA_FLAGS", raising=False)  # the notebooks run on one CPU device
   nb = jupytext.read(os.path.join(ROOT, "notebooks", name + ".py"))
+  nb.cells.append(nbformat.v4.new_code_cell(CHECK_CELLS[name]))
   client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=600,
                                    resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}})
   client.execute()  # raises CellExecutionError naming the failing cell
+  text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("output_type") == "stream")
+  lines = [line for line in text.splitlines() if line.startswith("MMJAX_CHECK ")]
+  assert len(lines) == 1, text
+  return json.loads(lines[0][len("MMJAX_CHECK "):])
+
+
+def test_notebook_01_quickstart(shared_data_dir, monkeypatch):
+  out = run_notebook("01_quickstart", shared_data_dir, monkeypatch)
+  assert out["step"] == out["total_steps"] == 2  # the loaded run is the one the notebook trained (fast mode)
+  answers, chosen, best = np.asarray(out["answers"]), np.asarray(out["chosen"]), np.asarray(out["best"])
+  for row in range(len(answers)):
+    eos = np.flatnonzero(answers[row] == out["eos"])
+    n = eos[0] + 1 if len(eos) else answers.shape[1]
+    # Greedy decoding: up to and including EOS every token is the argmax of the teacher-forced logits
+    # (to float32 round-off between the KV-cache and the full pass) ...
+    np.testing.assert_allclose(chosen[row, :n], best[row, :n], atol=1e-4, err_msg=f"row {row}")
+    # ... and after EOS there is only padding.
+    assert (answers[row, n:] == out["pad"]).all(), answers[row]
+
+
+def test_notebook_02_fusion_prototyping(shared_data_dir, monkeypatch):
+  out = run_notebook("02_fusion_prototyping", shared_data_dir, monkeypatch)
+  # PooledPrefixFusion against float64 numpy: mean-pool 8 image tokens into 2 groups of 4, project
+  # them and the prompt tokens, put them side by side; the prefix is 2 + prompt length long.
+  img, txt, p = np.asarray(out["image"]), np.asarray(out["text"]), out["params"]
+  dense = lambda name, x: x @ np.asarray(p[name]["kernel"]) + np.asarray(p[name]["bias"])
+  pooled = img.reshape(2, 2, 4, 6).mean(2)
+  want = np.concatenate([dense("proj_image", pooled), dense("proj_text", txt)], 1)
+  np.testing.assert_allclose(out["prefix"], want, rtol=1e-5, atol=1e-5)
+  assert out["prefix_len"] == [2 + 3, 2 + 1] and out["memory"]  # no cross-attention memory
+  # Both families trained through the real trainer and logged every step (fast mode: 2 steps).
+  assert out["steps"] == {"pooled_prefix (new)": [1, 2], "cross_attention": [1, 2]}
+
+
+def test_notebook_03_attention_and_masks(shared_data_dir, monkeypatch):
+  out = run_notebook("03_attention_and_masks", shared_data_dir, monkeypatch)
+  block = out["block"]
+  for name, m in out["masks"].items():
+    dense, tiles = np.asarray(m["dense"], bool), np.asarray(m["tiles"])
+    # The tile map read off the dense mask: 0 no allowed pair in the block, 2 all allowed, 1 some;
+    # pairs past the end of the keys (Flamingo's 30 latents are 2 blocks of 16) are never allowed.
+    rows, cols = -(-dense.shape[0] // block), -(-dense.shape[1] // block)
+    dense = np.pad(dense, ((0, rows * block - dense.shape[0]), (0, cols * block - dense.shape[1])))
+    blocks = dense.reshape(rows, block, cols, block)
+    expect = np.where(blocks.all((1, 3)), 2, np.where(blocks.any((1, 3)), 1, 0))
+    np.testing.assert_array_equal(tiles, expect, err_msg=name)
+  # Hand-derived masks (S = 64 in fast mode): packed causal segments of 32, 16, 16 rows, and memory
+  # padding after 40 of 64 keys.
+  i, j = np.arange(64)[:, None], np.arange(64)[None]
+  seg = np.repeat([0, 1, 2], [32, 16, 16])
+  np.testing.assert_array_equal(out["masks"]["packed, causal"]["dense"], (seg[i] == seg[j]) & (j <= i))
+  np.testing.assert_array_equal(out["masks"]["memory padding"]["dense"], np.broadcast_to(j < 40, (64, 64)))
+  # Every implementation that ran here matches the XLA reference, and more than XLA itself ran.
+  assert all(err < 1e-4 for _, _, err in out["results"]), out["results"]
+  assert {impl for _, impl, _ in out["results"]} - {"xla"}, out["results"]
