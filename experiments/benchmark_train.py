@@ -13,11 +13,11 @@ PaLM's MFU counts them). MFU = model FLOPs/s / peak, the peak from --peak_tflops
 known devices (bf16 dense). --strategies compiles the step for each mesh and prints the
 per-device memory from compiled.memory_analysis().
 """
+
 import os
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from mmjax import cli
@@ -27,12 +27,24 @@ config_flags.DEFINE_config_file("config", os.path.join(_CONFIGS, "default.py"), 
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warm-up steps).")
 _VOCAB = flags.DEFINE_integer("vocab_size", 0, "Vocabulary size (0 = config.data.vocab_size).")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per device (0 = look up the device kind).")
-_STRATEGIES = flags.DEFINE_string("strategies", "", "Meshes to report memory for: comma-separated, axes "
-                                  "joined by ':', e.g. 'data=8,fsdp=8,data=2:fsdp=2:tensor=2'.")
+_STRATEGIES = flags.DEFINE_string(
+  "strategies",
+  "",
+  "Meshes to report memory for: comma-separated, axes joined by ':', e.g. 'data=8,fsdp=8,data=2:fsdp=2:tensor=2'.",
+)
 
 # bf16 dense peak TFLOP/s per device.
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
-               "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0, "TPU v6e": 918.0}
+PEAK_TFLOPS = {
+  "H100": 989.0,
+  "H200": 989.0,
+  "A100": 312.0,
+  "TPU v4": 275.0,
+  "TPU v5 lite": 197.0,
+  "TPU v5e": 197.0,
+  "TPU v5p": 459.0,
+  "TPU v6 lite": 918.0,
+  "TPU v6e": 918.0,
+}
 
 
 def peak_tflops(device) -> float | None:
@@ -48,19 +60,23 @@ def peak_tflops(device) -> float | None:
 def _step(config, vocab):
   """(setup, batch, jitted train step, abstract sharded batch) for `config`."""
   import jax
-  from mmjax.train import state as state_lib
-  from mmjax.train import batches as batches_lib
-  from mmjax.train import step as step_lib
+
+  from mmjax.train import batches as batches_lib, state as state_lib, step as step_lib
+
   setup = state_lib.make_setup(config, vocab)
   batch = batches_lib.dummy_train_batch(config)
   step = step_lib.make_train_step(setup, batch)
-  abstract_batch = {k: jax.ShapeDtypeStruct(batch[k].shape, batch[k].dtype, sharding=s)
-                    for k, s in setup.batch_sharding(batch).items() if k in batches_lib.batch_keys(config)}
+  abstract_batch = {
+    k: jax.ShapeDtypeStruct(batch[k].shape, batch[k].dtype, sharding=s)
+    for k, s in setup.batch_sharding(batch).items()
+    if k in batches_lib.batch_keys(config)
+  }
   return setup, batch, step, abstract_batch
 
 
 def _setup(config, vocab, mesh=None):
   import ml_collections
+
   if mesh is not None:
     config = ml_collections.ConfigDict(config.to_dict())
     config.mesh = ml_collections.ConfigDict(dict(dict(data=1, fsdp=1, tensor=1, sequence=1), **mesh))
@@ -73,7 +89,9 @@ def _setup(config, vocab, mesh=None):
 def _model_flops(config, vocab) -> float:
   """Matmul FLOPs of one global step as the model defines them: no remat, attention as XLA dots."""
   import ml_collections
+
   from mmjax.train import flops as flops_lib
+
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.remat = "none"
   config.model.attention_implementation = "xla"
@@ -93,18 +111,20 @@ def _memory(compiled) -> str:
   if m is None:
     return "n/a"
   gib = lambda b: f"{b / 2**20:.1f} MiB"
-  return (f"args {gib(m.argument_size_in_bytes)}, outputs {gib(m.output_size_in_bytes)}, "
-          f"temps {gib(m.temp_size_in_bytes)}, generated code {gib(m.generated_code_size_in_bytes)}")
+  return (
+    f"args {gib(m.argument_size_in_bytes)}, outputs {gib(m.output_size_in_bytes)}, "
+    f"temps {gib(m.temp_size_in_bytes)}, generated code {gib(m.generated_code_size_in_bytes)}"
+  )
 
 
 def main(argv):
   del argv
   import jax
   import numpy as np
+
   from mmjax import distributed
-  from mmjax.train import state as state_lib
-  from mmjax.train import batches as batches_lib
-  from mmjax.train import step as step_lib
+  from mmjax.train import batches as batches_lib, state as state_lib
+
   distributed.initialize_from_env()
   config = flags.FLAGS.config
   vocab = _VOCAB.value or int(config.data.vocab_size)
@@ -135,8 +155,10 @@ def main(argv):
     mfu = f"{100 * achieved / peak:.2f}%" if peak else "n/a (pass --peak_tflops)"
     print(f"model FLOPs per step per device: {flops:.3e}; {achieved:.3f} TFLOP/s per device; MFU {mfu}")
   if hw_flops:
-    print(f"XLA cost analysis of the compiled step, per device (for comparison; on GPU it misses "
-          f"library and kernel calls): {hw_flops:.3e}")
+    print(
+      f"XLA cost analysis of the compiled step, per device (for comparison; on GPU it misses "
+      f"library and kernel calls): {hw_flops:.3e}"
+    )
   print(f"memory per device: {_memory(compiled)}")
   for spec in filter(None, _STRATEGIES.value.split(",")):
     mesh = {k: int(v) for k, v in (a.split("=") for a in spec.split(":"))}

@@ -8,20 +8,20 @@ Prints the dataset directory, the record count per split and the number of flatt
 (question / caption) examples per split. Training builds the same dataset on first use; this
 builds it ahead of time (e.g. once, before many runs share it).
 """
+
 import os
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from mmjax import cli
-from mmjax.data import pipeline
-from mmjax.data import tfds_builders
+from mmjax.data import pipeline, tfds_builders
 
 _CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
-config_flags.DEFINE_config_file("config", os.path.join(_CONFIGS, "default.py"), "Experiment config file.",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+  "config", os.path.join(_CONFIGS, "default.py"), "Experiment config file.", lock_config=True
+)
 
 
 def main(argv):

@@ -34,6 +34,7 @@ metrics.jsonl files: the trainer's train/steps_per_second and test metrics, and 
 trained parameters). --readme rewrites the text between the two marker lines of README_BEGIN /
 README_END; --table also writes the table to a file.
 """
+
 from __future__ import annotations
 
 import ast
@@ -53,10 +54,10 @@ _CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 # family -> --sizes -> (config file in experiments/configs, its argument). cross_attention is the
 # default config (tiny.py its tiny variant); the other families' files take "default" for those sizes.
 FAMILY_CONFIGS = {
-    "cross_attention": {"default": ("default.py", None), "tiny": ("tiny.py", None)},
-    "prefix_lm": {"default": ("fusion_prefix_lm.py", "default"), "tiny": ("fusion_prefix_lm.py", None)},
-    "flamingo": {"default": ("fusion_flamingo.py", "default"), "tiny": ("fusion_flamingo.py", None)},
-    "qformer": {"default": ("fusion_qformer.py", "default"), "tiny": ("fusion_qformer.py", None)},
+  "cross_attention": {"default": ("default.py", None), "tiny": ("tiny.py", None)},
+  "prefix_lm": {"default": ("fusion_prefix_lm.py", "default"), "tiny": ("fusion_prefix_lm.py", None)},
+  "flamingo": {"default": ("fusion_flamingo.py", "default"), "tiny": ("fusion_flamingo.py", None)},
+  "qformer": {"default": ("fusion_qformer.py", "default"), "tiny": ("fusion_qformer.py", None)},
 }
 # The only keys (and sections) that may differ between families.
 FAMILY_KEYS = ("model.fusion", "model.decoder.max_len")
@@ -75,39 +76,64 @@ CONTRASTIVE_KEYS = ("model", "eval_batch_size")
 # what they change in it is applied to every family's config.
 TASKS = ("vqa", "speech_vqa", "av_matching")
 TASK_CONFIGS = {
-    "speech_vqa": {"default": ("speech_vqa.py", "default"), "tiny": ("speech_vqa.py", None)},
-    "av_matching": {"default": ("av_matching.py", "default"), "tiny": ("av_matching.py", None)},
+  "speech_vqa": {"default": ("speech_vqa.py", "default"), "tiny": ("speech_vqa.py", None)},
+  "av_matching": {"default": ("av_matching.py", "default"), "tiny": ("av_matching.py", None)},
 }
 TASK_BASE_FAMILY = "flamingo"
 # What may also differ between the families of an audio task (see fit_audio).
 TASK_FAMILY_KEYS = ("model.audio.mask_padding",)
 # The task's table column: (trainer metric, column title, name in the notes under the table).
-TASK_COLUMNS = {"speech_vqa": ("test/vqa_accuracy", "test speech-VQA accuracy", "VQA from spoken questions"),
-                "av_matching": ("test/av_match_accuracy", "test AV-matching accuracy", "Audio-visual matching")}
+TASK_COLUMNS = {
+  "speech_vqa": ("test/vqa_accuracy", "test speech-VQA accuracy", "VQA from spoken questions"),
+  "av_matching": ("test/av_match_accuracy", "test AV-matching accuracy", "Audio-visual matching"),
+}
 
 README_BEGIN = "<!-- fusion-comparison:begin -->"
 README_END = "<!-- fusion-comparison:end -->"
-TEST_METRICS = ("test/vqa_accuracy", "test/vqa_accuracy_attribute", "test/vqa_accuracy_spatial",
-                "test/vqa_accuracy_relational", "test/cider")
+TEST_METRICS = (
+  "test/vqa_accuracy",
+  "test/vqa_accuracy_attribute",
+  "test/vqa_accuracy_spatial",
+  "test/vqa_accuracy_relational",
+  "test/cider",
+)
 CONTRASTIVE_METRICS = tuple(f"test/retrieval_{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)) + (
-    "test/zero_shot_accuracy",)
+  "test/zero_shot_accuracy",
+)
 WALL, CPU, LOAD, PARAMS = "compare/wall_seconds", "compare/cpu_seconds", "compare/load_average", "compare/parameters"
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory: one sub-workdir per run.", required=True)
-_FAMILIES = flags.DEFINE_list("families", None, "Rows to train: fusion families and/or contrastive (default: every "
-                              f"registered family that has a config, then contrastive: {','.join(FAMILY_CONFIGS)},"
-                              f"{CONTRASTIVE}).")
-_TASKS = flags.DEFINE_list("tasks", ["vqa"], "Tasks every fusion family trains on, one run each; from "
-                           f"{','.join(TASKS)} (vqa always included: the table's cost columns and the contrastive row "
-                           "are its runs).")
-_SIZES = flags.DEFINE_enum("sizes", "default", ["default", "tiny"], "The configs at the default sizes (the README "
-                           "main job's) or tiny (tests, smoke runs).")
+_FAMILIES = flags.DEFINE_list(
+  "families",
+  None,
+  "Rows to train: fusion families and/or contrastive (default: every "
+  f"registered family that has a config, then contrastive: {','.join(FAMILY_CONFIGS)},"
+  f"{CONTRASTIVE}).",
+)
+_TASKS = flags.DEFINE_list(
+  "tasks",
+  ["vqa"],
+  "Tasks every fusion family trains on, one run each; from "
+  f"{','.join(TASKS)} (vqa always included: the table's cost columns and the contrastive row "
+  "are its runs).",
+)
+_SIZES = flags.DEFINE_enum(
+  "sizes",
+  "default",
+  ["default", "tiny"],
+  "The configs at the default sizes (the README main job's) or tiny (tests, smoke runs).",
+)
 _STEPS = flags.DEFINE_integer("steps", 0, "total_steps of every run (0 = the configs' own).")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "batch_size of every run (0 = the configs' own).")
-_SET = flags.DEFINE_multi_string("set", [], "key=value config override applied to every run, e.g. "
-                                 "--set=data.shapes.train_scenes=3000 (values are Python literals, else strings).")
-_README = flags.DEFINE_string("readme", "", "Markdown file whose text between the fusion-comparison markers "
-                              "is replaced by the table.")
+_SET = flags.DEFINE_multi_string(
+  "set",
+  [],
+  "key=value config override applied to every run, e.g. "
+  "--set=data.shapes.train_scenes=3000 (values are Python literals, else strings).",
+)
+_README = flags.DEFINE_string(
+  "readme", "", "Markdown file whose text between the fusion-comparison markers is replaced by the table."
+)
 _TABLE = flags.DEFINE_string("table", "", "Also write the markdown table to this file.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show the trainer's progress bars.")
 
@@ -127,6 +153,7 @@ def parse_override(item: str) -> tuple[str, object]:
 
 def _load(entry):
   from mmjax import config_files
+
   path, arg = entry
   return config_files.load(os.path.join(_CONFIGS, path), arg)
 
@@ -134,6 +161,7 @@ def _load(entry):
 def _budget(c, steps=0, batch_size=0, overrides=()):
   """Applies the shared --set overrides, --steps and --batch_size to config `c` (in place)."""
   from mmjax import config_files
+
   # Every family trains on the same examples, one question per image: most families cannot share
   # an image between questions (data.questions_per_image), so the main job's setting is not theirs.
   c.data.questions_per_image = 1
@@ -155,19 +183,24 @@ def task_delta(task: str, sizes: str = "default") -> dict:
   base = _flat(_load(FAMILY_CONFIGS[TASK_BASE_FAMILY][sizes]).to_dict())
   dropped = sorted(set(base) - set(task_c))
   if dropped:
-    raise ValueError(f"{TASK_CONFIGS[task][sizes][0]} removes {dropped} from its base config; its changes cannot "
-                     "be applied to the other families.")
+    raise ValueError(
+      f"{TASK_CONFIGS[task][sizes][0]} removes {dropped} from its base config; its changes cannot "
+      "be applied to the other families."
+    )
   delta = {k: v for k, v in task_c.items() if k not in base or base[k] != v}
   fusion = sorted(k for k in delta if _is_under(k, FAMILY_KEYS))
   if fusion:
-    raise ValueError(f"{TASK_CONFIGS[task][sizes][0]} changes {fusion}, which differ per family; its changes cannot "
-                     "be applied to the other families.")
+    raise ValueError(
+      f"{TASK_CONFIGS[task][sizes][0]} changes {fusion}, which differ per family; its changes cannot "
+      "be applied to the other families."
+    )
   return delta
 
 
 def _set_path(c, key: str, value) -> None:
   """Sets dotted `key` of ConfigDict `c`, creating the sections it is missing (a task's model.audio)."""
   import ml_collections
+
   *parents, leaf = key.split(".")
   for p in parents:
     if p not in c:
@@ -187,8 +220,9 @@ def run_config(task: str, family: str, sizes="default", steps=0, batch_size=0, o
       raise ValueError(f"{CONTRASTIVE_CONFIGS[sizes][0]} does not set model.kind='contrastive'.")
     return _budget(c, steps, batch_size, overrides)
   if family not in FAMILY_CONFIGS:
-    raise ValueError(f"fusion family {family!r} has no config here; known: {sorted(FAMILY_CONFIGS)} and "
-                     f"{CONTRASTIVE!r}.")
+    raise ValueError(
+      f"fusion family {family!r} has no config here; known: {sorted(FAMILY_CONFIGS)} and {CONTRASTIVE!r}."
+    )
   path, _ = FAMILY_CONFIGS[family][sizes]
   c = _load(FAMILY_CONFIGS[family][sizes])
   if c.model.fusion.name != family:
@@ -213,8 +247,10 @@ def comparison_configs(families, tasks=("vqa",), sizes="default", steps=0, batch
   if unknown:
     raise ValueError(f"--tasks: unknown {unknown}; known: {','.join(TASKS)}.")
   if "vqa" not in tasks:
-    raise ValueError("--tasks must include vqa: the table's parameter, step-time and wall-time columns and the "
-                     f"{CONTRASTIVE} row are the vqa runs (finished runs are reused, so it costs nothing twice).")
+    raise ValueError(
+      "--tasks must include vqa: the table's parameter, step-time and wall-time columns and the "
+      f"{CONTRASTIVE} row are the vqa runs (finished runs are reused, so it costs nothing twice)."
+    )
   generative = [f for f in families if f != CONTRASTIVE]
   out = {}
   for task in dict.fromkeys(["vqa"] + list(tasks)):
@@ -241,8 +277,11 @@ def _shared_part(config, free=FAMILY_KEYS) -> dict:
 
 
 def _diffs(first, ref: dict, family, flat: dict) -> list[str]:
-  return [f"{key}: {first} {ref.get(key, '<missing>')!r} vs {family} {flat.get(key, '<missing>')!r}"
-          for key in sorted(set(ref) | set(flat)) if ref.get(key, "<missing>") != flat.get(key, "<missing>")]
+  return [
+    f"{key}: {first} {ref.get(key, '<missing>')!r} vs {family} {flat.get(key, '<missing>')!r}"
+    for key in sorted(set(ref) | set(flat))
+    if ref.get(key, "<missing>") != flat.get(key, "<missing>")
+  ]
 
 
 def check_same_setup(configs: dict, task: str = "vqa") -> None:
@@ -255,22 +294,29 @@ def check_same_setup(configs: dict, task: str = "vqa") -> None:
     (first, ref), *others = [(f, _shared_part(configs[f], free)) for f in families]
     diffs = [d for family, flat in others for d in _diffs(first, ref, family, flat)]
     if diffs:
-      raise ValueError(f"{where}the families' configs differ outside the fusion (only "
-                       f"{', '.join(free)} may): " + "; ".join(diffs[:10]))
+      raise ValueError(
+        f"{where}the families' configs differ outside the fusion (only {', '.join(free)} may): " + "; ".join(diffs[:10])
+      )
   if CONTRASTIVE in configs and families:
     first = families[0]
-    diffs = _diffs(first, _shared_part(configs[first], CONTRASTIVE_KEYS), CONTRASTIVE,
-                   _shared_part(configs[CONTRASTIVE], CONTRASTIVE_KEYS))
+    diffs = _diffs(
+      first,
+      _shared_part(configs[first], CONTRASTIVE_KEYS),
+      CONTRASTIVE,
+      _shared_part(configs[CONTRASTIVE], CONTRASTIVE_KEYS),
+    )
     if diffs:
-      raise ValueError(f"the {CONTRASTIVE} config differs from the families' outside its model (only "
-                       f"{', '.join(CONTRASTIVE_KEYS)} may): " + "; ".join(diffs[:10]))
+      raise ValueError(
+        f"the {CONTRASTIVE} config differs from the families' outside its model (only "
+        f"{', '.join(CONTRASTIVE_KEYS)} may): " + "; ".join(diffs[:10])
+      )
 
 
 def _clips_fill_window(config) -> bool:
   """Whether every example of every split of the (prepared) data of `config` has audio_len equal to
   the data.max_audio_seconds window, i.e. no clip is padded."""
-  from mmjax.data import config as data_config
-  from mmjax.data import pipeline
+  from mmjax.data import config as data_config, pipeline
+
   data = pipeline.Data(config)
   window = data_config.max_audio_samples(config.data)
   for split in pipeline.SPLITS:
@@ -283,12 +329,17 @@ def _clips_fill_window(config) -> bool:
 def _prefix_positions(config) -> int:
   """Decoder positions the conditioning prefix of `config`'s model takes (0: no prefix); shapes only."""
   import jax
+
   from mmjax.models import build_model, vlm
   from mmjax.train import batches as batches_lib
+
   model = build_model(config.model, int(config.data.vocab_size))
   b = batches_lib.dummy_batch(config, 1)
-  cond, _ = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), b["image"], b["prompt"], b["prompt_len"],
-                                                          method="encode", **vlm.media_inputs(config.model, b)))
+  cond, _ = jax.eval_shape(
+    lambda: model.init_with_output(
+      jax.random.key(0), b["image"], b["prompt"], b["prompt_len"], method="encode", **vlm.media_inputs(config.model, b)
+    )
+  )
   return 0 if cond.prefix is None else int(cond.prefix.shape[1])
 
 
@@ -303,12 +354,18 @@ def fit_audio(configs: dict) -> dict:
   clips fill the window (None: not needed), "window_seconds": data.max_audio_seconds}.
   """
   from mmjax.models import vlm
+
   notes = {}
   for task, runs in configs.items():
     if task == "vqa":
       continue
-    note = notes[task] = {"skipped": {}, "unmasked": [], "max_len": {}, "fills": None,
-                          "window_seconds": float(next(iter(runs.values())).data.max_audio_seconds)}
+    note = notes[task] = {
+      "skipped": {},
+      "unmasked": [],
+      "max_len": {},
+      "fills": None,
+      "window_seconds": float(next(iter(runs.values())).data.max_audio_seconds),
+    }
     for family, c in list(runs.items()):
       try:
         vlm.check_fusion_media(c.model)
@@ -342,21 +399,27 @@ def run_workdir(root: str, task: str, family: str) -> str:
 def _check_workdir_config(config, workdir: str) -> None:
   """A workdir trained under another config (e.g. another --steps) is not silently reused."""
   import json
+
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
   with open(path) as f:
     saved = _flat(json.load(f))
   now = _flat(json.loads(config.to_json_best_effort()))
-  diffs = [f"{k}: {saved.get(k)!r} there vs {now.get(k)!r} now"
-           for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+  diffs = [
+    f"{k}: {saved.get(k)!r} there vs {now.get(k)!r} now"
+    for k in sorted(set(saved) | set(now))
+    if saved.get(k) != now.get(k)
+  ]
   if diffs:
-    raise ValueError(f"{workdir} was trained with another config ({'; '.join(diffs[:5])}); "
-                     "use another --workdir or delete it.")
+    raise ValueError(
+      f"{workdir} was trained with another config ({'; '.join(diffs[:5])}); use another --workdir or delete it."
+    )
 
 
 def _rows(workdir: str) -> list[dict]:
   from mmjax.train.metrics_writer import read_metrics
+
   return read_metrics(workdir) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
 
 
@@ -368,9 +431,11 @@ def train_family(config, workdir: str, progress: bool) -> bool:
   """Trains (or resumes) one family and appends its compare/* row; False when stopped early."""
   import jax
   import numpy as np
+
   from mmjax.train import workdir as workdir_lib
   from mmjax.train.metrics_writer import MetricWriter
   from mmjax.train.trainer import train_and_evaluate
+
   t0, cpu0 = time.time(), time.process_time()
   out = train_and_evaluate(config, workdir, progress=progress)
   # CPU seconds of this process (all threads) next to the wall time, and the machine's 5-minute
@@ -398,12 +463,14 @@ def read_run(workdir: str, total_steps: int, metrics=TEST_METRICS) -> dict:
   # interval includes compilation, so it is left out.
   rates = {r["step"]: r["train/steps_per_second"] for r in rows if "train/steps_per_second" in r}
   rates = [rates[s] for s in sorted(rates)][1:]
-  return {"parameters": counted[-1][PARAMS],
-          "step_ms": statistics.median(1000.0 / r for r in rates) if rates else float("nan"),
-          "wall_seconds": sum(r[WALL] for r in rows if WALL in r),
-          "cpu_seconds": sum(r[CPU] for r in rows if CPU in r),
-          "load_average": counted[-1][LOAD],
-          **{k: test[-1].get(k) for k in metrics}}
+  return {
+    "parameters": counted[-1][PARAMS],
+    "step_ms": statistics.median(1000.0 / r for r in rates) if rates else float("nan"),
+    "wall_seconds": sum(r[WALL] for r in rows if WALL in r),
+    "cpu_seconds": sum(r[CPU] for r in rows if CPU in r),
+    "load_average": counted[-1][LOAD],
+    **{k: test[-1].get(k) for k in metrics},
+  }
 
 
 def run_metrics(task: str, family: str) -> tuple[str, ...]:
@@ -441,8 +508,16 @@ def markdown(results: dict, configs: dict, command: str, date: str, machine: str
   notes = notes or {}
   vqa = results["vqa"]
   contrastive = CONTRASTIVE in vqa
-  header = ["family", "parameters", "train step (ms)", "test VQA all", "attribute", "spatial", "relational",
-            "test CIDEr-D"]
+  header = [
+    "family",
+    "parameters",
+    "train step (ms)",
+    "test VQA all",
+    "attribute",
+    "spatial",
+    "relational",
+    "test CIDEr-D",
+  ]
   header += ["test i2t R@1/5/10", "test t2i R@1/5/10", "zero-shot accuracy"] if contrastive else []
   header += [TASK_COLUMNS[t][1] for t in tasks] + ["wall time"]
   lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
@@ -467,44 +542,59 @@ def markdown(results: dict, configs: dict, command: str, date: str, machine: str
   cpu = ", ".join(f"{_duration(r['cpu_seconds'])}" for r in vqa.values())
   load = ", ".join(f"{r['load_average']:.1f}" for r in vqa.values())
   text = [
-      f"Train step time: median over the logged intervals (every {c.log_every} steps) after the first, "
-      "which includes compilation. Wall time: training plus the final test evaluation (the dataset is "
-      "prepared before the first run). Parameters: counted from each run's trained parameters. "
-      f"CPU time of the process per row: {cpu}; 5-minute load average at the end of each: {load} "
-      f"(a load above the {os.cpu_count()} cores means that threads, this run's included, waited for a core, "
-      "which inflates the times)."]
+    f"Train step time: median over the logged intervals (every {c.log_every} steps) after the first, "
+    "which includes compilation. Wall time: training plus the final test evaluation (the dataset is "
+    "prepared before the first run). Parameters: counted from each run's trained parameters. "
+    f"CPU time of the process per row: {cpu}; 5-minute load average at the end of each: {load} "
+    f"(a load above the {os.cpu_count()} cores means that threads, this run's included, waited for a core, "
+    "which inflates the times)."
+  ]
   if contrastive:
     cc = configs["vqa"][CONTRASTIVE]
     text.append(
-        f"Contrastive row: `experiments/configs/contrastive.py` ({cc.model.get('loss', 'siglip')} loss) on the same "
-        f"data, seed, optimizer, schedule and budget; its config may differ from the families' only in "
-        f"{_and(f'`{k}`' for k in CONTRASTIVE_KEYS)}. It trains on the captioning examples alone and generates "
-        "nothing: its columns are test image-to-text and text-to-image retrieval recall@1/5/10 over the split's "
-        "captions and zero-shot shape accuracy (`test/retrieval_{i2t,t2i}_r{1,5,10}`, `test/zero_shot_accuracy`), "
-        "and it has – in the generative columns, as the families have in its columns.")
+      f"Contrastive row: `experiments/configs/contrastive.py` ({cc.model.get('loss', 'siglip')} loss) on the same "
+      f"data, seed, optimizer, schedule and budget; its config may differ from the families' only in "
+      f"{_and(f'`{k}`' for k in CONTRASTIVE_KEYS)}. It trains on the captioning examples alone and generates "
+      "nothing: its columns are test image-to-text and text-to-image retrieval recall@1/5/10 over the split's "
+      "captions and zero-shot shape accuracy (`test/retrieval_{i2t,t2i}_r{1,5,10}`, `test/zero_shot_accuracy`), "
+      "and it has – in the generative columns, as the families have in its columns."
+    )
   for t in tasks:
     note = notes.get(t, {})
-    part = [f"{TASK_COLUMNS[t][2]} (`--tasks={t}`): what `experiments/configs/"
-            f"{TASK_CONFIGS[t]['default'][0]}` changes in the {TASK_BASE_FAMILY} config, applied to every family "
-            f"(runs in WORKDIR/{t}/<family>); the column is the trainer's `{TASK_COLUMNS[t][0]}`."]
+    part = [
+      f"{TASK_COLUMNS[t][2]} (`--tasks={t}`): what `experiments/configs/"
+      f"{TASK_CONFIGS[t]['default'][0]}` changes in the {TASK_BASE_FAMILY} config, applied to every family "
+      f"(runs in WORKDIR/{t}/<family>); the column is the trainer's `{TASK_COLUMNS[t][0]}`."
+    ]
     window = note.get("window_seconds")
     if note.get("unmasked"):
-      grown = "".join(f" ({f}'s `model.decoder.max_len` {a} -> {b}: its prefix holds the audio tokens)"
-                      for f, (a, b) in note.get("max_len", {}).items())
+      grown = "".join(
+        f" ({f}'s `model.decoder.max_len` {a} -> {b}: its prefix holds the audio tokens)"
+        for f, (a, b) in note.get("max_len", {}).items()
+      )
       they = "they" if len(note["unmasked"]) > 1 else "it"
-      part.append(f"† {_and(note['unmasked'])} cannot mask padded audio, so {they} ran with "
-                  f"`model.audio.mask_padding=False`: every clip of this task fills the {window:g} s "
-                  f"`data.max_audio_seconds` window, so none is padded{grown}.")
+      part.append(
+        f"† {_and(note['unmasked'])} cannot mask padded audio, so {they} ran with "
+        f"`model.audio.mask_padding=False`: every clip of this task fills the {window:g} s "
+        f"`data.max_audio_seconds` window, so none is padded{grown}."
+      )
     if note.get("skipped"):
       they = "They" if len(note["skipped"]) > 1 else "It"
-      part.append(f"–* {_and(note['skipped'])}: not run. {they} cannot mask padded audio "
-                  "(`mmjax.models.vlm.check_fusion_media`), and this task's clips are shorter than the "
-                  f"{window:g} s `data.max_audio_seconds` window, so with `model.audio.mask_padding=False` "
-                  f"{they.lower()} would take each clip's padding for part of it.")
+      part.append(
+        f"–* {_and(note['skipped'])}: not run. {they} cannot mask padded audio "
+        "(`mmjax.models.vlm.check_fusion_media`), and this task's clips are shorter than the "
+        f"{window:g} s `data.max_audio_seconds` window, so with `model.audio.mask_padding=False` "
+        f"{they.lower()} would take each clip's padding for part of it."
+      )
     if results.get(t):
-      part.append("Parameters / train step / wall time: " + ", ".join(
+      part.append(
+        "Parameters / train step / wall time: "
+        + ", ".join(
           f"{f} {_count(r['parameters'])} / {_ms(r['step_ms'])} ms / {_duration(r['wall_seconds'])}"
-          for f, r in results[t].items()) + ".")
+          for f, r in results[t].items()
+        )
+        + "."
+      )
     text.append(" ".join(part))
 
   all_configs = [cfg for runs in configs.values() for cfg in runs.values()]
@@ -516,15 +606,26 @@ def markdown(results: dict, configs: dict, command: str, date: str, machine: str
     first = {t: next(iter(runs.values())) for t, runs in configs.items()}
     budget = "; ".join(f"{t}: {c.total_steps} steps of batch {c.batch_size}" for t, c in first.items())
     budget += ", for every run of a task"
-  scenes = {t: "{}/{}/{}".format(*(next(iter(runs.values())).data.shapes[k] for k in
-                                   ("train_scenes", "validation_scenes", "test_scenes")))
-            for t, runs in configs.items()}
-  data = (f"shapes scenes train/validation/test {scenes['vqa']}" if len(set(scenes.values())) == 1 else
-          "shapes scenes train/validation/test " + ", ".join(f"{t} {n}" for t, n in scenes.items()))
-  return "\n".join(lines + [""] + [p for t in text for p in (t, "")] + [
+  scenes = {
+    t: "{}/{}/{}".format(
+      *(next(iter(runs.values())).data.shapes[k] for k in ("train_scenes", "validation_scenes", "test_scenes"))
+    )
+    for t, runs in configs.items()
+  }
+  data = (
+    f"shapes scenes train/validation/test {scenes['vqa']}"
+    if len(set(scenes.values())) == 1
+    else "shapes scenes train/validation/test " + ", ".join(f"{t} {n}" for t, n in scenes.items())
+  )
+  return "\n".join(
+    lines
+    + [""]
+    + [p for t in text for p in (t, "")]
+    + [
       f"Produced by `{command}` on {date}, {machine}: {budget} (same data, seed, schedule and evaluation within a "
       f"task; {data}).",
-  ])
+    ]
+  )
 
 
 def replace_between_markers(text: str, body: str) -> str:
@@ -547,8 +648,11 @@ def _command() -> str:
 
 def _machine() -> str:
   import jax
-  return f"{os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.default_backend()} " \
-         f"({jax.device_count()} x {jax.devices()[0].device_kind})"
+
+  return (
+    f"{os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.default_backend()} "
+    f"({jax.device_count()} x {jax.devices()[0].device_kind})"
+  )
 
 
 def main(argv):
@@ -556,6 +660,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   from mmjax.data import pipeline
+
   families = _FAMILIES.value or list(FAMILY_CONFIGS) + [CONTRASTIVE]
   tasks = list(dict.fromkeys(_TASKS.value))
   overrides = [parse_override(s) for s in _SET.value]
@@ -579,10 +684,19 @@ def main(argv):
     if not train_family(config, workdirs[t, f], _PROGRESS.value):
       print(f"{name}: stopped on request; run the same command again to resume.")
       return
-  results = {t: {f: read_run(workdirs[t, f], configs[t][f].total_steps, run_metrics(t, f)) for f in by_family}
-             for t, by_family in configs.items()}
-  table = markdown(results, configs, _command(), datetime.date.today().isoformat(), _machine(),
-                   tasks=[t for t in tasks if t != "vqa"], notes=notes)
+  results = {
+    t: {f: read_run(workdirs[t, f], configs[t][f].total_steps, run_metrics(t, f)) for f in by_family}
+    for t, by_family in configs.items()
+  }
+  table = markdown(
+    results,
+    configs,
+    _command(),
+    datetime.date.today().isoformat(),
+    _machine(),
+    tasks=[t for t in tasks if t != "vqa"],
+    notes=notes,
+  )
   print(table)
   if _TABLE.value:
     with open(_TABLE.value, "w", encoding="utf-8") as f:

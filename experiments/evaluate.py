@@ -10,14 +10,16 @@ question_template, e.g. the shapes data's question with its colour, shape and po
 replaced) and writes it to
 DIR/samples/<split>_templates.json.
 """
+
 from absl import app, flags, logging
 
 from mmjax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to evaluate.")
-_MAX = flags.DEFINE_integer("max_examples", 0, "Evaluate at most this many examples (0 = all; contrastive "
-                             "models: captions).")
+_MAX = flags.DEFINE_integer(
+  "max_examples", 0, "Evaluate at most this many examples (0 = all; contrastive models: captions)."
+)
 _BY_TEMPLATE = flags.DEFINE_bool("by_template", False, "Also report VQA accuracy per question template.")
 _REPORT = flags.DEFINE_integer("report_examples", 16, "Examples written to DIR/samples/<split>_samples.*")
 
@@ -26,6 +28,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import os
+
   from mmjax.sample.report import write_report
   from mmjax.train import workdir as workdir_lib
   from mmjax.train.metrics_writer import MetricWriter
@@ -34,8 +37,10 @@ def main(argv):
   t = workdir_lib.load(_WORKDIR.value)
   template = t.data.source.question_template
   if _BY_TEMPLATE.value and template is None:
-    raise ValueError(f"--by_template: the dataset of {_WORKDIR.value} ({t.data.builder.name}) defines no question "
-                     "templates (its source has no question_template).")
+    raise ValueError(
+      f"--by_template: the dataset of {_WORKDIR.value} ({t.data.builder.name}) defines no question "
+      "templates (its source has no question_template)."
+    )
   # The evaluation of the workdir's model kind: generation (VLM) or retrieval + zero-shot (contrastive).
   evaluate = t.setup.make_evaluator(t.data)
   metrics, preds = evaluate(t.params, _SPLIT.value, max_examples=_MAX.value, progress=True)
@@ -48,7 +53,9 @@ def main(argv):
     print(f"{k}: {v:.4f}")
   if _BY_TEMPLATE.value:
     import json
+
     from mmjax.evaluate.vqa import accuracy_by_template
+
     table = accuracy_by_template(preds, template)
     for template, (acc, n) in table.items():
       print(f"  {acc:.3f}  n={n:5d}  {template}")

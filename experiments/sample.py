@@ -35,12 +35,16 @@ from mmjax import cli
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
 _IMAGE = flags.DEFINE_multi_string("image", [], "Image file(s); one prompt for all, or one prompt per image.")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "Question or captioning prompt (e.g. 'describe the image.').")
-_AUDIO = flags.DEFINE_multi_string("audio", [], "WAV file(s) a model with an audio encoder (config.model.audio) "
-                                   "hears: one for all images, or one per image.")
+_AUDIO = flags.DEFINE_multi_string(
+  "audio",
+  [],
+  "WAV file(s) a model with an audio encoder (config.model.audio) hears: one for all images, or one per image.",
+)
 _SPLIT = flags.DEFINE_enum("split", None, ["train", "validation", "test"], "Write a report for a split instead.")
 _NUM = flags.DEFINE_integer("num", 16, "Examples in a split report.")
-_SAMPLER = flags.DEFINE_enum("sampler", None, ["greedy", "temperature", "top_k", "top_p", "beam"],
-                             "Overrides the config's sampler.")
+_SAMPLER = flags.DEFINE_enum(
+  "sampler", None, ["greedy", "temperature", "top_k", "top_p", "beam"], "Overrides the config's sampler."
+)
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "Sampling temperature.")
 _TOP_K = flags.DEFINE_integer("top_k", None, "k for top_k.")
 _TOP_P = flags.DEFINE_float("top_p", None, "p for top_p.")
@@ -56,10 +60,13 @@ def main(argv):
   if _SPLIT.value and _AUDIO.value:
     raise app.UsageError("--audio goes with --image: a --split report hears each example's own audio.")
   if len(_AUDIO.value) not in (0, 1, len(_IMAGE.value)):
-    raise app.UsageError(f"{len(_IMAGE.value)} images but {len(_AUDIO.value)} --audio files: give one for all "
-                         "images, or one per image.")
+    raise app.UsageError(
+      f"{len(_IMAGE.value)} images but {len(_AUDIO.value)} --audio files: give one for all images, or one per image."
+    )
   import dataclasses
+
   import jax
+
   from mmjax.sample.generate import make_generate_fn, options_from_config
   from mmjax.sample.predict import answer, check_audio_flag
   from mmjax.train import workdir as workdir_lib
@@ -72,26 +79,39 @@ def main(argv):
     _contrastive(t)
     return
   opts = options_from_config(t.config, t.data.tokenizer)
-  changes = {k: v for k, v in dict(sampler=_SAMPLER.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
-                                   top_p=_TOP_P.value, beam_size=_BEAM.value).items() if v is not None}
+  changes = {
+    k: v
+    for k, v in dict(
+      sampler=_SAMPLER.value,
+      temperature=_TEMPERATURE.value,
+      top_k=_TOP_K.value,
+      top_p=_TOP_P.value,
+      beam_size=_BEAM.value,
+    ).items()
+    if v is not None
+  }
   opts = dataclasses.replace(opts, **changes)
   gen = make_generate_fn(t.setup, opts)
   rng = jax.random.key(_SEED.value)
   if _SPLIT.value:
     from mmjax.evaluate.evaluator import evaluate_split
-    metrics, preds = evaluate_split(t.data, _SPLIT.value, gen, t.params, t.config.eval_batch_size, rng,
-                                    max_examples=_NUM.value)
+
+    metrics, preds = evaluate_split(
+      t.data, _SPLIT.value, gen, t.params, t.config.eval_batch_size, rng, max_examples=_NUM.value
+    )
     _report(t, preds)
     return
   prompts = _PROMPT.value
   if not prompts and t.config.data.get("spoken_prompt", False):
     from mmjax.data.pipeline import SPOKEN_PROMPT
+
     prompts = [SPOKEN_PROMPT]  # the one text prompt such a model was trained with: the question is the audio
   if len(prompts) == 1:
     prompts = prompts * len(_IMAGE.value)
   if len(prompts) != len(_IMAGE.value):
-    raise app.UsageError(f"{len(_IMAGE.value)} images but {len(_PROMPT.value)} prompts: give one prompt, "
-                         "or one per image.")
+    raise app.UsageError(
+      f"{len(_IMAGE.value)} images but {len(_PROMPT.value)} prompts: give one prompt, or one per image."
+    )
   audio = _AUDIO.value * len(_IMAGE.value) if len(_AUDIO.value) == 1 else _AUDIO.value
   answers = answer(t, gen, _IMAGE.value, prompts, rng, audio_paths=audio)
   for image, prompt, text in zip(_IMAGE.value, prompts, answers):
@@ -101,7 +121,9 @@ def main(argv):
 def _report(t, predictions):
   """Writes and prints the sample report of --split (its first --num predictions)."""
   import os
+
   from mmjax.sample.report import write_report
+
   png, txt = write_report(os.path.join(_WORKDIR.value, "samples"), t.data, _SPLIT.value, predictions, _NUM.value)
   print(open(txt).read())
   print(f"wrote {png} and {txt}")
@@ -110,17 +132,22 @@ def _report(t, predictions):
 def _contrastive(t):
   """Ranks texts for images, or writes a retrieval report for a split (a contrastive workdir)."""
   from mmjax.sample.predict import rank_texts
+
   given = [f"--{f.name}" for f in (_SAMPLER, _TEMPERATURE, _TOP_K, _TOP_P, _BEAM) if f.value is not None]
   if given:
-    raise app.UsageError(f"{' '.join(given)}: this workdir holds a contrastive model, which ranks texts instead "
-                         "of generating them; drop the sampler flags.")
+    raise app.UsageError(
+      f"{' '.join(given)}: this workdir holds a contrastive model, which ranks texts instead "
+      "of generating them; drop the sampler flags."
+    )
   if _SPLIT.value:
     metrics, preds = t.setup.make_evaluator(t.data)(t.params, _SPLIT.value, max_examples=_NUM.value)
     _report(t, preds)
     return
   if not _PROMPT.value:
-    raise app.UsageError("this workdir holds a contrastive model: give the texts to rank for the image(s) as "
-                         "--prompt (one or more), e.g. --prompt='a red circle' --prompt='a red square'.")
+    raise app.UsageError(
+      "this workdir holds a contrastive model: give the texts to rank for the image(s) as "
+      "--prompt (one or more), e.g. --prompt='a red circle' --prompt='a red square'."
+    )
   for image, ranked in zip(_IMAGE.value, rank_texts(t, _IMAGE.value, _PROMPT.value)):
     print(image)
     for text, similarity in ranked:

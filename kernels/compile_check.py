@@ -220,8 +220,7 @@ class _CompilingLauncher:
 def compile_kernels(kernels, tilings, head_dim: int, dtype: str, variant: str = "causal") -> list[Report]:
   """Compiles `kernels` (names from KERNEL_NAMES) with `tilings` ({kernel: Tiling}; missing ones
   take the defaults for head_dim and dtype) by running the launch recipes on small host arrays."""
-  from mmjax.kernels import flash_attention as fa
-  from mmjax.kernels import triton_call
+  from mmjax.kernels import flash_attention as fa, triton_call
 
   flags = VARIANTS[variant]
   tiles = dict(triton_call.default_tilings(head_dim, dtype))

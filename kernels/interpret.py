@@ -29,8 +29,10 @@ os.environ["TRITON_INTERPRET"] = "1"
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mmjax.kernels import flash_attention as _kernels  # noqa: E402
-from mmjax.kernels import triton_call  # noqa: E402
+from mmjax.kernels import (
+  flash_attention as _kernels,  # noqa: E402
+  triton_call,  # noqa: E402
+)
 
 
 class HostTensor:

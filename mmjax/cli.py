@@ -7,6 +7,7 @@ The library's input errors (ValueError and its kinds, KeyError, FileNotFoundErro
 the manifest line, config key or flag at fault, so a traceback only hides that line; it is shown
 with --debug, for when the error is the library's own.
 """
+
 from __future__ import annotations
 
 import sys
@@ -34,4 +35,5 @@ def run(main) -> None:
         raise
       print(f"error: {_one_line(e)} (--debug shows the traceback)", file=sys.stderr)
       sys.exit(2)
+
   app.run(guarded)

@@ -3,6 +3,7 @@
 Config files are plain Python files loaded by path (as absl's config flags do), not modules of an
 installed package; a config that extends another loads it with `load(..)` relative to itself.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -36,7 +37,7 @@ def set_key(config: ml_collections.ConfigDict, key: str, value) -> None:
   *parents, leaf = key.split(".")
   for i, p in enumerate(parents):
     if p not in node:
-      raise KeyError(f"config has no key {'.'.join(parents[:i + 1])!r} (while setting {key!r}).")
+      raise KeyError(f"config has no key {'.'.join(parents[: i + 1])!r} (while setting {key!r}).")
     node = node[p]
   if leaf not in node:
     raise KeyError(f"config has no key {key!r}.")

@@ -6,6 +6,7 @@ Sources, first match wins:
   Cloud TPU  multi-host TPU VMs (TPU_WORKER_HOSTNAMES with several hosts); JAX detects the rest
 Single-process runs (the default) do nothing.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,9 +20,11 @@ def initialize_from_env() -> None:
     missing = [k for k in ("MMJAX_NUM_PROCESSES", "MMJAX_PROCESS_ID") if k not in env]
     if missing:
       raise ValueError(f"MMJAX_COORDINATOR_ADDRESS is set but {missing} are not.")
-    jax.distributed.initialize(coordinator_address=env["MMJAX_COORDINATOR_ADDRESS"],
-                               num_processes=int(env["MMJAX_NUM_PROCESSES"]),
-                               process_id=int(env["MMJAX_PROCESS_ID"]))
+    jax.distributed.initialize(
+      coordinator_address=env["MMJAX_COORDINATOR_ADDRESS"],
+      num_processes=int(env["MMJAX_NUM_PROCESSES"]),
+      process_id=int(env["MMJAX_PROCESS_ID"]),
+    )
   elif int(env.get("SLURM_NTASKS", "1")) > 1:
     jax.distributed.initialize()
   elif len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:

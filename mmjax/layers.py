@@ -4,6 +4,7 @@ Every parameter is created with logical axis names and every activation that cro
 boundary is pinned with logical names (mmjax.sharding holds the one table that maps them to mesh
 axes). Every attention goes through `mmjax.attention.attention`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
@@ -35,6 +36,7 @@ class Dense(nn.Module):
   features may be an int or a tuple (e.g. (heads, head_dim)); in_axes/out_axes name the kernel's
   input and output dims.
   """
+
   features: int | tuple[int, ...]
   in_axes: tuple[str, ...]
   out_axes: tuple[str, ...]
@@ -48,11 +50,13 @@ class Dense(nn.Module):
     n_in = len(self.in_axes)
     in_shape = x.shape[-n_in:]
     kernel = self.param(
-        "kernel", param_with_axes(self._init_flat(in_shape, features), self.in_axes + self.out_axes),
-        tuple(in_shape) + features, jnp.float32)
+      "kernel",
+      param_with_axes(self._init_flat(in_shape, features), self.in_axes + self.out_axes),
+      tuple(in_shape) + features,
+      jnp.float32,
+    )
     contract = tuple(range(x.ndim - n_in, x.ndim))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                            ((contract, tuple(range(n_in))), ((), ())))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), ((contract, tuple(range(n_in))), ((), ())))
     if self.use_bias:
       bias = self.param("bias", param_with_axes(nn.initializers.zeros, self.out_axes), features, jnp.float32)
       y = y + bias.astype(self.dtype)
@@ -60,9 +64,11 @@ class Dense(nn.Module):
 
   def _init_flat(self, in_shape, features):
     """Initialises as a 2-D (fan_in, fan_out) matrix so fan computations see the true sizes."""
+
     def init(key, shape, dtype):
       flat = self.kernel_init(key, (int(np.prod(in_shape)), int(np.prod(features))), dtype)
       return flat.reshape(shape)
+
     return init
 
 
@@ -71,8 +77,11 @@ class LayerNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return nn.LayerNorm(dtype=self.dtype, scale_init=param_with_axes(nn.initializers.ones, ("norm",)),
-                        bias_init=param_with_axes(nn.initializers.zeros, ("norm",)))(x)
+    return nn.LayerNorm(
+      dtype=self.dtype,
+      scale_init=param_with_axes(nn.initializers.ones, ("norm",)),
+      bias_init=param_with_axes(nn.initializers.zeros, ("norm",)),
+    )(x)
 
 
 MLP_ACTIVATIONS = ("gelu", "geglu")
@@ -83,6 +92,7 @@ class MLP(nn.Module):
   linear projection: the product of two linear functions of the input can express an interaction
   of two features (e.g. "which side was asked" x "which side the object is on") with a first-order
   gradient from the start, where a plain GELU MLP has to find it through its curvature."""
+
   hidden: int
   dtype: Dtype = jnp.float32
   activation: str = "gelu"
@@ -91,8 +101,9 @@ class MLP(nn.Module):
   def __call__(self, x):
     d = x.shape[-1]
     if self.activation not in MLP_ACTIVATIONS:
-      raise ValueError(f"mlp_activation={self.activation!r} (config.model.decoder.mlp_activation): use one of "
-                       f"{MLP_ACTIVATIONS}.")
+      raise ValueError(
+        f"mlp_activation={self.activation!r} (config.model.decoder.mlp_activation): use one of {MLP_ACTIVATIONS}."
+      )
     h = Dense(self.hidden, ("embed",), ("mlp",), dtype=self.dtype, name="wi")(x)
     h = nn.gelu(h)
     if self.activation == "geglu":
@@ -122,6 +133,7 @@ class MultiHeadAttention(nn.Module):
   seen bidirectionally and its padded slots never, so prefill + step-by-step decoding equals the
   full forward with the same prefix mask.
   """
+
   num_heads: int
   head_dim: int
   num_kv_heads: Optional[int] = None
@@ -132,9 +144,14 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, x, kv=None, mask: MaskSpec | None = None, decode: bool = False, prefix=None):
     kv_heads = self.num_kv_heads or self.num_heads
     kv_in = x if kv is None else kv
-    proj = lambda h, name, src: Dense((h, self.head_dim), ("embed",), (("heads" if h == self.num_heads
-                                       else "kv_heads"), "head_dim"), use_bias=False, dtype=self.dtype,
-                                      name=name)(src)
+    proj = lambda h, name, src: Dense(
+      (h, self.head_dim),
+      ("embed",),
+      (("heads" if h == self.num_heads else "kv_heads"), "head_dim"),
+      use_bias=False,
+      dtype=self.dtype,
+      name=name,
+    )(src)
     q = proj(self.num_heads, "query", x)
     k = proj(kv_heads, "key", kv_in)
     v = proj(kv_heads, "value", kv_in)
@@ -151,15 +168,16 @@ class MultiHeadAttention(nn.Module):
       # (or holding it) G times.
       groups = x.shape[0] // kv.shape[0]
       if groups * kv.shape[0] != x.shape[0]:
-        raise ValueError(f"MultiHeadAttention: {x.shape[0]} query rows cannot share {kv.shape[0]} memory rows "
-                         "(the query batch must be a multiple of the memory batch).")
+        raise ValueError(
+          f"MultiHeadAttention: {x.shape[0]} query rows cannot share {kv.shape[0]} memory rows "
+          "(the query batch must be a multiple of the memory batch)."
+        )
       q = q.reshape(kv.shape[0], groups * q.shape[1], *q.shape[2:])
     out = attention(q, k, v, mask=mask, implementation=self.implementation)
     if groups > 1:
       out = out.reshape(x.shape[0], x.shape[1], *out.shape[2:])
     out = constrain(out, ("act_batch", "act_len", "act_heads", "act_head_dim"))
-    return Dense(x.shape[-1], ("heads", "head_dim"), ("embed",), use_bias=False, dtype=self.dtype,
-                 name="out")(out)
+    return Dense(x.shape[-1], ("heads", "head_dim"), ("embed",), use_bias=False, dtype=self.dtype, name="out")(out)
 
   def _update_cache(self, k, v, prefix=None):
     initialised = self.has_variable("cache", "cached_key")
@@ -183,12 +201,16 @@ class MultiHeadAttention(nn.Module):
     prefix_len, n_prefix = prefix
     q_seg = prefix_segment_ids(index + jnp.arange(k.shape[1]), prefix_len, n_prefix)
     kv_seg = prefix_segment_ids(jnp.arange(ck.value.shape[1]), prefix_len, n_prefix)
-    return ck.value, cv.value, MaskSpec(causal=True, causal_offset=offset, prefix_len=prefix_len,
-                                        q_segment_ids=q_seg, kv_segment_ids=kv_seg)
+    return (
+      ck.value,
+      cv.value,
+      MaskSpec(causal=True, causal_offset=offset, prefix_len=prefix_len, q_segment_ids=q_seg, kv_segment_ids=kv_seg),
+    )
 
 
 class TransformerBlock(nn.Module):
   """Pre-norm block: self-attention, optional (gated) cross-attention, MLP."""
+
   num_heads: int
   head_dim: int
   mlp_dim: int
@@ -200,14 +222,23 @@ class TransformerBlock(nn.Module):
   mlp_activation: str = "gelu"  # MLP_ACTIVATIONS
 
   @nn.compact
-  def __call__(self, x, self_mask: MaskSpec | None = None, memory=None,
-               memory_mask: MaskSpec | None = None, decode: bool = False, prefix=None):
+  def __call__(
+    self,
+    x,
+    self_mask: MaskSpec | None = None,
+    memory=None,
+    memory_mask: MaskSpec | None = None,
+    decode: bool = False,
+    prefix=None,
+  ):
     """`prefix` = (prefix_len, n_prefix) for a decoder whose sequence starts with a padded prefix
     (only read by the KV cache: outside decode mode `self_mask` already describes it)."""
-    attn = lambda name: MultiHeadAttention(self.num_heads, self.head_dim, self.num_kv_heads,
-                                           self.implementation, self.dtype, name=name)
-    x = x + attn("self_attention")(LayerNorm(self.dtype, name="norm_self")(x), mask=self_mask, decode=decode,
-                                   prefix=prefix)
+    attn = lambda name: MultiHeadAttention(
+      self.num_heads, self.head_dim, self.num_kv_heads, self.implementation, self.dtype, name=name
+    )
+    x = x + attn("self_attention")(
+      LayerNorm(self.dtype, name="norm_self")(x), mask=self_mask, decode=decode, prefix=prefix
+    )
     x = constrain_tokens(x)
     if self.cross_attention:
       if memory is None:
@@ -222,8 +253,16 @@ class TransformerBlock(nn.Module):
     return constrain_tokens(x)
 
 
-REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "nothing_saveable",
-                  "everything_saveable", "checkpoint_dots", "checkpoint_dots_with_no_batch_dims")
+REMAT_POLICIES = (
+  "none",
+  "full",
+  "dots_saveable",
+  "dots_with_no_batch_dims_saveable",
+  "nothing_saveable",
+  "everything_saveable",
+  "checkpoint_dots",
+  "checkpoint_dots_with_no_batch_dims",
+)
 
 
 def block_class(remat: str | None = "none"):
@@ -244,14 +283,14 @@ def block_class(remat: str | None = "none"):
 
 class _ScanStep(nn.Module):
   """One scanned layer: (carry, broadcast inputs) -> (carry, None) as nn.scan wants."""
+
   block: dict
   remat: str = "none"
   decode: bool = False
 
   @nn.compact
   def __call__(self, x, self_mask, memory, memory_mask, *extra):
-    y = block_class(self.remat)(**self.block, name="block")(
-        x, self_mask, memory, memory_mask, self.decode, *extra)
+    y = block_class(self.remat)(**self.block, name="block")(x, self_mask, memory, memory_mask, self.decode, *extra)
     return y, None
 
 
@@ -262,21 +301,38 @@ class ScannedBlocks(nn.Module):
   In decode mode the KV cache is stacked on axis 1 ([B, layers, ...]) so every cache leaf keeps its
   leading batch dim (beam search reorders the cache along axis 0).
   """
+
   depth: int
   block: dict
   remat: str = "none"
 
   @nn.compact
   def __call__(self, x, self_mask=None, memory=None, memory_mask=None, decode: bool = False, *extra):
-    scan = nn.scan(_ScanStep, variable_axes={"params": 0, "cache": 1}, split_rngs={"params": True},
-                   in_axes=nn.broadcast, length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"})
-    x, _ = scan(self.block, self.remat, decode, name="layers")(
-        x, self_mask, memory, memory_mask, *extra)
+    scan = nn.scan(
+      _ScanStep,
+      variable_axes={"params": 0, "cache": 1},
+      split_rngs={"params": True},
+      in_axes=nn.broadcast,
+      length=self.depth,
+      metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    x, _ = scan(self.block, self.remat, decode, name="layers")(x, self_mask, memory, memory_mask, *extra)
     return x
 
 
-def run_blocks(x, *, depth: int, block: dict, remat: str = "none", scan: bool = False, prefix: str = "block",
-               self_mask=None, memory=None, memory_mask=None, decode: bool = False):
+def run_blocks(
+  x,
+  *,
+  depth: int,
+  block: dict,
+  remat: str = "none",
+  scan: bool = False,
+  prefix: str = "block",
+  self_mask=None,
+  memory=None,
+  memory_mask=None,
+  decode: bool = False,
+):
   """Applies `depth` TransformerBlock(**block) layers inside a compact method.
 
   scan=False: children named f"{prefix}_{i}" (the names checkpoints use); scan=True: one
@@ -310,13 +366,18 @@ def sincos_2d(h: int, w: int, dim: int, temperature: float = 10_000.0) -> np.nda
 
 class Embed(nn.Module):
   """Token embedding whose table doubles as the output projection (`attend`)."""
+
   vocab_size: int
   features: int
   dtype: Dtype = jnp.float32
 
   def setup(self):
-    self.embedding = self.param("embedding", param_with_axes(nn.initializers.normal(0.02), ("vocab", "embed")),
-                                (self.vocab_size, self.features), jnp.float32)
+    self.embedding = self.param(
+      "embedding",
+      param_with_axes(nn.initializers.normal(0.02), ("vocab", "embed")),
+      (self.vocab_size, self.features),
+      jnp.float32,
+    )
 
   def __call__(self, tokens):
     return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)

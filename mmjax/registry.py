@@ -11,6 +11,7 @@ The table is the single list of built-in choices (as MaxText keeps one): reading
 every name a config may use, and resolving a name imports only the module it points at, so a
 GPU-only or TPU-only backend costs nothing on a machine that never asks for it.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -24,39 +25,39 @@ import importlib
 #   evaluators  fn(setup, data) -> evaluate(params, split, max_examples=0, progress=False).
 #   datasets    mmjax.data.source.DatasetSource: a dataset's builder and hooks (config.data.source).
 BUILTIN: dict[str, dict[str, str]] = {
-    "attention": {
-        "xla": "mmjax.attention.xla:xla_attention",
-        "xla_chunked": "mmjax.attention.xla_chunked:xla_chunked",
-        "triton": "mmjax.attention.triton:triton_attention",
-        "cudnn": "mmjax.attention.cudnn:cudnn_attention",
-        "splash": "mmjax.attention.splash:splash_attention",
-    },
-    "encoders": {
-        "vit": "mmjax.encoders.vit:ViT",
-        "text": "mmjax.encoders.text:TextEncoder",
-        "audio": "mmjax.encoders.audio:AudioEncoder",
-        "video": "mmjax.encoders.video:VideoEncoder",
-    },
-    "fusion": {
-        "cross_attention": "mmjax.fusion.cross_attention:CrossAttentionFusion",
-        "prefix_lm": "mmjax.fusion.prefix_lm:PrefixLMFusion",
-        "flamingo": "mmjax.fusion.flamingo:FlamingoFusion",
-        "qformer": "mmjax.fusion.qformer:QFormerFusion",
-    },
-    "decoders": {
-        "lm": "mmjax.decoders.lm:Decoder",
-    },
-    "models": {
-        "vlm": "mmjax.models.vlm:VisionLanguageModel",
-        "contrastive": "mmjax.models.contrastive:ContrastiveModel",
-    },
-    "evaluators": {
-        "generative": "mmjax.evaluate.evaluator:make_evaluator",
-        "contrastive": "mmjax.evaluate.contrastive:make_evaluator",
-    },
-    "datasets": {
-        "manifest": "mmjax.data.tfds_builders:MANIFEST",
-    },
+  "attention": {
+    "xla": "mmjax.attention.xla:xla_attention",
+    "xla_chunked": "mmjax.attention.xla_chunked:xla_chunked",
+    "triton": "mmjax.attention.triton:triton_attention",
+    "cudnn": "mmjax.attention.cudnn:cudnn_attention",
+    "splash": "mmjax.attention.splash:splash_attention",
+  },
+  "encoders": {
+    "vit": "mmjax.encoders.vit:ViT",
+    "text": "mmjax.encoders.text:TextEncoder",
+    "audio": "mmjax.encoders.audio:AudioEncoder",
+    "video": "mmjax.encoders.video:VideoEncoder",
+  },
+  "fusion": {
+    "cross_attention": "mmjax.fusion.cross_attention:CrossAttentionFusion",
+    "prefix_lm": "mmjax.fusion.prefix_lm:PrefixLMFusion",
+    "flamingo": "mmjax.fusion.flamingo:FlamingoFusion",
+    "qformer": "mmjax.fusion.qformer:QFormerFusion",
+  },
+  "decoders": {
+    "lm": "mmjax.decoders.lm:Decoder",
+  },
+  "models": {
+    "vlm": "mmjax.models.vlm:VisionLanguageModel",
+    "contrastive": "mmjax.models.contrastive:ContrastiveModel",
+  },
+  "evaluators": {
+    "generative": "mmjax.evaluate.evaluator:make_evaluator",
+    "contrastive": "mmjax.evaluate.contrastive:make_evaluator",
+  },
+  "datasets": {
+    "manifest": "mmjax.data.tfds_builders:MANIFEST",
+  },
 }
 
 
@@ -78,8 +79,10 @@ def get(floor: str, name: str, what: str | None = None):
   target = table.get(name, name)
   module_name, sep, attribute = target.partition(":")
   if not sep or not module_name or not attribute:
-    raise ValueError(f"{where}={name!r} is not a built-in {floor} name; use one of {sorted(table)}, "
-                     "or 'module.path:Attribute' for your own.")
+    raise ValueError(
+      f"{where}={name!r} is not a built-in {floor} name; use one of {sorted(table)}, "
+      "or 'module.path:Attribute' for your own."
+    )
   try:
     module = importlib.import_module(module_name)
   except ModuleNotFoundError as e:

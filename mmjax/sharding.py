@@ -11,6 +11,7 @@ Mesh axes:
   tensor    tensor (model) parallelism over heads / mlp / vocab
   sequence  sequence parallelism for long inputs
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -24,31 +25,31 @@ MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 
 # (logical axis, mesh axis or axes or None). First match wins; unknown names are replicated.
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    # activations
-    ("act_batch", ("data", "fsdp")),
-    ("act_len", "sequence"),
-    ("act_kv_len", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_kv_heads", "tensor"),
-    ("act_head_dim", None),
-    ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
-    # parameters
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("vocab", "tensor"),
-    ("patch", None),
-    ("media_embed", None),
-    ("pos", None),
-    ("channels", None),
-    ("conv_window", None),
-    ("conv_out", None),
-    ("layers", None),
-    ("norm", None),
+  # activations
+  ("act_batch", ("data", "fsdp")),
+  ("act_len", "sequence"),
+  ("act_kv_len", None),
+  ("act_embed", None),
+  ("act_heads", "tensor"),
+  ("act_kv_heads", "tensor"),
+  ("act_head_dim", None),
+  ("act_mlp", "tensor"),
+  ("act_vocab", "tensor"),
+  # parameters
+  ("embed", "fsdp"),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("head_dim", None),
+  ("vocab", "tensor"),
+  ("patch", None),
+  ("media_embed", None),
+  ("pos", None),
+  ("channels", None),
+  ("conv_window", None),
+  ("conv_out", None),
+  ("layers", None),
+  ("norm", None),
 )
 
 
@@ -59,7 +60,7 @@ def rules_from_config(overrides: Sequence | None = None):
   for name, value in overrides:
     if name not in known:
       raise ValueError(f"sharding rule for unknown logical axis {name!r}; known: {sorted(known)}.")
-    for axis in (value if isinstance(value, tuple) else (value,)):
+    for axis in value if isinstance(value, tuple) else (value,):
       if axis is not None and axis not in MESH_AXES:
         raise ValueError(f"sharding rule {name!r} -> {value!r}: mesh axes are {MESH_AXES}.")
   override_names = {k for k, _ in overrides}
@@ -72,8 +73,11 @@ def _as_mesh_axes(v):
   return None if v in (None, "", "none", "None") else v
 
 
-def make_mesh(shape: dict[str, int] | None = None, dcn_shape: dict[str, int] | None = None,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+  shape: dict[str, int] | None = None,
+  dcn_shape: dict[str, int] | None = None,
+  devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
   """Builds a Mesh with axes MESH_AXES.
 
   `shape` gives the in-slice (ICI) size of each axis; one axis may be -1 (takes what is left).
@@ -96,14 +100,18 @@ def make_mesh(shape: dict[str, int] | None = None, dcn_shape: dict[str, int] | N
     ici[ici.index(-1)] = n_ici // rest
   total = int(np.prod(ici)) * int(np.prod(dcn))
   if total != len(devices):
-    raise ValueError(f"mesh ICI {dict(zip(MESH_AXES, ici))} x DCN {dict(zip(MESH_AXES, dcn))} needs "
-                     f"{total} devices; {len(devices)} are available.")
+    raise ValueError(
+      f"mesh ICI {dict(zip(MESH_AXES, ici))} x DCN {dict(zip(MESH_AXES, dcn))} needs "
+      f"{total} devices; {len(devices)} are available."
+    )
   if int(np.prod(dcn)) > 1:
     from jax.experimental import mesh_utils
+
     arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices)
   else:
     try:
       from jax.experimental import mesh_utils
+
       arr = mesh_utils.create_device_mesh(ici, devices=devices)
     except (ValueError, NotImplementedError, AssertionError):
       arr = np.asarray(devices).reshape(ici)

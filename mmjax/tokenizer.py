@@ -9,6 +9,7 @@
 * Training is deterministic (single thread, no sentence sampling/shuffling): the same texts give the
   same model bytes.
 """
+
 from __future__ import annotations
 
 import io
@@ -40,31 +41,36 @@ class Tokenizer:
   # -- construction -------------------------------------------------------------------------------
 
   @classmethod
-  def train(cls, texts: Iterable[str], model_path: str | os.PathLike | None,
-            vocab_size: int = 512) -> "Tokenizer":
+  def train(cls, texts: Iterable[str], model_path: str | os.PathLike | None, vocab_size: int = 512) -> "Tokenizer":
     """Trains on ``texts`` and (if ``model_path``) writes the model there atomically."""
     texts = [t.replace("\n", " ") for t in texts if t and t.strip()]
     if not texts:
       raise ValueError("Tokenizer.train needs at least one non-empty text")
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=int(vocab_size),
-        hard_vocab_limit=False,
-        byte_fallback=True,
-        character_coverage=1.0,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        split_digits=False,
-        pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, unk_id=UNK_ID,
-        pad_piece="<pad>", bos_piece="<s>", eos_piece="</s>", unk_piece="<unk>",
-        num_threads=1,
-        shuffle_input_sentence=False,
-        input_sentence_size=0,
-        max_sentence_length=1 << 16,
-        minloglevel=2,
+      sentence_iterator=iter(texts),
+      model_writer=model,
+      model_type="bpe",
+      vocab_size=int(vocab_size),
+      hard_vocab_limit=False,
+      byte_fallback=True,
+      character_coverage=1.0,
+      normalization_rule_name="identity",
+      remove_extra_whitespaces=False,
+      split_digits=False,
+      pad_id=PAD_ID,
+      bos_id=BOS_ID,
+      eos_id=EOS_ID,
+      unk_id=UNK_ID,
+      pad_piece="<pad>",
+      bos_piece="<s>",
+      eos_piece="</s>",
+      unk_piece="<unk>",
+      num_threads=1,
+      shuffle_input_sentence=False,
+      input_sentence_size=0,
+      max_sentence_length=1 << 16,
+      minloglevel=2,
     )
     proto = model.getvalue()
     path = None

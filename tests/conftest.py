@@ -15,14 +15,18 @@ def shared_data_dir(tmp_path_factory):
 @pytest.fixture
 def tiny_config(shared_data_dir):
   from mmjax import config_files
+
   c = config_files.load(os.path.join(CONFIGS, "tiny.py"))
   c.data.data_dir = shared_data_dir
   return c
 
 
 def pytest_configure(config):
-  config.addinivalue_line("markers", "devices(n): needs n devices; with fewer, runs in a child pytest on n simulated "
-                                     "CPU devices (tests/multidevice.py) instead of being skipped")
+  config.addinivalue_line(
+    "markers",
+    "devices(n): needs n devices; with fewer, runs in a child pytest on n simulated "
+    "CPU devices (tests/multidevice.py) instead of being skipped",
+  )
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -31,5 +35,6 @@ def pytest_pyfunc_call(pyfuncitem):
   if marker is None:
     return None
   from tests import multidevice
+
   # True: the test ran (and passed) in the child; None: run it here as usual.
   return True if multidevice.run_elsewhere(pyfuncitem, *marker.args) else None

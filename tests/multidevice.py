@@ -6,6 +6,7 @@ simulated CPU devices instead of being skipped: `--xla_force_host_platform_devic
 effect if it is in XLA_FLAGS before JAX starts, so it cannot be set for a test inside this process.
 The hook in tests/conftest.py calls `run_elsewhere` for every marked test.
 """
+
 import os
 import re
 import subprocess
@@ -31,17 +32,26 @@ def run_elsewhere(item: pytest.Function, n: int, timeout_s: int = 900) -> bool:
   """False: this process has n devices, run the test here. True: it ran (and passed) in a child
   pytest on n simulated CPU devices; its failure fails this test with the child's report."""
   import jax
+
   if jax.device_count() >= n:
     return False
   if os.environ.get(CHILD_ENV):
-    pytest.fail(f"{item.nodeid} needs {n} devices but this child process has {jax.devices()} although "
-                f"{CHILD_ENV}={os.environ[CHILD_ENV]} and XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}.")
-  res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", item.nodeid],
-                       cwd=str(item.config.rootpath), env=child_env(n), capture_output=True, text=True,
-                       timeout=timeout_s)
+    pytest.fail(
+      f"{item.nodeid} needs {n} devices but this child process has {jax.devices()} although "
+      f"{CHILD_ENV}={os.environ[CHILD_ENV]} and XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}."
+    )
+  res = subprocess.run(
+    [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", item.nodeid],
+    cwd=str(item.config.rootpath),
+    env=child_env(n),
+    capture_output=True,
+    text=True,
+    timeout=timeout_s,
+  )
   report = (res.stdout + res.stderr)[-6000:]
   # Exit code 0 with exactly one test passed: a child that collected nothing or skipped fails here.
   if res.returncode != 0 or not re.search(r"\b1 passed\b", res.stdout) or re.search(r"\bskipped\b", res.stdout):
-    pytest.fail(f"{item.nodeid} on {n} simulated devices (child pytest, exit code {res.returncode}):\n{report}",
-                pytrace=False)
+    pytest.fail(
+      f"{item.nodeid} on {n} simulated devices (child pytest, exit code {res.returncode}):\n{report}", pytrace=False
+    )
   return True

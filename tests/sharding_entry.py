@@ -7,6 +7,7 @@ batches and compares with the same 3 steps on 1 device; it records per-device sh
 parameters and optimizer state and greedy KV-cache samples. Results go to OUT.json; the asserts
 live in the test.
 """
+
 import json
 import os
 import sys
@@ -22,18 +23,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from mmjax import config_files  # noqa: E402
-from mmjax.sample.generate import GenerateOptions, make_generate_fn  # noqa: E402
-from mmjax.train import state as state_lib  # noqa: E402
-from mmjax.train import batches as batches_lib  # noqa: E402
-from mmjax.train import step as step_lib  # noqa: E402
 from mmjax.models import vlm  # noqa: E402
+from mmjax.sample.generate import GenerateOptions, make_generate_fn  # noqa: E402
+from mmjax.train import batches as batches_lib, state as state_lib, step as step_lib  # noqa: E402
 
 V = 64
 STRATEGIES = {
-    "data": dict(data=8, fsdp=1, tensor=1),
-    "fsdp": dict(data=1, fsdp=8, tensor=1),
-    "tensor": dict(data=4, fsdp=1, tensor=2),
-    "mixed": dict(data=2, fsdp=2, tensor=2),
+  "data": dict(data=8, fsdp=1, tensor=1),
+  "fsdp": dict(data=1, fsdp=8, tensor=1),
+  "tensor": dict(data=4, fsdp=1, tensor=2),
+  "mixed": dict(data=2, fsdp=2, tensor=2),
 }
 
 
@@ -87,15 +86,19 @@ def shard_report(setup, state):
         axes = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
         expect.append(dim // int(np.prod([sizes[a] for a in axes])) if axes else dim)
       rows[prefix + jax.tree_util.keystr(path)] = dict(
-          shape=list(leaf.shape), shard=list(leaf.addressable_shards[0].data.shape), expected=expect,
-          spec=[None if a is None else (list(a) if isinstance(a, tuple) else a) for a in s.spec],
-          n_shards=len(leaf.addressable_shards))
+        shape=list(leaf.shape),
+        shard=list(leaf.addressable_shards[0].data.shape),
+        expected=expect,
+        spec=[None if a is None else (list(a) if isinstance(a, tuple) else a) for a in s.spec],
+        n_shards=len(leaf.addressable_shards),
+      )
 
   visit("params", state.params, setup.state_sharding.params)
   # Adam's first moment (mu) mirrors the params tree: it must be sharded like them.
   adam = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "mu")) if hasattr(s, "mu")][0]
-  adam_sh = [s for s in jax.tree.leaves(setup.state_sharding.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
-             if hasattr(s, "mu")][0]
+  adam_sh = [
+    s for s in jax.tree.leaves(setup.state_sharding.opt_state, is_leaf=lambda x: hasattr(x, "mu")) if hasattr(s, "mu")
+  ][0]
   visit("mu", adam.mu, adam_sh.mu)
   return rows
 
@@ -113,8 +116,9 @@ def main(out_path, names):
   ref_params = jax.device_get(ref_state.params)
   opts = GenerateOptions(max_new_tokens=6, bos_id=1, eos_id=2, pad_id=0)
   sample = data[0]
-  ref_tokens = make_generate_fn(ref_setup, opts)(ref_params, sample["image"], sample["prompt"],
-                                                 sample["prompt_len"], jax.random.key(1))
+  ref_tokens = make_generate_fn(ref_setup, opts)(
+    ref_params, sample["image"], sample["prompt"], sample["prompt_len"], jax.random.key(1)
+  )
   results = {"reference": dict(losses=ref_losses, tokens=np.asarray(ref_tokens).tolist())}
   bad = tiny_config(STRATEGIES["data"])
   bad.batch_size = 12  # 12 examples cannot be split over 8 data shards
@@ -125,12 +129,17 @@ def main(out_path, names):
     results["indivisible_error"] = str(e)
   for name in names:
     setup, state, losses = train(STRATEGIES[name], jax.devices(), data)
-    res = dict(losses=losses, param_rel_err=rel_err(jax.device_get(state.params), ref_params),
-               shards=shard_report(setup, state), mesh=dict(zip(setup.mesh.axis_names, setup.mesh.devices.shape)))
+    res = dict(
+      losses=losses,
+      param_rel_err=rel_err(jax.device_get(state.params), ref_params),
+      shards=shard_report(setup, state),
+      mesh=dict(zip(setup.mesh.axis_names, setup.mesh.devices.shape)),
+    )
     if name == "mixed":  # sampling (KV-cache decoding) with the reference params placed on this mesh
       params = jax.device_put(ref_params, setup.state_sharding.params)
-      tokens = make_generate_fn(setup, opts)(params, sample["image"], sample["prompt"], sample["prompt_len"],
-                                             jax.random.key(1))
+      tokens = make_generate_fn(setup, opts)(
+        params, sample["image"], sample["prompt"], sample["prompt_len"], jax.random.key(1)
+      )
       res["tokens"] = np.asarray(tokens).tolist()
     results[name] = res
     print(name, losses, res["param_rel_err"], flush=True)

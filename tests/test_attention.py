@@ -1,5 +1,4 @@
 """Attention routes vs a float64 numpy reference; mask semantics; tile map; error paths."""
-import contextlib
 
 import hypothesis.strategies as st
 import jax
@@ -8,8 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from mmjax.attention import MaskSpec, UnsupportedAttention, attention, backend, tile_map
-from mmjax.attention import cudnn, dispatch
+from mmjax.attention import MaskSpec, UnsupportedAttention, attention, backend, cudnn, dispatch, tile_map
 from mmjax.kernels.mask import TILE_EMPTY, TILE_FULL, tile_spans
 
 
@@ -23,6 +21,7 @@ def x64():
 
 
 # ---- references (shared with test_triton_kernel.py) ----------------------------------------------
+
 
 def numpy_allowed(b, sq, skv, causal=False, offset=None, prefix=None, qseg=None, kvseg=None, kvlen=None):
   """The MaskSpec rule written independently, loop-free, in numpy: bool [B, Sq, Skv]."""
@@ -81,12 +80,18 @@ def random_case(rng, b, sq, skv, hq, hkv, d, kind):
 
 def spec_from(fields):
   conv = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
-  return MaskSpec(causal=fields.get("causal", False), causal_offset=conv(fields.get("offset")),
-                  prefix_len=conv(fields.get("prefix")), q_segment_ids=conv(fields.get("qseg")),
-                  kv_segment_ids=conv(fields.get("kvseg")), kv_valid_len=conv(fields.get("kvlen")))
+  return MaskSpec(
+    causal=fields.get("causal", False),
+    causal_offset=conv(fields.get("offset")),
+    prefix_len=conv(fields.get("prefix")),
+    q_segment_ids=conv(fields.get("qseg")),
+    kv_segment_ids=conv(fields.get("kvseg")),
+    kv_valid_len=conv(fields.get("kvlen")),
+  )
 
 
 # ---- mask semantics -------------------------------------------------------------------------------
+
 
 def test_mask_semantics_hand_checked():
   causal = MaskSpec(causal=True).dense(1, 3, 3)[0]
@@ -102,9 +107,14 @@ def test_mask_semantics_hand_checked():
 
 
 @settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), sq=st.integers(1, 40), skv=st.integers(1, 40),
-       bq=st.sampled_from([1, 4, 8, 16]), bk=st.sampled_from([1, 4, 8, 16]),
-       kind=st.sampled_from(["none", "causal", "segments", "all"]))
+@given(
+  seed=st.integers(0, 2**31 - 1),
+  sq=st.integers(1, 40),
+  skv=st.integers(1, 40),
+  bq=st.sampled_from([1, 4, 8, 16]),
+  bk=st.sampled_from([1, 4, 8, 16]),
+  kind=st.sampled_from(["none", "causal", "segments", "all"]),
+)
 def test_tile_map_matches_dense_mask(seed, sq, skv, bq, bk, kind):
   rng = np.random.default_rng(seed)
   fields = random_case(rng, 2, sq, skv, 1, 1, 1, kind)[3]
@@ -128,8 +138,8 @@ def test_tile_map_matches_dense_mask(seed, sq, skv, bq, bk, kind):
 def test_tile_spans_bound_the_nonempty_tiles():
   rng = np.random.default_rng(3)
   tiles = rng.choice([TILE_EMPTY, TILE_EMPTY, 1, TILE_FULL], size=(3, 5, 7)).astype(np.int8)
-  tiles[0, 2] = TILE_EMPTY      # an all-EMPTY row ...
-  tiles[1, :, 4] = TILE_EMPTY   # ... and column give the empty span [0, 0)
+  tiles[0, 2] = TILE_EMPTY  # an all-EMPTY row ...
+  tiles[1, :, 4] = TILE_EMPTY  # ... and column give the empty span [0, 0)
   rows, cols = (np.asarray(x) for x in tile_spans(jnp.asarray(tiles)))
   assert rows.shape == (3, 5, 2) and cols.shape == (3, 7, 2) and rows.dtype == np.int32
   for grid, spans in ((tiles, rows), (tiles.transpose(0, 2, 1), cols)):
@@ -143,10 +153,10 @@ def test_tile_spans_bound_the_nonempty_tiles():
 # ---- implementations vs reference -----------------------------------------------------------------
 
 CASES = [  # b, sq, skv, hq, hkv, d, kind, softcap
-    (2, 17, 17, 2, 2, 16, "causal", None),
-    (1, 7, 33, 4, 1, 8, "segments", None),
-    (2, 20, 13, 4, 2, 32, "all", 5.0),
-    (1, 1, 9, 2, 2, 8, "none", None),
+  (2, 17, 17, 2, 2, 16, "causal", None),
+  (1, 7, 33, 4, 1, 8, "segments", None),
+  (2, 20, 13, 4, 2, 32, "all", 5.0),
+  (1, 1, 9, 2, 2, 8, "none", None),
 ]
 
 
@@ -155,8 +165,9 @@ CASES = [  # b, sq, skv, hq, hkv, d, kind, softcap
 def test_forward_matches_float64_reference(impl, case):
   b, sq, skv, hq, hkv, d, kind, softcap = case
   q, k, v, fields = random_case(np.random.default_rng(0), b, sq, skv, hq, hkv, d, kind)
-  ref = reference(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
-                  numpy_allowed(b, sq, skv, **fields), 0.3, softcap)
+  ref = reference(
+    q.astype(np.float64), k.astype(np.float64), v.astype(np.float64), numpy_allowed(b, sq, skv, **fields), 0.3, softcap
+  )
   out = attention(q, k, v, mask=spec_from(fields), scale=0.3, softcap=softcap, implementation=impl)
   assert out.dtype == q.dtype and rel_err(out, ref) < 1e-5
 
@@ -168,8 +179,9 @@ def test_chunked_gradients_match_float64(case, x64):
   allowed = numpy_allowed(b, sq, skv, **fields)
   dout = np.random.default_rng(2).standard_normal(q.shape)
   spec = spec_from(fields)
-  ref_grads = jax.grad(lambda *a: (reference(*a, allowed, 0.3, softcap, xp=jnp) * dout).sum(),
-                       argnums=(0, 1, 2))(*(x.astype(np.float64) for x in (q, k, v)))
+  ref_grads = jax.grad(lambda *a: (reference(*a, allowed, 0.3, softcap, xp=jnp) * dout).sum(), argnums=(0, 1, 2))(
+    *(x.astype(np.float64) for x in (q, k, v))
+  )
   for block_k in (5,):
     chunked = lambda *a: backend("xla_chunked")(*a, spec, 0.3, softcap, block_k=block_k)
     grads = jax.grad(lambda *a: (chunked(*a) * dout.astype(np.float32)).sum(), argnums=(0, 1, 2))(q, k, v)
@@ -207,6 +219,7 @@ def test_bf16_chunked_close_to_xla():
 
 
 # ---- errors and routing ---------------------------------------------------------------------------
+
 
 def test_bad_inputs_raise():
   q = jnp.zeros((1, 4, 4, 8))

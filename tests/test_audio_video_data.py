@@ -4,6 +4,7 @@ questions (espeak-ng), WAV reading, and their records in the shapes and manifest
 References are computed independently of the code under test: tone frequencies and harmonics by
 FFT, bouncing motion by a step-by-step simulation, WAV files written with the ``wave`` module.
 """
+
 import shutil
 import wave
 
@@ -11,24 +12,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmjax.data import pipeline
-from mmjax.data import schema
-from mmjax.projects.shapes import scenes as shapes
-from mmjax.projects.shapes import sounds
-from mmjax.data import speech
-from mmjax.data import tfds_builders
-from mmjax.projects.shapes import video
-from mmjax.data import wav
-from mmjax.projects.shapes import data as shapes_dataset
-from tests.test_data import _cfg
-from tests.test_data import _write_images
-from tests.test_data import _write_manifest
-from tests.test_data import assert_generation_failure_cleans_up
-from tests.test_data import assert_line_3_error
+from mmjax.data import pipeline, schema, speech, tfds_builders, wav
+from mmjax.projects.shapes import data as shapes_dataset, scenes as shapes, sounds, video
+from tests.test_data import (
+  _cfg,
+  _write_images,
+  _write_manifest,
+  assert_generation_failure_cleans_up,
+  assert_line_3_error,
+)
 
 needs_espeak = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None,
-    reason="espeak-ng is not installed (apt-get install espeak-ng); CI installs it in .ci/run")
+  shutil.which("espeak-ng") is None,
+  reason="espeak-ng is not installed (apt-get install espeak-ng); CI installs it in .ci/run",
+)
 
 SR = 16000
 
@@ -53,7 +50,7 @@ def _amplitude_at(freqs, mag, hz, tol=4.0):
 def _slot(x, i, n_slots=6):
   """The middle 60% of time slot ``i`` (inside the tone, away from its fades)."""
   w = len(x) / n_slots
-  return x[int(i * w + 0.2 * w): int((i + 1) * w - 0.2 * w)]
+  return x[int(i * w + 0.2 * w) : int((i + 1) * w - 0.2 * w)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -85,8 +82,7 @@ def _one_shape_sound(shape, sample_rate=SR):
   return sounds.scene_sound(objs, sample_rate)
 
 
-@pytest.mark.parametrize("shape,h3,h5", [("circle", 0.0, 0.0), ("square", 1 / 3, 1 / 5),
-                                         ("triangle", 1 / 9, 1 / 25)])
+@pytest.mark.parametrize("shape,h3,h5", [("circle", 0.0, 0.0), ("square", 1 / 3, 1 / 5), ("triangle", 1 / 9, 1 / 25)])
 def test_shape_timbre(shape, h3, h5):
   x = _one_shape_sound(shape).astype(np.float64)
   for slot, color in enumerate(shapes.COLORS):
@@ -107,7 +103,7 @@ def test_square_wave_is_band_limited():
     k = freqs / f0
     # 40 Hz: the Hann main lobe of an 80 ms segment is +-25 Hz wide.
     on_odd = (np.abs(k - np.round(k)) * f0 <= 40) & (np.round(k) % 2 == 1)
-    assert (mag[~on_odd] ** 2).sum() < 1e-3 * (mag ** 2).sum(), color
+    assert (mag[~on_odd] ** 2).sum() < 1e-3 * (mag**2).sum(), color
 
 
 def test_sound_deterministic_and_rate():
@@ -158,8 +154,7 @@ def test_video_frames_bounce_and_stay_in_bounds(image_size):
     yellow = shapes.COLOR_RGB["yellow"]  # drawn last: never hidden
     area = (clip[0] == yellow).all(-1).sum()
     for f in range(t):
-      objs = [shapes.SceneObject(o.color, o.shape, int(x), int(y))
-              for o, (x, y) in zip(scene.objects, sim[f])]
+      objs = [shapes.SceneObject(o.color, o.shape, int(x), int(y)) for o, (x, y) in zip(scene.objects, sim[f])]
       np.testing.assert_array_equal(clip[f], shapes.render(objs, image_size))
       border = np.concatenate([clip[f, 0], clip[f, -1], clip[f, :, 0], clip[f, :, -1]])
       assert (border == shapes.BACKGROUND).all()
@@ -173,7 +168,7 @@ def test_scene_clip_deterministic_and_leaves_scene_unchanged():
     scene = shapes.generate_scene(rng, 64)
     return scene, video.scene_clip(scene.objects, rng, 8, 64)
 
-  (s1, c1), (s2, c2) = make(), make()
+  (s1, c1), (_, c2) = make(), make()
   np.testing.assert_array_equal(c1, c2)
   plain = shapes.generate_scene([6, 2, 3], 64)
   assert s1.questions == plain.questions and np.array_equal(s1.image, plain.image)
@@ -192,7 +187,7 @@ def _write_wav(path, channels_data, rate, width=2):
   elif width == 2:
     raw = np.round(x * 32767).astype("<i2").tobytes()
   else:  # 24-bit
-    v = np.ascontiguousarray(np.round(x * (2 ** 23 - 1)).astype("<i4"))
+    v = np.ascontiguousarray(np.round(x * (2**23 - 1)).astype("<i4"))
     raw = v.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
   with wave.open(str(path), "wb") as w:
     w.setnchannels(x.shape[1])
@@ -254,15 +249,20 @@ def test_speech_missing_program_error(monkeypatch):
     with pytest.raises(speech.SpeechUnavailableError) as e:
       speech.synthesize("what shape is the red object?", **kwargs)
     text = str(e.value)
-    for part in ("espeak-ng-not-installed-xyz", "apt-get install espeak-ng",
-                 "brew install espeak-ng", "--config.data.spoken_questions=False"):
+    for part in (
+      "espeak-ng-not-installed-xyz",
+      "apt-get install espeak-ng",
+      "brew install espeak-ng",
+      "--config.data.spoken_questions=False",
+    ):
       assert part in text, text
 
 
 def test_shapes_build_without_espeak_fails_cleanly(tmp_path, monkeypatch):
   monkeypatch.setattr(speech, "ESPEAK_EXECUTABLE", "espeak-ng-not-installed-xyz")
-  cfg = shapes_dataset.shapes_config(image_size=32, train_scenes=2, validation_scenes=1,
-                                    test_scenes=1, spoken_questions=True)
+  cfg = shapes_dataset.shapes_config(
+    image_size=32, train_scenes=2, validation_scenes=1, test_scenes=1, spoken_questions=True
+  )
   with pytest.raises(speech.SpeechUnavailableError):
     shapes_dataset.prepare_shapes(str(tmp_path / "data"), cfg)
   assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*"))
@@ -273,18 +273,25 @@ def test_shapes_build_without_espeak_fails_cleanly(tmp_path, monkeypatch):
 
 
 def _tiny_cfg(data_dir, **data):
-  c = _cfg(data_dir, **({"train_scenes": 3, "validation_scenes": 1, "test_scenes": 1,
-                         "image_size": 32} | data))
+  c = _cfg(data_dir, **({"train_scenes": 3, "validation_scenes": 1, "test_scenes": 1, "image_size": 32} | data))
   c.batch_size = 4
   return c
 
 
 def test_media_off_keeps_config_names():
   assert shapes_dataset.shapes_config().name == "s64_k3_n12000-500-1000_q2-2-4_seed0"
-  names = {shapes_dataset.shapes_config(**kw).name for kw in (
-      {}, {"spoken_questions": True}, {"object_sounds": True}, {"video_frames": 8},
-      {"video_frames": 4}, {"object_sounds": True, "audio_sample_rate": 8000},
-      {"spoken_questions": True, "object_sounds": True, "video_frames": 8})}
+  names = {
+    shapes_dataset.shapes_config(**kw).name
+    for kw in (
+      {},
+      {"spoken_questions": True},
+      {"object_sounds": True},
+      {"video_frames": 8},
+      {"video_frames": 4},
+      {"object_sounds": True, "audio_sample_rate": 8000},
+      {"spoken_questions": True, "object_sounds": True, "video_frames": 8},
+    )
+  }
   assert len(names) == 7
   d = shapes_dataset.default_data_config()
   assert (d.spoken_questions, d.shapes.object_sounds, d.video_frames) == (False, False, 0)
@@ -322,11 +329,12 @@ def test_shapes_build_with_all_media(tmp_path):
     eid = int(batch["example_id"][b])
     ri, j = data.index[eid]
     rec = src[int(ri)]
-    want = (schema.unpack_clips(rec)[j] if batch["task"][b] == pipeline.TASK_VQA
-            else rec["scene_audio"])  # captions: the scene sound
+    want = (
+      schema.unpack_clips(rec)[j] if batch["task"][b] == pipeline.TASK_VQA else rec["scene_audio"]
+    )  # captions: the scene sound
     assert batch["audio_len"][b] == len(want)
-    np.testing.assert_array_equal(batch["audio"][b, :len(want)], want)
-    assert (batch["audio"][b, len(want):] == 0).all()
+    np.testing.assert_array_equal(batch["audio"][b, : len(want)], want)
+    assert (batch["audio"][b, len(want) :] == 0).all()
     np.testing.assert_array_equal(batch["video"][b], rec["video"])
     assert batch["video_len"][b] == 4
   pad = data.padding_example()
@@ -338,13 +346,12 @@ def test_shapes_object_sounds_only(tmp_path):
   cfg.data.max_audio_seconds = 0.5
   data = pipeline.Data(cfg)
   split = data.split("train")
-  assert set(data.builder.info.features.keys()) == (set(schema.record_features(32).keys())
-                                                    | {"scene_audio"})
+  assert set(data.builder.info.features.keys()) == (set(schema.record_features(32).keys()) | {"scene_audio"})
   for eid in range(len(split)):
     ex = split.example(eid)
     assert "video" not in ex and ex["audio_len"] == SR // 2  # cut to max_audio_seconds
     rec = data.builder.as_data_source("train")[int(split.index[eid][0])]
-    np.testing.assert_array_equal(ex["audio"], rec["scene_audio"][:SR // 2])
+    np.testing.assert_array_equal(ex["audio"], rec["scene_audio"][: SR // 2])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -372,14 +379,25 @@ def _write_media(d):
 
 
 MEDIA_LINES = [
-    {"image": "imgs/rgb.png", "question": "what is it?", "answer": "noise", "split": "train",
-     "audio": "snd/mono8k.wav", "video": "vid/frames"},
-    {"image": "imgs/rgb.png", "caption": "colourful noise", "audio": "snd/mono8k.wav"},
-    {"image": "imgs/gray.jpg", "caption": "grey static", "split": "train",
-     "audio": "snd/stereo44k.wav", "video": "vid/clip.npy"},
-    {"image": "imgs/x0.png", "question": "how bright?", "answer": "0", "split": "train"},
-    {"image": "imgs/x1.png", "caption": "dark", "split": "validation"},  # (TFDS needs no empty
-    {"image": "imgs/x2.png", "caption": "dark", "split": "test", "video": "vid/clip.npy"},  # split)
+  {
+    "image": "imgs/rgb.png",
+    "question": "what is it?",
+    "answer": "noise",
+    "split": "train",
+    "audio": "snd/mono8k.wav",
+    "video": "vid/frames",
+  },
+  {"image": "imgs/rgb.png", "caption": "colourful noise", "audio": "snd/mono8k.wav"},
+  {
+    "image": "imgs/gray.jpg",
+    "caption": "grey static",
+    "split": "train",
+    "audio": "snd/stereo44k.wav",
+    "video": "vid/clip.npy",
+  },
+  {"image": "imgs/x0.png", "question": "how bright?", "answer": "0", "split": "train"},
+  {"image": "imgs/x1.png", "caption": "dark", "split": "validation"},  # (TFDS needs no empty
+  {"image": "imgs/x2.png", "caption": "dark", "split": "test", "video": "vid/clip.npy"},  # split)
 ]
 
 
@@ -418,7 +436,7 @@ def test_manifest_media_builds_and_reads(tmp_path):
     seen.add(rid)
     rec = recs[rid]
     assert ex["audio_len"] == len(rec["scene_audio"])
-    np.testing.assert_array_equal(ex["audio"][:len(rec["scene_audio"])], rec["scene_audio"])
+    np.testing.assert_array_equal(ex["audio"][: len(rec["scene_audio"])], rec["scene_audio"])
     assert ex["video_len"] == len(rec["video"])
     if len(rec["video"]):
       np.testing.assert_array_equal(ex["video"], rec["video"])
@@ -437,32 +455,33 @@ def test_manifest_without_media_keeps_name_and_features(tmp_path):
 
 
 BAD_MEDIA = [
-    ({"audio": "snd/missing.wav"}, "audio", "not found"),
-    ({"audio": "snd/garbage.wav"}, "audio", "cannot read audio"),
-    ({"audio": "snd/empty.wav"}, "audio", "no samples"),
-    ({"audio": 3}, "audio", "must be a string"),
-    ({"audio": "snd/stereo44k.wav"}, "audio", "already assigned"),
-    ({"video": "vid/missing"}, "video", "not found"),
-    ({"video": "vid/empty"}, "video", "no frame images"),
-    ({"video": "vid/broken"}, "video", "cannot read image"),
-    ({"video": "vid/float.npy"}, "video", "expected a uint8 array [T, H, W, 3]"),
-    ({"video": "vid/gray.npy"}, "video", "expected a uint8 array [T, H, W, 3]"),
-    ({"video": "vid/clip.mp4"}, "video", "folder of frame images or an .npy"),
-    ({"video": "snd/mono8k.wav", "image": "imgs/gray.jpg"}, "video", "folder of frame images"),
+  ({"audio": "snd/missing.wav"}, "audio", "not found"),
+  ({"audio": "snd/garbage.wav"}, "audio", "cannot read audio"),
+  ({"audio": "snd/empty.wav"}, "audio", "no samples"),
+  ({"audio": 3}, "audio", "must be a string"),
+  ({"audio": "snd/stereo44k.wav"}, "audio", "already assigned"),
+  ({"video": "vid/missing"}, "video", "not found"),
+  ({"video": "vid/empty"}, "video", "no frame images"),
+  ({"video": "vid/broken"}, "video", "cannot read image"),
+  ({"video": "vid/float.npy"}, "video", "expected a uint8 array [T, H, W, 3]"),
+  ({"video": "vid/gray.npy"}, "video", "expected a uint8 array [T, H, W, 3]"),
+  ({"video": "vid/clip.mp4"}, "video", "folder of frame images or an .npy"),
+  ({"video": "snd/mono8k.wav", "image": "imgs/gray.jpg"}, "video", "folder of frame images"),
 ]
 
 
-@pytest.mark.parametrize("extra,key,msg",
-                         BAD_MEDIA + [({"video": "vid/frames"}, "video", "video_frames")],
-                         ids=[f"{i}-{b[1]}" for i, b in enumerate(BAD_MEDIA)] + ["no-frames"])
+@pytest.mark.parametrize(
+  "extra,key,msg",
+  BAD_MEDIA + [({"video": "vid/frames"}, "video", "video_frames")],
+  ids=[f"{i}-{b[1]}" for i, b in enumerate(BAD_MEDIA)] + ["no-frames"],
+)
 def test_manifest_bad_media(tmp_path, extra, key, msg):
   src = tmp_path / "src"
   _write_images(src)
   _write_media(src)
   bad = {"image": "imgs/rgb.png", "caption": "x"} | extra
   m = _write_manifest(src, [MEDIA_LINES[1], MEDIA_LINES[3], bad])
-  assert_line_3_error(m, tmp_path / "data", key, msg,
-                      video_frames=0 if msg == "video_frames" else 4)
+  assert_line_3_error(m, tmp_path / "data", key, msg, video_frames=0 if msg == "video_frames" else 4)
 
 
 @pytest.mark.parametrize("loader", ["load_audio", "load_video"])
@@ -470,5 +489,6 @@ def test_manifest_media_generation_failure_cleans_up(tmp_path, monkeypatch, load
   src = tmp_path / "src"
   _write_images(src)
   _write_media(src)
-  assert_generation_failure_cleans_up(_write_manifest(src, MEDIA_LINES), tmp_path / "data",
-                                      monkeypatch, loader, video_frames=4)
+  assert_generation_failure_cleans_up(
+    _write_manifest(src, MEDIA_LINES), tmp_path / "data", monkeypatch, loader, video_frames=4
+  )

@@ -1,6 +1,7 @@
 """Audio and video in the model and the tasks built on them: media encoders in VisionLanguageModel
 (shapes, padding, KV-cache decoding), the spoken-prompt and audio-visual matching data, the
 config errors, and short end-to-end runs of experiments/configs/speech_vqa.py and av_matching.py."""
+
 import collections
 import os
 import shutil
@@ -17,30 +18,33 @@ from PIL import Image
 
 from mmjax import config_files
 from mmjax.data import av_matching, pipeline, schema
-from mmjax.models import build_model
+from mmjax.models import build_model, vlm
 from mmjax.models.vlm import check_fusion_media
 from mmjax.sample import predict
-from mmjax.train import batches as batches_lib
-from mmjax.train import trainer
+from mmjax.train import batches as batches_lib, trainer
 from mmjax.train.metrics_writer import read_metrics
-from mmjax.models import vlm
 from tests.conftest import CONFIGS, ROOT
 from tests.test_fusion import FAMILIES, decode_step_by_step, model_config, open_gates
 from tests.test_model import V, inputs, rel_err
 from tests.test_train import independent_scores, report_rows
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
-                                  reason="espeak-ng is not installed (apt-get install espeak-ng)")
+needs_espeak = pytest.mark.skipif(
+  shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)"
+)
 
 N_AUDIO, T_VIDEO = 1024, 4  # samples (8 kHz) and frames (16 x 16) of the model tests
-AUDIO = dict(width=32, depth=1, num_heads=2, mlp_dim=64, frontend="logmel", sample_rate=8000, n_fft=128, hop=32,
-             n_mels=16)
+AUDIO = dict(
+  width=32, depth=1, num_heads=2, mlp_dim=64, frontend="logmel", sample_rate=8000, n_fft=128, hop=32, n_mels=16
+)
 VIDEO = dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8, tubelet_t=2)
 
 
 def media_model_config(family="flamingo", audio=True, video=False, mask_padding=True):
-  c = model_config(FAMILIES[family] if family in FAMILIES else dict(
-      name="cross_attention", cross_attention_every=1, fuse_depth=1, num_heads=2, mlp_dim=64))
+  c = model_config(
+    FAMILIES[family]
+    if family in FAMILIES
+    else dict(name="cross_attention", cross_attention_every=1, fuse_depth=1, num_heads=2, mlp_dim=64)
+  )
   if audio:
     c.audio = ml_collections.ConfigDict(dict(AUDIO, mask_padding=mask_padding))
   if video:
@@ -60,8 +64,9 @@ def media_inputs(rng, b=3, audio=True, video=False):
 
 
 def _init(model, images, prompt, plen, target, **media):
-  return open_gates(nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), images, prompt, plen, target,
-                                                      **media)["params"]))
+  return open_gates(
+    nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), images, prompt, plen, target, **media)["params"])
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -101,7 +106,7 @@ def test_media_change_logits_and_padding_does_not(audio, video):
   short = {"audio": 700 + AUDIO["n_fft"] // 2, "video": 2}
   lens = dict(audio_len=np.array([600, 500, 700], np.int32), video_len=np.full(3, 2, np.int32))
   same = {k: v for k, v in dict(media, **lens).items() if k in media}
-  cut = {k: v[:, :short[k]] if k in short else v for k, v in same.items()}
+  cut = {k: v[:, : short[k]] if k in short else v for k, v in same.items()}
   np.testing.assert_allclose(apply(**cut), apply(**same), rtol=1e-5, atol=1e-5)
 
   # Valid audio tokens come from audio_len through the subsampling: hop 32 -> frames, then two
@@ -125,8 +130,9 @@ def test_kv_cache_decoding_with_audio_equals_full_forward(family, mask_padding):
   # The audio reaches the decoder through its cross-attention memory: other clips change the memory. In
   # flamingo's (4 latents per modality, in name order: audio, image, video) only the audio's latents.
   # (Not -audio: a log-mel spectrogram does not see the sign.)
-  other = model.apply({"params": params}, images, prompt, plen, method="encode",
-                      **dict(media, audio=media["audio"] // 2 + 3))
+  other = model.apply(
+    {"params": params}, images, prompt, plen, method="encode", **dict(media, audio=media["audio"] // 2 + 3)
+  )
   change = np.abs(np.asarray(other.memory) - np.asarray(cond.memory)).max(axis=(0, 2))
   assert (change > 1e-3).any() and (family != "flamingo" or ((change[:4] > 1e-3).all() and not change[4:].any()))
   assert rel_err(decode_step_by_step(model, params, images, prompt, plen, target, **media), full) < 1e-5
@@ -136,14 +142,14 @@ def test_model_media_errors():
   rng = np.random.default_rng(3)
   images, prompt, plen, target = inputs(rng)
   media = media_inputs(rng)
-  with pytest.raises(ValueError, match=r"config.model.audio.mask_padding=True.*config.model.fusion.name='cross_attention'"):
-    build_model(media_model_config("cross_attention"), V).init(jax.random.key(0), images, prompt, plen, target,
-                                                                **media)
+  with pytest.raises(
+    ValueError, match=r"config.model.audio.mask_padding=True.*config.model.fusion.name='cross_attention'"
+  ):
+    build_model(media_model_config("cross_attention"), V).init(jax.random.key(0), images, prompt, plen, target, **media)
   # qformer masks padding of the last modality in name order only: video is, audio (before "image") is not.
   check_fusion_media(media_model_config("qformer_memory", audio=False, video=True))
   with pytest.raises(ValueError, match="config.model.audio.mask_padding"):
-    build_model(media_model_config("qformer_memory"), V).init(jax.random.key(0), images, prompt, plen, target,
-                                                               **media)
+    build_model(media_model_config("qformer_memory"), V).init(jax.random.key(0), images, prompt, plen, target, **media)
   model = build_model(media_model_config(), V)
   with pytest.raises(ValueError, match=r"encoder for audio \(config.model.audio\) but no audio"):
     model.init(jax.random.key(0), images, prompt, plen, target)
@@ -179,8 +185,18 @@ def _task_config(name, data_dir, **data):
   data = dict(dict(data_dir=data_dir, image_size=32, train_scenes=6, validation_scenes=2, test_scenes=4), **data)
   c.data.shapes.update({k: v for k, v in data.items() if k in c.data.shapes})  # the shapes project's block
   c.data.update({k: v for k, v in data.items() if k not in c.data.shapes})
-  c.update(dict(total_steps=2, batch_size=8, eval_batch_size=8, eval_every=1, checkpoint_every=2, log_every=1,
-                eval_max_examples=4, sample_examples=2))
+  c.update(
+    dict(
+      total_steps=2,
+      batch_size=8,
+      eval_batch_size=8,
+      eval_every=1,
+      checkpoint_every=2,
+      log_every=1,
+      eval_max_examples=4,
+      sample_examples=2,
+    )
+  )
   return c
 
 
@@ -202,8 +218,9 @@ def test_av_matching_examples(shared_data_dir):
     if split.references(i) == "no":  # another scene's sound, and a different one
       assert any(np.array_equal(heard, sounds[j]["scene_audio"]) for j in range(len(sounds)) if j != ri)
   # Deterministic: a fresh load pairs the same way (other seeds: test_pair_sounds_...).
-  np.testing.assert_array_equal(pipeline.load_split(c, "test", data.tokenizer, data.builder).av_partner,
-                                split.av_partner)
+  np.testing.assert_array_equal(
+    pipeline.load_split(c, "test", data.tokenizer, data.builder).av_partner, split.av_partner
+  )
 
 
 @needs_espeak
@@ -345,9 +362,12 @@ def test_check_audio_flag():
   load = lambda name: config_files.load(os.path.join(CONFIGS, f"{name}.py"))
   speech = load("speech_vqa")
   predict.check_audio_flag(speech, ["q.wav"])
-  with pytest.raises(ValueError, match=r"audio encoder \(config.model.audio\) and its questions are spoken "
-                                       r"\(config.data.spoken_prompt\): give the question as a WAV file with "
-                                       r"--audio=FILE.wav"):
+  with pytest.raises(
+    ValueError,
+    match=r"audio encoder \(config.model.audio\) and its questions are spoken "
+    r"\(config.data.spoken_prompt\): give the question as a WAV file with "
+    r"--audio=FILE.wav",
+  ):
     predict.check_audio_flag(speech, [])
   for name in ("tiny", "contrastive"):
     predict.check_audio_flag(load(name), [])
@@ -366,9 +386,12 @@ def test_sample_command_with_audio(av_run, tiny_config, tmp_path):
   own = ex["audio"][: ex["audio_len"]].astype(np.float64)
   resampled = np.interp(np.arange(rate) * 16000 / rate, np.arange(len(own)), own).astype(np.int16)
   _write_wav(sound, [resampled, resampled], rate)
-  run = lambda workdir, *args: subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "sample.py"),
-                                               f"--workdir={workdir}", f"--image={image}", *args],
-                                              capture_output=True, text=True, timeout=300)
+  run = lambda workdir, *args: subprocess.run(
+    [sys.executable, os.path.join(ROOT, "experiments", "sample.py"), f"--workdir={workdir}", f"--image={image}", *args],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   out = run(wd, f"--audio={sound}", f"--prompt={av_matching.PROMPT}")
   assert out.returncode == 0, out.stderr[-2000:]
   # One answer line for one image (a 2-step model may answer with EOS only: an empty line).

@@ -1,4 +1,5 @@
 """The benchmark scripts run on a CPU (tiny shapes) and print what their READMEs promise."""
+
 import os
 import subprocess
 import sys
@@ -11,8 +12,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _run(*args, ok=True):
   # One CPU device, whatever simulated device count another test left in this process's XLA_FLAGS.
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  res = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env=dict(env, JAX_PLATFORMS="cpu"))
+  res = subprocess.run(
+    [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(env, JAX_PLATFORMS="cpu")
+  )
   assert (res.returncode == 0) == ok, res.stderr[-3000:]
   return res.stdout if ok else res.stderr
 
@@ -43,6 +45,11 @@ def test_parse_triton_config():
 
 
 def test_train_benchmark_reports_model_flops_and_mfu():
-  out = _run("experiments/benchmark_train.py", "--config=experiments/configs/tiny.py", "--steps=1",
-             "--peak_tflops=1", "--config.batch_size=4")
+  out = _run(
+    "experiments/benchmark_train.py",
+    "--config=experiments/configs/tiny.py",
+    "--steps=1",
+    "--peak_tflops=1",
+    "--config.batch_size=4",
+  )
   assert "model FLOPs per step per device" in out and "MFU" in out, out

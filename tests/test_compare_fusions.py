@@ -1,5 +1,6 @@
 """experiments/compare_fusions.py: one table row per family read back from its metrics.jsonl, the
 README section rewritten between its markers only, reuse of finished runs, config drift refused."""
+
 import importlib.util
 import json
 import os
@@ -14,14 +15,14 @@ from tests.conftest import CONFIGS, ROOT
 
 pytestmark = pytest.mark.slow
 
-_spec = importlib.util.spec_from_file_location("compare_fusions", os.path.join(ROOT, "experiments",
-                                                                               "compare_fusions.py"))
+_spec = importlib.util.spec_from_file_location(
+  "compare_fusions", os.path.join(ROOT, "experiments", "compare_fusions.py")
+)
 cf = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cf)
 
 FAMILIES = ["cross_attention", "prefix_lm"]
-README = (f"# title\n\n## Fusion comparison\n\nintro\n\n{cf.README_BEGIN}\nold table\n{cf.README_END}\n\n"
-          "## next\ntext\n")
+README = f"# title\n\n## Fusion comparison\n\nintro\n\n{cf.README_BEGIN}\nold table\n{cf.README_END}\n\n## next\ntext\n"
 
 
 def _main(*args):
@@ -34,20 +35,35 @@ def _main(*args):
 
 def _tiny_args(workdir, data_dir, families=FAMILIES):
   # The tiny configs (their dataset is shared with the other tests through data_dir), 2 steps.
-  return [f"--workdir={workdir}", f"--families={','.join(families)}", "--sizes=tiny", "--steps=2",
-          "--batch_size=8", f"--set=data.data_dir={data_dir}", "--set=sampler.max_new_tokens=8", "--noprogress"]
+  return [
+    f"--workdir={workdir}",
+    f"--families={','.join(families)}",
+    "--sizes=tiny",
+    "--steps=2",
+    "--batch_size=8",
+    f"--set=data.data_dir={data_dir}",
+    "--set=sampler.max_new_tokens=8",
+    "--noprogress",
+  ]
 
 
 def _table_rows(table):
-  return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
-          if line.startswith("| ") and not line.startswith("| family")]
+  return [
+    [c.strip() for c in line.strip("|").split("|")]
+    for line in table.splitlines()
+    if line.startswith("| ") and not line.startswith("| family")
+  ]
 
 
 E2E = ["cross_attention", cf.CONTRASTIVE]  # one family, the contrastive row; plus av_matching for the family
 # tiny.py's split sizes and log rate, given explicitly so that the av_matching runs use them too (its
 # own config has more scenes and logs every 20 steps).
-SCENES = ["--set=data.shapes.train_scenes=24", "--set=data.shapes.validation_scenes=4", "--set=data.shapes.test_scenes=4",
-          "--set=log_every=1"]
+SCENES = [
+  "--set=data.shapes.train_scenes=24",
+  "--set=data.shapes.validation_scenes=4",
+  "--set=data.shapes.test_scenes=4",
+  "--set=log_every=1",
+]
 
 
 def _metrics(workdir):
@@ -62,17 +78,33 @@ def _test_row(workdir, key, step=2):
 def test_compare_family_contrastive_row_and_audio_task(shared_data_dir, tmp_path, capsys):
   readme, table_file, wd = tmp_path / "README.md", tmp_path / "table.md", tmp_path / "runs"
   readme.write_text(README)
-  args = (_tiny_args(wd, shared_data_dir, E2E) + SCENES
-          + ["--tasks=vqa,av_matching", f"--readme={readme}", f"--table={table_file}"])
+  args = (
+    _tiny_args(wd, shared_data_dir, E2E)
+    + SCENES
+    + ["--tasks=vqa,av_matching", f"--readme={readme}", f"--table={table_file}"]
+  )
   _main(*args)
   table = table_file.read_text().strip()
   header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
-  assert header == ["family", "parameters", "train step (ms)", "test VQA all", "attribute", "spatial", "relational",
-                    "test CIDEr-D", "test i2t R@1/5/10", "test t2i R@1/5/10", "zero-shot accuracy",
-                    "test AV-matching accuracy", "wall time"]
+  assert header == [
+    "family",
+    "parameters",
+    "train step (ms)",
+    "test VQA all",
+    "attribute",
+    "spatial",
+    "relational",
+    "test CIDEr-D",
+    "test i2t R@1/5/10",
+    "test t2i R@1/5/10",
+    "zero-shot accuracy",
+    "test AV-matching accuracy",
+    "wall time",
+  ]
   rows = _table_rows(table)
   assert [r[0] for r in rows] == E2E
   from mmjax.train import workdir as workdir_lib
+
   for family, row in zip(E2E, rows):  # cost columns: the vqa runs in WORKDIR/<family>
     metrics = _metrics(wd / family)
     compare = [m for m in metrics if "compare/parameters" in m][-1]
@@ -93,8 +125,15 @@ def test_compare_family_contrastive_row_and_audio_task(shared_data_dir, tmp_path
   # marked † (cross_attention cannot mask padded audio; the 1 s object sounds fill the 1 s window).
   family = rows[0]
   test = _test_row(wd / "cross_attention", "test/vqa_accuracy")
-  expected = [f"{test[k]:.3f}" for k in ("test/vqa_accuracy", "test/vqa_accuracy_attribute",
-                                         "test/vqa_accuracy_spatial", "test/vqa_accuracy_relational")]
+  expected = [
+    f"{test[k]:.3f}"
+    for k in (
+      "test/vqa_accuracy",
+      "test/vqa_accuracy_attribute",
+      "test/vqa_accuracy_spatial",
+      "test/vqa_accuracy_relational",
+    )
+  ]
   assert family[3:7] == expected and family[7] == f"{test['test/cider']:.2f}"
   assert family[8:11] == ["–", "–", "–"]
   av_dir = wd / "av_matching" / "cross_attention"
@@ -103,9 +142,12 @@ def test_compare_family_contrastive_row_and_audio_task(shared_data_dir, tmp_path
   assert "† cross_attention cannot mask padded audio, so it ran with `model.audio.mask_padding=False`" in table
   av_rate = [m["train/steps_per_second"] for m in _metrics(av_dir) if m["step"] == 2 and "train/steps_per_second" in m]
   av_params = [m for m in _metrics(av_dir) if "compare/parameters" in m][-1]["compare/parameters"]
-  assert (f"Parameters / train step / wall time: cross_attention {cf._count(av_params)} / {1000 / av_rate[-1]:.1f} ms"
-          in table) and av_params > [m for m in _metrics(wd / "cross_attention") if "compare/parameters" in m][-1][
-              "compare/parameters"]  # + the audio encoder
+  assert (
+    f"Parameters / train step / wall time: cross_attention {cf._count(av_params)} / {1000 / av_rate[-1]:.1f} ms"
+    in table
+  ) and av_params > [m for m in _metrics(wd / "cross_attention") if "compare/parameters" in m][-1][
+    "compare/parameters"
+  ]  # + the audio encoder
 
   # The contrastive row: retrieval recall@1/5/10 both ways and zero-shot accuracy, – elsewhere.
   contrastive = rows[1]
@@ -121,9 +163,9 @@ def test_compare_family_contrastive_row_and_audio_task(shared_data_dir, tmp_path
   # README: the text between the markers is the table, everything else is unchanged.
   text = readme.read_text()
   begin, end = text.index(cf.README_BEGIN), text.index(cf.README_END)
-  assert text[begin + len(cf.README_BEGIN):end].strip() == table
-  assert text[:begin] == README[:README.index(cf.README_BEGIN)]
-  assert text[end:] == README[README.index(cf.README_END):]
+  assert text[begin + len(cf.README_BEGIN) : end].strip() == table
+  assert text[:begin] == README[: README.index(cf.README_BEGIN)]
+  assert text[end:] == README[README.index(cf.README_END) :]
 
   # A re-run reuses the finished runs: nothing trains again, the numbers are the same.
   runs = [wd / "cross_attention", wd / cf.CONTRASTIVE, av_dir]
@@ -156,21 +198,32 @@ def test_read_run_and_cells_hand_computed(tmp_path):
   the logged intervals after the first (compilation) with the last write of a step winning (a resume),
   the wall and CPU times are summed over the run's parts."""
   test = dict(zip(cf.TEST_METRICS, (0.5, 0.25, 0.75, 0.5, 1.5)))
-  lines = [{"step": 1, "train/steps_per_second": 0.5},  # compilation: left out
-           {"step": 2, "train/steps_per_second": 10.0},  # 100 ms
-           {"step": 3, "train/steps_per_second": 4.0},   # overwritten by the resumed run's step 3 ...
-           {"step": 3, "train/steps_per_second": 5.0},   # ... 200 ms
-           {"step": 4, "train/steps_per_second": 20.0},  # 50 ms
-           {"step": 5, "train/steps_per_second": 8.0},   # 125 ms
-           {"step": 5, **test},
-           {"step": 3, cf.WALL: 70.0, cf.CPU: 100.0},    # the first part, stopped at step 3
-           {"step": 5, cf.WALL: 60.4, cf.CPU: 90.0, cf.LOAD: 1.5, cf.PARAMS: 1234567}]
+  lines = [
+    {"step": 1, "train/steps_per_second": 0.5},  # compilation: left out
+    {"step": 2, "train/steps_per_second": 10.0},  # 100 ms
+    {"step": 3, "train/steps_per_second": 4.0},  # overwritten by the resumed run's step 3 ...
+    {"step": 3, "train/steps_per_second": 5.0},  # ... 200 ms
+    {"step": 4, "train/steps_per_second": 20.0},  # 50 ms
+    {"step": 5, "train/steps_per_second": 8.0},  # 125 ms
+    {"step": 5, **test},
+    {"step": 3, cf.WALL: 70.0, cf.CPU: 100.0},  # the first part, stopped at step 3
+    {"step": 5, cf.WALL: 60.4, cf.CPU: 90.0, cf.LOAD: 1.5, cf.PARAMS: 1234567},
+  ]
   (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
   r = cf.read_run(str(tmp_path), 5)
-  assert r == dict(parameters=1234567, step_ms=pytest.approx((100 + 125) / 2), wall_seconds=pytest.approx(130.4),
-                   cpu_seconds=pytest.approx(190.0), load_average=1.5, **test)
+  assert r == dict(
+    parameters=1234567,
+    step_ms=pytest.approx((100 + 125) / 2),
+    wall_seconds=pytest.approx(130.4),
+    cpu_seconds=pytest.approx(190.0),
+    load_average=1.5,
+    **test,
+  )
   assert (cf._ms(r["step_ms"]), cf._count(r["parameters"]), cf._duration(r["wall_seconds"])) == (
-      "112.5", "1.23M", "2 min 10 s")
+    "112.5",
+    "1.23M",
+    "2 min 10 s",
+  )
   assert (cf._count(12345), cf._duration(59.94), cf._ms(float("nan"))) == ("12.3K", "59.9 s", "–")
   with pytest.raises(ValueError, match="no finished run of 6 steps"):
     cf.read_run(str(tmp_path), 6)
@@ -179,15 +232,19 @@ def test_read_run_and_cells_hand_computed(tmp_path):
 def test_config_drift_is_an_error(shared_data_dir, tmp_path, monkeypatch):
   drifted = tmp_path / "drifted_prefix_lm.py"
   drifted.write_text(
-      "from mmjax import config_files\n\n"
-      "def get_config(arg=None):\n"
-      f"  c = config_files.load({os.path.join(CONFIGS, 'fusion_prefix_lm.py')!r}, arg)\n"
-      "  c.optim.learning_rate = 3e-4\n"
-      "  c.model.vit.depth = 2\n"
-      "  return c\n")
+    "from mmjax import config_files\n\n"
+    "def get_config(arg=None):\n"
+    f"  c = config_files.load({os.path.join(CONFIGS, 'fusion_prefix_lm.py')!r}, arg)\n"
+    "  c.optim.learning_rate = 3e-4\n"
+    "  c.model.vit.depth = 2\n"
+    "  return c\n"
+  )
   monkeypatch.setitem(cf.FAMILY_CONFIGS, "prefix_lm", {"tiny": (str(drifted), None)})
-  with pytest.raises(ValueError, match=r"model.vit.depth: cross_attention 1 vs prefix_lm 2.*"
-                                       r"optim.learning_rate: cross_attention 0.002 vs prefix_lm 0.0003"):
+  with pytest.raises(
+    ValueError,
+    match=r"model.vit.depth: cross_attention 1 vs prefix_lm 2.*"
+    r"optim.learning_rate: cross_attention 0.002 vs prefix_lm 0.0003",
+  ):
     _main(*_tiny_args(tmp_path / "runs", shared_data_dir))
   assert not (tmp_path / "runs").exists()  # refused before anything trained
 
@@ -199,16 +256,20 @@ def test_contrastive_config_drift(shared_data_dir, tmp_path, monkeypatch):
     cf.comparison_configs(["cross_attention", "flamingo", cf.CONTRASTIVE], ["vqa"], sizes)
   drifted = tmp_path / "drifted_contrastive.py"
   drifted.write_text(
-      "from mmjax import config_files\n\n"
-      "def get_config(arg=None):\n"
-      f"  c = config_files.load({os.path.join(CONFIGS, 'contrastive.py')!r}, arg)\n"
-      "  c.model.loss, c.eval_batch_size = 'clip', 16  # may differ\n"
-      "  c.optim.warmup_steps = 5\n"
-      "  return c\n")
+    "from mmjax import config_files\n\n"
+    "def get_config(arg=None):\n"
+    f"  c = config_files.load({os.path.join(CONFIGS, 'contrastive.py')!r}, arg)\n"
+    "  c.model.loss, c.eval_batch_size = 'clip', 16  # may differ\n"
+    "  c.optim.warmup_steps = 5\n"
+    "  return c\n"
+  )
   monkeypatch.setitem(cf.CONTRASTIVE_CONFIGS, "tiny", (str(drifted), "tiny"))
-  with pytest.raises(ValueError, match=r"contrastive config differs from the families' outside its model \(only "
-                                       r"model, eval_batch_size may\): optim.warmup_steps: cross_attention 2 vs "
-                                       r"contrastive 5$"):
+  with pytest.raises(
+    ValueError,
+    match=r"contrastive config differs from the families' outside its model \(only "
+    r"model, eval_batch_size may\): optim.warmup_steps: cross_attention 2 vs "
+    r"contrastive 5$",
+  ):
     _main(*_tiny_args(tmp_path / "runs", shared_data_dir, ["cross_attention", cf.CONTRASTIVE]))
   assert not (tmp_path / "runs").exists()
   with pytest.raises(ValueError, match="contrastive row has no audio"):
@@ -226,9 +287,14 @@ def test_audio_task_configs(shared_data_dir, monkeypatch):
   from mmjax.models import build_model, model_class
   from mmjax.models.vlm import check_fusion_media
   from mmjax.train import batches as batches_lib
+
   families = list(cf.FAMILY_CONFIGS)
-  overrides = [("data.data_dir", shared_data_dir), ("data.shapes.train_scenes", 24), ("data.shapes.validation_scenes", 4),
-               ("data.shapes.test_scenes", 4)]
+  overrides = [
+    ("data.data_dir", shared_data_dir),
+    ("data.shapes.train_scenes", 24),
+    ("data.shapes.validation_scenes", 4),
+    ("data.shapes.test_scenes", 4),
+  ]
   configs = cf.comparison_configs(families, ["vqa", "speech_vqa", "av_matching"], "tiny", 2, 8, overrides)
   flat = lambda c: cf._flat(c.to_dict())
   for task in ("speech_vqa", "av_matching"):
@@ -255,8 +321,11 @@ def test_audio_task_configs(shared_data_dir, monkeypatch):
   notes = cf.fit_audio(configs)
   assert len(checked) == 2  # once per task
   speech, av = notes["speech_vqa"], notes["av_matching"]
-  assert list(configs["speech_vqa"]) == ["flamingo"] and sorted(speech["skipped"]) == sorted(
-      ["cross_attention", "prefix_lm", "qformer"]) and not speech["unmasked"]
+  assert (
+    list(configs["speech_vqa"]) == ["flamingo"]
+    and sorted(speech["skipped"]) == sorted(["cross_attention", "prefix_lm", "qformer"])
+    and not speech["unmasked"]
+  )
   assert "config.model.audio.mask_padding=True" in speech["skipped"]["qformer"]
   assert list(configs["av_matching"]) == families and not av["skipped"]
   assert av["unmasked"] == ["cross_attention", "prefix_lm", "qformer"]
@@ -277,9 +346,11 @@ def test_audio_task_configs(shared_data_dir, monkeypatch):
 
   # The table: –* where a family could not run a task, † where it ran unmasked, notes saying why.
   run = {"parameters": 1e5, "step_ms": 10.0, "wall_seconds": 5.0, "cpu_seconds": 5.0, "load_average": 1.0}
-  results = {"vqa": {f: dict(run, **{k: 0.5 for k in cf.TEST_METRICS}) for f in families},
-             "speech_vqa": {"flamingo": dict(run, **{"test/vqa_accuracy": 0.25})},
-             "av_matching": {f: dict(run, **{"test/av_match_accuracy": 0.75}) for f in families}}
+  results = {
+    "vqa": {f: dict(run, **{k: 0.5 for k in cf.TEST_METRICS}) for f in families},
+    "speech_vqa": {"flamingo": dict(run, **{"test/vqa_accuracy": 0.25})},
+    "av_matching": {f: dict(run, **{"test/av_match_accuracy": 0.75}) for f in families},
+  }
   table = cf.markdown(results, configs, "cmd", "today", "here", tasks=["speech_vqa", "av_matching"], notes=notes)
   rows = {r[0]: r for r in _table_rows(table)}
   assert rows["flamingo"][8:10] == ["0.250", "0.750"] and rows["qformer"][8:10] == ["–*", "0.750†"]
@@ -288,8 +359,9 @@ def test_audio_task_configs(shared_data_dir, monkeypatch):
   assert "shapes scenes train/validation/test 24/4/4)" in table
 
 
-@pytest.mark.parametrize("text", ["no markers", f"{cf.README_END}\n{cf.README_BEGIN}",
-                                  f"{cf.README_BEGIN}{cf.README_BEGIN}{cf.README_END}"])
+@pytest.mark.parametrize(
+  "text", ["no markers", f"{cf.README_END}\n{cf.README_BEGIN}", f"{cf.README_BEGIN}{cf.README_BEGIN}{cf.README_END}"]
+)
 def test_bad_markers(text):
   with pytest.raises(ValueError, match="fusion-comparison"):
     cf.replace_between_markers(text, "table")

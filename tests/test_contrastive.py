@@ -1,4 +1,5 @@
 """CLIP / SigLIP losses vs float64 numpy references; batch-sharded (8 simulated devices) == unsharded."""
+
 import os
 import subprocess
 import sys
@@ -19,10 +20,12 @@ def np_normalize(x):
 
 def np_clip(img, txt, log_t):
   logits = np.exp(log_t) * img @ txt.T
+
   def xent(l):  # rows: softmax over columns, target = diagonal
     m = l.max(1, keepdims=True)
     lse = m[:, 0] + np.log(np.exp(l - m).sum(1))
     return np.mean(lse - np.diag(l))
+
   return 0.5 * (xent(logits) + xent(logits.T))
 
 
@@ -44,20 +47,30 @@ def embeddings(n=8, d=6, seed=0):
 def test_losses_match_float64_numpy():
   img, txt = embeddings()
   for log_t in (0.0, np.log(1 / 0.07)):
-    np.testing.assert_allclose(float(clip_loss(img.astype(np.float32), txt.astype(np.float32), log_t)),
-                               np_clip(img, txt, log_t), rtol=1e-5)
+    np.testing.assert_allclose(
+      float(clip_loss(img.astype(np.float32), txt.astype(np.float32), log_t)), np_clip(img, txt, log_t), rtol=1e-5
+    )
   for log_t, b in ((np.log(10.0), -10.0), (1.0, 0.5)):
-    np.testing.assert_allclose(float(siglip_loss(img.astype(np.float32), txt.astype(np.float32), log_t, b)),
-                               np_siglip(img, txt, log_t, b), rtol=1e-5)
+    np.testing.assert_allclose(
+      float(siglip_loss(img.astype(np.float32), txt.astype(np.float32), log_t, b)),
+      np_siglip(img, txt, log_t, b),
+      rtol=1e-5,
+    )
   with pytest.raises(ValueError, match="siglip"):
     contrastive_loss(img, txt, 0.0, None, "siglip")
 
 
 def small_config(loss):
-  return ml_collections.ConfigDict(dict(
-      dtype="float32", attention_implementation="xla", embed_dim=16, loss=loss,
+  return ml_collections.ConfigDict(
+    dict(
+      dtype="float32",
+      attention_implementation="xla",
+      embed_dim=16,
+      loss=loss,
       vit=dict(width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=8, posemb="learn"),
-      text=dict(width=16, depth=1, num_heads=2, mlp_dim=32, max_len=8)))
+      text=dict(width=16, depth=1, num_heads=2, mlp_dim=32, max_len=8),
+    )
+  )
 
 
 @pytest.mark.parametrize("loss", ["clip", "siglip"])
@@ -77,11 +90,15 @@ def test_model_outputs_and_learnable_temperature(loss):
   # Pipeline rows are [t1..tn, eos, pad..] with the mask on t1..tn and eos: one column more than tokens.
   n = np.minimum(lengths, 7)
   target_out = np.pad(np.where(np.arange(7)[None] < n[:, None], tokens[:, :7], 0), ((0, 0), (0, 1)))
-  batch = {"image": images, "target_out": target_out,
-           "target_mask": (np.arange(8)[None] <= n[:, None]).astype(np.float32)}
+  batch = {
+    "image": images,
+    "target_out": target_out,
+    "target_mask": (np.arange(8)[None] <= n[:, None]).astype(np.float32),
+  }
   (value, sums), grads = jax.value_and_grad(lambda p: model.apply(p, batch, method="loss_sums"), has_aux=True)(params)
-  img2, txt2, scale2, bias2 = (np.asarray(x, np.float64) if x is not None else None
-                               for x in model.apply(params, images, target_out, n))
+  img2, txt2, scale2, bias2 = (
+    np.asarray(x, np.float64) if x is not None else None for x in model.apply(params, images, target_out, n)
+  )
 
   def np_loss(log_t, b):
     logits = np.exp(log_t) * img2 @ txt2.T + (0.0 if b is None else b)
@@ -130,10 +147,12 @@ def test_batch_sharded_loss_equals_unsharded(tmp_path):
   path = str(tmp_path / "emb.npz")
   np.savez(path, img=img, txt=txt)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, path], capture_output=True, text=True, env=env,
-                       cwd=ROOT, timeout=300)
+  out = subprocess.run(
+    [sys.executable, "-c", SHARDED_SCRIPT, path], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   import json
+
   got = json.loads(out.stdout.strip().splitlines()[-1])
   np.testing.assert_allclose(got["clip"], np_clip(img, txt, 2.0), rtol=1e-5)
   np.testing.assert_allclose(got["siglip"], np_siglip(img, txt, 1.5, -2.0), rtol=1e-5)

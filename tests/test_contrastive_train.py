@@ -1,6 +1,7 @@
 """The contrastive model kind through the one trainer: retrieval / zero-shot metric math against
 hand-computed values, train -> metrics -> resume, the entry points on a contrastive workdir, the
 loss going down, config errors, and kind="vlm" configs unchanged."""
+
 import os
 import shutil
 import subprocess
@@ -12,15 +13,12 @@ import pytest
 
 from mmjax import config_files
 from mmjax.data import pipeline
-from mmjax.projects.shapes import scenes as shapes
 from mmjax.evaluate import retrieval
-from mmjax.models import ContrastiveModel, VisionLanguageModel, build_model
-from mmjax.train import state as state_lib, trainer, workdir as workdir_lib
-from mmjax.train import batches as batches_lib
-from mmjax.train import step as step_lib
+from mmjax.models import ContrastiveModel, VisionLanguageModel, build_model, model_class, vlm
+from mmjax.projects.shapes import scenes as shapes
+from mmjax.train import batches as batches_lib, state as state_lib, step as step_lib, trainer, workdir as workdir_lib
 from mmjax.train.checkpoint import CheckpointMismatch, _check_compatible
 from mmjax.train.metrics_writer import read_metrics
-from mmjax.models import model_class, vlm
 from tests.conftest import CONFIGS, ROOT
 
 RETRIEVAL_KEYS = [f"retrieval_{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
@@ -30,9 +28,13 @@ RETRIEVAL_KEYS = [f"retrieval_{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 
 
 
 def test_match_ranks_count_ties_against_the_match():
-  scores = np.array([[0.9, 0.1, 0.5, 0.9],    # matches {0, 1}: best 0.9, tied by candidate 3 -> rank 1
-                     [0.2, 0.3, 0.1, 0.0],    # match {2}: 0.1, beaten by 0.2 and 0.3 -> rank 2
-                     [0.4, 0.4, 0.4, 0.4]])   # match {3}: everything ties -> rank 3 (not 0)
+  scores = np.array(
+    [
+      [0.9, 0.1, 0.5, 0.9],  # matches {0, 1}: best 0.9, tied by candidate 3 -> rank 1
+      [0.2, 0.3, 0.1, 0.0],  # match {2}: 0.1, beaten by 0.2 and 0.3 -> rank 2
+      [0.4, 0.4, 0.4, 0.4],
+    ]
+  )  # match {3}: everything ties -> rank 3 (not 0)
   matches = np.array([[1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], bool)
   ranks = retrieval.match_ranks(scores, matches)
   np.testing.assert_array_equal(ranks, [1, 2, 3])
@@ -65,10 +67,14 @@ def test_retrieval_ranks_both_directions():
 
 
 def test_zero_shot_accuracy_ties_are_misses():
-  scores = np.array([[3.0, 1.0, 2.0],   # label 0 strictly highest -> correct
-                     [1.0, 1.0, 0.0],   # label 0 tied for the top -> miss
-                     [0.0, 2.0, 2.0],   # label 1 tied for the top -> miss
-                     [0.0, 0.0, 5.0]])  # label 2 -> correct
+  scores = np.array(
+    [
+      [3.0, 1.0, 2.0],  # label 0 strictly highest -> correct
+      [1.0, 1.0, 0.0],  # label 0 tied for the top -> miss
+      [0.0, 2.0, 2.0],  # label 1 tied for the top -> miss
+      [0.0, 0.0, 5.0],
+    ]
+  )  # label 2 -> correct
   labels = np.array([0, 0, 1, 2])
   np.testing.assert_array_equal(retrieval.zero_shot_correct(scores, labels), [True, False, False, True])
   assert retrieval.zero_shot_accuracy(scores, labels) == 0.5
@@ -91,8 +97,11 @@ def test_caption_objects_inverts_caption():
 def contrastive_config(tiny_config):
   c = config_files.load(os.path.join(CONFIGS, "contrastive.py"))
   c.data = tiny_config.data  # the tiny dataset (24 / 4 / 4 scenes) the other tests share
-  c.update(dict(batch_size=16, eval_batch_size=8, total_steps=4, eval_every=2, checkpoint_every=2, log_every=1,
-                sample_examples=4))
+  c.update(
+    dict(
+      batch_size=16, eval_batch_size=8, total_steps=4, eval_every=2, checkpoint_every=2, log_every=1, sample_examples=4
+    )
+  )
   return c
 
 
@@ -104,7 +113,9 @@ def test_kind_switch_and_vlm_unchanged(tiny_config, contrastive_config):
   assert isinstance(build_model(contrastive_config.model, 64), ContrastiveModel)
   assert batches_lib.batch_keys(contrastive_config) == ("image", "target_out", "target_mask")
   assert contrastive_config.model.loss == "siglip"
-  assert config_files.load(os.path.join(CONFIGS, "contrastive.py"), overrides={"model.loss": "clip"}).model.loss == "clip"
+  assert (
+    config_files.load(os.path.join(CONFIGS, "contrastive.py"), overrides={"model.loss": "clip"}).model.loss == "clip"
+  )
   tiny_config.model.kind = "diffusion"
   with pytest.raises(ValueError, match="model.kind='diffusion'"):
     model_class(tiny_config.model)
@@ -115,11 +126,14 @@ def test_kind_switch_and_vlm_unchanged(tiny_config, contrastive_config):
     _check_compatible(old, {"model": dict(old["model"], kind="contrastive")}, "ckpt")
 
 
-@pytest.mark.parametrize("key,value,match", [
+@pytest.mark.parametrize(
+  "key,value,match",
+  [
     ("grad_accum_steps", 2, "grad_accum_steps=1"),
     ("model.text.max_len", 32, "model.text.max_len"),
     ("data.captions", False, "data.captions=True"),
-])
+  ],
+)
 def test_contrastive_config_errors(contrastive_config, key, value, match):
   config_files.set_key(contrastive_config, key, value)
   with pytest.raises(ValueError, match=match):
@@ -181,8 +195,11 @@ def trained(tmp_path_factory, shared_data_dir):
   tiny = config_files.load(os.path.join(CONFIGS, "tiny.py"))
   c.data = tiny.data
   c.data.data_dir = shared_data_dir
-  c.update(dict(batch_size=16, eval_batch_size=8, total_steps=4, eval_every=2, checkpoint_every=2, log_every=1,
-                sample_examples=4))
+  c.update(
+    dict(
+      batch_size=16, eval_batch_size=8, total_steps=4, eval_every=2, checkpoint_every=2, log_every=1, sample_examples=4
+    )
+  )
   wd = str(tmp_path_factory.mktemp("contrastive") / "run")
   final = trainer.train_and_evaluate(c, wd, progress=False)
   return c, wd, final
@@ -193,13 +210,15 @@ def brute_force_recall(t, split):
   caption) pairs of `split`, from its embeddings in float64: a match is at rank r when r candidates that
   do not match score at least as high as the best one that does (ties count against it)."""
   from mmjax.models.contrastive import caption_tokens
+
   sd = t.data.split(split)
   ids = np.flatnonzero(sd.task == pipeline.TASK_CAPTION)
   ex = [sd.example(int(i)) for i in ids]
   batch = {k: np.stack([e[k] for e in ex]) for k in ("image", "target_out", "target_mask")}
   # jit: one compilation costs a fifth of the CPU time of running the towers op by op.
-  img, txt, _, _ = jax.jit(t.setup.model.apply)({"params": t.params}, batch["image"],
-                                                *caption_tokens(batch["target_out"], batch["target_mask"]))
+  img, txt, _, _ = jax.jit(t.setup.model.apply)(
+    {"params": t.params}, batch["image"], *caption_tokens(batch["target_out"], batch["target_mask"])
+  )
   img, txt = np.asarray(img, np.float64), np.asarray(txt, np.float64)
   records = [int(r) for r in sd.index[ids, 0]]
   images = sorted(set(records))  # one embedding per image (its captions' rows share it)
@@ -208,8 +227,11 @@ def brute_force_recall(t, split):
   match = np.array([[r == c for c in records] for r in images])
   i2t = [int((sim[i][~match[i]] >= sim[i][match[i]].max()).sum()) for i in range(len(images))]
   t2i = [int((sim[:, j][~match[:, j]] >= sim[:, j][match[:, j]].max()).sum()) for j in range(len(records))]
-  return {f"{split}/retrieval_{d}_r{k}": float(np.mean(np.asarray(ranks) < k))
-          for d, ranks in (("i2t", i2t), ("t2i", t2i)) for k in (1, 5, 10)}
+  return {
+    f"{split}/retrieval_{d}_r{k}": float(np.mean(np.asarray(ranks) < k))
+    for d, ranks in (("i2t", i2t), ("t2i", t2i))
+    for k in (1, 5, 10)
+  }
 
 
 @pytest.mark.slow
@@ -217,8 +239,9 @@ def test_train_writes_retrieval_metrics_and_resumes(trained, tmp_path):
   c, wd, final = trained
   rows = read_metrics(wd)
   assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4]
-  assert any(r["step"] == 2 and all(f"validation/{k}" in r for k in RETRIEVAL_KEYS + ["zero_shot_accuracy"])
-             for r in rows)
+  assert any(
+    r["step"] == 2 and all(f"validation/{k}" in r for k in RETRIEVAL_KEYS + ["zero_shot_accuracy"]) for r in rows
+  )
   assert any(r["step"] == 4 and "test/retrieval_t2i_r1" in r for r in rows)
   assert all(k in rows[0] for k in ("train/loss", "train/batch_i2t_accuracy", "train/temperature", "train/logit_bias"))
   assert "token_accuracy" not in str(rows)
@@ -245,14 +268,19 @@ def test_train_writes_retrieval_metrics_and_resumes(trained, tmp_path):
 @pytest.mark.slow
 def test_entry_points_on_a_contrastive_workdir(trained, tmp_path):
   _, wd, _ = trained
-  run = lambda script, *args: subprocess.run([sys.executable, os.path.join(ROOT, "experiments", script),
-                                              f"--workdir={wd}", *args], capture_output=True, text=True, timeout=300)
+  run = lambda script, *args: subprocess.run(
+    [sys.executable, os.path.join(ROOT, "experiments", script), f"--workdir={wd}", *args],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   out = run("evaluate.py", "--split=validation")
   assert out.returncode == 0, out.stderr[-2000:]
   assert "validation/retrieval_i2t_r1:" in out.stdout and "validation/zero_shot_accuracy:" in out.stdout
 
   image = tmp_path / "scene.png"
   from PIL import Image
+
   Image.fromarray(workdir_lib.load(wd).data.image("test", 0)).save(image)
   prompts = ["a red circle", "a red square", "a red triangle"]
   out = run("sample.py", f"--image={image}", *[f"--prompt={p}" for p in prompts])

@@ -1,8 +1,8 @@
 """Tests for mmjax.data: shapes scenes, TFDS builders, manifests and the grain pipeline."""
+
 import hashlib
-import logging
-import itertools
 import json
+import logging
 import math
 import os
 import re
@@ -12,12 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmjax.data import manifest as manifest_lib
-from mmjax.data import pipeline
-from mmjax.projects.shapes import scenes as shapes
-from mmjax.data import tfds_builders
+from mmjax.data import manifest as manifest_lib, pipeline, tfds_builders
+from mmjax.projects.shapes import data as shapes_dataset, scenes as shapes
 from mmjax.sample import predict
-from mmjax.projects.shapes import data as shapes_dataset
 
 # ------------------------------------------------------------------------------------------------
 # Scenes
@@ -54,8 +51,7 @@ def test_scene_questions_counts_and_vocabulary():
     vocab |= set(t.replace("?", " ").split())
   answers = set(shapes.COLORS) | set(shapes.SHAPES) | {"yes", "no"} | set(shapes.NUMBER_WORDS)
   for i in range(50):
-    s = shapes.generate_scene([1, 0, i], questions_per_type={"attribute": 1, "spatial": 3,
-                                                             "relational": 5})
+    s = shapes.generate_scene([1, 0, i], questions_per_type={"attribute": 1, "spatial": 3, "relational": 5})
     assert s.question_types == ["attribute"] + ["spatial"] * 3 + ["relational"] * 5
     assert len(set(s.questions)) == len(s.questions)
     for text in s.questions + s.answers + [s.caption]:
@@ -66,13 +62,19 @@ def test_scene_questions_counts_and_vocabulary():
 
 
 def test_question_template_recovers_every_generator_template():
-  assert shapes.question_template("what color is the circle at the top left?") == "what color is the <shape> at the <pos>?"
-  assert shapes.question_template("what color is the square at the center?") == "what color is the <shape> at the <pos>?"
+  assert (
+    shapes.question_template("what color is the circle at the top left?") == "what color is the <shape> at the <pos>?"
+  )
+  assert (
+    shapes.question_template("what color is the square at the center?") == "what color is the <shape> at the <pos>?"
+  )
   assert shapes.question_template("how many objects are triangles?") == "how many objects are <shape>?"
   assert shapes.question_template("is the gray object on the top?") == "is the <color> object on the top?"
   assert shapes.question_template("describe the image") == "describe the image"
-  templates = {t.replace("{color}", "<color>").replace("{shape}", "<shape>").replace("{pos}", "<pos>")
-               for t in shapes.ATTRIBUTE_TEMPLATES + shapes.SPATIAL_TEMPLATES + shapes.RELATIONAL_TEMPLATES}
+  templates = {
+    t.replace("{color}", "<color>").replace("{shape}", "<shape>").replace("{pos}", "<pos>")
+    for t in shapes.ATTRIBUTE_TEMPLATES + shapes.SPATIAL_TEMPLATES + shapes.RELATIONAL_TEMPLATES
+  }
   seen = set()
   for i in range(60):
     seen |= {shapes.question_template(q) for q in shapes.generate_scene([3, 0, i]).questions}
@@ -105,8 +107,7 @@ def _oracle(q, objs, size):
     return hits[0].color
   if m := re.fullmatch(r"is the (\w+) object on the (left|right|top|bottom)\?", q):
     fx, fy = cen[m[1]]
-    return "yes" if {"left": fx < .5, "right": fx > .5, "top": fy < .5,
-                     "bottom": fy > .5}[m[2]] else "no"
+    return "yes" if {"left": fx < 0.5, "right": fx > 0.5, "top": fy < 0.5, "bottom": fy > 0.5}[m[2]] else "no"
   if m := re.fullmatch(r"what (shape|color) is the object (closest to|furthest from) the (\w+) object\?", q):
     others = [c for c in cen if c != m[3]]
     ds = sorted(dist(m[3], c) for c in others)
@@ -120,7 +121,7 @@ def _oracle(q, objs, size):
   # Training-only (auxiliary) templates.
   if m := re.fullmatch(r"is the (\w+) object on the (left or the right|top or the bottom)\?", q):
     fx, fy = cen[m[1]]
-    return ("left" if fx < .5 else "right") if m[2].startswith("left") else ("top" if fy < .5 else "bottom")
+    return ("left" if fx < 0.5 else "right") if m[2].startswith("left") else ("top" if fy < 0.5 else "bottom")
   if m := re.fullmatch(r"how many objects are (\w+)s\?", q):
     return ["zero", "one", "two", "three", "four", "five", "six"][sum(o.shape == m[1] for o in objs)]
   raise AssertionError(f"unknown template: {q}")
@@ -146,9 +147,12 @@ def test_auxiliary_questions_follow_the_scored_ones_and_match_the_oracle():
     n = len(plain.questions)
     # The scored questions are exactly those of the scene without auxiliary questions.
     assert (s.questions[:n], s.answers[:n], s.question_types[:n]) == (
-        plain.questions, plain.answers, plain.question_types)
+      plain.questions,
+      plain.answers,
+      plain.question_types,
+    )
     words = [shapes.position_word(o, 64) for o in s.objects]
-    lone = any(words.count(w) == 1 for w in words)   # else no position question can be asked
+    lone = any(words.count(w) == 1 for w in words)  # else no position question can be asked
     assert s.question_types[n:] == ["side"] * 2 + ["spatial_lean"] * 2 + ["count"] + ["position"] * lone
     assert len(set(s.questions)) == len(s.questions)
     for q, a, kind in zip(s.questions[n:], s.answers[n:], s.question_types[n:]):
@@ -161,7 +165,7 @@ def test_auxiliary_questions_follow_the_scored_ones_and_match_the_oracle():
   assert lean_asks == {"left?", "top?"}  # never right/bottom: that is the point of the kind
   assert side_words == {"left", "right", "top", "bottom"}
   assert len(counts) >= 3
-  assert len(positions) == 9   # every position word is asked about
+  assert len(positions) == 9  # every position word is asked about
 
 
 def test_auxiliary_question_kind_errors():
@@ -179,8 +183,7 @@ def test_caption_matches_objects():
   assert len(parts) == 6
   for part, color in zip(parts, shapes.COLORS):
     o = next(o for o in s.objects if o.color == color)
-    assert part == f"{'an' if color == 'orange' else 'a'} {color} {o.shape} at the " + \
-        shapes.position_word(o, 64)
+    assert part == f"{'an' if color == 'orange' else 'a'} {color} {o.shape} at the " + shapes.position_word(o, 64)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,8 +233,9 @@ def test_shapes_build_and_read(shapes_data):
       assert h not in hashes, (split, hashes.get(h))
       hashes[h] = split
   # already prepared: no rebuild, same dir
-  again = shapes_dataset.prepare_shapes(cfg.data.data_dir, shapes_dataset.shapes_config(
-      train_scenes=24, validation_scenes=5, test_scenes=5))
+  again = shapes_dataset.prepare_shapes(
+    cfg.data.data_dir, shapes_dataset.shapes_config(train_scenes=24, validation_scenes=5, test_scenes=5)
+  )
   assert again.data_dir == builder.data_dir
 
 
@@ -246,7 +250,8 @@ def test_shapes_config_names_differ():
   assert shapes_dataset.shapes_config(train_auxiliary_questions={"side": 0}).name == a.name
   assert e.name == "s64_k3_n12000-500-1000_q2-2-4_aux0-0-1_seed0"
   assert shapes_dataset.shapes_config(train_auxiliary_questions={"position": 2}).name == (
-      "s64_k3_n12000-500-1000_q2-2-4_aux0-0-0-2_seed0")
+    "s64_k3_n12000-500-1000_q2-2-4_aux0-0-0-2_seed0"
+  )
 
 
 def test_auxiliary_questions_only_in_the_train_split(tmp_path):
@@ -268,9 +273,18 @@ def test_auxiliary_questions_only_in_the_train_split(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # Pipeline
 
-KEYS = {"image": np.uint8, "prompt": np.int32, "prompt_len": np.int32, "target_in": np.int32,
-        "target_out": np.int32, "target_mask": np.float32, "task": np.int32, "qtype": np.int32,
-        "example_id": np.int32, "valid": np.bool_}
+KEYS = {
+  "image": np.uint8,
+  "prompt": np.int32,
+  "prompt_len": np.int32,
+  "target_in": np.int32,
+  "target_out": np.int32,
+  "target_mask": np.float32,
+  "task": np.int32,
+  "qtype": np.int32,
+  "example_id": np.int32,
+  "valid": np.bool_,
+}
 
 
 def test_pipeline_batches(shapes_data):
@@ -292,7 +306,7 @@ def test_pipeline_batches(shapes_data):
     n = int(batch["target_mask"][i].sum())
     assert batch["target_in"][i, 0] == tok.bos_id
     assert batch["target_out"][i, n - 1] == tok.eos_id
-    assert (batch["target_in"][i, 1:n] == batch["target_out"][i, :n - 1]).all()
+    assert (batch["target_in"][i, 1:n] == batch["target_out"][i, : n - 1]).all()
     assert (batch["target_out"][i, n:] == 0).all() and (batch["target_in"][i, n:] == 0).all()
     assert tok.decode(batch["prompt"][i]) == data.prompt_text(eid)
     assert int(batch["prompt_len"][i]) == len(tok.encode(data.prompt_text(eid)))
@@ -393,8 +407,7 @@ def test_shards_disjoint_and_cover(shapes_data):
   vdata = pipeline.load_split(cfg, "validation", tok, builder)
   got, nb = [], set()
   for p in range(2):
-    batches = list(pipeline.make_dataset(cfg, "validation", vdata, batch_size=4,
-                                         process_index=p, process_count=2))
+    batches = list(pipeline.make_dataset(cfg, "validation", vdata, batch_size=4, process_index=p, process_count=2))
     nb.add(len(batches))
     for b in batches:
       got += b["example_id"][b["valid"]].tolist()
@@ -423,8 +436,7 @@ def _write_images(d):
   (d / "imgs").mkdir(parents=True)
   rng = np.random.default_rng(0)
   Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(d / "imgs/rgb.png")
-  Image.fromarray(rng.integers(0, 255, (20, 30, 4), dtype=np.uint8), "RGBA").save(
-      d / "imgs/rgba.png")
+  Image.fromarray(rng.integers(0, 255, (20, 30, 4), dtype=np.uint8), "RGBA").save(d / "imgs/rgba.png")
   Image.fromarray(rng.integers(0, 255, (50, 100), dtype=np.uint8), "L").save(d / "imgs/gray.jpg")
   for i in range(7):
     Image.fromarray(np.full((40, 40, 3), 30 * i, np.uint8)).save(d / f"imgs/x{i}.png")
@@ -432,12 +444,11 @@ def _write_images(d):
 
 
 GOOD_LINES = [
-    {"image": "imgs/rgb.png", "question": "what is it?", "answer": "noise"},
-    {"image": "imgs/rgb.png", "caption": "colourful noise"},
-    {"image": "imgs/rgba.png", "question": "is it transparent?", "answer": "partly",
-     "split": "validation"},
-    {"image": "imgs/gray.jpg", "caption": "grey static", "split": "test"},
-    {"image": "imgs/gray.jpg", "caption": "a noisy grey picture"},
+  {"image": "imgs/rgb.png", "question": "what is it?", "answer": "noise"},
+  {"image": "imgs/rgb.png", "caption": "colourful noise"},
+  {"image": "imgs/rgba.png", "question": "is it transparent?", "answer": "partly", "split": "validation"},
+  {"image": "imgs/gray.jpg", "caption": "grey static", "split": "test"},
+  {"image": "imgs/gray.jpg", "caption": "a noisy grey picture"},
 ] + [{"image": f"imgs/x{i}.png", "question": "how bright?", "answer": str(i)} for i in range(7)]
 
 
@@ -498,20 +509,20 @@ def test_manifest_builds_and_reads(tmp_path):
 
 
 BAD = [
-    ("{not json", None, "invalid JSON"),
-    ({"image": "imgs/missing.png", "caption": "x"}, "image", "not found"),
-    ({"image": "imgs/broken.png", "caption": "x"}, "image", "cannot read"),
-    ({"caption": "x"}, "image", "missing"),
-    ({"image": "imgs/rgb.png", "question": "q?"}, "answer", "without answer"),
-    ({"image": "imgs/rgb.png", "answer": "a"}, "question", "without question"),
-    ({"image": "imgs/rgb.png", "question": "  ", "answer": "a"}, "question", "empty"),
-    ({"image": "imgs/rgb.png", "question": "q?", "answer": ""}, "answer", "empty"),
-    ({"image": "imgs/rgb.png", "caption": ""}, "caption", "empty"),
-    ({"image": "imgs/rgb.png", "caption": "x", "colour": "red"}, "colour", "unknown key"),
-    ({"image": "imgs/rgb.png", "caption": "x", "split": "dev"}, "split", "not one of"),
-    ({"image": "imgs/rgb.png", "caption": "x", "split": "test"}, "split", "already assigned"),
-    ({"image": "imgs/rgb.png"}, "question", "neither"),
-    ({"image": 3, "caption": "x"}, "image", "string"),
+  ("{not json", None, "invalid JSON"),
+  ({"image": "imgs/missing.png", "caption": "x"}, "image", "not found"),
+  ({"image": "imgs/broken.png", "caption": "x"}, "image", "cannot read"),
+  ({"caption": "x"}, "image", "missing"),
+  ({"image": "imgs/rgb.png", "question": "q?"}, "answer", "without answer"),
+  ({"image": "imgs/rgb.png", "answer": "a"}, "question", "without question"),
+  ({"image": "imgs/rgb.png", "question": "  ", "answer": "a"}, "question", "empty"),
+  ({"image": "imgs/rgb.png", "question": "q?", "answer": ""}, "answer", "empty"),
+  ({"image": "imgs/rgb.png", "caption": ""}, "caption", "empty"),
+  ({"image": "imgs/rgb.png", "caption": "x", "colour": "red"}, "colour", "unknown key"),
+  ({"image": "imgs/rgb.png", "caption": "x", "split": "dev"}, "split", "not one of"),
+  ({"image": "imgs/rgb.png", "caption": "x", "split": "test"}, "split", "already assigned"),
+  ({"image": "imgs/rgb.png"}, "question", "neither"),
+  ({"image": 3, "caption": "x"}, "image", "string"),
 ]
 
 
@@ -529,8 +540,9 @@ def test_manifest_empty_split_builds_the_others(tmp_path, tiny_config):
   evaluation) is an error naming the split and the manifest, raised before anything trains."""
   src = tmp_path / "src"
   _write_images(src)
-  lines = [dict(l, split="validation" if "rgba" in l["image"] else "train")
-           for l in GOOD_LINES if "gray" not in l["image"]]
+  lines = [
+    dict(l, split="validation" if "rgba" in l["image"] else "train") for l in GOOD_LINES if "gray" not in l["image"]
+  ]
   m = _write_manifest(src, lines)
   data_dir = tmp_path / "data"
   builder = tfds_builders.prepare_manifest(str(m), str(data_dir), image_size=32)
@@ -546,6 +558,7 @@ def test_manifest_empty_split_builds_the_others(tmp_path, tiny_config):
   # Training fails at the start, not after its steps: the final evaluation reads the test split.
   tiny_config.data.update(dict(manifest=str(m), data_dir=str(data_dir), image_size=32))
   from mmjax.train import trainer
+
   workdir = tmp_path / "run"
   with pytest.raises(ValueError, match=r"split 'test' has no records .*the final test evaluation needs it"):
     trainer.train_and_evaluate(tiny_config, str(workdir), progress=False)
@@ -558,15 +571,22 @@ def test_manifest_tiny_auto_split_is_all_train(tmp_path, tiny_config):
   training, naming the config key that skips that evaluation."""
   src = tmp_path / "src"
   _write_images(src)
-  m = _write_manifest(src, [{"image": f"imgs/x{i}.png", "caption": f"shade {i}"} for i in range(5)]
-                      + [{"image": "imgs/x5.png", "caption": "shade 5", "split": "test"}])
+  m = _write_manifest(
+    src,
+    [{"image": f"imgs/x{i}.png", "caption": f"shade {i}"} for i in range(5)]
+    + [{"image": "imgs/x5.png", "caption": "shade 5", "split": "test"}],
+  )
   data_dir = tmp_path / "data"
   assert tfds_builders.split_sizes(tfds_builders.prepare_manifest(str(m), str(data_dir))) == {"train": 5, "test": 1}
   from mmjax.train import trainer
+
   tiny_config.data.update(dict(manifest=str(m), data_dir=str(data_dir)))
   data = pipeline.Data(tiny_config)
-  with pytest.raises(ValueError, match=r"split 'validation' has no records in the manifest .*--config.eval_every=3 "
-                                       r"steps \(set it to at least --config.total_steps=6"):
+  with pytest.raises(
+    ValueError,
+    match=r"split 'validation' has no records in the manifest .*--config.eval_every=3 "
+    r"steps \(set it to at least --config.total_steps=6",
+  ):
     trainer._check_eval_splits(tiny_config, data)
   tiny_config.eval_every = tiny_config.total_steps
   trainer._check_eval_splits(tiny_config, data)  # no validation evaluation: nothing missing
@@ -575,12 +595,18 @@ def test_manifest_tiny_auto_split_is_all_train(tmp_path, tiny_config):
 def test_manifest_without_train_records(tmp_path):
   src = tmp_path / "src"
   _write_images(src)
-  m = _write_manifest(src, [{"image": "imgs/rgb.png", "caption": "noise", "split": "validation"},
-                            {"image": "imgs/rgba.png", "caption": "see-through", "split": "test"},
-                            {"image": "imgs/gray.jpg", "caption": "grey static", "split": "test"}])
+  m = _write_manifest(
+    src,
+    [
+      {"image": "imgs/rgb.png", "caption": "noise", "split": "validation"},
+      {"image": "imgs/rgba.png", "caption": "see-through", "split": "test"},
+      {"image": "imgs/gray.jpg", "caption": "grey static", "split": "test"},
+    ],
+  )
   data_dir = tmp_path / "data"
-  with pytest.raises(ValueError, match=r"no records in the 'train' split \(images per split: validation 1, test 2\)"
-                     ) as e:
+  with pytest.raises(
+    ValueError, match=r"no records in the 'train' split \(images per split: validation 1, test 2\)"
+  ) as e:
     tfds_builders.prepare_manifest(str(m), str(data_dir))
   assert str(e.value).startswith(f"{m}: ") and '"split": "train"' in str(e.value)
   assert not data_dir.exists() or not any(data_dir.rglob("*"))
@@ -613,8 +639,7 @@ def assert_generation_failure_cleans_up(manifest, data_dir, monkeypatch, loader,
 def test_manifest_generation_failure_cleans_up(tmp_path, monkeypatch):
   src = tmp_path / "src"
   _write_images(src)
-  assert_generation_failure_cleans_up(_write_manifest(src, GOOD_LINES), tmp_path / "data",
-                                      monkeypatch, "load_image")
+  assert_generation_failure_cleans_up(_write_manifest(src, GOOD_LINES), tmp_path / "data", monkeypatch, "load_image")
 
 
 def test_generation_failure_spares_other_files_in_data_dir(tmp_path, monkeypatch):
@@ -656,12 +681,15 @@ def test_task_weights_set_the_share_of_caption_batches(tiny_config):
   assert caption_share({"caption": 0.0}) == 0.0
 
 
-@pytest.mark.parametrize("weights,match", [
+@pytest.mark.parametrize(
+  "weights,match",
+  [
     ({"captions": 2.0}, r"task_weights has unknown tasks \['captions'\]"),
     ({"caption": -1.0}, r"task_weights.caption=-1.0: a weight must be a number >= 0"),
     ({"vqa": "many"}, r"task_weights.vqa='many'"),
     ({"vqa": float("nan")}, r"task_weights.vqa=nan"),
-])
+  ],
+)
 def test_task_weights_errors_name_the_key(tiny_config, weights, match):
   tiny_config.data.task_weights = ml_collections.ConfigDict(weights)
   with pytest.raises(ValueError, match=match):

@@ -1,4 +1,5 @@
 """Audio and video encoders: log-mel vs an independent float64 numpy reference, shapes, padding."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +30,7 @@ def numpy_log_mel(wave, sr, n_fft, hop, n_mels, floor=1e-10):
     x = np.pad(row, pad, mode="reflect")
     frames = []
     for start in range(0, len(x) - n_fft + 1, hop):
-      spec = np.fft.rfft(x[start:start + n_fft] * window)
+      spec = np.fft.rfft(x[start : start + n_fft] * window)
       frames.append(np.abs(spec) ** 2 @ fb)
     out.append(np.log(np.maximum(np.array(frames), floor)))
   return np.stack(out)
@@ -39,8 +40,9 @@ def test_log_mel_matches_numpy_reference():
   rng = np.random.default_rng(0)
   sr, n = 8000, 2000
   t = np.arange(n) / sr
-  wave = np.stack([0.5 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.normal(size=n),
-                   rng.normal(size=n) * 0.3]).astype(np.float32)
+  wave = np.stack([0.5 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.normal(size=n), rng.normal(size=n) * 0.3]).astype(
+    np.float32
+  )
   got = np.asarray(log_mel_spectrogram(wave, sr, n_fft=256, hop=80, n_mels=20), np.float64)
   ref = numpy_log_mel(wave.astype(np.float64), sr, 256, 80, 20)
   assert got.shape == ref.shape == (2, n // 80 + 1, 20)
@@ -54,8 +56,18 @@ def test_audio_encoder_shapes_and_padding(frontend):
   rng = np.random.default_rng(1)
   wave = rng.normal(size=(2, 3200)).astype(np.float32)
   lengths = np.array([3200, 1600], np.int32)
-  enc = AudioEncoder(width=32, depth=1, num_heads=2, mlp_dim=64, frontend=frontend, n_fft=400, hop=160,
-                     n_mels=16, conv_dim=16, implementation="xla")
+  enc = AudioEncoder(
+    width=32,
+    depth=1,
+    num_heads=2,
+    mlp_dim=64,
+    frontend=frontend,
+    n_fft=400,
+    hop=160,
+    n_mels=16,
+    conv_dim=16,
+    implementation="xla",
+  )
   params = enc.init(jax.random.key(0), wave, lengths)
   apply = jax.jit(enc.apply)
   (tokens, n) = apply(params, wave, lengths)
@@ -79,8 +91,9 @@ def test_audio_encoder_shapes_and_padding(frontend):
 def test_video_encoder_shapes(posemb):
   rng = np.random.default_rng(2)
   video = rng.integers(0, 256, (2, 4, 16, 16, 3)).astype(np.uint8)
-  enc = VideoEncoder(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8, tubelet_t=2, posemb=posemb,
-                     implementation="xla")
+  enc = VideoEncoder(
+    width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8, tubelet_t=2, posemb=posemb, implementation="xla"
+  )
   out, _ = enc.init_with_output(jax.random.key(0), video)
   assert out.shape == (2, 2 * 2 * 2, 32)
   with pytest.raises(ValueError, match="tubelets"):
@@ -91,8 +104,7 @@ def test_tubelet_embedding_is_a_strided_conv3d():
   """The einops patchify + Dense equals a Conv3D with stride = kernel (checked with lax.conv)."""
   rng = np.random.default_rng(3)
   video = rng.uniform(size=(1, 4, 8, 8, 3)).astype(np.float32)
-  enc = VideoEncoder(width=8, depth=0, num_heads=2, patch_size=4, tubelet_t=2, posemb="learn",
-                     implementation="xla")
+  enc = VideoEncoder(width=8, depth=0, num_heads=2, patch_size=4, tubelet_t=2, posemb="learn", implementation="xla")
   params = jax.tree.map(jnp.zeros_like, enc.init(jax.random.key(0), video))
   kernel = jnp.asarray(rng.normal(size=(2 * 4 * 4 * 3, 8)), jnp.float32)
   params["params"]["tubelet_embed"]["kernel"] = kernel
@@ -101,6 +113,10 @@ def test_tubelet_embedding_is_a_strided_conv3d():
   _, state = enc.apply(params, video, capture_intermediates=True, mutable=["intermediates"])
   emb = state["intermediates"]["tubelet_embed"]["__call__"][0]
   conv = jax.lax.conv_general_dilated(
-      jnp.asarray(video) * 2 - 1, kernel.reshape(2, 4, 4, 3, 8), window_strides=(2, 4, 4), padding="VALID",
-      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    jnp.asarray(video) * 2 - 1,
+    kernel.reshape(2, 4, 4, 3, 8),
+    window_strides=(2, 4, 4),
+    padding="VALID",
+    dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+  )
   np.testing.assert_allclose(emb, conv.reshape(1, -1, 8), rtol=1e-5, atol=1e-5)

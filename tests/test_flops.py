@@ -1,4 +1,5 @@
 """Model FLOPs from the jaxpr, against hand counts."""
+
 import jax
 import jax.numpy as jnp
 
@@ -20,14 +21,14 @@ def test_batched_einsum_scan_and_jit_nesting():
 
   def body(c, _):
     return jax.jit(lambda c: jnp.tanh(c @ jnp.ones((8, 8))))(c), None
+
   f = lambda c: jax.lax.scan(body, c, None, length=5)[0]
   assert matmul_flops(f, jax.ShapeDtypeStruct((2, 8), jnp.float32)) == 5 * 2 * 2 * 8 * 8
 
 
 def test_convolution_counts_window_and_input_features():
-  x = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)   # NHWC
-  k = jax.ShapeDtypeStruct((4, 4, 3, 8), jnp.float32)     # HWIO, stride 4: a patch embedding
-  conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (4, 4), "VALID",
-                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  x = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)  # NHWC
+  k = jax.ShapeDtypeStruct((4, 4, 3, 8), jnp.float32)  # HWIO, stride 4: a patch embedding
+  conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (4, 4), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
   # 2 x 4 x 4 output positions x 8 features, each a 4 x 4 x 3 window.
   assert matmul_flops(conv, x, k) == 2 * (2 * 4 * 4 * 8) * (4 * 4 * 3)

@@ -1,4 +1,5 @@
 """Fusion families: shapes, masks vs hand-built dense masks, zero gates, KV-cache decoding, generate."""
+
 import functools
 
 import flax.linen as nn
@@ -9,42 +10,64 @@ import numpy as np
 import pytest
 
 from mmjax.attention import MaskSpec
-from mmjax.decoders import Decoder
-from mmjax.fusion import Conditioning, build_fusion
+from mmjax.fusion import build_fusion
 from mmjax.fusion.flamingo import PerceiverResampler, most_recent_image_mask
 from mmjax.models import build_model
 from mmjax.sample.generate import GenerateOptions, generate
 from tests.test_model import V, inputs, rel_err
 
 FAMILIES = {
-    "prefix_lm": dict(name="prefix_lm"),
-    "flamingo": dict(name="flamingo", cross_attention_every=1, gated=True, num_latents=4, resampler_depth=1,
-                     num_heads=2, mlp_dim=64),
-    "flamingo_memory": dict(name="flamingo", cross_attention_every=2, gated=True, num_latents=4,
-                            resampler_depth=1, num_heads=2, mlp_dim=64, prompt_as="memory"),
-    "qformer_prefix": dict(name="qformer", output="prefix", num_queries=3, depth=1, num_heads=2, mlp_dim=64),
-    "qformer_memory": dict(name="qformer", output="memory", cross_attention_every=1, num_queries=3, depth=1,
-                           num_heads=2, mlp_dim=64, qformer_width=16),
-    "cross_attention_text_prefix": dict(name="cross_attention", cross_attention_every=1, text_as="prefix"),
+  "prefix_lm": dict(name="prefix_lm"),
+  "flamingo": dict(
+    name="flamingo", cross_attention_every=1, gated=True, num_latents=4, resampler_depth=1, num_heads=2, mlp_dim=64
+  ),
+  "flamingo_memory": dict(
+    name="flamingo",
+    cross_attention_every=2,
+    gated=True,
+    num_latents=4,
+    resampler_depth=1,
+    num_heads=2,
+    mlp_dim=64,
+    prompt_as="memory",
+  ),
+  "qformer_prefix": dict(name="qformer", output="prefix", num_queries=3, depth=1, num_heads=2, mlp_dim=64),
+  "qformer_memory": dict(
+    name="qformer",
+    output="memory",
+    cross_attention_every=1,
+    num_queries=3,
+    depth=1,
+    num_heads=2,
+    mlp_dim=64,
+    qformer_width=16,
+  ),
+  "cross_attention_text_prefix": dict(name="cross_attention", cross_attention_every=1, text_as="prefix"),
 }
 
 
 def model_config(fusion):
-  return ml_collections.ConfigDict(dict(
-      dtype="float32", attention_implementation="xla",
+  return ml_collections.ConfigDict(
+    dict(
+      dtype="float32",
+      attention_implementation="xla",
       vit=dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8, posemb="learn"),
       text=dict(width=32, depth=1, num_heads=2, mlp_dim=64, max_len=8),
       fusion=fusion,
-      decoder=dict(width=32, depth=2, num_heads=2, mlp_dim=64, max_len=32)))
+      decoder=dict(width=32, depth=2, num_heads=2, mlp_dim=64, max_len=32),
+    )
+  )
 
 
 def open_gates(params):
   return jax.tree_util.tree_map_with_path(
-      lambda p, x: x + 0.5 if "cross_gate" in jax.tree_util.keystr(p) else x, params)
+    lambda p, x: x + 0.5 if "cross_gate" in jax.tree_util.keystr(p) else x, params
+  )
 
 
-@pytest.mark.parametrize("family", ["prefix_lm", "flamingo", "flamingo_memory", "qformer_memory",
-                                    "cross_attention_text_prefix"])
+@pytest.mark.parametrize(
+  "family", ["prefix_lm", "flamingo", "flamingo_memory", "qformer_memory", "cross_attention_text_prefix"]
+)
 def test_kv_cache_decoding_equals_full_forward(family):
   rng = np.random.default_rng(4)
   images, prompt, plen, target = inputs(rng, lt=5)
@@ -61,19 +84,24 @@ def decode_step_by_step(model, params, images, prompt, plen, target, **media):
   b = target.shape[0]
   cond = jax.jit(functools.partial(model.apply, method="encode"))({"params": params}, images, prompt, plen, **media)
   n = model.prefill_length(cond)
-  _, cache = jax.eval_shape(lambda: model.apply({"params": params}, jnp.zeros(target.shape, jnp.int32), cond, 0,
-                                                method="decode", mutable=["cache"]))
+  _, cache = jax.eval_shape(
+    lambda: model.apply(
+      {"params": params}, jnp.zeros(target.shape, jnp.int32), cond, 0, method="decode", mutable=["cache"]
+    )
+  )
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache["cache"])
   if n:  # prefill: the prefix alone
-    logits, mutated = model.apply({"params": params, "cache": cache}, jnp.zeros((b, 0), jnp.int32), cond, 0,
-                                  method="decode", mutable=["cache"])
+    logits, mutated = model.apply(
+      {"params": params, "cache": cache}, jnp.zeros((b, 0), jnp.int32), cond, 0, method="decode", mutable=["cache"]
+    )
     assert logits.shape == (b, 0, V)
     cache = mutated["cache"]
-  step = jax.jit(lambda c, tok, i: model.apply({"params": params, "cache": c}, tok, cond, i, method="decode",
-                                               mutable=["cache"]))
+  step = jax.jit(
+    lambda c, tok, i: model.apply({"params": params, "cache": c}, tok, cond, i, method="decode", mutable=["cache"])
+  )
   steps = []
   for t in range(target.shape[1]):
-    logits, mutated = step(cache, target[:, t:t + 1], jnp.asarray(n + t, jnp.int32))
+    logits, mutated = step(cache, target[:, t : t + 1], jnp.asarray(n + t, jnp.int32))
     cache = mutated["cache"]
     steps.append(logits[:, 0])
   return jnp.stack(steps, 1)
@@ -84,8 +112,9 @@ def test_greedy_generate_is_consistent_with_full_forward(family):
   rng = np.random.default_rng(5)
   images, prompt, plen, _ = inputs(rng)
   model = build_model(model_config(FAMILIES[family]), V)
-  params = open_gates(nn.meta.unbox(
-      model.init(jax.random.key(0), images, prompt, plen, np.zeros((3, 4), np.int32))["params"]))
+  params = open_gates(
+    nn.meta.unbox(model.init(jax.random.key(0), images, prompt, plen, np.zeros((3, 4), np.int32))["params"])
+  )
   opts = GenerateOptions(max_new_tokens=4, bos_id=1, eos_id=-1, pad_id=0)
   out = np.asarray(jax.jit(lambda p: generate(model, p, images, prompt, plen, jax.random.key(0), opts))(params))
   # Greedy: each generated token is the argmax of the full (teacher-forced) model on what precedes it.
@@ -124,7 +153,7 @@ def test_cross_attention_text_as_prefix_puts_the_question_in_the_decoder():
   np.testing.assert_array_equal(cond.prefix_len, plen)
   assert model.prefill_length(cond) == 8
   other = prompt.copy()
-  other[1, plen[1]:] = rng.integers(4, V, 8 - plen[1])  # padded question positions never matter
+  other[1, plen[1] :] = rng.integers(4, V, 8 - plen[1])  # padded question positions never matter
   np.testing.assert_allclose(model.apply(params, images, other, plen, target)[1], logits[1], rtol=1e-5, atol=1e-5)
   other = images.copy()
   other[2] = rng.integers(0, 256, other[2].shape)  # and the image does, through cross-attention
@@ -137,10 +166,13 @@ def test_cross_attention_text_as_prefix_puts_the_question_in_the_decoder():
 def test_decoder_prefix_mask_matches_dense():
   """The decoder's prefix-LM self-attention mask equals a hand-built dense mask."""
   from mmjax.decoders.lm import prefix_segment_ids
+
   p, t = 5, 4
   plen = jnp.array([5, 2], jnp.int32)
   seg = prefix_segment_ids(jnp.arange(p + t), plen, p)
-  dense = np.asarray(MaskSpec(causal=True, prefix_len=plen, q_segment_ids=seg, kv_segment_ids=seg).dense(2, p + t, p + t))
+  dense = np.asarray(
+    MaskSpec(causal=True, prefix_len=plen, q_segment_ids=seg, kv_segment_ids=seg).dense(2, p + t, p + t)
+  )
   for b in range(2):
     for i in range(p + t):
       for j in range(p + t):
@@ -169,6 +201,7 @@ def test_flamingo_most_recent_image_mask_matches_dense():
 def test_flamingo_mask_in_gated_cross_attention():
   """Rows before the first image get exactly the text-only output; the mask only selects images."""
   from mmjax import layers
+
   rng = np.random.default_rng(7)
   x = jnp.asarray(rng.normal(size=(1, 6, 16)), jnp.float32)
   mem = jnp.asarray(rng.normal(size=(1, 2 * 3, 16)), jnp.float32)
@@ -198,8 +231,13 @@ def test_zero_gates_make_flamingo_decoder_ignore_media():
   b = model.apply({"params": params}, 255 - images, prompt, plen, target)
   np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)  # closed gates: images cannot matter
   opened = open_gates(params)
-  assert rel_err(model.apply({"params": opened}, 255 - images, prompt, plen, target),
-                 model.apply({"params": opened}, images, prompt, plen, target)) > 1e-4
+  assert (
+    rel_err(
+      model.apply({"params": opened}, 255 - images, prompt, plen, target),
+      model.apply({"params": opened}, images, prompt, plen, target),
+    )
+    > 1e-4
+  )
 
 
 def test_perceiver_resampler_shape_and_padding():
@@ -229,16 +267,23 @@ def test_qformer_shapes_and_config_errors():
     bad.init(jax.random.key(0), {"image": (jnp.zeros((1, 4, 8)), None)})
   with pytest.raises(ValueError, match="cross_attention_every"):
     build_fusion("prefix_lm", width=32, cross_attention_every=1).init(
-        jax.random.key(0), {"image": (jnp.zeros((1, 4, 8)), None)})
+      jax.random.key(0), {"image": (jnp.zeros((1, 4, 8)), None)}
+    )
 
 
 def test_fusion_configs_build_and_run():
   import os
+
   from mmjax import config_files
   from tests.conftest import CONFIGS
+
   rng = np.random.default_rng(11)
-  families = {"fusion_prefix_lm": "prefix_lm", "fusion_flamingo": "flamingo", "fusion_qformer": "qformer",
-              "default": "cross_attention"}
+  families = {
+    "fusion_prefix_lm": "prefix_lm",
+    "fusion_flamingo": "flamingo",
+    "fusion_qformer": "qformer",
+    "default": "cross_attention",
+  }
   for name, family in families.items():
     c = config_files.load(os.path.join(CONFIGS, f"{name}.py"))
     assert c.model.fusion.name == family

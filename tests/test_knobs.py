@@ -1,5 +1,6 @@
 """Memory / throughput knobs give the same results as without them (tiny model, CPU, 1 device):
 gradient accumulation, rematerialisation, scanning over layers, bf16 compute."""
+
 import os
 import re
 
@@ -10,11 +11,9 @@ import numpy as np
 import pytest
 
 from mmjax import config_files
-from mmjax.models import build_model
+from mmjax.models import build_model, vlm
 from mmjax.sample.generate import GenerateOptions, generate
-from mmjax.train import state as state_lib
-from mmjax.train import step as step_lib
-from mmjax.models import vlm
+from mmjax.train import state as state_lib, step as step_lib
 from tests.conftest import CONFIGS
 from tests.sharding_entry import V, batches
 

@@ -6,6 +6,7 @@ fusion / decoders -> models -> data -> sample -> evaluate -> train -> projects -
 benchmark scripts.
 Modules of mmjax's top level that are plain utilities (sharding, registry, ...) sit on floor 0.
 """
+
 import ast
 import os
 
@@ -13,18 +14,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Package (or top-level module) of mmjax -> floor. A module may import its own floor or lower ones.
 FLOORS = {
-    "mmjax.kernels": 0, "mmjax.registry": 0, "mmjax.sharding": 0, "mmjax.config_files": 0,
-    "mmjax.distributed": 0, "mmjax.tokenizer": 0,
-    "mmjax.attention": 1,
-    "mmjax.layers": 2,
-    "mmjax.encoders": 3, "mmjax.fusion": 3, "mmjax.decoders": 3,
-    "mmjax.models": 4,
-    "mmjax.data": 5,
-    "mmjax.sample": 6,
-    "mmjax.evaluate": 7,
-    "mmjax.train": 8,
-    "mmjax.projects": 9,
-    "mmjax.kernels.benchmarks": 10,  # scripts, like experiments/: they may use anything
+  "mmjax.kernels": 0,
+  "mmjax.registry": 0,
+  "mmjax.sharding": 0,
+  "mmjax.config_files": 0,
+  "mmjax.distributed": 0,
+  "mmjax.tokenizer": 0,
+  "mmjax.attention": 1,
+  "mmjax.layers": 2,
+  "mmjax.encoders": 3,
+  "mmjax.fusion": 3,
+  "mmjax.decoders": 3,
+  "mmjax.models": 4,
+  "mmjax.data": 5,
+  "mmjax.sample": 6,
+  "mmjax.evaluate": 7,
+  "mmjax.train": 8,
+  "mmjax.projects": 9,
+  "mmjax.kernels.benchmarks": 10,  # scripts, like experiments/: they may use anything
 }
 
 
@@ -78,8 +85,12 @@ def _graph():
 
 
 def test_no_module_imports_a_higher_floor():
-  bad = [f"{m} (floor {_floor(m)}) imports {i} (floor {_floor(i)})"
-         for m, deps in sorted(_graph().items()) for i in sorted(deps) if _floor(i) > _floor(m)]
+  bad = [
+    f"{m} (floor {_floor(m)}) imports {i} (floor {_floor(i)})"
+    for m, deps in sorted(_graph().items())
+    for i in sorted(deps)
+    if _floor(i) > _floor(m)
+  ]
   assert not bad, "\n".join(bad)
 
 
@@ -95,7 +106,7 @@ def test_no_import_cycles():
     stack.append(m)
     for d in sorted(edges.get(m, ())):
       if state.get(d) == "open":
-        cycles.append(" -> ".join(stack[stack.index(d):] + [d]))
+        cycles.append(" -> ".join(stack[stack.index(d) :] + [d]))
       elif d not in state:
         visit(d, stack)
     stack.pop()
@@ -118,8 +129,13 @@ def test_the_checker_sees_hidden_imports(tmp_path):
 
 def test_the_core_imports_no_project():
   """The core (everything but mmjax.projects) never imports a project's code."""
-  bad = [f"{m} imports {i}" for m, deps in _graph().items() if not m.startswith("mmjax.projects")
-         for i in deps if i.startswith("mmjax.projects")]
+  bad = [
+    f"{m} imports {i}"
+    for m, deps in _graph().items()
+    if not m.startswith("mmjax.projects")
+    for i in deps
+    if i.startswith("mmjax.projects")
+  ]
   assert not bad, "\n".join(bad)
 
 
@@ -131,6 +147,7 @@ SHAPES_PHRASES = r"(closest to|furthest from|how many objects|what shape is|what
 
 def test_the_core_names_nothing_of_the_shapes_data():
   import re
+
   bad = []
   for module, path in sorted(_module_files().items()):
     if module.startswith("mmjax.projects"):

@@ -1,12 +1,12 @@
 """VQA exact match and CIDEr-D against hand-computed values and the reference CIDEr-D implementation
 (pycocoevalcap)."""
+
 import math
 import random
 
 import pytest
 
-from mmjax.evaluate import (OVERALL, accuracy_by_template, accuracy_by_type, cider_d, normalize_answer,
-                            vqa_exact_match)
+from mmjax.evaluate import OVERALL, accuracy_by_template, accuracy_by_type, cider_d, normalize_answer, vqa_exact_match
 
 # --------------------------------------------------------------------------------------------- VQA
 
@@ -39,10 +39,12 @@ def test_accuracy_by_type():
 
 
 def test_accuracy_by_template_groups_vqa_predictions():
-  preds = [dict(task="vqa", prompt="q about red", prediction="Yes.", references=["yes"]),
-           dict(task="vqa", prompt="q about blue", prediction="no", references=["yes"]),
-           dict(task="vqa", prompt="other", prediction="two", references=["two"]),
-           dict(task="caption", prompt="describe", prediction="a cat", references=["a dog"])]
+  preds = [
+    dict(task="vqa", prompt="q about red", prediction="Yes.", references=["yes"]),
+    dict(task="vqa", prompt="q about blue", prediction="no", references=["yes"]),
+    dict(task="vqa", prompt="other", prediction="two", references=["two"]),
+    dict(task="caption", prompt="describe", prediction="a cat", references=["a dog"]),
+  ]
   template = lambda prompt: prompt.split(" about ")[0]
   assert accuracy_by_template(preds, template) == {"other": (1.0, 1), "q": (0.5, 2)}
   assert accuracy_by_template(preds[3:], template) == {}
@@ -105,9 +107,14 @@ def test_cider_d_length_penalty():
 
 
 def test_cider_d_identical_and_disjoint_candidates():
-  sentences = ["a man riding a horse on the beach", "two dogs playing with a red ball",
-               "a plate of food with broccoli and rice", "a woman holding an umbrella in the rain",
-               "a train stopped at a station platform", "a group of people flying kites in a park"]
+  sentences = [
+    "a man riding a horse on the beach",
+    "two dogs playing with a red ball",
+    "a plate of food with broccoli and rice",
+    "a woman holding an umbrella in the rain",
+    "a train stopped at a station platform",
+    "a group of people flying kites in a park",
+  ]
   references = {i: [s, s] for i, s in enumerate(sentences)}
   corpus, per_item = cider_d({i: s for i, s in enumerate(sentences)}, references)
   assert all(v == pytest.approx(10.0, abs=1e-9) for v in per_item.values())  # the maximum
@@ -125,8 +132,9 @@ def test_cider_d_single_image_corpus_scores_zero():
 
 def test_cider_d_tokenizes_case_and_punctuation():
   refs = {0: ["A cat, sitting."], 1: ["a dog"]}
-  assert cider_d({0: "a CAT sitting", 1: "a dog!"}, refs) == cider_d({0: "a cat sitting", 1: "a dog"},
-                                                                      {0: ["a cat sitting"], 1: ["a dog"]})
+  assert cider_d({0: "a CAT sitting", 1: "a dog!"}, refs) == cider_d(
+    {0: "a cat sitting", 1: "a dog"}, {0: ["a cat sitting"], 1: ["a dog"]}
+  )
 
 
 def test_cider_d_invalid_inputs():
@@ -156,6 +164,7 @@ def test_cider_d_matches_pycocoevalcap(seed):
   uses) on the same already-tokenised, lowercase, space-joined strings: same corpus and per-image scores."""
   from pycocoevalcap.cider.cider import Cider
   from pycocoevalcap.cider.cider_scorer import CiderScorer, precook
+
   candidates, references = _random_caption_sets(seed)
   want_corpus, want = Cider().compute_score(references, {k: [c] for k, c in candidates.items()})
   corpus, per_item = cider_d(candidates, references)

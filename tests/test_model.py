@@ -1,4 +1,5 @@
 """Module shapes, masks and decoding of the model stack (tiny sizes, CPU)."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,9 +8,8 @@ import numpy as np
 import pytest
 
 from mmjax import layers
-from mmjax.attention import MaskSpec
 from mmjax.encoders import TextEncoder, ViT
-from mmjax.fusion import Conditioning, build_fusion
+from mmjax.fusion import build_fusion
 from mmjax.models import build_model
 from mmjax.sample.generate import GenerateOptions, generate
 
@@ -17,13 +17,18 @@ V = 37
 
 
 def tiny_model_config(gated=False, fuse_depth=1):
-  return ml_collections.ConfigDict(dict(
-      dtype="float32", attention_implementation="xla",
+  return ml_collections.ConfigDict(
+    dict(
+      dtype="float32",
+      attention_implementation="xla",
       vit=dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8, posemb="learn"),
       text=dict(width=32, depth=1, num_heads=2, mlp_dim=64, max_len=8),
-      fusion=dict(name="cross_attention", cross_attention_every=1, gated=gated, fuse_depth=fuse_depth,
-                  num_heads=2, mlp_dim=64),
-      decoder=dict(width=32, depth=2, num_heads=2, mlp_dim=64, max_len=16)))
+      fusion=dict(
+        name="cross_attention", cross_attention_every=1, gated=gated, fuse_depth=fuse_depth, num_heads=2, mlp_dim=64
+      ),
+      decoder=dict(width=32, depth=2, num_heads=2, mlp_dim=64, max_len=16),
+    )
+  )
 
 
 def rel_err(a, b):
@@ -99,7 +104,9 @@ def test_zero_gate_makes_gated_cross_attention_identity():
   assert float(params["params"]["cross_gate"][0]) == 0.0
   out = block.apply(params, x, memory=memory)
   plain = layers.TransformerBlock(2, 16, 64, implementation="xla")
-  p2 = {"params": {k: v for k, v in params["params"].items() if k not in ("cross_attention", "norm_cross", "cross_gate")}}
+  p2 = {
+    "params": {k: v for k, v in params["params"].items() if k not in ("cross_attention", "norm_cross", "cross_gate")}
+  }
   np.testing.assert_allclose(out, plain.apply(p2, x), rtol=1e-6, atol=1e-6)
   # ... and a non-zero gate lets the media through.
   params["params"]["cross_gate"] = jnp.ones((1,))
@@ -114,16 +121,17 @@ def test_kv_cache_decoding_equals_full_forward(gated):
   params = nn.meta.unbox(model.init(jax.random.key(0), images, prompt, plen, target)["params"])
   if gated:  # open the gates so the test exercises the media path
     params = jax.tree_util.tree_map_with_path(
-        lambda p, x: x + 0.5 if "cross_gate" in jax.tree_util.keystr(p) else x, params)
+      lambda p, x: x + 0.5 if "cross_gate" in jax.tree_util.keystr(p) else x, params
+    )
   full = model.apply({"params": params}, images, prompt, plen, target)
   cond = model.apply({"params": params}, images, prompt, plen, method="encode")
-  _, cache = model.apply({"params": params}, jnp.zeros((3, 16), jnp.int32), cond, 0, method="decode",
-                         mutable=["cache"])
+  _, cache = model.apply({"params": params}, jnp.zeros((3, 16), jnp.int32), cond, 0, method="decode", mutable=["cache"])
   cache = jax.tree.map(jnp.zeros_like, cache["cache"])
   steps = []
   for t in range(target.shape[1]):
-    logits, mutated = model.apply({"params": params, "cache": cache}, target[:, t:t + 1], cond, t,
-                                  method="decode", mutable=["cache"])
+    logits, mutated = model.apply(
+      {"params": params, "cache": cache}, target[:, t : t + 1], cond, t, method="decode", mutable=["cache"]
+    )
     cache = mutated["cache"]
     steps.append(logits[:, 0])
   assert rel_err(jnp.stack(steps, 1), full) < 1e-5
@@ -146,7 +154,7 @@ def test_greedy_generate_matches_argmax_of_full_forward():
 
 def _gelu64(x):
   """tanh-approximate GELU in float64 (flax's nn.gelu default)."""
-  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
 
 
 @pytest.mark.parametrize("activation", ["gelu", "geglu"])

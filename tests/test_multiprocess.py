@@ -1,5 +1,6 @@
 """Two processes on localhost (CPU, gloo collectives) train, checkpoint, resume, evaluate, and
 match a 1-process run of the same global batch."""
+
 import os
 import socket
 import subprocess
@@ -29,13 +30,22 @@ def _run(wd, data_dir, total, n):
   for i in range(n):
     # One CPU device per process whatever the caller's XLA_FLAGS say (a CI that simulates 8 devices
     # would otherwise give each process 8 and the global batch of 8 could not be split 16 ways).
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                     if not f.startswith("--xla_force_host_platform_device_count"))
+    flags = " ".join(
+      f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")
+    )
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
     if n > 1:
       env.update(MMJAX_COORDINATOR_ADDRESS=f"localhost:{port}", MMJAX_NUM_PROCESSES=str(n), MMJAX_PROCESS_ID=str(i))
-    procs.append(subprocess.Popen([sys.executable, ENTRY, wd, data_dir, str(total), "0"], cwd=ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs.append(
+      subprocess.Popen(
+        [sys.executable, ENTRY, wd, data_dir, str(total), "0"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+    )
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-4000:]

@@ -1,6 +1,7 @@
 """Executes every notebook (jupytext .py source -> nbclient, kernel python3) in fast mode, then checks
 what it computed against independent expectations: a cell appended to each notebook prints the values
 (as `MMJAX_CHECK <json>`), and the test compares them with references computed here."""
+
 import json
 import os
 
@@ -15,6 +16,7 @@ NOTEBOOKS = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "notebooks")) i
 
 def test_notebooks_are_paired():
   import jupytext
+
   assert NOTEBOOKS == ["01_quickstart", "02_fusion_prototyping", "03_attention_and_masks"]
   for name in NOTEBOOKS:
     ipynb = os.path.join(ROOT, "notebooks", name + ".ipynb")
@@ -26,10 +28,10 @@ def test_notebooks_are_paired():
 
 # Appended to each notebook: reads the notebook's variables and prints what the test checks.
 CHECK_CELLS = {
-    # The generated answers against the notebook's teacher-forced pass of the same model over them (no KV
-    # cache; its logits are the root module's captured output): the logit of each generated token, the
-    # largest logit at that position, the trained step.
-    "01_quickstart": """
+  # The generated answers against the notebook's teacher-forced pass of the same model over them (no KV
+  # cache; its logits are the root module's captured output): the logit of each generated token, the
+  # largest logit at that position, the trained step.
+  "01_quickstart": """
 import json
 logits = np.asarray(inter["__call__"][0], np.float64)
 assert logits.shape == answers.shape + (model.vocab_size,), logits.shape
@@ -39,8 +41,8 @@ print("MMJAX_CHECK " + json.dumps(dict(
     step=int(trained.step), total_steps=int(config.total_steps), answers=ans.tolist(), chosen=chosen.tolist(),
     best=logits.max(-1).tolist(), eos=int(tok.eos_id), pad=int(tok.pad_id))))
 """,
-    # The notebook's new fusion on fixed inputs with random parameters, and the logged loss curves.
-    "02_fusion_prototyping": """
+  # The notebook's new fusion on fixed inputs with random parameters, and the logged loss curves.
+  "02_fusion_prototyping": """
 import json
 import jax
 import numpy as np
@@ -59,8 +61,8 @@ print("MMJAX_CHECK " + json.dumps(dict(
     memory=_cond.memory is None,
     steps={k: [r["step"] for r in v if "train/loss" in r] for k, v in curves.items()})))
 """,
-    # Each mask as a dense matrix and as the kernels' tile map, and the implementations' errors.
-    "03_attention_and_masks": """
+  # Each mask as a dense matrix and as the kernels' tile map, and the implementations' errors.
+  "03_attention_and_masks": """
 import json
 print("MMJAX_CHECK " + json.dumps(dict(
     block=BLOCK, results=[list(r) for r in results],
@@ -76,19 +78,21 @@ def run_notebook(name, data_dir, monkeypatch):
   import jupytext
   import nbclient
   import nbformat
+
   monkeypatch.setenv("MMJAX_NOTEBOOK_FAST", "1")
   monkeypatch.setenv("MMJAX_DATA_DIR", data_dir)
   monkeypatch.setenv("MPLBACKEND", "Agg")
   monkeypatch.delenv("XLA_FLAGS", raising=False)  # the notebooks run on one CPU device
   nb = jupytext.read(os.path.join(ROOT, "notebooks", name + ".py"))
   nb.cells.append(nbformat.v4.new_code_cell(CHECK_CELLS[name]))
-  client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=600,
-                                   resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}})
+  client = nbclient.NotebookClient(
+    nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}
+  )
   client.execute()  # raises CellExecutionError naming the failing cell
   text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("output_type") == "stream")
   lines = [line for line in text.splitlines() if line.startswith("MMJAX_CHECK ")]
   assert len(lines) == 1, text
-  return json.loads(lines[0][len("MMJAX_CHECK "):])
+  return json.loads(lines[0][len("MMJAX_CHECK ") :])
 
 
 def test_notebook_01_quickstart(shared_data_dir, monkeypatch):

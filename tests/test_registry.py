@@ -1,5 +1,6 @@
 """mmjax.registry: every built-in name resolves to a component of its floor's interface, a user's
 "module:Attribute" is chosen the same way, and a bad name is an error naming the key and choices."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,8 +32,11 @@ def test_every_builtin_resolves_to_its_floors_interface(floor):
 
 
 def test_bad_names_say_which_key_and_the_choices():
-  with pytest.raises(ValueError, match=r"config.model.fusion.name='crossattn' is not a built-in fusion name; "
-                                       r"use one of \['cross_attention', 'flamingo', 'prefix_lm', 'qformer'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"config.model.fusion.name='crossattn' is not a built-in fusion name; "
+    r"use one of \['cross_attention', 'flamingo', 'prefix_lm', 'qformer'\]",
+  ):
     registry.get("fusion", "crossattn", "config.model.fusion.name")
   with pytest.raises(ValueError, match="no module 'no.such.module'"):
     registry.get("encoders", "no.such.module:Encoder", "config.model.image_encoder")

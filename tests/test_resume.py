@@ -1,6 +1,7 @@
 """Exact resume and preemption: SIGKILL at a random step + restart ends bit-identical to an
 uninterrupted run; SIGTERM checkpoints and exits 0; a corrupted newest checkpoint falls back to the
 previous one; a non-finite loss stops the run (or is skipped with skip_nonfinite)."""
+
 import logging
 import os
 import random
@@ -29,9 +30,14 @@ def _steps(wd):
 
 
 def _launch(wd, data_dir, total, sleep=0.0):
-  return subprocess.Popen([sys.executable, ENTRY, wd, data_dir, str(total), str(sleep)], cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  return subprocess.Popen(
+    [sys.executable, ENTRY, wd, data_dir, str(total), str(sleep)],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
 
 
 def _wait_for_checkpoint(proc, wd, step, timeout=300):
@@ -102,6 +108,7 @@ def test_corrupted_latest_checkpoint_falls_back(tiny_config, tmp_path, caplog):
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"\x00garbage")
   from mmjax.train import state as state_lib
+
   data = workdir_lib.load_data(tiny_config, wd)
   setup = state_lib.make_setup(tiny_config, data.tokenizer.vocab_size)
   ckpt = Checkpointer(wd, keep=5, save_interval_steps=1)
@@ -122,6 +129,7 @@ def _nan_at(step_to_poison):
     if step == step_to_poison:
       batch = dict(batch, target_mask=np.full_like(batch["target_mask"], np.nan))
     return batch
+
   return hook
 
 

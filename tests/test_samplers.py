@@ -1,4 +1,5 @@
 """Samplers, decode and beam_search against toy Markov-chain "models" with known answers."""
+
 import functools
 import itertools
 
@@ -8,7 +9,14 @@ import numpy as np
 import pytest
 
 from mmjax.sample import (
-  Greedy, Temperature, TopK, TopP, beam_search, decode, length_normalizer, sampler_from_config,
+  Greedy,
+  Temperature,
+  TopK,
+  TopP,
+  beam_search,
+  decode,
+  length_normalizer,
+  sampler_from_config,
 )
 
 EOS, PAD = 3, 4  # vocab 0..4 in the decode tests; 4 is never produced by the chains
@@ -21,6 +29,7 @@ def first_order_step(table):
   def step_fn(tokens, cache, index):
     del index
     return table[tokens], {"calls": cache["calls"] + 1}
+
   return step_fn
 
 
@@ -32,6 +41,7 @@ def second_order_step(table):
   def step_fn(tokens, cache, index):
     del index
     return table[cache["prev"], tokens], {"prev": tokens}
+
   return step_fn
 
 
@@ -43,10 +53,20 @@ def log_softmax64(x):
 
 # ---------------------------------------------------------------------------------------- samplers
 
+
 def test_invalid_parameters_raise():
-  for bad in (lambda: Temperature(0.0), lambda: Temperature(-1.0), lambda: Temperature(float("nan")),
-              lambda: TopK(0), lambda: TopK(2.5), lambda: TopK(3, temperature=0.0),
-              lambda: TopP(0.0), lambda: TopP(1.5), lambda: TopP(-0.1), lambda: TopP(0.5, temperature=-2.0)):
+  for bad in (
+    lambda: Temperature(0.0),
+    lambda: Temperature(-1.0),
+    lambda: Temperature(float("nan")),
+    lambda: TopK(0),
+    lambda: TopK(2.5),
+    lambda: TopK(3, temperature=0.0),
+    lambda: TopP(0.0),
+    lambda: TopP(1.5),
+    lambda: TopP(-0.1),
+    lambda: TopP(0.5, temperature=-2.0),
+  ):
     with pytest.raises(ValueError):
       bad()
   with pytest.raises(ValueError, match="unknown sampler"):
@@ -116,6 +136,7 @@ def test_temperature_frequencies_match_softmax():
 
 # ------------------------------------------------------------------------------------------ decode
 
+
 def greedy_reference(table, first, max_new, eos, pad):
   """The plain Python loop decode(Greedy()) must reproduce."""
   out = []
@@ -143,6 +164,7 @@ def test_decode_feeds_positions_from_start_index():
 
   def step_fn(tokens, cache, index):  # always predicts index + 1
     return jnp.tile(jax.nn.one_hot(index + 1, v), (tokens.shape[0], 1)), cache
+
   got = decode(step_fn, {}, jnp.zeros(2, jnp.int32), 5, 4, Greedy(), jax.random.key(0), None, 0)
   np.testing.assert_array_equal(got, [[6, 7, 8, 9]] * 2)
 
@@ -176,6 +198,7 @@ def test_decode_under_jit_and_sampling_is_seeded():
 
 # ------------------------------------------------------------------------------------- beam search
 
+
 def test_beam_one_equals_greedy():
   table = np.array(jax.random.normal(jax.random.key(0), (5, 5, 5)) * 2.0)
   table[..., PAD] = -1e9
@@ -200,12 +223,14 @@ def test_beam_one_equals_greedy():
 def test_beam_beats_myopic_greedy():
   # Tokens: 0 start, 1 "A", 2 "B", 3 EOS. From start A is likelier (.6 vs .4), but A's best
   # continuation has prob .3 (total .18) while B -> A has .9 (total .36).
-  probs = np.array([
-    [0.0, 0.6, 0.4, 0.0],
-    [0.3, 0.25, 0.25, 0.2],
-    [0.05, 0.9, 0.03, 0.02],
-    [0.25, 0.25, 0.25, 0.25],
-  ])
+  probs = np.array(
+    [
+      [0.0, 0.6, 0.4, 0.0],
+      [0.3, 0.25, 0.25, 0.2],
+      [0.05, 0.9, 0.03, 0.02],
+      [0.25, 0.25, 0.25, 0.25],
+    ]
+  )
   step = first_order_step(np.log(probs + 1e-30))
   first, cache = jnp.zeros((1,), jnp.int32), {"calls": jnp.zeros((1,), jnp.int32)}
   greedy = decode(step, cache, first, 0, 2, Greedy(), jax.random.key(0), EOS, PAD)
@@ -244,9 +269,17 @@ def test_beam_search_is_exact_when_nothing_is_pruned(alpha):
   step = second_order_step(table)
   first, prev = np.array([0, 2, 1]), np.array([1, 0, 2])
   cache = {"prev": jnp.asarray(prev, jnp.int32)}
-  search = jax.jit(functools.partial(
-    beam_search, step, max_new_tokens=max_new, beam_size=v ** (max_new - 1), eos_id=EOS, pad_id=pad,
-    length_penalty=alpha))
+  search = jax.jit(
+    functools.partial(
+      beam_search,
+      step,
+      max_new_tokens=max_new,
+      beam_size=v ** (max_new - 1),
+      eos_id=EOS,
+      pad_id=pad,
+      length_penalty=alpha,
+    )
+  )
   tokens, scores = search(cache, first, 0)
   logp = log_softmax64(table)
   for r in range(3):
@@ -256,6 +289,5 @@ def test_beam_search_is_exact_when_nothing_is_pruned(alpha):
 
 
 def test_length_normalizer_is_gnmt():
-  np.testing.assert_allclose(length_normalizer(jnp.array([1, 3, 7]), 0.6),
-                             [1.0, (8 / 6) ** 0.6, 2.0 ** 0.6], rtol=1e-6)
+  np.testing.assert_allclose(length_normalizer(jnp.array([1, 3, 7]), 0.6), [1.0, (8 / 6) ** 0.6, 2.0**0.6], rtol=1e-6)
   np.testing.assert_allclose(length_normalizer(jnp.array([4]), 0.0), [1.0])

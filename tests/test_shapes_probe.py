@@ -1,4 +1,5 @@
 """mmjax.projects.shapes.probe's linear probe against hand-made separable and random features."""
+
 import numpy as np
 import pytest
 

@@ -1,6 +1,7 @@
 """Sharding strategies on 8 simulated CPU devices (run in a subprocess: XLA_FLAGS must be set
 before JAX starts). Each strategy trains the tiny model 3 steps on fixed batches and must match the
 1-device run; shard shapes must follow the rules table; sampling on the 2x2x2 mesh must match."""
+
 import json
 import os
 import subprocess
@@ -18,17 +19,28 @@ pytestmark = pytest.mark.slow
 def results(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("sharding") / "results.json")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  p = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "sharding_entry.py"), out],
-                     capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+  p = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "tests", "sharding_entry.py"), out],
+    capture_output=True,
+    text=True,
+    timeout=900,
+    env=env,
+    cwd=ROOT,
+  )
   assert p.returncode == 0, p.stderr[-4000:]
   with open(out) as f:
     return json.load(f)
 
 
-@pytest.mark.parametrize("name,mesh", [("data", dict(data=8, fsdp=1, tensor=1)),
-                                       ("fsdp", dict(data=1, fsdp=8, tensor=1)),
-                                       ("tensor", dict(data=4, fsdp=1, tensor=2)),
-                                       ("mixed", dict(data=2, fsdp=2, tensor=2))])
+@pytest.mark.parametrize(
+  "name,mesh",
+  [
+    ("data", dict(data=8, fsdp=1, tensor=1)),
+    ("fsdp", dict(data=1, fsdp=8, tensor=1)),
+    ("tensor", dict(data=4, fsdp=1, tensor=2)),
+    ("mixed", dict(data=2, fsdp=2, tensor=2)),
+  ],
+)
 def test_strategy_matches_one_device(results, name, mesh):
   r, ref = results[name], results["reference"]
   assert {k: r["mesh"][k] for k in mesh} == mesh
@@ -38,8 +50,8 @@ def test_strategy_matches_one_device(results, name, mesh):
     assert row["n_shards"] == 8, path
     assert row["shard"] == row["expected"], (path, row)
   # Optimizer state (Adam mu) is sharded exactly like the parameters.
-  params = {k[len("params"):]: v for k, v in r["shards"].items() if k.startswith("params")}
-  mu = {k[len("mu"):]: v for k, v in r["shards"].items() if k.startswith("mu")}
+  params = {k[len("params") :]: v for k, v in r["shards"].items() if k.startswith("params")}
+  mu = {k[len("mu") :]: v for k, v in r["shards"].items() if k.startswith("mu")}
   assert params.keys() == mu.keys()
   for k in params:
     assert (params[k]["spec"], params[k]["shard"]) == (mu[k]["spec"], mu[k]["shard"]), k

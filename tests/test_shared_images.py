@@ -1,11 +1,11 @@
 """Several questions per image (config.data.questions_per_image): the batches, the model that encodes
 each image once for its questions, grouped cross-attention, gradient accumulation, config errors."""
+
 import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -14,14 +14,11 @@ from mmjax.attention import MaskSpec
 from mmjax.data import pipeline
 from mmjax.encoders.vit import ViT
 from mmjax.layers import pixel_coordinates
-from mmjax.models import build_model
-from mmjax.train import state as state_lib
-from mmjax.train import batches as batches_lib
-from mmjax.train import step as step_lib
-from mmjax.models import vlm
+from mmjax.models import build_model, vlm
+from mmjax.train import batches as batches_lib, state as state_lib, step as step_lib
 from tests.conftest import CONFIGS
-from tests.test_knobs import rel_err
 from tests.sharding_entry import V, batches
+from tests.test_knobs import rel_err
 
 ARGS = ("image", "prompt", "prompt_len", "target_in")
 
@@ -45,13 +42,15 @@ def grouped_batch(config, images=4, per_image=4, seed=0):
 
 def test_grouped_cross_attention_equals_repeated_memory():
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(6, 5, 16)), jnp.float32)     # 3 query rows per memory row
+  x = jnp.asarray(rng.normal(size=(6, 5, 16)), jnp.float32)  # 3 query rows per memory row
   kv = jnp.asarray(rng.normal(size=(2, 7, 16)), jnp.float32)
-  kv_len = np.array([7, 4], np.int32)                            # the second memory is padded
+  kv_len = np.array([7, 4], np.int32)  # the second memory is padded
   attn = layers.MultiHeadAttention(num_heads=2, head_dim=8, implementation="xla")
   params = attn.init(jax.random.key(0), x, kv=jnp.repeat(kv, 3, 0))
   grouped = attn.apply(params, x, kv=kv, mask=MaskSpec(kv_valid_len=jnp.asarray(kv_len)))
-  repeated = attn.apply(params, x, kv=jnp.repeat(kv, 3, 0), mask=MaskSpec(kv_valid_len=jnp.asarray(np.repeat(kv_len, 3))))
+  repeated = attn.apply(
+    params, x, kv=jnp.repeat(kv, 3, 0), mask=MaskSpec(kv_valid_len=jnp.asarray(np.repeat(kv_len, 3)))
+  )
   assert grouped.shape == (6, 5, 16)
   assert rel_err(grouped, repeated) < 1e-6
   # Padded memory is never read: changing it changes nothing.
@@ -128,12 +127,12 @@ def test_train_batches_group_questions_by_image(tiny_config):
     vqa_batches += 1
     assert b["image"].shape[0] == 4 and b["prompt"].shape[0] == 16
     for i in range(4):
-      ids = b["example_id"][4 * i: 4 * i + 4]
+      ids = b["example_id"][4 * i : 4 * i + 4]
       records = set(train.index[ids, 0].tolist())
-      assert len(records) == 1                                  # the group asks about one image
+      assert len(records) == 1  # the group asks about one image
       assert len(set(ids.tolist())) == min(4, per_record[records.pop()])  # no repeats while it has more
       np.testing.assert_array_equal(b["image"][i], train.example(int(ids[0]))["image"])
-      for row, e in zip(range(4 * i, 4 * i + 4), ids):          # each row is that question's example
+      for row, e in zip(range(4 * i, 4 * i + 4), ids):  # each row is that question's example
         ex = train.example(int(e))
         np.testing.assert_array_equal(b["prompt"][row], ex["prompt"])
         n = b["target_out"].shape[1]
@@ -142,10 +141,13 @@ def test_train_batches_group_questions_by_image(tiny_config):
   assert vqa_batches >= 6
 
 
-@pytest.mark.parametrize("value,batch,match", [
+@pytest.mark.parametrize(
+  "value,batch,match",
+  [
     (3, 16, r"config.batch_size=16 is not a multiple of config.data.questions_per_image=3"),
     (0, 16, r"config.data.questions_per_image=0 must be an integer >= 1"),
-])
+  ],
+)
 def test_questions_per_image_errors_name_the_keys(tiny_config, value, batch, match):
   tiny_config.batch_size = batch
   tiny_config.data.questions_per_image = value
@@ -178,8 +180,8 @@ def test_image_batch_must_divide_over_the_mesh():
 
 def test_coordinate_channels():
   coords = pixel_coordinates(2, 4)
-  np.testing.assert_allclose(coords[..., 0], [[-0.75, -0.25, 0.25, 0.75]] * 2)   # x across columns
-  np.testing.assert_allclose(coords[..., 1], [[-0.5] * 4, [0.5] * 4])             # y down rows
+  np.testing.assert_allclose(coords[..., 0], [[-0.75, -0.25, 0.25, 0.75]] * 2)  # x across columns
+  np.testing.assert_allclose(coords[..., 1], [[-0.5] * 4, [0.5] * 4])  # y down rows
   vit = ViT(width=8, depth=0, num_heads=2, mlp_dim=8, patch_size=4, coord_channels=True)
   img = np.zeros((1, 8, 8, 3), np.uint8)
   params = vit.init(jax.random.key(0), img)["params"]
@@ -211,15 +213,26 @@ def test_captions_ride_along_with_the_questions():
   b = with_captions(grouped_batch(c))
   params = nn.meta.unbox(model.init(jax.random.key(0), *(b[k][:1] for k in ARGS))["params"])
   logits, caption_logits = model.apply(
-      {"params": params}, *(b[k] for k in ARGS), b["caption_prompt"], b["caption_prompt_len"], b["caption_in"],
-      method="with_captions")
+    {"params": params},
+    *(b[k] for k in ARGS),
+    b["caption_prompt"],
+    b["caption_prompt_len"],
+    b["caption_in"],
+    method="with_captions",
+  )
   assert rel_err(logits, model.apply({"params": params}, *(b[k] for k in ARGS))) < 1e-5
   ref = model.apply({"params": params}, b["image"], b["caption_prompt"], b["caption_prompt_len"], b["caption_in"])
   assert rel_err(caption_logits, ref) < 1e-5
   # The loss counts answer and caption tokens alike (weighted by their masks), and microbatches agree.
   questions = {k: b[k] for k in vlm.BATCH_KEYS}
-  captions = {"image": b["image"], "prompt": b["caption_prompt"], "prompt_len": b["caption_prompt_len"],
-              "target_in": b["caption_in"], "target_out": b["caption_out"], "target_mask": b["caption_mask"]}
+  captions = {
+    "image": b["image"],
+    "prompt": b["caption_prompt"],
+    "prompt_len": b["caption_prompt_len"],
+    "target_in": b["caption_in"],
+    "target_out": b["caption_out"],
+    "target_mask": b["caption_mask"],
+  }
   loss_sums = lambda batch: model.apply({"params": params}, batch, method="loss_sums")
   (q_sum, q), (c_sum, c) = loss_sums(questions), loss_sums(captions)
   q_n, c_n = q["weight"], c["weight"]
@@ -232,8 +245,14 @@ def test_captions_ride_along_with_the_questions():
   _, m_half = step_lib.grads_and_metrics(model, params, half)
   np.testing.assert_allclose(m_half["loss"], (q_sum + 0.5 * c_sum) / (q_n + 0.5 * c_n), rtol=1e-5)
   with pytest.raises(ValueError, match="one caption per image"):
-    model.apply({"params": params}, *(b[k] for k in ARGS), b["caption_prompt"][:2], b["caption_prompt_len"][:2],
-                b["caption_in"][:2], method="with_captions")
+    model.apply(
+      {"params": params},
+      *(b[k] for k in ARGS),
+      b["caption_prompt"][:2],
+      b["caption_prompt_len"][:2],
+      b["caption_in"][:2],
+      method="with_captions",
+    )
 
 
 def test_train_batches_carry_their_images_captions(tiny_config):
@@ -255,7 +274,9 @@ def test_train_batches_carry_their_images_captions(tiny_config):
       assert set(np.unique(mask)) <= {0.0, 0.5}
       words = [int(t) for t, m in zip(b["caption_out"][i], mask) if m > 0][:-1]  # drop EOS
       assert tok.decode(words) in record["captions"]
-      assert tok.decode([int(t) for t in b["caption_prompt"][i][:b["caption_prompt_len"][i]]]) == pipeline.CAPTION_PROMPT
+      assert (
+        tok.decode([int(t) for t in b["caption_prompt"][i][: b["caption_prompt_len"][i]]]) == pipeline.CAPTION_PROMPT
+      )
   tiny_config.data.questions_per_image = 1
   tiny_config.batch_size = 8
   with pytest.raises(ValueError, match="captions_with_questions=True .*questions_per_image > 1"):
@@ -266,14 +287,18 @@ def test_manifest_images_with_and_without_captions(tmp_path):
   """The default data settings on a manifest: images with questions only get an empty caption (no
   loss), images with captions only still get caption batches, and every batch trains."""
   from tests.test_data import _write_images, _write_manifest
+
   _write_images(tmp_path)
-  lines = ([{"image": "imgs/rgb.png", "question": "what is it?", "answer": "noise", "split": "train"},
-            {"image": "imgs/rgb.png", "caption": "colourful noise", "split": "train"},
-            {"image": "imgs/x6.png", "question": "how bright?", "answer": "six", "split": "validation"},
-            {"image": "imgs/rgba.png", "question": "is it see-through?", "answer": "partly", "split": "test"}]
-           + [{"image": f"imgs/x{i}.png", "question": "how bright?", "answer": str(i), "split": "train"}
-              for i in range(4)]
-           + [{"image": f"imgs/x{i}.png", "caption": f"a grey square number {i}", "split": "train"} for i in (4, 5)])
+  lines = (
+    [
+      {"image": "imgs/rgb.png", "question": "what is it?", "answer": "noise", "split": "train"},
+      {"image": "imgs/rgb.png", "caption": "colourful noise", "split": "train"},
+      {"image": "imgs/x6.png", "question": "how bright?", "answer": "six", "split": "validation"},
+      {"image": "imgs/rgba.png", "question": "is it see-through?", "answer": "partly", "split": "test"},
+    ]
+    + [{"image": f"imgs/x{i}.png", "question": "how bright?", "answer": str(i), "split": "train"} for i in range(4)]
+    + [{"image": f"imgs/x{i}.png", "caption": f"a grey square number {i}", "split": "train"} for i in (4, 5)]
+  )
   c = prefix_config()
   c.data.update(dict(manifest=str(_write_manifest(tmp_path, lines)), data_dir=str(tmp_path / "data"), image_size=32))
   c.batch_size, c.data.questions_per_image, c.data.captions_with_questions = 8, 2, True

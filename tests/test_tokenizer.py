@@ -1,4 +1,5 @@
 """Tests for mmjax.tokenizer."""
+
 import pytest
 
 from mmjax.projects.shapes import scenes as shapes

@@ -1,5 +1,5 @@
 """End to end on CPU: train -> checkpoint -> resume -> evaluate -> sample, and config errors."""
-import json
+
 import os
 import re
 import subprocess
@@ -52,22 +52,51 @@ def test_train_checkpoint_resume_sample(tiny_config, tmp_path):
   # The sample command answers a question about an image file.
   image = tmp_path / "scene.png"
   from PIL import Image
+
   Image.fromarray(second.data.image("test", 0)).save(image)
-  out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "sample.py"), f"--workdir={wd}",
-                        f"--image={image}", "--prompt=what shape is the red object?"],
-                       capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(ROOT, "experiments", "sample.py"),
+      f"--workdir={wd}",
+      f"--image={image}",
+      "--prompt=what shape is the red object?",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   # One answer line for one image (an untrained model may answer with EOS only: an empty line).
   assert len(out.stdout.splitlines()) == 1, out.stdout
   # An empty prompt is a clear error.
-  bad = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "sample.py"), f"--workdir={wd}",
-                        f"--image={image}", "--prompt= "], capture_output=True, text=True, timeout=300)
+  bad = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(ROOT, "experiments", "sample.py"),
+      f"--workdir={wd}",
+      f"--image={image}",
+      "--prompt= ",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert bad.returncode != 0 and "prompt 0 is empty" in bad.stderr
 
   # The spatial probe reads the trained model's answer position (tiny's train split has 48
   # spatial questions) and prints its three probes with accuracies in [0, 1].
-  out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "proj", "shapes", "probe_spatial.py"), f"--workdir={wd}",
-                        "--split=train"], capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(ROOT, "experiments", "proj", "shapes", "probe_spatial.py"),
+      f"--workdir={wd}",
+      "--split=train",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   lines = out.stdout.splitlines()
   # The labels of the questions from their text: which side the question asks about, and its answer.
@@ -88,8 +117,10 @@ def report_rows(path):
   with open(path, encoding="utf-8") as f:
     text = f.read()
   pattern = r"^\[(\d+)\] \((\w+)\) (.*)\n  model:     (.*)\n  reference: (.*)$"
-  return [dict(example_id=int(i), qtype=q, prompt=p, prediction=m, references=r.split(" | "))
-          for i, q, p, m, r in re.findall(pattern, text, flags=re.M)]
+  return [
+    dict(example_id=int(i), qtype=q, prompt=p, prediction=m, references=r.split(" | "))
+    for i, q, p, m, r in re.findall(pattern, text, flags=re.M)
+  ]
 
 
 def _normalize(s):
@@ -102,6 +133,7 @@ def independent_scores(report, split):
   """VQA exact match (overall and per question type), yes/no accuracy and the reference CIDEr-D (pycocoevalcap)
   of report rows, named as the trainer names its metrics."""
   from pycocoevalcap.cider.cider import Cider
+
   hit = lambda r: float(_normalize(r["prediction"]) == _normalize(r["references"][0]))
   vqa = [r for r in report if r["qtype"] not in ("caption", "av_match")]
   out = {}
@@ -131,10 +163,13 @@ def test_checkpoint_of_another_model_is_refused(tiny_config, tmp_path):
     trainer.train_and_evaluate(tiny_config, wd, progress=False)
 
 
-@pytest.mark.parametrize("key,value,match", [
+@pytest.mark.parametrize(
+  "key,value,match",
+  [
     ("total_steps", 0, "total_steps"),
     ("batch_size", -8, "batch_size"),
-])
+  ],
+)
 def test_bad_config_values(tiny_config, tmp_path, key, value, match):
   tiny_config[key] = value
   with pytest.raises(ValueError, match=match):
@@ -142,7 +177,16 @@ def test_bad_config_values(tiny_config, tmp_path, key, value, match):
 
 
 def test_unknown_config_key_on_command_line(tmp_path):
-  out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "train.py"), f"--workdir={tmp_path}",
-                        f"--config={os.path.join(CONFIGS, 'tiny.py')}", "--config.no_such_key=3"],
-                       capture_output=True, text=True, timeout=120)
+  out = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(ROOT, "experiments", "train.py"),
+      f"--workdir={tmp_path}",
+      f"--config={os.path.join(CONFIGS, 'tiny.py')}",
+      "--config.no_such_key=3",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert out.returncode != 0 and "no_such_key" in out.stderr

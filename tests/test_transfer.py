@@ -1,4 +1,5 @@
 """Freezing (zero updates) and init_from (copy a subtree from another run's params)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,9 +11,13 @@ from mmjax.models.transfer import copy_subtrees, freeze, freeze_labels, init_fro
 
 def params_tree(seed):
   rng = np.random.default_rng(seed)
-  return {"image_encoder": {"a": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
-                            "b": {"kernel": jnp.asarray(rng.normal(size=(2,)), jnp.float32)}},
-          "decoder": {"w": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}}
+  return {
+    "image_encoder": {
+      "a": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
+      "b": {"kernel": jnp.asarray(rng.normal(size=(2,)), jnp.float32)},
+    },
+    "decoder": {"w": jnp.asarray(rng.normal(size=(4,)), jnp.float32)},
+  }
 
 
 def test_freeze_zeroes_updates_of_frozen_subtrees_only():

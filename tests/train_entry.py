@@ -7,6 +7,7 @@ Trains the tiny config with checkpoint_every=1 on WORKDIR. STEP_SLEEP_S > 0 slow
 MMJAX_COORDINATOR_ADDRESS / MMJAX_NUM_PROCESSES / MMJAX_PROCESS_ID start a multi-process run.
 Prints `stopped_at: N` when stopped by a signal, `done` otherwise.
 """
+
 import os
 import sys
 import time
@@ -17,11 +18,14 @@ sys.path.insert(0, ROOT)
 
 def main(workdir, data_dir, total_steps, sleep=0.0, *overrides):
   import jax
+
   if os.environ.get("MMJAX_COORDINATOR_ADDRESS"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   from mmjax import config_files, distributed
+
   distributed.initialize_from_env()
   from mmjax.train import trainer
+
   c = config_files.load(os.path.join(ROOT, "experiments", "configs", "tiny.py"))
   c.data.data_dir = data_dir
   c.total_steps = int(total_steps)

@@ -6,6 +6,7 @@ The audio model of speech_vqa (same sizes, `:default` for the default ones) on o
 instead of spoken questions, trained on the matching task alone (no questions, no captions).
 Every sound is 1 s, so data.max_audio_seconds=1 leaves no padding.
 """
+
 import ml_collections
 
 from mmjax import config_files

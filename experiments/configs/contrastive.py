@@ -17,6 +17,7 @@ batch, schedule, evaluation) exactly as in tiny.py, so that it sits next to the 
 in experiments/compare_fusions.py --sizes=tiny (whose config check allows only model and
 eval_batch_size to differ).
 """
+
 import ml_collections
 
 from mmjax import config_files
@@ -28,22 +29,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_files.sibling(__file__, "default" if arg == "default" else "tiny")
   m = c.model
   m.kind = "contrastive"
-  m.loss = "siglip"                 # siglip (pairwise sigmoid) | clip (softmax cross-entropy)
-  m.embed_dim = 2 * m.vit.width     # joint embedding width (both towers are projected to it)
-  del m["fusion"], m["decoder"]     # the VLM's parts; a contrastive model has none
+  m.loss = "siglip"  # siglip (pairwise sigmoid) | clip (softmax cross-entropy)
+  m.embed_dim = 2 * m.vit.width  # joint embedding width (both towers are projected to it)
+  del m["fusion"], m["decoder"]  # the VLM's parts; a contrastive model has none
   m.text.max_len = c.data.max_target_len  # the text tower reads whole captions
-  c.data.questions_per_image = 1    # (image, caption) pairs: one image per example
+  c.data.questions_per_image = 1  # (image, caption) pairs: one image per example
   c.data.captions_with_questions = False
   if arg == "tiny":
     return c
   c.eval_batch_size = 128
   if arg is None:
-    c.batch_size = 64               # the negatives of every pair: the rest of the global batch
+    c.batch_size = 64  # the negatives of every pair: the rest of the global batch
     c.total_steps = 300
     c.eval_every = 100
     c.checkpoint_every = 100
     c.log_every = 10
-    c.eval_max_examples = 0         # the small validation split is scored whole
+    c.eval_max_examples = 0  # the small validation split is scored whole
     c.sample_examples = 8
     c.optim.warmup_steps = 10
     c.data.shapes.train_scenes, c.data.shapes.validation_scenes, c.data.shapes.test_scenes = 1000, 64, 128

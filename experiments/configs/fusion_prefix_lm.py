@@ -2,6 +2,7 @@
 
 Built on tiny (pass `default` as the argument for the default sizes): `--config=...:default`.
 """
+
 import ml_collections
 
 from mmjax import config_files

@@ -1,4 +1,5 @@
 """A seconds-sized variant of the default experiment for tests, notebooks and smoke runs."""
+
 import ml_collections
 
 from mmjax import config_files

@@ -5,6 +5,7 @@
   333M parameters.
 Not run on CPU. Pick the mesh on the command line, e.g. --config.mesh.fsdp=8 --config.mesh.data=-1.
 """
+
 import ml_collections
 
 from mmjax import config_files

@@ -67,8 +67,7 @@ def _alone(name: str, q, k, v, mask, scale, tiling):
   import jax
   import jax.numpy as jnp
 
-  from mmjax.kernels import flash_attention as fa
-  from mmjax.kernels import triton_call
+  from mmjax.kernels import flash_attention as fa, triton_call
 
   kernel_name, deterministic = KERNELS[name]
   key = "dkdv" if name == "dkdv_atomic" else name

@@ -6,8 +6,9 @@ q: [B, Sq, Hq, D]; k, v: [B, Skv, Hkv, D] with Hq a multiple of Hkv (GQA / MQA).
 picked by name through mmjax.registry (IMPLEMENTATIONS lists the built-in ones; `backend(name)`
 returns one's function).
 """
-from mmjax.kernels.mask import MaskSpec, tile_map
+
 from mmjax.attention.dispatch import IMPLEMENTATIONS, attention, backend, choose_auto
 from mmjax.attention.errors import UnsupportedAttention
+from mmjax.kernels.mask import MaskSpec, tile_map
 
 __all__ = ["attention", "backend", "choose_auto", "MaskSpec", "tile_map", "IMPLEMENTATIONS", "UnsupportedAttention"]

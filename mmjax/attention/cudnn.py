@@ -1,7 +1,8 @@
-""""cudnn": jax.nn.dot_product_attention(implementation="cudnn") when the mask fits it; GPU only.
+""" "cudnn": jax.nn.dot_product_attention(implementation="cudnn") when the mask fits it; GPU only.
 
 Raises UnsupportedAttention (naming what cuDNN cannot express) instead of falling back.
 """
+
 from __future__ import annotations
 
 import jax
@@ -26,12 +27,10 @@ def cudnn_unsupported_reason(mask: MaskSpec | None) -> str | None:
 
 def cudnn_attention(q, k, v, mask: MaskSpec | None, scale: float, softcap: float | None):
   if jax.default_backend() != "gpu":
-    raise UnsupportedAttention(f"'cudnn' attention needs a CUDA GPU; default backend is "
-                               f"{jax.default_backend()!r}.")
+    raise UnsupportedAttention(f"'cudnn' attention needs a CUDA GPU; default backend is {jax.default_backend()!r}.")
   reason = cudnn_unsupported_reason(mask)
   if reason is not None:
-    raise UnsupportedAttention(f"'cudnn' attention cannot express {reason}; use 'triton', "
-                               "'xla_chunked' or 'xla'.")
+    raise UnsupportedAttention(f"'cudnn' attention cannot express {reason}; use 'triton', 'xla_chunked' or 'xla'.")
   if softcap is not None:
     raise UnsupportedAttention("'cudnn' attention has no logit soft-cap; use 'triton' or 'xla'.")
   if q.dtype not in (jnp.bfloat16, jnp.float16):
@@ -42,5 +41,11 @@ def cudnn_attention(q, k, v, mask: MaskSpec | None, scale: float, softcap: float
   # Fully masked rows (kv_valid_len = 0) are cuDNN-defined, not guaranteed 0; callers needing
   # the mmjax contract for such rows should not route them here.
   return jax.nn.dot_product_attention(
-      q, k, v, scale=scale, is_causal=bool(mask is not None and mask.causal),
-      key_value_seq_lengths=kv_len, implementation="cudnn")
+    q,
+    k,
+    v,
+    scale=scale,
+    is_causal=bool(mask is not None and mask.causal),
+    key_value_seq_lengths=kv_len,
+    implementation="cudnn",
+  )

@@ -21,6 +21,7 @@ is no silent fallback except inside `auto`, whose choices are documented.
   any       Sq * Skv > 4096 * 4096                                      xla_chunked
   any       otherwise                                                   xla
 """
+
 from __future__ import annotations
 
 import math
@@ -32,7 +33,6 @@ from mmjax import registry
 from mmjax.attention import cudnn, triton
 from mmjax.attention.errors import UnsupportedAttention
 from mmjax.kernels.mask import MaskSpec
-
 
 # Above this many (query, key) pairs per head, auto avoids materialising the logits.
 LONG_SEQUENCE_PAIRS = 4096 * 4096
@@ -62,8 +62,6 @@ def _validate(q, k, v, mask: MaskSpec | None):
     mask.validate(q.shape[0], q.shape[1], k.shape[1])
 
 
-
-
 def choose_auto(q, k, mask: MaskSpec | None, softcap) -> str:
   """Documented `auto` policy (see the table in the module docstring)."""
   platform = jax.default_backend()
@@ -71,8 +69,7 @@ def choose_auto(q, k, mask: MaskSpec | None, softcap) -> str:
   if platform == "gpu":
     if triton.jax_triton_available():
       return "triton"
-    if (cudnn.cudnn_unsupported_reason(mask) is None and softcap is None
-        and q.dtype in (jnp.bfloat16, jnp.float16)):
+    if cudnn.cudnn_unsupported_reason(mask) is None and softcap is None and q.dtype in (jnp.bfloat16, jnp.float16):
       return "cudnn"
   elif platform == "tpu":
     return "splash"
@@ -81,9 +78,16 @@ def choose_auto(q, k, mask: MaskSpec | None, softcap) -> str:
   return "xla"
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: MaskSpec | None = None,
-              scale: float | None = None, softcap: float | None = None,
-              implementation: str = "auto") -> jax.Array:
+def attention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  *,
+  mask: MaskSpec | None = None,
+  scale: float | None = None,
+  softcap: float | None = None,
+  implementation: str = "auto",
+) -> jax.Array:
   """Multi-head attention with a mask description. Returns [B, Sq, Hq, D] in q's dtype."""
   _validate(q, k, v, mask)
   if scale is None:

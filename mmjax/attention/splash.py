@@ -1,4 +1,4 @@
-""""splash": Pallas TPU splash attention fed from the MaskSpec.
+""" "splash": Pallas TPU splash attention fed from the MaskSpec.
 
 Splash masks are static (numpy) per head, while MaskSpec's causal_offset / prefix_len /
 kv_valid_len are per-example runtime arrays. We therefore map:
@@ -10,6 +10,7 @@ and raise UnsupportedAttention for causal_offset and prefix_len.
 Only TPU is supported: splash's interpret mode relies on TPU-specific Pallas primitives and is not
 a CPU code path we test, so non-TPU backends raise rather than pretend.
 """
+
 from __future__ import annotations
 
 import jax
@@ -24,21 +25,23 @@ _PAD_SEGMENT = -1
 
 def splash_attention(q, k, v, mask: MaskSpec | None, scale: float, softcap: float | None):
   if jax.default_backend() != "tpu":
-    raise UnsupportedAttention(f"'splash' attention needs a TPU; default backend is "
-                               f"{jax.default_backend()!r}.")
+    raise UnsupportedAttention(f"'splash' attention needs a TPU; default backend is {jax.default_backend()!r}.")
   mask = mask if mask is not None else MaskSpec()
   if mask.causal_offset is not None:
     raise UnsupportedAttention("'splash' cannot express MaskSpec.causal_offset (static masks only).")
   if mask.prefix_len is not None:
     raise UnsupportedAttention("'splash' cannot express MaskSpec.prefix_len (static masks only).")
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+  from jax.experimental.pallas.ops.tpu.splash_attention import (
+    splash_attention_kernel as sk,
+    splash_attention_mask as sm,
+  )
 
   b, sq, hq, d = q.shape
   skv, hkv = k.shape[1], k.shape[2]
   head = sm.CausalMask((sq, skv)) if mask.causal else sm.FullMask((sq, skv))
-  kernel = sk.make_splash_mha(sm.MultiHeadMask([head] * hq), head_shards=1, q_seq_shards=1,
-                              attn_logits_soft_cap=softcap)
+  kernel = sk.make_splash_mha(
+    sm.MultiHeadMask([head] * hq), head_shards=1, q_seq_shards=1, attn_logits_soft_cap=softcap
+  )
   segments = None
   if mask.q_segment_ids is not None or mask.kv_valid_len is not None:
     q_ids = jnp.zeros((b, sq), jnp.int32) if mask.q_segment_ids is None else mask.q_segment_ids
@@ -55,4 +58,3 @@ def splash_attention(q, k, v, mask: MaskSpec | None, scale: float, softcap: floa
   else:
     out = jax.vmap(lambda q_, k_, v_, s_: kernel(q_, k_, v_, segment_ids=s_))(qh, kh, vh, segments)
   return out.transpose(0, 2, 1, 3).astype(q.dtype)
-

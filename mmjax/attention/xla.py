@@ -1,4 +1,5 @@
 """Straightforward XLA attention: the reference the other implementations are tested against."""
+
 from __future__ import annotations
 
 import jax

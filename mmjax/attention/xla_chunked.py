@@ -8,6 +8,7 @@ Plain autodiff through the scan would save every block's logits and bring back S
 The mask is evaluated per block from positions with the MaskSpec rule (mask._allowed), never as a
 dense S x S array. Fully masked rows: output 0, lse = +inf, so their gradients are exactly 0.
 """
+
 from __future__ import annotations
 
 import functools
@@ -71,13 +72,13 @@ def _forward(q, k, v, mask, scale, softcap, block_k):
     m_safe = jnp.where(jnp.isneginf(m_new), 0.0, m_new)  # all masked so far: avoid -inf - -inf
     p = jnp.exp(s - m_safe[..., None])
     alpha = jnp.exp(m - m_safe)
-    acc = acc * alpha[..., None] + jnp.einsum("bhgqk,bhkd->bhgqd", p.astype(vb.dtype), vb,
-                                              preferred_element_type=jnp.float32)
+    acc = acc * alpha[..., None] + jnp.einsum(
+      "bhgqk,bhkd->bhgqd", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32
+    )
     return (m_new, l * alpha + p.sum(-1), acc), None
 
   shape = (b, hkv, hq // hkv, sq)
-  init = (jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32),
-          jnp.zeros(shape + (d,), jnp.float32))
+  init = (jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32), jnp.zeros(shape + (d,), jnp.float32))
   (m, l, acc), _ = jax.lax.scan(step, init, (_blocks(k, block_k), _blocks(v, block_k), kpos))
   empty = l == 0.0
   out = acc / jnp.where(empty, 1.0, l)[..., None]
@@ -117,18 +118,19 @@ def _chunked_bwd(scale, softcap, block_k, residuals, dout):
     dk = jnp.einsum("bhgqk,bhgqd->bhkd", ds, qg.astype(jnp.float32))
     return dq, (dk, dv)
 
-  dq, (dk, dv) = jax.lax.scan(step, jnp.zeros(qg.shape, jnp.float32),
-                              (_blocks(k, block_k), _blocks(v, block_k), kpos))
-  return (_ungroup(dq).astype(q.dtype), _unblocks(dk, skv).astype(k.dtype),
-          _unblocks(dv, skv).astype(v.dtype), None)  # the mask is integer data
+  dq, (dk, dv) = jax.lax.scan(step, jnp.zeros(qg.shape, jnp.float32), (_blocks(k, block_k), _blocks(v, block_k), kpos))
+  return (
+    _ungroup(dq).astype(q.dtype),
+    _unblocks(dk, skv).astype(k.dtype),
+    _unblocks(dv, skv).astype(v.dtype),
+    None,
+  )  # the mask is integer data
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def xla_chunked(q, k, v, mask: MaskSpec | None, scale: float, softcap: float | None,
-                block_k: int = DEFAULT_BLOCK_K):
+def xla_chunked(q, k, v, mask: MaskSpec | None, scale: float, softcap: float | None, block_k: int = DEFAULT_BLOCK_K):
   """The "xla_chunked" backend (mmjax.registry); block_k is clipped to the key length."""
   block_k = max(1, min(block_k, k.shape[1]))
   return _chunked(q, k, v, mask, float(scale), None if softcap is None else float(softcap), block_k)
-

@@ -11,6 +11,7 @@ generator, so the pairs are a deterministic function of the sounds and the seed.
 Sounds are compared by ``sound_key`` (length + a digest of the samples): two scenes can sound the
 same (same shape per colour, same left-to-right order), and such a pair is never called a mismatch.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,8 +54,10 @@ def pair_sounds(sound_keys: Sequence[Hashable | None], mismatch_fraction: float,
     else:  # (almost) every record sounds like this one: pick among those that do not
       others = [int(j) for j in eligible if keys[j] != keys[i]]
       if not others:
-        raise ValueError(f"audio-visual matching: all {len(eligible)} records of the split have the same sound, so "
-                         "no mismatched pair exists; use more scenes or --config.data.av_mismatch_fraction=0.")
+        raise ValueError(
+          f"audio-visual matching: all {len(eligible)} records of the split have the same sound, so "
+          "no mismatched pair exists; use more scenes or --config.data.av_mismatch_fraction=0."
+        )
       j = others[int(rng.integers(len(others)))]
     partner[i] = j
   return partner

@@ -41,6 +41,7 @@ Tasks on the audio (pipeline options: the prepared dataset is the same with or w
 Top-level keys the pipeline also reads: ``config.seed`` (train shuffle seed) and
 ``config.batch_size`` (global batch size).
 """
+
 from __future__ import annotations
 
 import numbers
@@ -99,14 +100,21 @@ def questions_per_image(config) -> int:
     raise ValueError(f"config.data.questions_per_image={q!r} must be an integer >= 1.")
   batch = int(config.get("batch_size", q))
   if batch % q:
-    raise ValueError(f"config.batch_size={batch} is not a multiple of config.data.questions_per_image={q}: a VQA "
-                     "train batch holds batch_size questions, questions_per_image of them about each image.")
+    raise ValueError(
+      f"config.batch_size={batch} is not a multiple of config.data.questions_per_image={q}: a VQA "
+      "train batch holds batch_size questions, questions_per_image of them about each image."
+    )
   return int(q)
 
 
 # With captions_with_questions: the batch key of each caption field -> the example field it holds.
-CAPTION_FIELDS = {"caption_prompt": "prompt", "caption_prompt_len": "prompt_len", "caption_in": "target_in",
-                  "caption_out": "target_out", "caption_mask": "target_mask"}
+CAPTION_FIELDS = {
+  "caption_prompt": "prompt",
+  "caption_prompt_len": "prompt_len",
+  "caption_in": "target_in",
+  "caption_out": "target_out",
+  "caption_mask": "target_mask",
+}
 
 
 def captions_with_questions(config) -> bool:
@@ -116,6 +124,8 @@ def captions_with_questions(config) -> bool:
   if on and float(weights.get("caption", 1.0)) == 0:
     return False  # captions weighted 0: plain VQA batches
   if on and questions_per_image(config) == 1:
-    raise ValueError("config.data.captions_with_questions=True puts each image's caption next to its questions: "
-                     "set config.data.questions_per_image > 1 as well.")
+    raise ValueError(
+      "config.data.captions_with_questions=True puts each image's caption next to its questions: "
+      "set config.data.questions_per_image > 1 as well."
+    )
   return on

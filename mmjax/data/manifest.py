@@ -40,6 +40,7 @@ Every line is validated (including opening/decoding every image, WAV file and fo
 checking every .npy header) before anything is written; any problem raises
 ``ValueError("<manifest>:<line>: key '<key>': <problem>")``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,12 +74,12 @@ class ManifestRecord:
 
   def to_example(self, image_size: int) -> dict:
     return {
-        "image": load_image(self.path, image_size),
-        "questions": list(self.questions),
-        "answers": list(self.answers),
-        "question_types": ["vqa"] * len(self.questions),
-        "captions": list(self.captions),
-        "id": self.id,
+      "image": load_image(self.path, image_size),
+      "questions": list(self.questions),
+      "answers": list(self.answers),
+      "question_types": ["vqa"] * len(self.questions),
+      "captions": list(self.captions),
+      "id": self.id,
     }
 
 
@@ -128,9 +129,9 @@ def _video_frames(path: str):
   """The frames of a "video" entry, undecoded: frame file paths (a folder) or a memory-mapped
   uint8 [T, H, W, 3] array (an .npy file). ValueError saying what is wrong otherwise."""
   if os.path.isdir(path):
-    files = sorted((f for f in os.listdir(path)
-                    if not f.startswith(".") and os.path.isfile(os.path.join(path, f))),
-                   key=_natural_key)
+    files = sorted(
+      (f for f in os.listdir(path) if not f.startswith(".") and os.path.isfile(os.path.join(path, f))), key=_natural_key
+    )
     if not files:
       raise ValueError(f"folder has no frame images: {path}")
     return [os.path.join(path, f) for f in files]
@@ -141,8 +142,9 @@ def _video_frames(path: str):
   except Exception as e:  # numpy raises ValueError/OSError/EOFError on bad files
     raise ValueError(f"cannot read .npy file {path}: {e}") from e
   if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not frames.size:
-    raise ValueError(f"{path}: expected a uint8 array [T, H, W, 3] with T, H, W >= 1, got "
-                     f"{frames.dtype} {list(frames.shape)}")
+    raise ValueError(
+      f"{path}: expected a uint8 array [T, H, W, 3] with T, H, W >= 1, got {frames.dtype} {list(frames.shape)}"
+    )
   return frames
 
 
@@ -156,10 +158,14 @@ def frame_indices(num_frames: int, video_frames: int) -> np.ndarray:
 def load_video(path: str, image_size: int, video_frames: int) -> np.ndarray:
   """A "video" entry as uint8 [video_frames, image_size, image_size, 3]."""
   frames = _video_frames(path)
-  return np.stack([
-      load_image(frames[i], image_size) if isinstance(frames, list)
+  return np.stack(
+    [
+      load_image(frames[i], image_size)
+      if isinstance(frames, list)
       else _rgb(Image.fromarray(np.asarray(frames[i])), image_size)
-      for i in frame_indices(len(frames), video_frames)])
+      for i in frame_indices(len(frames), video_frames)
+    ]
+  )
 
 
 def _check_video(path: str):
@@ -219,14 +225,14 @@ def _set_once(rec: ManifestRecord, key: str, value: str, manifest_path, lineno: 
   """Sets a per-image attribute (split/audio/video); lines of one image must agree on it."""
   old = getattr(rec, key)
   if old is not None and old != value:
-    raise _err(manifest_path, lineno, key,
-               f"image {rec.id} already assigned to {old!r} on line {rec.set_on_line[key]}")
+    raise _err(manifest_path, lineno, key, f"image {rec.id} already assigned to {old!r} on line {rec.set_on_line[key]}")
   setattr(rec, key, value)
   rec.set_on_line.setdefault(key, lineno)
 
 
-def parse_manifest(manifest_path: str | os.PathLike, seed: int = 0, check_images: bool = True,
-                   video_frames: int = 0) -> dict[str, list[ManifestRecord]]:
+def parse_manifest(
+  manifest_path: str | os.PathLike, seed: int = 0, check_images: bool = True, video_frames: int = 0
+) -> dict[str, list[ManifestRecord]]:
   """Validates the whole manifest and returns {split: [ManifestRecord, ...]} (all three splits;
   validation or test may be empty, train never: no train record is a ValueError).
 
@@ -275,8 +281,9 @@ def parse_manifest(manifest_path: str | os.PathLike, seed: int = 0, check_images
     abs_path = entry_path(obj, "image", lineno)
     rid = os.path.relpath(abs_path, base).replace(os.sep, "/")
     if "video" in obj and video_frames <= 0:
-      raise _err(manifest_path, lineno, "video",
-                 "videos need data.video_frames > 0 (e.g. --config.data.video_frames=8)")
+      raise _err(
+        manifest_path, lineno, "video", "videos need data.video_frames > 0 (e.g. --config.data.video_frames=8)"
+      )
     media = {k: entry_path(obj, k, lineno) for k in MEDIA_KEYS if k in obj}
     has_q, has_a, has_c = "question" in obj, "answer" in obj, "caption" in obj
     if has_q and not has_a:
@@ -284,8 +291,7 @@ def parse_manifest(manifest_path: str | os.PathLike, seed: int = 0, check_images
     if has_a and not has_q:
       raise _err(manifest_path, lineno, "question", "answer without question")
     if not has_q and not has_c:
-      raise _err(manifest_path, lineno, "question",
-                 "line has neither a question/answer pair nor a caption")
+      raise _err(manifest_path, lineno, "question", "line has neither a question/answer pair nor a caption")
     rec = records.get(rid)
     if rec is None:
       rec = records[rid] = ManifestRecord(id=rid, path=abs_path)
@@ -311,15 +317,15 @@ def parse_manifest(manifest_path: str | os.PathLike, seed: int = 0, check_images
   n_test = int(round(SPLIT_FRACTIONS[2] * len(perm)))
   n_train = len(perm) - n_val - n_test
   for i, rid in enumerate(perm):
-    records[rid].split = ("train" if i < n_train else
-                          "validation" if i < n_train + n_val else "test")
+    records[rid].split = "train" if i < n_train else "validation" if i < n_train + n_val else "test"
   out = {s: [] for s in SPLITS}
   for rid in sorted(records):
     out[records[rid].split].append(records[rid])
   if not out["train"]:
     counts = ", ".join(f"{s} {len(out[s])}" for s in SPLITS if out[s])
     raise ValueError(
-        f"{manifest_path}: no records in the 'train' split (images per split: {counts}); training and the "
-        "tokenizer need train records. Give some lines \"split\": \"train\", or leave \"split\" out of some "
-        "images (images without one are split 80/10/10 by a seeded hash).")
+      f"{manifest_path}: no records in the 'train' split (images per split: {counts}); training and the "
+      "tokenizer need train records. Give some lines \"split\": \"train\", or leave \"split\" out of some "
+      "images (images without one are split 80/10/10 by a seeded hash)."
+    )
   return out

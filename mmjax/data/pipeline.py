@@ -46,10 +46,11 @@ Train datasets are sharded by process (examples ``process_index::process_count``
 process gets the same number of batches, the tail padded with ``valid=False`` examples.
 ``iter(dataset)`` yields batches; its ``get_state()``/``set_state()`` resume exactly.
 """
+
 from __future__ import annotations
 
-import logging
 import functools
+import logging
 import math
 import os
 from typing import Sequence
@@ -59,10 +60,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mmjax import registry
-from mmjax.data import av_matching as av_lib
-from mmjax.data import config as config_lib
-from mmjax.data import schema
-from mmjax.data import tfds_builders
+from mmjax.data import av_matching as av_lib, config as config_lib, schema, tfds_builders
 from mmjax.data.source import DatasetSource
 from mmjax.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
@@ -110,8 +108,7 @@ def question_types(cfg: tfds_builders.RecordConfig) -> tuple[str, ...]:
 
 
 def _media_of(cfg: tfds_builders.RecordConfig) -> tuple[str, ...]:
-  return ((("audio",) if cfg.spoken_questions or cfg.scene_audio else ())
-          + (("video",) if cfg.video_frames else ()))
+  return (("audio",) if cfg.spoken_questions or cfg.scene_audio else ()) + (("video",) if cfg.video_frames else ())
 
 
 def dataset_media(config) -> tuple[str, ...]:
@@ -138,11 +135,11 @@ def _read_texts(builder, split: str, sound_keys: bool = False) -> list[dict]:
     rows.extend(src.__getitems__(idx) if hasattr(src, "__getitems__") else [src[i] for i in idx])
   sound = builder.info.features["scene_audio"] if sound_keys else None
   for r in rows:
-    out.append({k: [_decode(v) for v in r[k]]
-                for k in ("questions", "answers", "question_types", "captions")}
-               | {"id": _decode(r["id"])}
-               | ({"sound": av_lib.sound_key(sound.decode_example_np(r["scene_audio"]))}
-                  if sound_keys else {}))
+    out.append(
+      {k: [_decode(v) for v in r[k]] for k in ("questions", "answers", "question_types", "captions")}
+      | {"id": _decode(r["id"])}
+      | ({"sound": av_lib.sound_key(sound.decode_example_np(r["scene_audio"]))} if sound_keys else {})
+    )
   return out
 
 
@@ -156,8 +153,9 @@ def tokenizer_path(builder) -> str:
   return os.path.join(os.fspath(builder.data_dir), TOKENIZER_FILENAME)
 
 
-def tokenizer_training_texts(builder, records: list[dict] | None = None,
-                             dataset: DatasetSource | None = None) -> list[str]:
+def tokenizer_training_texts(
+  builder, records: list[dict] | None = None, dataset: DatasetSource | None = None
+) -> list[str]:
   """The train split's texts, the fixed prompts, and the dataset's own vocabulary texts."""
   records = _read_texts(builder, "train") if records is None else records
   texts = [CAPTION_PROMPT]
@@ -199,10 +197,21 @@ def prepare(config) -> tuple[tfds.core.DatasetBuilder, Tokenizer]:
 class SplitData:
   """Random access to the flattened examples of one split (images and media read lazily)."""
 
-  def __init__(self, builder, split: str, tokenizer: Tokenizer, *, max_prompt_len: int = 16,
-               max_target_len: int = 64, captions: bool = True, max_audio_seconds: float = 4.0,
-               spoken_prompt: bool = False, av_matching: bool = False,
-               av_mismatch_fraction: float = 0.5, seed: int = 0):
+  def __init__(
+    self,
+    builder,
+    split: str,
+    tokenizer: Tokenizer,
+    *,
+    max_prompt_len: int = 16,
+    max_target_len: int = 64,
+    captions: bool = True,
+    max_audio_seconds: float = 4.0,
+    spoken_prompt: bool = False,
+    av_matching: bool = False,
+    av_mismatch_fraction: float = 0.5,
+    seed: int = 0,
+  ):
     self.builder, self.split, self.tokenizer = builder, split, tokenizer
     self.max_prompt_len, self.max_target_len = int(max_prompt_len), int(max_target_len)
     if self.max_target_len < 2:
@@ -215,17 +224,26 @@ class SplitData:
     self.spoken_prompt = bool(spoken_prompt)
     self.records = _read_texts(builder, split, sound_keys=av_matching)
     self._source = builder.as_data_source(split) if self.records else None
-    self._sound_source = (_source(builder, split, skip=("image",) + tuple(
-        k for k in schema.MEDIA_KEYS if k != "scene_audio")) if av_matching and self.records else None)
+    self._sound_source = (
+      _source(builder, split, skip=("image",) + tuple(k for k in schema.MEDIA_KEYS if k != "scene_audio"))
+      if av_matching and self.records
+      else None
+    )
     self.image_size = int(builder.info.features["image"].shape[0])
-    self.max_audio_len = (config_lib.max_audio_samples(
-        {"max_audio_seconds": max_audio_seconds, "audio_sample_rate": cfg.audio_sample_rate})
-                          if self.spoken_questions or self.scene_audio else 0)
+    self.max_audio_len = (
+      config_lib.max_audio_samples({"max_audio_seconds": max_audio_seconds, "audio_sample_rate": cfg.audio_sample_rate})
+      if self.spoken_questions or self.scene_audio
+      else 0
+    )
     self.video_frames = int(cfg.video_frames) if "video" in features else 0
     # Matching examples: whose sound each record's example hears (-1: none; see av_matching.py).
-    self.av_partner = (av_lib.pair_sounds([r["sound"] for r in self.records], av_mismatch_fraction,
-                                          [int(seed), SPLITS.index(split), 0xA7])
-                       if av_matching else np.full(len(self.records), -1, np.int64))
+    self.av_partner = (
+      av_lib.pair_sounds(
+        [r["sound"] for r in self.records], av_mismatch_fraction, [int(seed), SPLITS.index(split), 0xA7]
+      )
+      if av_matching
+      else np.full(len(self.records), -1, np.int64)
+    )
     self.question_types = question_types(cfg)
     qtype_of = {t: i for i, t in enumerate(self.question_types)}
     index, task, qtype, prompts, targets = [], [], [], [], []
@@ -268,9 +286,17 @@ class SplitData:
     for kind, texts in self.truncated.items():
       if texts:
         flag, room = flags[kind]
-        logging.warning("split %r: %d distinct %ss are longer than the %d tokens config.data.%s leaves them and are "
-                        "truncated (e.g. %r); raise --config.data.%s to keep them whole.",
-                        self.split, len(texts), kind, room, flag, min(texts, key=len), flag)
+        logging.warning(
+          "split %r: %d distinct %ss are longer than the %d tokens config.data.%s leaves them and are "
+          "truncated (e.g. %r); raise --config.data.%s to keep them whole.",
+          self.split,
+          len(texts),
+          kind,
+          room,
+          flag,
+          min(texts, key=len),
+          flag,
+        )
 
   def _prompt(self, text):
     key = ("p", text)
@@ -303,7 +329,7 @@ class SplitData:
     t_out = np.full(lt, PAD_ID, np.int32)
     mask = np.zeros(lt, np.float32)
     t_in[0] = BOS_ID
-    t_in[1: n + 1] = ids
+    t_in[1 : n + 1] = ids
     t_out[:n] = ids
     t_out[n] = EOS_ID
     mask[: n + 1] = 1.0
@@ -351,15 +377,26 @@ class SplitData:
     task = self.task[example_id]
     t_in, t_out, mask = self._targets[example_id]
     text = {
-        "prompt": prompt, "prompt_len": np.int32(plen), "target_in": t_in, "target_out": t_out,
-        "target_mask": mask, "task": np.int32(task), "qtype": np.int32(self.qtype[example_id]),
-        "example_id": np.int32(example_id), "valid": np.bool_(True),
+      "prompt": prompt,
+      "prompt_len": np.int32(plen),
+      "target_in": t_in,
+      "target_out": t_out,
+      "target_mask": mask,
+      "task": np.int32(task),
+      "qtype": np.int32(self.qtype[example_id]),
+      "example_id": np.int32(example_id),
+      "valid": np.bool_(True),
     }
     if not media:
       return text
     record = self._source[ri]
-    return {"image": np.asarray(record["image"], np.uint8)} | text | self._media(
-        record, j if task == TASK_VQA else None, int(self.av_partner[ri]) if task == TASK_AV_MATCH else None)
+    return (
+      {"image": np.asarray(record["image"], np.uint8)}
+      | text
+      | self._media(
+        record, j if task == TASK_VQA else None, int(self.av_partner[ri]) if task == TASK_AV_MATCH else None
+      )
+    )
 
   def image_of(self, example_id: int) -> np.ndarray:
     """The image an example is about (nothing else of its record is decoded)."""
@@ -371,8 +408,7 @@ class SplitData:
     matching example hears."""
     out = {}
     if self.max_audio_len:
-      clip = (self._sound(sound_of) if sound_of is not None
-              else self._audio_clip(record, question))
+      clip = self._sound(sound_of) if sound_of is not None else self._audio_clip(record, question)
       out["audio"], out["audio_len"] = fit_clip(clip, self.max_audio_len)
     if self.video_frames:
       clip = schema.no_video(self.image_size) if record is None else record["video"]
@@ -394,23 +430,32 @@ class SplitData:
   def padding_example(self) -> dict:
     s, lp, lt = self.image_size, self.max_prompt_len, self.max_target_len
     return {
-        "image": np.zeros((s, s, 3), np.uint8), "prompt": np.zeros(lp, np.int32),
-        "prompt_len": np.int32(0), "target_in": np.zeros(lt, np.int32),
-        "target_out": np.zeros(lt, np.int32), "target_mask": np.zeros(lt, np.float32),
-        "task": np.int32(0), "qtype": np.int32(0), "example_id": np.int32(-1),
-        "valid": np.bool_(False),
+      "image": np.zeros((s, s, 3), np.uint8),
+      "prompt": np.zeros(lp, np.int32),
+      "prompt_len": np.int32(0),
+      "target_in": np.zeros(lt, np.int32),
+      "target_out": np.zeros(lt, np.int32),
+      "target_mask": np.zeros(lt, np.float32),
+      "task": np.int32(0),
+      "qtype": np.int32(0),
+      "example_id": np.int32(-1),
+      "valid": np.bool_(False),
     } | self._media()
 
 
 def _check_tasks(data: SplitData, spoken_prompt: bool, av: bool) -> None:
   """The audio tasks need the audio they are about; errors name the config keys to set."""
   if spoken_prompt and not data.spoken_questions:
-    raise ValueError("config.data.spoken_prompt=True takes the question out of the text prompt, but this "
-                     "dataset has no spoken questions: set --config.data.spoken_questions=True as well.")
+    raise ValueError(
+      "config.data.spoken_prompt=True takes the question out of the text prompt, but this "
+      "dataset has no spoken questions: set --config.data.spoken_questions=True as well."
+    )
   if av and not data.scene_audio:
-    raise ValueError("config.data.av_matching=True pairs images with their sounds, but this dataset has no "
-                     "per-record sound: give the manifest's records \"audio\" files, or turn on the dataset's own "
-                     "sounds (a procedural dataset's sound option in its config block).")
+    raise ValueError(
+      "config.data.av_matching=True pairs images with their sounds, but this dataset has no "
+      "per-record sound: give the manifest's records \"audio\" files, or turn on the dataset's own "
+      "sounds (a procedural dataset's sound option in its config block)."
+    )
 
 
 def fit_clip(x: np.ndarray, length: int) -> tuple[np.ndarray, np.int32]:
@@ -455,15 +500,15 @@ def check_split(builder, split: str, needed_by: str = "") -> None:
   cfg = builder.builder_config
   if isinstance(cfg, tfds_builders.ManifestConfig):
     raise ValueError(
-        f"split {split!r} has no records in the manifest {cfg.manifest_path}, so its dataset has no {split} split "
-        f"(records per split: {have}){needed}. Give some of the manifest's lines \"split\": \"{split}\", or leave "
-        "\"split\" out of more images: images without one are split 80/10/10 by a seeded hash, and it takes 6 "
-        "of them to put one in each of validation and test.")
+      f"split {split!r} has no records in the manifest {cfg.manifest_path}, so its dataset has no {split} split "
+      f"(records per split: {have}){needed}. Give some of the manifest's lines \"split\": \"{split}\", or leave "
+      "\"split\" out of more images: images without one are split 80/10/10 by a seeded hash, and it takes 6 "
+      "of them to put one in each of validation and test."
+    )
   raise ValueError(f"split {split!r} is not in the dataset {builder.data_dir} (records per split: {have}){needed}.")
 
 
-def load_split(config, split: str, tokenizer: Tokenizer | None = None,
-               builder=None) -> SplitData:
+def load_split(config, split: str, tokenizer: Tokenizer | None = None, builder=None) -> SplitData:
   """Prepares (builds if missing) the data and tokenizer of ``config``; returns the split (a
   ValueError naming the split and the manifest when the dataset lacks it: ``check_split``)."""
   if builder is None:
@@ -472,11 +517,19 @@ def load_split(config, split: str, tokenizer: Tokenizer | None = None,
   if tokenizer is None:
     tokenizer = load_tokenizer(config, builder)
   d = _data_cfg(config)
-  return SplitData(builder, split, tokenizer,
-                   max_prompt_len=int(d.max_prompt_len), max_target_len=int(d.max_target_len),
-                   captions=bool(d.captions), max_audio_seconds=float(d.max_audio_seconds),
-                   spoken_prompt=bool(d.spoken_prompt), av_matching=bool(d.av_matching),
-                   av_mismatch_fraction=float(d.av_mismatch_fraction), seed=int(d.seed))
+  return SplitData(
+    builder,
+    split,
+    tokenizer,
+    max_prompt_len=int(d.max_prompt_len),
+    max_target_len=int(d.max_target_len),
+    captions=bool(d.captions),
+    max_audio_seconds=float(d.max_audio_seconds),
+    spoken_prompt=bool(d.spoken_prompt),
+    av_matching=bool(d.av_matching),
+    av_mismatch_fraction=float(d.av_mismatch_fraction),
+    seed=int(d.seed),
+  )
 
 
 def task_mixing_weights(config) -> dict[str, float]:
@@ -507,8 +560,16 @@ def _image_groups(data: "SplitData", ids: np.ndarray) -> list[np.ndarray]:
   return np.split(ids[order], bounds)
 
 
-def _load_groups(groups_batch, rng: np.random.Generator, groups: list[np.ndarray], data: "SplitData",
-                 rows: slice, per_image: int, length: int, captions=None) -> dict:
+def _load_groups(
+  groups_batch,
+  rng: np.random.Generator,
+  groups: list[np.ndarray],
+  data: "SplitData",
+  rows: slice,
+  per_image: int,
+  length: int,
+  captions=None,
+) -> dict:
   """A global batch of image groups -> this process's rows: one image per group and `per_image`
   of its questions (a random draw without repeats; cycled when the image has fewer).
 
@@ -516,8 +577,11 @@ def _load_groups(groups_batch, rng: np.random.Generator, groups: list[np.ndarray
   caption (one drawn at random where it has several) as the CAPTION keys, [images, ...]."""
   # Every process draws for the whole global batch, so N processes load exactly the rows of one.
   picks = [np.resize(rng.permutation(groups[int(g)]), per_image) for g in np.asarray(groups_batch)]
-  chosen = ([int(rng.choice(captions[0][int(g)])) if len(captions[0][int(g)]) else -1
-             for g in np.asarray(groups_batch)] if captions else None)
+  chosen = (
+    [int(rng.choice(captions[0][int(g)])) if len(captions[0][int(g)]) else -1 for g in np.asarray(groups_batch)]
+    if captions
+    else None
+  )
   images, examples = [], []
   for ids in picks[rows]:
     images.append(np.asarray(data.image_of(int(ids[0])), np.uint8))  # decoded once per group
@@ -553,9 +617,17 @@ def shard_ids(n: int, process_index: int, process_count: int) -> np.ndarray:
   return np.arange(n)[process_index::process_count]
 
 
-def make_dataset(config, split: str, data: SplitData | None = None, *, train: bool | None = None,
-                 batch_size: int | None = None, process_index: int = 0, process_count: int = 1,
-                 num_threads: int = 0):
+def make_dataset(
+  config,
+  split: str,
+  data: SplitData | None = None,
+  *,
+  train: bool | None = None,
+  batch_size: int | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
+  num_threads: int = 0,
+):
   """The batched grain dataset of ``split``.
 
   train (default: split == "train"): shard, shuffle(config.seed), repeat, batch(drop_remainder).
@@ -582,8 +654,7 @@ def make_dataset(config, split: str, data: SplitData | None = None, *, train: bo
     ds = grain.MapDataset.source(_Ids(ids))
   ds = ds.map(data.example)
   if num_threads > 0:
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                              prefetch_buffer_size=2 * batch_size))
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size))
   return ds.batch(batch_size, drop_remainder=train)
 
 
@@ -624,8 +695,7 @@ class Data:
       self._splits[name] = load_split(self.config, name, self.tokenizer, self.builder)
     return self._splits[name]
 
-  def train_iterator(self, process_index: int = 0, process_count: int = 1,
-                     tasks: Sequence[str] | None = None):
+  def train_iterator(self, process_index: int = 0, process_count: int = 1, tasks: Sequence[str] | None = None):
     """Endless shuffled batches of this process's rows of the global train batch.
 
     tasks: the TASK_NAMES whose examples to train on (None: every task of the split), e.g.
@@ -665,15 +735,22 @@ class Data:
       raise ValueError(f"unknown tasks {sorted(unknown)}; expected some of {TASK_NAMES}.")
     task_weights = task_mixing_weights(self.config)
     per_image = config_lib.questions_per_image(self.config)
-    joint_captions = config_lib.captions_with_questions(self.config) and (
-        tasks is None or {"vqa", "caption"} <= set(tasks)) and bool((data.task == TASK_VQA).any())
+    joint_captions = (
+      config_lib.captions_with_questions(self.config)
+      and (tasks is None or {"vqa", "caption"} <= set(tasks))
+      and bool((data.task == TASK_VQA).any())
+    )
     with_questions = set(data.index[data.task == TASK_VQA, 0].tolist()) if joint_captions else set()
     if per_image > 1 and self.media:
-      raise ValueError(f"config.data.questions_per_image={per_image} groups questions about one image, but this "
-                       f"dataset's examples also carry {'/'.join(self.media)} of their own; set it to 1.")
+      raise ValueError(
+        f"config.data.questions_per_image={per_image} groups questions about one image, but this "
+        f"dataset's examples also carry {'/'.join(self.media)} of their own; set it to 1."
+      )
     if per_image > 1 and local % per_image:
-      raise ValueError(f"config.batch_size={global_batch} over {process_count} processes gives {local} rows per "
-                       f"process, not a multiple of config.data.questions_per_image={per_image}.")
+      raise ValueError(
+        f"config.batch_size={global_batch} over {process_count} processes gives {local} rows per "
+        f"process, not a multiple of config.data.questions_per_image={per_image}."
+      )
     streams, weights = [], []
     for task in range(len(TASK_NAMES)):
       if tasks is not None and TASK_NAMES[task] not in tasks:
@@ -694,18 +771,34 @@ class Data:
         captions = None
         if joint_captions:
           captions = (_captions_of_groups(data, groups), data.target_length(TASK_CAPTION), task_weights["caption"])
-        load = functools.partial(_load_groups, groups=groups, data=data, rows=image_rows,
-                                 per_image=per_image, length=length, captions=captions)
-        ds = (grain.MapDataset.source(_Ids(np.arange(len(groups)))).shuffle(seed=seed).repeat()
-              .batch(global_batch // per_image, drop_remainder=True).random_map(load, seed=seed))
+        load = functools.partial(
+          _load_groups, groups=groups, data=data, rows=image_rows, per_image=per_image, length=length, captions=captions
+        )
+        ds = (
+          grain.MapDataset.source(_Ids(np.arange(len(groups))))
+          .shuffle(seed=seed)
+          .repeat()
+          .batch(global_batch // per_image, drop_remainder=True)
+          .random_map(load, seed=seed)
+        )
       else:
         # With shared images every batch holds the same number of images: a caption batch is then
         # batch_size / questions_per_image examples, about as cheap as a VQA batch.
         task_batch, task_rows = global_batch // per_image, slice(rows.start // per_image, rows.stop // per_image)
-        load = functools.partial(_load_rows, data=data, rows=task_rows, length=length,
-                                 caption_length=data.target_length(TASK_CAPTION) if joint_captions else 0)
-        ds = (grain.MapDataset.source(_Ids(ids)).shuffle(seed=seed).repeat()
-              .batch(task_batch, drop_remainder=True).map(load))
+        load = functools.partial(
+          _load_rows,
+          data=data,
+          rows=task_rows,
+          length=length,
+          caption_length=data.target_length(TASK_CAPTION) if joint_captions else 0,
+        )
+        ds = (
+          grain.MapDataset.source(_Ids(ids))
+          .shuffle(seed=seed)
+          .repeat()
+          .batch(task_batch, drop_remainder=True)
+          .map(load)
+        )
       streams.append(ds)
       weights.append(len(ids) * task_weights[TASK_NAMES[task]])
     if not streams:
@@ -713,8 +806,9 @@ class Data:
       raise ValueError(f"the train split of {self.builder.name} has no examples{what}.")
     return iter(streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights))
 
-  def eval_batches(self, split: str, batch_size: int, max_examples: int = 0, process_index: int = 0,
-                   process_count: int = 1):
+  def eval_batches(
+    self, split: str, batch_size: int, max_examples: int = 0, process_index: int = 0, process_count: int = 1
+  ):
     """Batches of `split` (its first `max_examples` examples when > 0), every batch full size:
     padding rows have valid=False. Every process yields the same number of batches."""
     data = self.split(split)
@@ -728,7 +822,7 @@ class Data:
     padded = max(1, math.ceil(math.ceil(n / process_count) / per_process)) * per_process
     ids = np.concatenate([ids, -np.ones(padded - len(ids), np.int64)])
     for start in range(0, padded, per_process):
-      rows = [data.example(i) for i in ids[start:start + per_process]]
+      rows = [data.example(i) for i in ids[start : start + per_process]]
       yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
   def references(self, split: str, example_id: int) -> list[str]:

@@ -23,6 +23,7 @@ Audio is mono at the dataset's sample rate. The media tensors are stored as zlib
 tf.train.Example would otherwise store each int16 sample as a varint of up to 10 bytes, and the
 shapes frames (flat colours on black) compress to a few percent.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,16 +37,17 @@ def _compressed(shape, dtype) -> tfds.features.Tensor:
   return tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.ZLIB)
 
 
-def record_features(image_size: int, *, question_audio: bool = False, scene_audio: bool = False,
-                    video: bool = False) -> tfds.features.FeaturesDict:
+def record_features(
+  image_size: int, *, question_audio: bool = False, scene_audio: bool = False, video: bool = False
+) -> tfds.features.FeaturesDict:
   """The TFDS FeaturesDict of the record schema for square ``image_size`` images."""
   features = {
-      "image": tfds.features.Image(shape=(image_size, image_size, 3), encoding_format="png"),
-      "questions": tfds.features.Sequence(tfds.features.Text()),
-      "answers": tfds.features.Sequence(tfds.features.Text()),
-      "question_types": tfds.features.Sequence(tfds.features.Text()),
-      "captions": tfds.features.Sequence(tfds.features.Text()),
-      "id": tfds.features.Text(),
+    "image": tfds.features.Image(shape=(image_size, image_size, 3), encoding_format="png"),
+    "questions": tfds.features.Sequence(tfds.features.Text()),
+    "answers": tfds.features.Sequence(tfds.features.Text()),
+    "question_types": tfds.features.Sequence(tfds.features.Text()),
+    "captions": tfds.features.Sequence(tfds.features.Text()),
+    "id": tfds.features.Text(),
   }
   if question_audio:
     features["question_audio"] = _compressed((None,), np.int16)
@@ -68,8 +70,10 @@ def no_video(image_size: int) -> np.ndarray:
 def pack_clips(clips) -> dict[str, np.ndarray]:
   """Per-question clips -> the ``question_audio`` / ``question_audio_lengths`` features."""
   clips = [np.asarray(c, np.int16) for c in clips]
-  return {"question_audio": np.concatenate(clips) if clips else no_audio(),
-          "question_audio_lengths": np.asarray([len(c) for c in clips], np.int32)}
+  return {
+    "question_audio": np.concatenate(clips) if clips else no_audio(),
+    "question_audio_lengths": np.asarray([len(c) for c in clips], np.int32),
+  }
 
 
 def unpack_clips(record) -> list[np.ndarray]:

@@ -1,6 +1,7 @@
 """What the input pipeline asks of a dataset: `config.data.source` names one (mmjax.registry,
 floor "datasets"), so a new dataset is a builder plus a DatasetSource, and the core knows none of
 its vocabulary, question templates or labels."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +23,7 @@ class DatasetSource:
   question_template(question) -> the template a question was made from, for per-template
       accuracy; None when the dataset has no templates.
   """
+
   builder_config: Callable[[Any], Any]
   prepare: Callable[[Any, str], Any]
   vocabulary_texts: Callable[[Any], list[str]] = lambda cfg: []

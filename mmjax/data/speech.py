@@ -12,6 +12,7 @@ espeak-ng is an external program, not a Python package: when it is missing, ``sy
 ``SpeechUnavailableError`` saying what to install and which config flag turns spoken questions
 off. ``ESPEAK_EXECUTABLE`` names the program (tests point it at a nonexistent one).
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,9 +38,10 @@ def require(executable: str | None = None) -> str:
   path = shutil.which(executable)
   if path is None:
     raise SpeechUnavailableError(
-        f"spoken questions need the espeak-ng text-to-speech program, but {executable!r} was not "
-        "found on PATH. Install it with `apt-get install espeak-ng` (Debian/Ubuntu) or "
-        f"`brew install espeak-ng` (macOS), or turn spoken questions off with {CONFIG_FLAG}.")
+      f"spoken questions need the espeak-ng text-to-speech program, but {executable!r} was not "
+      "found on PATH. Install it with `apt-get install espeak-ng` (Debian/Ubuntu) or "
+      f"`brew install espeak-ng` (macOS), or turn spoken questions off with {CONFIG_FLAG}."
+    )
   return path
 
 
@@ -50,11 +52,13 @@ def synthesize(text: str, sample_rate: int = 16000, executable: str | None = Non
 
 @functools.lru_cache(maxsize=4096)
 def _synthesize(text: str, sample_rate: int, executable: str) -> np.ndarray:
-  proc = subprocess.run([executable, "--stdout", "-v", VOICE], input=text.encode("utf-8"),
-                        capture_output=True, check=False)
+  proc = subprocess.run(
+    [executable, "--stdout", "-v", VOICE], input=text.encode("utf-8"), capture_output=True, check=False
+  )
   if proc.returncode != 0 or not proc.stdout:
-    raise RuntimeError(f"{executable} failed on {text!r} (exit code {proc.returncode}): "
-                       f"{proc.stderr.decode(errors='replace').strip()}")
+    raise RuntimeError(
+      f"{executable} failed on {text!r} (exit code {proc.returncode}): {proc.stderr.decode(errors='replace').strip()}"
+    )
   clip = wav.read_wav(proc.stdout, sample_rate)
   clip.flags.writeable = False  # shared by every caller through the cache
   return clip

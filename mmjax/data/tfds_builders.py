@@ -16,6 +16,7 @@ Optional media (``schema.record_features``): spoken questions (speech.py), a rec
 suffix to the config name (``media_suffix``); with none, names and records are exactly those of
 datasets prepared before media existed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,13 +26,10 @@ import os
 import shutil
 import tempfile
 
-from etils import epath
-import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
-from mmjax.data import manifest as manifest_lib
-from mmjax.data import schema
-from mmjax.data import speech
+from mmjax.data import manifest as manifest_lib, schema, speech
 from mmjax.data.source import DatasetSource
 
 FILE_FORMAT = "array_record"
@@ -40,6 +38,7 @@ FILE_FORMAT = "array_record"
 @dataclasses.dataclass(eq=False)
 class RecordConfig(tfds.core.BuilderConfig):
   """What every builder's config shares: image size, seed and the optional media."""
+
   image_size: int = 64
   seed: int = 0
   spoken_questions: bool = False
@@ -58,8 +57,7 @@ class RecordConfig(tfds.core.BuilderConfig):
     return ("vqa",)
 
 
-def media_suffix(spoken_questions: bool, scene_audio: bool, video_frames: int,
-                  audio_sample_rate: int) -> str:
+def media_suffix(spoken_questions: bool, scene_audio: bool, video_frames: int, audio_sample_rate: int) -> str:
   """Config-name suffix of the enabled media: "" when none (names stay as before media)."""
   parts = (["sq"] if spoken_questions else []) + (["snd"] if scene_audio else [])
   if parts:  # the rate only matters when there is audio
@@ -76,10 +74,12 @@ class RecordBuilder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
     return self.dataset_info_from_configs(
-        features=schema.record_features(cfg.image_size, question_audio=cfg.spoken_questions,
-                                        scene_audio=cfg.scene_audio, video=cfg.video_frames > 0),
-        supervised_keys=None,
-        description=__doc__)
+      features=schema.record_features(
+        cfg.image_size, question_audio=cfg.spoken_questions, scene_audio=cfg.scene_audio, video=cfg.video_frames > 0
+      ),
+      supervised_keys=None,
+      description=__doc__,
+    )
 
   def _check_media_tools(self):
     """Fails before any record is generated when an enabled medium's tool is missing."""
@@ -90,8 +90,7 @@ class RecordBuilder(tfds.core.GeneratorBasedBuilder):
     """``example`` plus the media features of this config (absent clips stored empty)."""
     cfg = self.builder_config
     if cfg.spoken_questions:
-      example.update(schema.pack_clips(
-          speech.synthesize(q, cfg.audio_sample_rate) for q in example["questions"]))
+      example.update(schema.pack_clips(speech.synthesize(q, cfg.audio_sample_rate) for q in example["questions"]))
     if cfg.scene_audio:
       example["scene_audio"] = schema.no_audio() if scene_audio is None else scene_audio
     if cfg.video_frames:
@@ -113,9 +112,15 @@ class ManifestConfig(RecordConfig):
     return self.has_audio
 
 
-def manifest_config(manifest_path: str | os.PathLike, image_size: int = 64, seed: int = 0, *,
-                    spoken_questions: bool = False, video_frames: int = 0,
-                    audio_sample_rate: int = 16000) -> ManifestConfig:
+def manifest_config(
+  manifest_path: str | os.PathLike,
+  image_size: int = 64,
+  seed: int = 0,
+  *,
+  spoken_questions: bool = False,
+  video_frames: int = 0,
+  audio_sample_rate: int = 16000,
+) -> ManifestConfig:
   """Config named by the manifest content hash (plus image size, split seed and media).
 
   Audio and video features exist when the manifest uses the "audio" / "video" keys (a quick
@@ -130,12 +135,21 @@ def manifest_config(manifest_path: str | os.PathLike, image_size: int = 64, seed
   used = manifest_lib.used_media(path)
   has_audio = "audio" in used
   video_frames = int(video_frames) if "video" in used else 0
-  name = (f"m{h}-{h2}_s{int(image_size)}_seed{int(seed)}"
-          + media_suffix(spoken_questions, has_audio, video_frames, audio_sample_rate))
-  return ManifestConfig(name=name, version="1.0.0", description=f"manifest {path}",
-                        manifest_path=path, image_size=int(image_size), seed=int(seed),
-                        spoken_questions=bool(spoken_questions), has_audio=has_audio,
-                        video_frames=video_frames, audio_sample_rate=int(audio_sample_rate))
+  name = f"m{h}-{h2}_s{int(image_size)}_seed{int(seed)}" + media_suffix(
+    spoken_questions, has_audio, video_frames, audio_sample_rate
+  )
+  return ManifestConfig(
+    name=name,
+    version="1.0.0",
+    description=f"manifest {path}",
+    manifest_path=path,
+    image_size=int(image_size),
+    seed=int(seed),
+    spoken_questions=bool(spoken_questions),
+    has_audio=has_audio,
+    video_frames=video_frames,
+    audio_sample_rate=int(audio_sample_rate),
+  )
 
 
 class MmjaxManifest(RecordBuilder):
@@ -158,8 +172,7 @@ class MmjaxManifest(RecordBuilder):
     self._check_media_tools()
     parsed = self._parsed
     if parsed is None:
-      parsed = manifest_lib.parse_manifest(cfg.manifest_path, seed=cfg.seed,
-                                           video_frames=cfg.video_frames)
+      parsed = manifest_lib.parse_manifest(cfg.manifest_path, seed=cfg.seed, video_frames=cfg.video_frames)
     # TFDS refuses a split that yields no examples ("No examples were yielded"), so a split without
     # records is left out of the dataset: builder.info.splits then lacks it, and asking for it is
     # an error naming it and the manifest (pipeline.check_split). parse_manifest guarantees train.
@@ -168,12 +181,14 @@ class MmjaxManifest(RecordBuilder):
   def _generate_examples(self, records):
     cfg = self.builder_config
     for rec in records:
-      yield rec.id, self._with_media(
+      yield (
+        rec.id,
+        self._with_media(
           rec.to_example(cfg.image_size),
-          scene_audio=(manifest_lib.load_audio(rec.audio, cfg.audio_sample_rate)
-                       if rec.audio else None),
-          video=(manifest_lib.load_video(rec.video, cfg.image_size, cfg.video_frames)
-                 if rec.video else None))
+          scene_audio=(manifest_lib.load_audio(rec.audio, cfg.audio_sample_rate) if rec.audio else None),
+          video=(manifest_lib.load_video(rec.video, cfg.image_size, cfg.video_frames) if rec.video else None),
+        ),
+      )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,8 +214,8 @@ def prepare(builder: tfds.core.DatasetBuilder, data_dir: str):
     # Nothing is downloaded; keep TFDS's (empty) downloads/ folder out of data_dir.
     with tempfile.TemporaryDirectory(prefix="mmjax_tfds_dl_") as dl:
       builder.download_and_prepare(
-          download_dir=dl, file_format=FILE_FORMAT,
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        download_dir=dl, file_format=FILE_FORMAT, download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+      )
   except BaseException:
     created = []
     for r, dirs, files in os.walk(root):
@@ -223,20 +238,32 @@ def prepare(builder: tfds.core.DatasetBuilder, data_dir: str):
     raise
 
 
-def prepare_manifest(manifest_path: str, data_dir: str, image_size: int = 64, seed: int = 0, *,
-                     spoken_questions: bool = False, video_frames: int = 0,
-                     audio_sample_rate: int = 16000) -> MmjaxManifest:
+def prepare_manifest(
+  manifest_path: str,
+  data_dir: str,
+  image_size: int = 64,
+  seed: int = 0,
+  *,
+  spoken_questions: bool = False,
+  video_frames: int = 0,
+  audio_sample_rate: int = 16000,
+) -> MmjaxManifest:
   """Validates + builds (if missing) the manifest dataset and returns its builder.
 
   Validation runs before anything is written; on any error nothing is left under ``data_dir``.
   """
   data_dir = os.path.expanduser(os.fspath(data_dir))
-  config = manifest_config(manifest_path, image_size, seed, spoken_questions=spoken_questions,
-                           video_frames=video_frames, audio_sample_rate=audio_sample_rate)
+  config = manifest_config(
+    manifest_path,
+    image_size,
+    seed,
+    spoken_questions=spoken_questions,
+    video_frames=video_frames,
+    audio_sample_rate=audio_sample_rate,
+  )
   builder = MmjaxManifest(config=config, data_dir=data_dir)
   if not is_prepared(builder):
-    parsed = manifest_lib.parse_manifest(config.manifest_path, seed=seed,
-                                         video_frames=config.video_frames)
+    parsed = manifest_lib.parse_manifest(config.manifest_path, seed=seed, video_frames=config.video_frames)
     builder = MmjaxManifest(config=config, data_dir=data_dir, parsed=parsed)
     prepare(builder, data_dir)
     builder = MmjaxManifest(config=config, data_dir=data_dir)
@@ -252,15 +279,26 @@ def split_sizes(builder: tfds.core.DatasetBuilder) -> dict[str, int]:
 def _manifest_builder_config(data) -> ManifestConfig:
   if not os.path.isfile(os.path.expanduser(data.manifest)):
     raise ValueError(f"config.data.manifest={data.manifest!r}: no such file.")
-  return manifest_config(os.path.expanduser(data.manifest), image_size=data.image_size, seed=data.seed,
-                         spoken_questions=data.spoken_questions, video_frames=data.video_frames,
-                         audio_sample_rate=data.audio_sample_rate)
+  return manifest_config(
+    os.path.expanduser(data.manifest),
+    image_size=data.image_size,
+    seed=data.seed,
+    spoken_questions=data.spoken_questions,
+    video_frames=data.video_frames,
+    audio_sample_rate=data.audio_sample_rate,
+  )
 
 
 def _prepare_manifest(cfg: ManifestConfig, data_dir: str) -> MmjaxManifest:
-  return prepare_manifest(cfg.manifest_path, data_dir, cfg.image_size, cfg.seed,
-                          spoken_questions=cfg.spoken_questions, video_frames=cfg.video_frames,
-                          audio_sample_rate=cfg.audio_sample_rate)
+  return prepare_manifest(
+    cfg.manifest_path,
+    data_dir,
+    cfg.image_size,
+    cfg.seed,
+    spoken_questions=cfg.spoken_questions,
+    video_frames=cfg.video_frames,
+    audio_sample_rate=cfg.audio_sample_rate,
+  )
 
 
 MANIFEST = DatasetSource(builder_config=_manifest_builder_config, prepare=_prepare_manifest)

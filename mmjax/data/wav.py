@@ -6,6 +6,7 @@
   mono int16 at the requested rate. Channels are averaged; the ``wave`` module reads only
   uncompressed integer PCM, so float or compressed WAVs are rejected with its error.
 """
+
 from __future__ import annotations
 
 import io

@@ -6,6 +6,7 @@ positions (j >= cond.prefix_len) are never attended to (segment ids: 0 for padde
 1 elsewhere). The same mask is rebuilt over the KV cache in decode mode, so prefill + step-by-step
 decoding equals the full forward.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -30,24 +31,36 @@ class Decoder(nn.Module):
   gated_cross_attention: bool = False
   implementation: str = "auto"
   dtype: layers.Dtype = jnp.float32
-  remat: str = "none"        # layers.REMAT_POLICIES
+  remat: str = "none"  # layers.REMAT_POLICIES
   scan_layers: bool = False  # nn.scan over the blocks; needs identical blocks (cross_attention_every 0 or 1)
   mlp_activation: str = "gelu"  # layers.MLP_ACTIVATIONS
 
   def setup(self):
     self.embed = layers.Embed(self.vocab_size, self.width, self.dtype)
-    self.posemb = self.param("posemb", layers.param_with_axes(nn.initializers.normal(0.02), ("pos", "embed")),
-                             (self.max_len, self.width), jnp.float32)
+    self.posemb = self.param(
+      "posemb",
+      layers.param_with_axes(nn.initializers.normal(0.02), ("pos", "embed")),
+      (self.max_len, self.width),
+      jnp.float32,
+    )
     every = self.cross_attention_every
-    block = lambda i: dict(num_heads=self.num_heads, head_dim=self.width // self.num_heads, mlp_dim=self.mlp_dim,
-                           num_kv_heads=self.num_kv_heads, cross_attention=bool(every) and (i + 1) % every == 0,
-                           gated_cross_attention=self.gated_cross_attention,
-                           implementation=self.implementation, dtype=self.dtype,
-                           mlp_activation=self.mlp_activation)
+    block = lambda i: dict(
+      num_heads=self.num_heads,
+      head_dim=self.width // self.num_heads,
+      mlp_dim=self.mlp_dim,
+      num_kv_heads=self.num_kv_heads,
+      cross_attention=bool(every) and (i + 1) % every == 0,
+      gated_cross_attention=self.gated_cross_attention,
+      implementation=self.implementation,
+      dtype=self.dtype,
+      mlp_activation=self.mlp_activation,
+    )
     if self.scan_layers:
       if len({tuple(sorted(block(i).items())) for i in range(self.depth)}) > 1:
-        raise ValueError(f"Decoder: scan_layers needs identical layers; cross_attention_every={every} makes "
-                         "them differ. Use cross_attention_every 0 or 1, or model.scan_layers=False.")
+        raise ValueError(
+          f"Decoder: scan_layers needs identical layers; cross_attention_every={every} makes "
+          "them differ. Use cross_attention_every 0 or 1, or model.scan_layers=False."
+        )
       self.blocks = layers.ScannedBlocks(self.depth, block(0), self.remat)
     else:
       cls = layers.block_class(self.remat)
@@ -74,8 +87,9 @@ class Decoder(nn.Module):
     x = layers.constrain_tokens(x + jnp.take(self.posemb, positions, axis=0)[None].astype(x.dtype))
     prefix_len = None
     if n_prefix:
-      prefix_len = (jnp.full((x.shape[0],), n_prefix, jnp.int32) if cond.prefix_len is None
-                    else cond.prefix_len.astype(jnp.int32))
+      prefix_len = (
+        jnp.full((x.shape[0],), n_prefix, jnp.int32) if cond.prefix_len is None else cond.prefix_len.astype(jnp.int32)
+      )
     if decode:
       self_mask = None  # the cache builds its own causal mask (offset = cache index) + prefix terms
     elif n_prefix:
@@ -90,5 +104,5 @@ class Decoder(nn.Module):
     else:
       for block in self.blocks:  # positional: nn.remat's static_argnums counts positions (decode = 5)
         x = block(x, self_mask, cond.memory, memory_mask, decode, prefix)
-    x = self.norm(x)[:, n_prefix if prepend else 0:]
+    x = self.norm(x)[:, n_prefix if prepend else 0 :]
     return self.embed.attend(x).astype(jnp.float32)

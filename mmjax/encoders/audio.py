@@ -11,6 +11,7 @@ Then sin-cos 1-D positions, pre-norm transformer blocks, a final norm.
 Convolutions are framing (a gather of windows) + `layers.Dense` over (window, channels), so their
 kernels carry logical axes like every other parameter.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,9 @@ def mel_to_hz(m):
   return 700.0 * (10.0 ** (np.asarray(m, np.float64) / 2595.0) - 1.0)
 
 
-def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, fmin: float = 0.0,
-                   fmax: float | None = None) -> np.ndarray:
+def mel_filterbank(
+  n_fft: int, n_mels: int, sample_rate: int, fmin: float = 0.0, fmax: float | None = None
+) -> np.ndarray:
   """float32 [n_fft // 2 + 1, n_mels] triangular filters, equally spaced on the HTK mel scale."""
   fmax = sample_rate / 2 if fmax is None else fmax
   freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
@@ -59,9 +61,16 @@ def num_stft_frames(num_samples: int, n_fft: int, hop: int) -> int:
   return num_samples // hop + 1  # centred frames (reflect padding of n_fft // 2 on both sides)
 
 
-def log_mel_spectrogram(wave: jax.Array, sample_rate: int = 16_000, n_fft: int = 400, hop: int = 160,
-                        n_mels: int = 80, fmin: float = 0.0, fmax: float | None = None,
-                        floor: float = 1e-10) -> jax.Array:
+def log_mel_spectrogram(
+  wave: jax.Array,
+  sample_rate: int = 16_000,
+  n_fft: int = 400,
+  hop: int = 160,
+  n_mels: int = 80,
+  fmin: float = 0.0,
+  fmax: float | None = None,
+  floor: float = 1e-10,
+) -> jax.Array:
   """float [B, T] waveform -> float32 [B, T // hop + 1, n_mels] natural-log mel power spectrogram.
 
   Centred frames (reflect padding), periodic Hann window, power |rfft|^2, mel filterbank,
@@ -70,7 +79,7 @@ def log_mel_spectrogram(wave: jax.Array, sample_rate: int = 16_000, n_fft: int =
   wave = jnp.asarray(wave, jnp.float32)
   pad = n_fft // 2
   x = jnp.pad(wave, ((0, 0), (pad, pad)), mode="reflect")
-  frames = frame(x, n_fft, hop)                                    # [B, N, n_fft]
+  frames = frame(x, n_fft, hop)  # [B, N, n_fft]
   window = jnp.asarray(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft), jnp.float32)
   spec = jnp.fft.rfft(frames * window, axis=-1)
   power = jnp.real(spec) ** 2 + jnp.imag(spec) ** 2
@@ -89,6 +98,7 @@ def sincos_1d(n: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
 
 class Conv1D(nn.Module):
   """Strided 1-D convolution over [B, T, C] ("valid" after `padding` zeros on both sides)."""
+
   features: int
   kernel: int
   stride: int
@@ -101,8 +111,9 @@ class Conv1D(nn.Module):
     if self.padding:
       x = jnp.pad(x, ((0, 0), (self.padding, self.padding), (0, 0)))
     windows = frame(x, self.kernel, self.stride)  # [B, N, k, C]
-    return layers.Dense(self.features, ("conv_window", "channels"), ("embed",), use_bias=self.use_bias,
-                        dtype=self.dtype, name="kernel")(windows)
+    return layers.Dense(
+      self.features, ("conv_window", "channels"), ("embed",), use_bias=self.use_bias, dtype=self.dtype, name="kernel"
+    )(windows)
 
 
 def conv_out_len(length, kernel: int, stride: int, padding: int = 0):
@@ -111,16 +122,17 @@ def conv_out_len(length, kernel: int, stride: int, padding: int = 0):
 
 class AudioEncoder(nn.Module):
   """waveform float [B, T] (+ lengths [B]) -> (tokens [B, N, width], token lengths [B] or None)."""
+
   width: int = 128
   depth: int = 2
   num_heads: int = 4
   mlp_dim: int = 512
-  frontend: str = "logmel"       # "logmel" | "wav2vec"
+  frontend: str = "logmel"  # "logmel" | "wav2vec"
   sample_rate: int = 16_000
   n_fft: int = 400
   hop: int = 160
   n_mels: int = 80
-  conv_dim: int = 64             # wav2vec conv channels
+  conv_dim: int = 64  # wav2vec conv channels
   wav2vec_conv: tuple = WAV2VEC_CONV
   implementation: str = "auto"
   dtype: layers.Dtype = jnp.float32
@@ -133,7 +145,8 @@ class AudioEncoder(nn.Module):
     if self.frontend == "logmel":
       x = log_mel_spectrogram(wave, self.sample_rate, self.n_fft, self.hop, self.n_mels)
       x = (jnp.maximum(x, x.max(axis=(1, 2), keepdims=True) - 8.0 * math.log(10)) + 4.0 * math.log(10)) / (
-          4.0 * math.log(10))  # Whisper's dynamic-range clamp and scaling, in natural log
+        4.0 * math.log(10)
+      )  # Whisper's dynamic-range clamp and scaling, in natural log
       n = None if lengths is None else lengths // self.hop + 1
       for i in range(2):
         x = nn.gelu(Conv1D(self.width, 3, 2, padding=1, dtype=self.dtype, name=f"conv_{i}")(x.astype(self.dtype)))
@@ -154,9 +167,14 @@ class AudioEncoder(nn.Module):
       for i, (k, s) in enumerate(self.wav2vec_conv):
         x = Conv1D(self.conv_dim, k, s, use_bias=False, dtype=self.dtype, name=f"conv_{i}")(x.astype(self.dtype))
         if i == 0:
-          x = nn.GroupNorm(num_groups=None, group_size=1, dtype=self.dtype,
-                           scale_init=layers.param_with_axes(nn.initializers.ones, ("norm",)),
-                           bias_init=layers.param_with_axes(nn.initializers.zeros, ("norm",)), name="norm_0")(x)
+          x = nn.GroupNorm(
+            num_groups=None,
+            group_size=1,
+            dtype=self.dtype,
+            scale_init=layers.param_with_axes(nn.initializers.ones, ("norm",)),
+            bias_init=layers.param_with_axes(nn.initializers.zeros, ("norm",)),
+            name="norm_0",
+          )(x)
         x = nn.gelu(x)
         n = None if n is None else conv_out_len(n, k, s)
       x = layers.LayerNorm(self.dtype, name="norm_features")(x)
@@ -167,7 +185,12 @@ class AudioEncoder(nn.Module):
     n = None if n is None else jnp.clip(n, 0, x.shape[1]).astype(jnp.int32)
     mask = None if n is None else MaskSpec(kv_valid_len=n)
     for i in range(self.depth):
-      x = layers.TransformerBlock(self.num_heads, self.width // self.num_heads, self.mlp_dim,
-                                  implementation=self.implementation, dtype=self.dtype,
-                                  name=f"block_{i}")(x, self_mask=mask)
+      x = layers.TransformerBlock(
+        self.num_heads,
+        self.width // self.num_heads,
+        self.mlp_dim,
+        implementation=self.implementation,
+        dtype=self.dtype,
+        name=f"block_{i}",
+      )(x, self_mask=mask)
     return layers.LayerNorm(self.dtype, name="norm")(x), n

@@ -10,6 +10,7 @@ Tokens are time-major (all patches of tubelet 0, then of tubelet 1, ...), so the
 blocks attend only to those (a padded clip reads like the same clip without its padding frames,
 up to the zero frames that share a tubelet with its last real frame).
 """
+
 from __future__ import annotations
 
 import einops
@@ -56,19 +57,31 @@ class VideoEncoder(nn.Module):
     x = layers.Dense(self.width, ("patch",), ("embed",), dtype=self.dtype, name="tubelet_embed")(tubes)
     gt, gh, gw = t // pt, h // p, w // p
     if self.posemb == "learn":
-      pos = self.param("posemb", layers.param_with_axes(nn.initializers.normal(0.02), ("pos", "embed")),
-                       (gt * gh * gw, self.width), jnp.float32)
+      pos = self.param(
+        "posemb",
+        layers.param_with_axes(nn.initializers.normal(0.02), ("pos", "embed")),
+        (gt * gh * gw, self.width),
+        jnp.float32,
+      )
     elif self.posemb == "sincos":
-      space = layers.sincos_2d(gh, gw, self.width)               # [gh*gw, D]
-      time = sincos_1d(gt, self.width)                            # [gt, D]
+      space = layers.sincos_2d(gh, gw, self.width)  # [gh*gw, D]
+      time = sincos_1d(gt, self.width)  # [gt, D]
       pos = jnp.asarray((time[:, None, :] + space[None, :, :]).reshape(gt * gh * gw, self.width))
     else:
       raise ValueError(f"VideoEncoder: unknown posemb {self.posemb!r}; use 'learn' or 'sincos'.")
     x = layers.constrain_tokens(x + pos.astype(x.dtype)[None])
-    mask = None if lengths is None else MaskSpec(
-        kv_valid_len=num_valid_tokens(lengths, video.shape, p, pt).astype(jnp.int32))
+    mask = (
+      None
+      if lengths is None
+      else MaskSpec(kv_valid_len=num_valid_tokens(lengths, video.shape, p, pt).astype(jnp.int32))
+    )
     for i in range(self.depth):
-      x = layers.TransformerBlock(self.num_heads, self.width // self.num_heads, self.mlp_dim,
-                                  implementation=self.implementation, dtype=self.dtype,
-                                  name=f"block_{i}")(x, self_mask=mask)
+      x = layers.TransformerBlock(
+        self.num_heads,
+        self.width // self.num_heads,
+        self.mlp_dim,
+        implementation=self.implementation,
+        dtype=self.dtype,
+        name=f"block_{i}",
+      )(x, self_mask=mask)
     return layers.LayerNorm(self.dtype, name="norm")(x)

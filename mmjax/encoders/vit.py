@@ -1,10 +1,10 @@
 """Vision Transformer image encoder: patches -> tokens [B, N, D]."""
+
 from __future__ import annotations
 
 import einops
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
 from mmjax import layers
 
@@ -27,18 +27,19 @@ class ViT(nn.Module):
   position embeddings on the token grid cannot say ("is the <named> object on the left?" for an
   object astride the middle).
   """
+
   width: int = 128
   depth: int = 4
   num_heads: int = 4
   mlp_dim: int = 512
   patch_size: int = 8
   posemb: str = "learn"  # "learn" | "sincos2d"
-  stem: str = "patch"    # "patch" | "conv"
+  stem: str = "patch"  # "patch" | "conv"
   stem_channels: tuple[int, ...] = (32, 64)
   coord_channels: bool = False
   implementation: str = "auto"
   dtype: layers.Dtype = jnp.float32
-  remat: str = "none"        # layers.REMAT_POLICIES
+  remat: str = "none"  # layers.REMAT_POLICIES
   scan_layers: bool = False  # nn.scan over the blocks (parameters stacked on a "layers" axis)
 
   @nn.compact
@@ -63,15 +64,21 @@ class ViT(nn.Module):
     x = layers.Dense(self.width, ("patch",), ("embed",), dtype=self.dtype, name="patch_embed")(patches)
     n = x.shape[1]
     if self.posemb == "learn":
-      pos = self.param("posemb", layers.param_with_axes(nn.initializers.normal(0.02), ("pos", "embed")),
-                       (n, self.width), jnp.float32)
+      pos = self.param(
+        "posemb", layers.param_with_axes(nn.initializers.normal(0.02), ("pos", "embed")), (n, self.width), jnp.float32
+      )
     elif self.posemb == "sincos2d":
       pos = jnp.asarray(layers.sincos_2d(h // self.patch_size, w // self.patch_size, self.width))
     else:
       raise ValueError(f"ViT: unknown posemb {self.posemb!r}; use 'learn' or 'sincos2d'.")
     x = layers.constrain_tokens(x + pos.astype(x.dtype)[None])
-    block = dict(num_heads=self.num_heads, head_dim=self.width // self.num_heads, mlp_dim=self.mlp_dim,
-                 implementation=self.implementation, dtype=self.dtype)
+    block = dict(
+      num_heads=self.num_heads,
+      head_dim=self.width // self.num_heads,
+      mlp_dim=self.mlp_dim,
+      implementation=self.implementation,
+      dtype=self.dtype,
+    )
     x = layers.run_blocks(x, depth=self.depth, block=block, remat=self.remat, scan=self.scan_layers)
     return layers.LayerNorm(self.dtype, name="norm")(x)
 
@@ -79,12 +86,20 @@ class ViT(nn.Module):
     """Returns the feature map and the patch size that keeps one token per p x p pixels."""
     for i, channels in enumerate(self.stem_channels):
       if p % 2:
-        raise ValueError(f"ViT: conv stem with {len(self.stem_channels)} stride-2 layers needs patch_size "
-                         f"divisible by {2 ** len(self.stem_channels)}; got {self.patch_size}.")
-      x = nn.Conv(channels, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype,
-                  kernel_init=layers.param_with_axes(nn.initializers.lecun_normal(), (None, None, "channels", "conv_out")),
-                  bias_init=layers.param_with_axes(nn.initializers.zeros, ("conv_out",)), name=f"stem_{i}")(x)
+        raise ValueError(
+          f"ViT: conv stem with {len(self.stem_channels)} stride-2 layers needs patch_size "
+          f"divisible by {2 ** len(self.stem_channels)}; got {self.patch_size}."
+        )
+      x = nn.Conv(
+        channels,
+        (3, 3),
+        strides=(2, 2),
+        padding="SAME",
+        dtype=self.dtype,
+        kernel_init=layers.param_with_axes(nn.initializers.lecun_normal(), (None, None, "channels", "conv_out")),
+        bias_init=layers.param_with_axes(nn.initializers.zeros, ("conv_out",)),
+        name=f"stem_{i}",
+      )(x)
       x = nn.gelu(x)
       p //= 2
     return x, p
-

@@ -18,6 +18,7 @@
 * Per image: 10 * mean over n of (sum over references of sim_n) / number of references.
 * Corpus score: mean of the per-image scores.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,7 @@ Ngram = tuple[str, ...]
 
 def ngram_counts(words: Sequence[str], n: int) -> Counter[Ngram]:
   """Counts of all n-grams of length 1..n."""
-  return Counter(tuple(words[i:i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
+  return Counter(tuple(words[i : i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
 
 
 class _Vec:
@@ -47,7 +48,7 @@ class _Vec:
 
 
 def _similarity(cand: _Vec, ref: _Vec, sigma: float) -> list[float]:
-  penalty = math.exp(-((cand.length - ref.length) ** 2) / (2 * sigma ** 2))
+  penalty = math.exp(-((cand.length - ref.length) ** 2) / (2 * sigma**2))
   sims = []
   for c, r, c_norm, r_norm in zip(cand.weights, ref.weights, cand.norms, ref.norms):
     dot = sum(min(w, r.get(gram, 0.0)) * r.get(gram, 0.0) for gram, w in c.items())
@@ -56,8 +57,9 @@ def _similarity(cand: _Vec, ref: _Vec, sigma: float) -> list[float]:
   return sims
 
 
-def cider_d(candidates: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
-            n: int = 4, sigma: float = 6.0) -> tuple[float, dict[Hashable, float]]:
+def cider_d(
+  candidates: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]], n: int = 4, sigma: float = 6.0
+) -> tuple[float, dict[Hashable, float]]:
   """(corpus CIDEr-D, {key: per-image CIDEr-D}) for one candidate caption per key.
 
   `references` fixes the corpus over which document frequencies are computed, so it must hold

@@ -19,6 +19,7 @@ are dropped again). Metrics (math and tie rule in retrieval.py):
 Predictions (for the sample report): one per image, in split order, with the caption it retrieves
 first (prediction), its own captions (references) and the rank of the best of them (prompt).
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,11 +30,11 @@ import numpy as np
 from mmjax.data.pipeline import TASK_CAPTION
 from mmjax.evaluate import retrieval
 from mmjax.models.contrastive import caption_tokens
-from mmjax.sample.embed import local_rows, embed_texts, global_batch, make_embed_fn
+from mmjax.sample.embed import embed_texts, global_batch, local_rows, make_embed_fn
 from mmjax.sample.predict import encode_prompts
 
-def embed_split(data, split: str, embed_fn, params, batch_size: int, max_examples: int = 0,
-                progress: bool = False):
+
+def embed_split(data, split: str, embed_fn, params, batch_size: int, max_examples: int = 0, progress: bool = False):
   """Embeds the (image, caption) pairs of `split`. Returns (ids [M] captioning example ids,
   image_emb [M, D], text_emb [M, D]) in split order."""
   sd = data.split(split)
@@ -41,12 +42,15 @@ def embed_split(data, split: str, embed_fn, params, batch_size: int, max_example
   if max_examples > 0:
     ids = ids[:max_examples]
   if len(ids) == 0:
-    raise ValueError(f"split {split!r} has no captions: a contrastive model is evaluated (and trained) on "
-                     "(image, caption) pairs; set --config.data.captions=True.")
+    raise ValueError(
+      f"split {split!r} has no captions: a contrastive model is evaluated (and trained) on "
+      "(image, caption) pairs; set --config.data.captions=True."
+    )
   gb = global_batch(batch_size, embed_fn.multiple)
   rows = list(local_rows(len(ids), gb))
   if progress:
     import tqdm
+
     rows = tqdm.tqdm(rows, desc=f"embed {split}", leave=False, disable=jax.process_index() != 0)
   images, texts = [], []
   for lo, hi in rows:
@@ -82,8 +86,7 @@ def zero_shot_trials(data, split: str, records: np.ndarray):
   return data.source.zero_shot_trials(data.builder.builder_config, [sd.records[int(r)]["captions"][0] for r in records])
 
 
-def evaluate_split(data, split: str, embed_fn, params, batch_size: int, max_examples: int = 0,
-                   progress: bool = False):
+def evaluate_split(data, split: str, embed_fn, params, batch_size: int, max_examples: int = 0, progress: bool = False):
   """(metrics, predictions) of the module doc for `split`."""
   sd = data.split(split)
   ids, img, txt = embed_split(data, split, embed_fn, params, batch_size, max_examples, progress)
@@ -95,15 +98,23 @@ def evaluate_split(data, split: str, embed_fn, params, batch_size: int, max_exam
   if zs is not None:
     prompts, trial_image, candidates, labels = zs
     tokens, lengths = encode_prompts(data.tokenizer, prompts, sd.max_target_len)
-    prompt_emb = embed_texts(embed_fn, params, tokens, lengths, global_batch(batch_size, embed_fn.multiple),
-                             sd.image_size)
+    prompt_emb = embed_texts(
+      embed_fn, params, tokens, lengths, global_batch(batch_size, embed_fn.multiple), sd.image_size
+    )
     scores = np.einsum("td,tcd->tc", image_emb[trial_image], prompt_emb[candidates])
     metrics[f"{split}/zero_shot_accuracy"] = retrieval.zero_shot_accuracy(scores, labels)
   top = np.argmax(image_emb @ txt.T, axis=1)
-  predictions = [dict(example_id=int(ids[first[i]]), task="caption", qtype="retrieval",
-                      prompt=f"image -> text: own caption at rank {int(i2t[i]) + 1}",
-                      prediction=caption_text(sd, ids[top[i]]), references=data.references(split, int(ids[first[i]])))
-                 for i in range(len(records))]
+  predictions = [
+    dict(
+      example_id=int(ids[first[i]]),
+      task="caption",
+      qtype="retrieval",
+      prompt=f"image -> text: own caption at rank {int(i2t[i]) + 1}",
+      prediction=caption_text(sd, ids[top[i]]),
+      references=data.references(split, int(ids[first[i]])),
+    )
+    for i in range(len(records))
+  ]
   return metrics, predictions
 
 

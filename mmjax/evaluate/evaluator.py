@@ -1,5 +1,6 @@
 """Evaluation by generation: VQA exact match per question type, CIDEr-D on captions and yes/no accuracy
 on audio-visual matching."""
+
 from __future__ import annotations
 
 import jax
@@ -19,14 +20,16 @@ def make_evaluator(setup, data, rng=None):
   rng = jax.random.key(config.seed + 1) if rng is None else rng
 
   def evaluate(params, split: str, max_examples: int = 0, progress: bool = False):
-    return evaluate_split(data, split, generate_fn, params, config.eval_batch_size, rng, max_examples=max_examples,
-                          progress=progress)
+    return evaluate_split(
+      data, split, generate_fn, params, config.eval_batch_size, rng, max_examples=max_examples, progress=progress
+    )
 
   return evaluate
 
 
-def evaluate_split(data, split: str, generate_fn, params, batch_size: int, rng, max_examples: int = 0,
-                   progress: bool = False):
+def evaluate_split(
+  data, split: str, generate_fn, params, batch_size: int, rng, max_examples: int = 0, progress: bool = False
+):
   """Generates an answer or caption for every example of `split` and scores it.
 
   Returns (metrics, predictions): metrics named `<split>/vqa_accuracy`,
@@ -41,24 +44,33 @@ def evaluate_split(data, split: str, generate_fn, params, batch_size: int, rng, 
     raise ValueError(f"eval batch_size={batch_size} is not divisible by the {n_proc} processes.")
   # Each process reads its share of every batch; generate_fn returns all processes' rows
   # concatenated in process order, so the example fields are all-gathered the same way.
-  batches = data.eval_batches(split, batch_size, max_examples=max_examples, process_index=jax.process_index(),
-                              process_count=n_proc)
+  batches = data.eval_batches(
+    split, batch_size, max_examples=max_examples, process_index=jax.process_index(), process_count=n_proc
+  )
   if progress:
     import tqdm
+
     batches = tqdm.tqdm(batches, desc=f"eval {split}", leave=False, disable=jax.process_index() != 0)
   for i, batch in enumerate(batches):
     media = {k: batch[k] for k in getattr(generate_fn, "media_keys", ())}  # audio / video the model reads
-    tokens = generate_fn(params, batch["image"], batch["prompt"], batch["prompt_len"], jax.random.fold_in(rng, i),
-                         **media)
+    tokens = generate_fn(
+      params, batch["image"], batch["prompt"], batch["prompt_len"], jax.random.fold_in(rng, i), **media
+    )
     batch = gather_rows({k: batch[k] for k in _ROW_KEYS})
     if len(tokens) != len(batch["example_id"]):
       raise ValueError(f"generate_fn returned {len(tokens)} rows for {len(batch['example_id'])} examples.")
     for row in np.flatnonzero(batch["valid"]):
       ex = int(batch["example_id"][row])
-      predictions.append(dict(
-          example_id=ex, task=data.task_name(int(batch["task"][row])), qtype=data.qtype_name(int(batch["qtype"][row])),
+      predictions.append(
+        dict(
+          example_id=ex,
+          task=data.task_name(int(batch["task"][row])),
+          qtype=data.qtype_name(int(batch["qtype"][row])),
           prompt=tok.decode(batch["prompt"][row][: batch["prompt_len"][row]].tolist()),
-          prediction=tok.decode(tokens[row].tolist()), references=data.references(split, ex)))
+          prediction=tok.decode(tokens[row].tolist()),
+          references=data.references(split, ex),
+        )
+      )
   return score(predictions, split), predictions
 
 
@@ -70,6 +82,7 @@ def gather_rows(batch: dict) -> dict:
   if jax.process_count() == 1:
     return batch
   from jax.experimental import multihost_utils
+
   return {k: np.asarray(multihost_utils.process_allgather(np.asarray(v), tiled=True)) for k, v in batch.items()}
 
 
@@ -86,7 +99,8 @@ def score(predictions, split: str) -> dict[str, float]:
     metrics[f"{split}/av_match_accuracy"] = sum(hits) / len(hits)
   caps = [p for p in predictions if p["task"] == "caption"]
   if caps:
-    corpus, _ = cider_d({i: p["prediction"] for i, p in enumerate(caps)},
-                        {i: list(p["references"]) for i, p in enumerate(caps)})
+    corpus, _ = cider_d(
+      {i: p["prediction"] for i, p in enumerate(caps)}, {i: list(p["references"]) for i, p in enumerate(caps)}
+    )
     metrics[f"{split}/cider"] = corpus
   return metrics

@@ -10,6 +10,7 @@ model that scores everything alike gets 0, not a perfect score:
 * zero-shot: a trial is correct only when the true class scores strictly higher than every other
   class (a tie for the top score is a miss).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -37,8 +38,9 @@ def recall_at_k(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict[int, float]:
   return {int(k): float(np.mean(ranks < k)) if len(ranks) else 0.0 for k in ks}
 
 
-def retrieval_ranks(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.ndarray,
-                    chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def retrieval_ranks(
+  image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.ndarray, chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
   """Ranks of both directions by dot product (cosine for L2-normalised embeddings).
 
   image_emb [N, D], text_emb [M, D], text_image int [M]: the image each text describes. Returns

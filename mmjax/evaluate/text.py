@@ -11,6 +11,7 @@ Not done (unlike the official VQA script): article removal, number words -> digi
 repair, and keeping the period in decimals ("2.5" -> "2 5"). Non-ASCII punctuation other than ’
 is kept.
 """
+
 from __future__ import annotations
 
 import string

@@ -1,5 +1,6 @@
 """VQA-style exact-match accuracy after `normalize_answer` (one reference answer per question;
 not the official min(#humans agreeing / 3, 1) soft accuracy over 10 annotators)."""
+
 from __future__ import annotations
 
 from collections import defaultdict

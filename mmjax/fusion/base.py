@@ -8,6 +8,7 @@ consumes a Conditioning the same way whatever produced it, so a new family is on
 subclasses `Fusion` and a config that names it (`fusion.name = "my.module:MyFusion"`, or a short
 name once it is in mmjax.registry.BUILTIN).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -21,10 +22,10 @@ from mmjax import registry
 
 @flax.struct.dataclass
 class Conditioning:
-  prefix: Optional[jax.Array] = None       # [B, P, D]
-  prefix_len: Optional[jax.Array] = None   # [B] valid prefix tokens (the rest is padding)
-  memory: Optional[jax.Array] = None       # [B, M, D]
-  memory_len: Optional[jax.Array] = None   # [B] valid memory tokens (the rest is padding)
+  prefix: Optional[jax.Array] = None  # [B, P, D]
+  prefix_len: Optional[jax.Array] = None  # [B] valid prefix tokens (the rest is padding)
+  memory: Optional[jax.Array] = None  # [B, M, D]
+  memory_len: Optional[jax.Array] = None  # [B] valid memory tokens (the rest is padding)
 
 
 class Fusion(nn.Module):
@@ -33,6 +34,7 @@ class Fusion(nn.Module):
   media: dict modality -> (tokens [B, N, D_m], lengths [B] or None); text: (tokens [B, L, D_t],
   lengths [B]) from the text encoder, or None when the family feeds the prompt elsewhere.
   """
+
   width: int = 128  # decoder width
 
   # Decoder layers i with (i + 1) % cross_attention_every == 0 get cross-attention; 0 = none.

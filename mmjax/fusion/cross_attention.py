@@ -11,6 +11,7 @@ decoder's own sequence instead (a bidirectional prefix, as in prefix-LM): every 
 reads the image through the decoder's cross-attention, the same path caption words use, so what
 captioning teaches about finding an object by its words serves the questions too.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -25,13 +26,13 @@ from mmjax.fusion.prefix_lm import project_sources
 class CrossAttentionFusion(Fusion):
   cross_attention_every: int = 1
   gated: bool = False
-  text_as: str = "memory"    # "memory": question tokens join the memory; "prefix": they lead the decoder
+  text_as: str = "memory"  # "memory": question tokens join the memory; "prefix": they lead the decoder
   fuse_depth: int = 0
   num_heads: int = 4
   mlp_dim: int = 512
   implementation: str = "auto"
   dtype: layers.Dtype = jnp.float32
-  remat: str = "none"        # layers.REMAT_POLICIES
+  remat: str = "none"  # layers.REMAT_POLICIES
   scan_layers: bool = False  # nn.scan over the fuse blocks
 
   def shares_media_across_prompts(self) -> bool:
@@ -52,9 +53,21 @@ class CrossAttentionFusion(Fusion):
     memory, memory_len = project_sources(self, media, text, self.width, self.dtype)
     if self.fuse_depth:
       mask = MaskSpec(kv_valid_len=memory_len)
-      block = dict(num_heads=self.num_heads, head_dim=self.width // self.num_heads, mlp_dim=self.mlp_dim,
-                   implementation=self.implementation, dtype=self.dtype)
-      memory = layers.run_blocks(memory, depth=self.fuse_depth, block=block, remat=self.remat,
-                                 scan=self.scan_layers, prefix="fuse", self_mask=mask)
+      block = dict(
+        num_heads=self.num_heads,
+        head_dim=self.width // self.num_heads,
+        mlp_dim=self.mlp_dim,
+        implementation=self.implementation,
+        dtype=self.dtype,
+      )
+      memory = layers.run_blocks(
+        memory,
+        depth=self.fuse_depth,
+        block=block,
+        remat=self.remat,
+        scan=self.scan_layers,
+        prefix="fuse",
+        self_mask=mask,
+      )
       memory = layers.LayerNorm(self.dtype, name="fuse_norm")(memory)
     return Conditioning(memory=memory, memory_len=memory_len, prefix=prefix, prefix_len=prefix_len)

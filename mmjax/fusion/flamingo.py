@@ -10,6 +10,7 @@ to the memory (`prompt_as="memory"`).
 `most_recent_image_mask` builds Flamingo's interleaved-sequence mask (each text token sees only the
 latents of the most recent image before it) as a MaskSpec with segment ids.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -24,6 +25,7 @@ from mmjax.fusion.prefix_lm import project_sources
 
 class PerceiverResampler(nn.Module):
   """[B, N, D] media tokens -> [B, num_latents, D] (Flamingo, Alayrac et al. 2022, Sec. 2.1)."""
+
   num_latents: int = 16
   depth: int = 2
   num_heads: int = 4
@@ -34,24 +36,30 @@ class PerceiverResampler(nn.Module):
   @nn.compact
   def __call__(self, tokens, lengths=None):
     b, n, d = tokens.shape
-    latents = self.param("latents", layers.param_with_axes(nn.initializers.normal(0.02), ("pos", "embed")),
-                         (self.num_latents, d), jnp.float32)
+    latents = self.param(
+      "latents",
+      layers.param_with_axes(nn.initializers.normal(0.02), ("pos", "embed")),
+      (self.num_latents, d),
+      jnp.float32,
+    )
     x = jnp.broadcast_to(latents.astype(self.dtype)[None], (b, self.num_latents, d))
     media = layers.LayerNorm(self.dtype, name="norm_media")(tokens.astype(self.dtype))
     # Keys are [media ; latents]; padded media keys are masked with segment ids (media then latents).
     mask = None
     if lengths is not None:
-      kv_seg = jnp.concatenate([jnp.where(jnp.arange(n)[None] < lengths[:, None], 1, 0),
-                                jnp.ones((b, self.num_latents), jnp.int32)], axis=1).astype(jnp.int32)
+      kv_seg = jnp.concatenate(
+        [jnp.where(jnp.arange(n)[None] < lengths[:, None], 1, 0), jnp.ones((b, self.num_latents), jnp.int32)], axis=1
+      ).astype(jnp.int32)
       mask = MaskSpec(q_segment_ids=jnp.ones((b, self.num_latents), jnp.int32), kv_segment_ids=kv_seg)
     for i in range(self.depth):
       q = layers.LayerNorm(self.dtype, name=f"norm_latents_{i}")(x)
-      x = x + layers.MultiHeadAttention(self.num_heads, d // self.num_heads, implementation=self.implementation,
-                                        dtype=self.dtype, name=f"attention_{i}")(
-                                            q, kv=jnp.concatenate([media, q], axis=1), mask=mask)
+      x = x + layers.MultiHeadAttention(
+        self.num_heads, d // self.num_heads, implementation=self.implementation, dtype=self.dtype, name=f"attention_{i}"
+      )(q, kv=jnp.concatenate([media, q], axis=1), mask=mask)
       x = layers.constrain_tokens(x)
       x = x + layers.MLP(self.mlp_dim, self.dtype, name=f"mlp_{i}")(
-          layers.LayerNorm(self.dtype, name=f"norm_mlp_{i}")(x))
+        layers.LayerNorm(self.dtype, name=f"norm_mlp_{i}")(x)
+      )
       x = layers.constrain_tokens(x)
     return layers.LayerNorm(self.dtype, name="norm")(x)
 
@@ -79,8 +87,15 @@ class FlamingoFusion(Fusion):
       raise ValueError(f"flamingo: prompt_as={self.prompt_as!r}; use 'prefix' or 'memory'.")
     resampled = {}
     for name, (tokens, lengths) in sorted(media.items()):
-      r = PerceiverResampler(self.num_latents, self.resampler_depth, self.num_heads, self.mlp_dim,
-                             self.implementation, self.dtype, name=f"resampler_{name}")(tokens, lengths)
+      r = PerceiverResampler(
+        self.num_latents,
+        self.resampler_depth,
+        self.num_heads,
+        self.mlp_dim,
+        self.implementation,
+        self.dtype,
+        name=f"resampler_{name}",
+      )(tokens, lengths)
       resampled[name] = (r, None)
     if self.prompt_as == "memory":
       memory, memory_len = project_sources(self, resampled, text, self.width, self.dtype)
@@ -104,6 +119,8 @@ def most_recent_image_mask(image_marker: jax.Array, num_images: int, latents_per
   image_marker = jnp.asarray(image_marker).astype(jnp.int32)
   b = image_marker.shape[0]
   q_seg = jnp.cumsum(image_marker, axis=1)  # 0 before any image, k + 1 after image k
-  kv_seg = jnp.broadcast_to(jnp.repeat(jnp.arange(1, num_images + 1, dtype=jnp.int32), latents_per_image)[None],
-                            (b, num_images * latents_per_image))
+  kv_seg = jnp.broadcast_to(
+    jnp.repeat(jnp.arange(1, num_images + 1, dtype=jnp.int32), latents_per_image)[None],
+    (b, num_images * latents_per_image),
+  )
   return MaskSpec(q_segment_ids=q_seg.astype(jnp.int32), kv_segment_ids=kv_seg)

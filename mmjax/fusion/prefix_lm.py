@@ -6,6 +6,7 @@ attends to the valid prefix bidirectionally and to its own tokens causally; only
 (the prompt) may be padded, so the valid prefix is contiguous and `prefix_len` = P - padding. The
 decoder masks the padded prefix slots out (see decoders/lm.py), in training and with the KV cache.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -29,15 +30,19 @@ def project_sources(module: nn.Module, media, text, width: int, dtype):
   parts = []
   for name, (tokens, _) in sources:
     x = layers.Dense(width, ("media_embed",), ("embed",), dtype=dtype, name=f"proj_{name}")(tokens)
-    type_emb = module.param(f"type_{name}", layers.param_with_axes(nn.initializers.normal(0.02), ("embed",)),
-                            (width,), jnp.float32)
+    type_emb = module.param(
+      f"type_{name}", layers.param_with_axes(nn.initializers.normal(0.02), ("embed",)), (width,), jnp.float32
+    )
     parts.append(x + type_emb.astype(x.dtype))
   out = layers.constrain_tokens(jnp.concatenate(parts, axis=1))
   last_tokens, last_len = sources[-1][1]
   b = out.shape[0]
   total = out.shape[1]
-  valid = (jnp.full((b,), total, jnp.int32) if last_len is None
-           else (total - last_tokens.shape[1] + last_len).astype(jnp.int32))
+  valid = (
+    jnp.full((b,), total, jnp.int32)
+    if last_len is None
+    else (total - last_tokens.shape[1] + last_len).astype(jnp.int32)
+  )
   return out, valid
 
 

@@ -13,6 +13,7 @@ Trained through the one trainer with config.model.kind = "contrastive" (the hook
 mmjax.models.kind): the text of an image is its caption, read from a pipeline batch by
 `caption_tokens`.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,9 +81,10 @@ class ContrastiveModel(nn.Module):
   """Two towers with mean pooling and linear projections to `embed_dim`, L2-normalised.
 
   config keys: vit, text (as in the VLM), embed_dim, loss ("clip" | "siglip"), dtype,
-  attention_implementation, remat and scan_layers (as in the VLM; optional). Learnable `logit_scale` = log t (CLIP init log(1/0.07); SigLIP init
-  log 10) and, for SigLIP, `logit_bias` (init -10).
+  attention_implementation, remat and scan_layers (as in the VLM; optional). Learnable
+  `logit_scale` = log t (CLIP init log(1/0.07); SigLIP init log 10) and, for SigLIP, `logit_bias` (init -10).
   """
+
   config: ml_collections.ConfigDict
   vocab_size: int
 
@@ -97,17 +99,22 @@ class ContrastiveModel(nn.Module):
   def check_config(config: ml_collections.ConfigDict) -> None:
     """Start-up errors of a contrastive config, naming the keys to change."""
     if not config.data.get("captions", True):
-      raise ValueError("config.model.kind='contrastive' trains on (image, caption) pairs, but "
-                       "config.data.captions=False: set --config.data.captions=True.")
+      raise ValueError(
+        "config.model.kind='contrastive' trains on (image, caption) pairs, but "
+        "config.data.captions=False: set --config.data.captions=True."
+      )
     text_len, caption_len = int(config.model.text.max_len), int(config.data.max_target_len)
     if text_len < caption_len:
-      raise ValueError(f"config.model.text.max_len={text_len} < config.data.max_target_len={caption_len}: the "
-                       "contrastive text tower reads whole captions (up to max_target_len - 1 tokens); set "
-                       "--config.model.text.max_len to at least max_target_len.")
+      raise ValueError(
+        f"config.model.text.max_len={text_len} < config.data.max_target_len={caption_len}: the "
+        "contrastive text tower reads whole captions (up to max_target_len - 1 tokens); set "
+        "--config.model.text.max_len to at least max_target_len."
+      )
     extra = [m for m in ("audio", "video") if config.model.get(m)]
     if extra:
-      raise ValueError(f"config.model.kind='contrastive' has an image and a text tower only; remove "
-                       f"config.model.{extra[0]}.")
+      raise ValueError(
+        f"config.model.kind='contrastive' has an image and a text tower only; remove config.model.{extra[0]}."
+      )
 
   @staticmethod
   def batch_keys(model_config) -> tuple[str, ...]:
@@ -124,9 +131,12 @@ class ContrastiveModel(nn.Module):
     loss = contrastive_loss(img, txt, scale, bias, self.config.get("loss", "clip"))
     logits = pairwise_logits(img, txt, scale, bias)
     target = jnp.arange(logits.shape[0])
-    sums = {"batch_i2t_accuracy": (logits.argmax(1) == target).mean(),
-            "batch_t2i_accuracy": (logits.argmax(0) == target).mean(), "temperature": jnp.exp(scale),
-            "weight": jnp.ones(())}
+    sums = {
+      "batch_i2t_accuracy": (logits.argmax(1) == target).mean(),
+      "batch_t2i_accuracy": (logits.argmax(0) == target).mean(),
+      "temperature": jnp.exp(scale),
+      "weight": jnp.ones(()),
+    }
     if bias is not None:
       sums["logit_bias"] = bias
     return loss, sums
@@ -139,22 +149,23 @@ class ContrastiveModel(nn.Module):
     kind = c.get("loss", "clip")
     knobs = dict(remat=str(c.get("remat", "none") or "none"), scan_layers=bool(c.get("scan_layers", False)))
     img_tokens = ViT(**c.vit.to_dict(), implementation=impl, dtype=dtype, **knobs, name="image_encoder")(images)
-    txt_tokens = TextEncoder(self.vocab_size, **c.text.to_dict(), implementation=impl, dtype=dtype, **knobs,
-                             name="text_encoder")(tokens, lengths)
+    txt_tokens = TextEncoder(
+      self.vocab_size, **c.text.to_dict(), implementation=impl, dtype=dtype, **knobs, name="text_encoder"
+    )(tokens, lengths)
     img = img_tokens.mean(axis=1)
     valid = (jnp.arange(tokens.shape[1])[None] < lengths[:, None]).astype(txt_tokens.dtype)
     txt = (txt_tokens * valid[..., None]).sum(1) / jnp.maximum(valid.sum(1, keepdims=True), 1.0)
-    img = layers.Dense(c.embed_dim, ("embed",), ("media_embed",), use_bias=False, dtype=dtype,
-                       name="image_proj")(img)
-    txt = layers.Dense(c.embed_dim, ("embed",), ("media_embed",), use_bias=False, dtype=dtype,
-                       name="text_proj")(txt)
+    img = layers.Dense(c.embed_dim, ("embed",), ("media_embed",), use_bias=False, dtype=dtype, name="image_proj")(img)
+    txt = layers.Dense(c.embed_dim, ("embed",), ("media_embed",), use_bias=False, dtype=dtype, name="text_proj")(txt)
     img = constrain(_normalize(img), ("act_batch", None))
     txt = constrain(_normalize(txt), ("act_batch", None))
     init_t = math.log(10.0) if kind == "siglip" else math.log(1 / 0.07)
-    scale = self.param("logit_scale", layers.param_with_axes(nn.initializers.constant(init_t), ("norm",)),
-                       (1,), jnp.float32)[0]
+    scale = self.param(
+      "logit_scale", layers.param_with_axes(nn.initializers.constant(init_t), ("norm",)), (1,), jnp.float32
+    )[0]
     bias = None
     if kind == "siglip":
-      bias = self.param("logit_bias", layers.param_with_axes(nn.initializers.constant(-10.0), ("norm",)),
-                        (1,), jnp.float32)[0]
+      bias = self.param(
+        "logit_bias", layers.param_with_axes(nn.initializers.constant(-10.0), ("norm",)), (1,), jnp.float32
+      )[0]
     return img, txt, scale, bias

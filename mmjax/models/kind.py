@@ -15,14 +15,23 @@ trainer does differently per kind is asked of the class, so a new kind is one ne
       returning the objective summed over the batch and a dict of metric sums with its "weight";
       the trainer reports objective / weight as the loss and every other sum / weight.
 """
+
 from __future__ import annotations
 
 import ml_collections
 
 from mmjax import registry
 
-HOOKS = ("evaluator", "train_tasks", "progress_metric", "accumulates_gradients", "check_config", "batch_keys",
-         "init_inputs", "loss_sums")
+HOOKS = (
+  "evaluator",
+  "train_tasks",
+  "progress_metric",
+  "accumulates_gradients",
+  "check_config",
+  "batch_keys",
+  "init_inputs",
+  "loss_sums",
+)
 
 
 def model_class(model_config: ml_collections.ConfigDict) -> type:
@@ -31,8 +40,9 @@ def model_class(model_config: ml_collections.ConfigDict) -> type:
   cls = registry.get("models", name, "config.model.kind")
   missing = [h for h in HOOKS if not hasattr(cls, h)]
   if missing:
-    raise ValueError(f"config.model.kind={name!r} names {cls!r}, which lacks the model-kind hooks {missing} "
-                     "(see mmjax.models.kind).")
+    raise ValueError(
+      f"config.model.kind={name!r} names {cls!r}, which lacks the model-kind hooks {missing} (see mmjax.models.kind)."
+    )
   return cls
 
 

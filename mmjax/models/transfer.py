@@ -9,6 +9,7 @@
 This module sits on the models floor, so it does not import the trainer: `load_params(workdir)`
 is passed in (e.g. `lambda wd: mmjax.train.workdir.load(wd).params`).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
@@ -26,14 +27,14 @@ def _split(path: str) -> tuple[str, ...]:
 
 
 def _matches(key: tuple, prefixes: Sequence[tuple[str, ...]]) -> bool:
-  return any(key[:len(p)] == p for p in prefixes)
+  return any(key[: len(p)] == p for p in prefixes)
 
 
 def _check_paths(params, paths: Sequence[str], what: str) -> list[tuple[str, ...]]:
   flat = traverse_util.flatten_dict(_plain(params))
   prefixes = [_split(p) for p in paths]
   for path, prefix in zip(paths, prefixes):
-    if not any(k[:len(prefix)] == prefix for k in flat):
+    if not any(k[: len(prefix)] == prefix for k in flat):
       top = sorted({k[0] for k in flat})
       raise KeyError(f"{what}: no parameters under {path!r}; top-level subtrees are {top}.")
   return prefixes
@@ -41,6 +42,7 @@ def _check_paths(params, paths: Sequence[str], what: str) -> list[tuple[str, ...
 
 def _plain(tree):
   import flax.core
+
   return flax.core.unfreeze(tree) if isinstance(tree, flax.core.FrozenDict) else tree
 
 
@@ -61,8 +63,9 @@ def freeze(tx: optax.GradientTransformation, frozen: Sequence[str]) -> optax.Gra
   frozen = tuple(frozen or ())
   if not frozen:
     return tx
-  return optax.multi_transform({TRAINABLE: tx, FROZEN: optax.set_to_zero()},
-                               lambda params: freeze_labels(params, frozen))
+  return optax.multi_transform(
+    {TRAINABLE: tx, FROZEN: optax.set_to_zero()}, lambda params: freeze_labels(params, frozen)
+  )
 
 
 def copy_subtrees(params, source, paths: Sequence[str]):
@@ -77,16 +80,16 @@ def copy_subtrees(params, source, paths: Sequence[str]):
       if k not in src:
         raise KeyError(f"model.init_from: the source has no parameter {'/'.join(k)}.")
       if jnp.shape(src[k]) != jnp.shape(v):
-        raise ValueError(f"model.init_from: {'/'.join(k)} has shape {jnp.shape(src[k])} in the source and "
-                         f"{jnp.shape(v)} here.")
+        raise ValueError(
+          f"model.init_from: {'/'.join(k)} has shape {jnp.shape(src[k])} in the source and {jnp.shape(v)} here."
+        )
       s = src[k]
       # Keep this run's placement (sharding) and dtype.
       out[k] = jax.device_put(jnp.asarray(s, v.dtype), v.sharding) if hasattr(v, "sharding") else s
   return traverse_util.unflatten_dict(out)
 
 
-def init_from_workdirs(params, init_from: Mapping[str, str] | None,
-                       load_params: Callable[[str], Any]):
+def init_from_workdirs(params, init_from: Mapping[str, str] | None, load_params: Callable[[str], Any]):
   """For each {path: workdir}, copies the subtree at `path` from load_params(workdir).
 
   Workdirs are loaded once each even when several paths come from the same run.

@@ -18,6 +18,7 @@ with another family `mask_padding=True` is an error naming the config keys, and
 `mask_padding=False` makes the model read the whole fixed-length window (padding included) as the
 clip: right when every clip fills it (e.g. 1 s object sounds with data.max_audio_seconds=1).
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -65,10 +66,11 @@ def check_fusion_media(model_config) -> None:
   for m in modalities:
     if _media_settings(model_config, m)[1] and not family.masks_padded_media(m, ("image",) + modalities):
       raise ValueError(
-          f"config.model.{m}.mask_padding=True, but config.model.fusion.name={model_config.fusion.name!r} cannot mask "
-          f"padded {m} tokens next to {sorted(set(('image',) + modalities) - {m})}: use a fusion family that can "
-          f"(config.model.fusion.name='flamingo'), or set config.model.{m}.mask_padding=False to read every "
-          f"{m} clip as the whole fixed-length window, zero padding included (right only when clips fill it).")
+        f"config.model.{m}.mask_padding=True, but config.model.fusion.name={model_config.fusion.name!r} cannot mask "
+        f"padded {m} tokens next to {sorted(set(('image',) + modalities) - {m})}: use a fusion family that can "
+        f"(config.model.fusion.name='flamingo'), or set config.model.{m}.mask_padding=False to read every "
+        f"{m} clip as the whole fixed-length window, zero padding included (right only when clips fill it)."
+      )
 
 
 def image_encoder_block(name: str) -> str:
@@ -105,6 +107,7 @@ class VisionLanguageModel(nn.Module):
   audio: int16 [B, N] (scaled to [-1, 1]) or float [B, N]; audio_len int32 [B] valid samples.
   video: uint8 [B, T, H, W, 3]; video_len int32 [B] valid frames. Lengths None = all valid.
   """
+
   config: ml_collections.ConfigDict
   vocab_size: int
 
@@ -124,8 +127,10 @@ class VisionLanguageModel(nn.Module):
 
   @staticmethod
   def init_inputs(model_config, batch) -> tuple[tuple, dict]:
-    return ((batch["image"], batch["prompt"], batch["prompt_len"], batch["target_in"]),
-            media_inputs(model_config, batch))
+    return (
+      (batch["image"], batch["prompt"], batch["prompt_len"], batch["target_in"]),
+      media_inputs(model_config, batch),
+    )
 
   def loss_sums(self, batch) -> tuple:
     """Teacher-forced cross-entropy summed over target tokens (weighted by target_mask), with the
@@ -133,13 +138,20 @@ class VisionLanguageModel(nn.Module):
     with the caption keys (data.captions_with_questions) adds its caption tokens to the same sums."""
     if "caption_in" in batch:
       logits, caption_logits = self.with_captions(
-          batch["image"], batch["prompt"], batch["prompt_len"], batch["target_in"],
-          *(batch[k] for k in ("caption_prompt", "caption_prompt_len", "caption_in")))
-      parts = [(logits, batch["target_out"], batch["target_mask"]),
-               (caption_logits, batch["caption_out"], batch["caption_mask"])]
+        batch["image"],
+        batch["prompt"],
+        batch["prompt_len"],
+        batch["target_in"],
+        *(batch[k] for k in ("caption_prompt", "caption_prompt_len", "caption_in")),
+      )
+      parts = [
+        (logits, batch["target_out"], batch["target_mask"]),
+        (caption_logits, batch["caption_out"], batch["caption_mask"]),
+      ]
     else:
-      logits = self(batch["image"], batch["prompt"], batch["prompt_len"], batch["target_in"],
-                    **media_inputs(self.config, batch))
+      logits = self(
+        batch["image"], batch["prompt"], batch["prompt_len"], batch["target_in"], **media_inputs(self.config, batch)
+      )
       parts = [(logits, batch["target_out"], batch["target_mask"])]
     xent = correct = weight = 0.0
     for logits, labels, weights in parts:
@@ -165,21 +177,34 @@ class VisionLanguageModel(nn.Module):
       self.video_encoder = VideoEncoder(**_media_settings(c, "video")[0], implementation=impl, dtype=dtype)
     family = fusion_base.family(c.fusion.name)
     fusion_knobs = {k: v for k, v in knobs.items() if k in family.__dataclass_fields__}
-    self.fusion = family(width=c.decoder.width, implementation=impl, dtype=dtype,
-                         **fusion_knobs, **{k: v for k, v in c.fusion.to_dict().items() if k != "name"})
-    self.decoder = Decoder(self.vocab_size, **c.decoder.to_dict(),
-                           cross_attention_every=self.fusion.cross_attention_every,
-                           gated_cross_attention=self.fusion.gated, implementation=impl, dtype=dtype, **knobs)
+    self.fusion = family(
+      width=c.decoder.width,
+      implementation=impl,
+      dtype=dtype,
+      **fusion_knobs,
+      **{k: v for k, v in c.fusion.to_dict().items() if k != "name"},
+    )
+    self.decoder = Decoder(
+      self.vocab_size,
+      **c.decoder.to_dict(),
+      cross_attention_every=self.fusion.cross_attention_every,
+      gated_cross_attention=self.fusion.gated,
+      implementation=impl,
+      dtype=dtype,
+      **knobs,
+    )
 
-  def encode(self, images, prompt, prompt_len, *, audio=None, audio_len=None, video=None,
-             video_len=None) -> Conditioning:
+  def encode(
+    self, images, prompt, prompt_len, *, audio=None, audio_len=None, video=None, video_len=None
+  ) -> Conditioning:
     given = {"audio": (audio, audio_len), "video": (video, video_len)}
     for m, (x, _) in given.items():
       if (x is None) == (m in self.media):
         raise ValueError(
-            f"VisionLanguageModel: the model has an encoder for {m} (config.model.{m}) but no {m} was given."
-            if x is None else
-            f"VisionLanguageModel: {m} was given but the model has no {m} encoder (config.model.{m} is off).")
+          f"VisionLanguageModel: the model has an encoder for {m} (config.model.{m}) but no {m} was given."
+          if x is None
+          else f"VisionLanguageModel: {m} was given but the model has no {m} encoder (config.model.{m} is off)."
+        )
     if images.shape[0] != prompt.shape[0]:
       self._check_shared_images(images.shape[0], prompt.shape[0], audio is not None or video is not None)
     media = {"image": (self.image_encoder(images), None)}
@@ -198,8 +223,10 @@ class VisionLanguageModel(nn.Module):
     of the images (data.captions_with_questions): -> (logits [B, Lt, V], caption logits [B/G, Lc, V]).
     The caption rows read their own image as a batch of one prompt per image."""
     if caption_prompt.shape[0] != images.shape[0]:
-      raise ValueError(f"VisionLanguageModel.with_captions: {caption_prompt.shape[0]} captions for "
-                       f"{images.shape[0]} images; one caption per image.")
+      raise ValueError(
+        f"VisionLanguageModel.with_captions: {caption_prompt.shape[0]} captions for "
+        f"{images.shape[0]} images; one caption per image."
+      )
     if images.shape[0] != prompt.shape[0]:
       self._check_shared_images(images.shape[0], prompt.shape[0], False)
     media = {"image": (self.image_encoder(images), None)}
@@ -210,14 +237,17 @@ class VisionLanguageModel(nn.Module):
   def _check_shared_images(self, n_images: int, n_prompts: int, other_media: bool):
     """Several prompts per image (data.questions_per_image): G consecutive prompts read one image."""
     if n_images == 0 or n_prompts % n_images:
-      raise ValueError(f"VisionLanguageModel: {n_prompts} prompts cannot share {n_images} images (G consecutive "
-                       "prompts per image needs the prompt batch to be a multiple of the image batch).")
+      raise ValueError(
+        f"VisionLanguageModel: {n_prompts} prompts cannot share {n_images} images (G consecutive "
+        "prompts per image needs the prompt batch to be a multiple of the image batch)."
+      )
     if other_media or not self.fusion.shares_media_across_prompts():
       raise ValueError(
-          f"VisionLanguageModel: {n_prompts // n_images} prompts per image (config.data.questions_per_image) need a "
-          "fusion whose memory is the image alone: config.model.fusion.name='cross_attention' with "
-          "config.model.fusion.text_as='prefix', and no audio or video; got "
-          f"fusion.name={self.config.fusion.name!r}" + (" with audio/video." if other_media else "."))
+        f"VisionLanguageModel: {n_prompts // n_images} prompts per image (config.data.questions_per_image) need a "
+        "fusion whose memory is the image alone: config.model.fusion.name='cross_attention' with "
+        "config.model.fusion.text_as='prefix', and no audio or video; got "
+        f"fusion.name={self.config.fusion.name!r}" + (" with audio/video." if other_media else ".")
+      )
 
   def _audio_tokens(self, audio, audio_len):
     """-> (tokens [B, N', D], valid tokens [B] or None)."""
@@ -231,8 +261,11 @@ class VisionLanguageModel(nn.Module):
 
   def _video_tokens(self, video, video_len):
     if video_len is not None:
-      video = jnp.where((jnp.arange(video.shape[1])[None] < video_len[:, None])[:, :, None, None, None],
-                        video, jnp.zeros((), video.dtype))
+      video = jnp.where(
+        (jnp.arange(video.shape[1])[None] < video_len[:, None])[:, :, None, None, None],
+        video,
+        jnp.zeros((), video.dtype),
+      )
     if not self.mask_padding["video"] or video_len is None:
       return self.video_encoder(video), None
     video_len = video_len.astype(jnp.int32)
@@ -246,8 +279,7 @@ class VisionLanguageModel(nn.Module):
   def prefill_length(cond: Conditioning) -> int:
     return 0 if cond.prefix is None else int(cond.prefix.shape[1])
 
-  def __call__(self, images, prompt, prompt_len, target_in, *, audio=None, audio_len=None, video=None,
-               video_len=None):
+  def __call__(self, images, prompt, prompt_len, target_in, *, audio=None, audio_len=None, video=None, video_len=None):
     cond = self.encode(images, prompt, prompt_len, audio=audio, audio_len=audio_len, video=video, video_len=video_len)
     return self.decoder(target_in, cond)
 
@@ -257,7 +289,8 @@ def media_inputs(model_config, batch) -> dict:
   keys = media_input_keys(model_config)
   missing = [k for k in keys if k not in batch]
   if missing:
-    raise KeyError(f"the batch has no {missing}, which the model's media encoders read "
-                   f"(config.model.{'/'.join(media_modalities(model_config))}).")
+    raise KeyError(
+      f"the batch has no {missing}, which the model's media encoders read "
+      f"(config.model.{'/'.join(media_modalities(model_config))})."
+    )
   return {k: batch[k] for k in keys}
-

@@ -1,5 +1,6 @@
 """Embedding rows with a contrastive (CLIP / SigLIP) model under the training mesh: what retrieval
 evaluation (mmjax.evaluate.contrastive) and text ranking (mmjax.sample.predict) share."""
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,11 @@ def make_embed_fn(setup):
   """
   model = setup.model
   image_s, mat_s, vec_s = (sharding.batch_sharding(setup.mesh, r) for r in (4, 2, 1))
-  fn = jax.jit(lambda p, im, tok, ln: model.apply({"params": p}, im, tok, ln)[:2],
-               in_shardings=(setup.state_sharding.params, image_s, mat_s, vec_s), out_shardings=(mat_s, mat_s))
+  fn = jax.jit(
+    lambda p, im, tok, ln: model.apply({"params": p}, im, tok, ln)[:2],
+    in_shardings=(setup.state_sharding.params, image_s, mat_s, vec_s),
+    out_shardings=(mat_s, mat_s),
+  )
 
   def run(params, images, tokens, lengths):
     put = lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x))
@@ -53,8 +57,9 @@ def local_rows(n: int, rows_per_batch: int):
     yield lo, lo + local
 
 
-def embed_rows(embed_fn, params, images: np.ndarray, tokens: np.ndarray, lengths: np.ndarray,
-               rows_per_batch: int) -> tuple[np.ndarray, np.ndarray]:
+def embed_rows(
+  embed_fn, params, images: np.ndarray, tokens: np.ndarray, lengths: np.ndarray, rows_per_batch: int
+) -> tuple[np.ndarray, np.ndarray]:
   """(image embeddings, text embeddings) [N, D] of N rows that every process passes whole, in
   global batches of `rows_per_batch` rows (the last one zero-padded; padding is dropped again)."""
   imgs, txts = [], []
@@ -69,8 +74,9 @@ def embed_rows(embed_fn, params, images: np.ndarray, tokens: np.ndarray, lengths
   return np.concatenate(imgs)[: len(tokens)], np.concatenate(txts)[: len(tokens)]
 
 
-def embed_texts(embed_fn, params, tokens: np.ndarray, lengths: np.ndarray, rows_per_batch: int,
-                image_size: int) -> np.ndarray:
+def embed_texts(
+  embed_fn, params, tokens: np.ndarray, lengths: np.ndarray, rows_per_batch: int, image_size: int
+) -> np.ndarray:
   """Text embeddings [N, D] of token rows (every process passes all N rows; images are zeros)."""
   images = np.zeros((len(tokens), image_size, image_size, 3), np.uint8)
   return embed_rows(embed_fn, params, images, tokens, lengths, rows_per_batch)[1]

@@ -4,6 +4,7 @@ The samplers in samplers.py only see a step function; this module is the glue th
 model into one. The conditioning (fusion output) rides inside the cache pytree so beam search
 tiles and reorders it together with the keys and values.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +25,7 @@ class GenerateOptions:
   bos_id: int
   eos_id: int
   pad_id: int
-  sampler: str = "greedy"        # greedy | temperature | top_k | top_p | beam
+  sampler: str = "greedy"  # greedy | temperature | top_k | top_p | beam
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
@@ -34,10 +35,17 @@ class GenerateOptions:
 def options_from_config(config, tokenizer) -> GenerateOptions:
   """GenerateOptions of an experiment config (config.sampler; max_new_tokens 0 = data.max_target_len)."""
   s = config.sampler
-  return GenerateOptions(max_new_tokens=int(s.max_new_tokens or config.data.max_target_len),
-                         bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                         sampler=s.name, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                         beam_size=s.beam_size)
+  return GenerateOptions(
+    max_new_tokens=int(s.max_new_tokens or config.data.max_target_len),
+    bos_id=tokenizer.bos_id,
+    eos_id=tokenizer.eos_id,
+    pad_id=tokenizer.pad_id,
+    sampler=s.name,
+    temperature=s.temperature,
+    top_k=s.top_k,
+    top_p=s.top_p,
+    beam_size=s.beam_size,
+  )
 
 
 def generate(model, params, images, prompt, prompt_len, rng, opts: GenerateOptions, media=None) -> jax.Array:
@@ -49,27 +57,37 @@ def generate(model, params, images, prompt, prompt_len, rng, opts: GenerateOptio
   b = images.shape[0]
   # Cache variables are created by an init-mode decode call; eval_shape gets their shapes for free.
   shapes = jax.eval_shape(
-      lambda: model.apply({"params": params}, jnp.zeros((b, opts.max_new_tokens), jnp.int32), cond, 0,
-                          method="decode", mutable=["cache"])[1]["cache"])
+    lambda: model.apply(
+      {"params": params}, jnp.zeros((b, opts.max_new_tokens), jnp.int32), cond, 0, method="decode", mutable=["cache"]
+    )[1]["cache"]
+  )
   kv = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   # Prefix-LM families: a prefill call writes the prefix into the cache; generation then starts
   # right after it. Families without a prefix (cross-attention) skip this and start at 0.
   n_prefill = model.prefill_length(cond)
   if n_prefill:
-    _, mutated = model.apply({"params": params, "cache": kv}, jnp.zeros((b, 0), jnp.int32), cond, 0,
-                             method="decode", mutable=["cache"])
+    _, mutated = model.apply(
+      {"params": params, "cache": kv}, jnp.zeros((b, 0), jnp.int32), cond, 0, method="decode", mutable=["cache"]
+    )
     kv = mutated["cache"]
   cache = {"kv": kv, "cond": cond}
 
   def step_fn(tokens, cache, index):
-    logits, mutated = model.apply({"params": params, "cache": cache["kv"]}, tokens[:, None], cache["cond"],
-                                  index, method="decode", mutable=["cache"])
+    logits, mutated = model.apply(
+      {"params": params, "cache": cache["kv"]},
+      tokens[:, None],
+      cache["cond"],
+      index,
+      method="decode",
+      mutable=["cache"],
+    )
     return logits[:, 0], {"kv": mutated["cache"], "cond": cache["cond"]}
 
   first = jnp.full((b,), opts.bos_id, jnp.int32)
   if opts.sampler == "beam":
-    tokens, _ = beam_search(step_fn, cache, first, n_prefill, opts.max_new_tokens, opts.beam_size, opts.eos_id,
-                            opts.pad_id)
+    tokens, _ = beam_search(
+      step_fn, cache, first, n_prefill, opts.max_new_tokens, opts.beam_size, opts.eos_id, opts.pad_id
+    )
     return tokens
   sampler = sampler_from_config(opts.sampler, opts.temperature, opts.top_k or None, opts.top_p)
   return decode(step_fn, cache, first, n_prefill, opts.max_new_tokens, sampler, rng, opts.eos_id, opts.pad_id)
@@ -87,9 +105,11 @@ def make_generate_fn(setup, opts: GenerateOptions):
   mat_s = sharding.batch_sharding(setup.mesh, 2)
   ranks = {k: r for m in vlm.media_modalities(setup.config.model) for k, r in vlm.MEDIA_INPUTS[m].items()}
   media_s = {k: sharding.batch_sharding(setup.mesh, r) for k, r in ranks.items()}
-  fn = jax.jit(lambda p, im, pr, pl, media, r: generate(setup.model, p, im, pr, pl, r, opts, media),
-               in_shardings=(params_sharding, image_s, mat_s, vec_s, media_s, NamedSharding(setup.mesh, P())),
-               out_shardings=mat_s)
+  fn = jax.jit(
+    lambda p, im, pr, pl, media, r: generate(setup.model, p, im, pr, pl, r, opts, media),
+    in_shardings=(params_sharding, image_s, mat_s, vec_s, media_s, NamedSharding(setup.mesh, P())),
+    out_shardings=mat_s,
+  )
 
   # Rows per process must split evenly over this process's share of the data x fsdp devices.
   multiple = max(1, setup.mesh.shape["data"] * setup.mesh.shape["fsdp"] // jax.process_count())
@@ -102,8 +122,9 @@ def make_generate_fn(setup, opts: GenerateOptions):
     every process must pass the same number of rows.
     """
     if set(media) != set(media_s):
-      raise ValueError(f"generate: the model reads the media {sorted(media_s)} (config.model.audio / video); "
-                       f"got {sorted(media)}.")
+      raise ValueError(
+        f"generate: the model reads the media {sorted(media_s)} (config.model.audio / video); got {sorted(media)}."
+      )
     n = len(prompt_len)
     pad = (-n) % multiple
     rows = {k: np.asarray(x) for k, x in dict(media, images=images, prompt=prompt, prompt_len=prompt_len).items()}
@@ -111,13 +132,21 @@ def make_generate_fn(setup, opts: GenerateOptions):
       rows = {k: np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for k, x in rows.items()}
     put = lambda x, s: jax.make_array_from_process_local_data(s, x)
     with setup.context():
-      out = fn(params, put(rows["images"], image_s), put(rows["prompt"], mat_s), put(rows["prompt_len"], vec_s),
-               {k: put(rows[k], s) for k, s in media_s.items()}, rng)
+      out = fn(
+        params,
+        put(rows["images"], image_s),
+        put(rows["prompt"], mat_s),
+        put(rows["prompt_len"], vec_s),
+        {k: put(rows[k], s) for k, s in media_s.items()},
+        rng,
+      )
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       out = np.asarray(multihost_utils.process_allgather(out, tiled=True))
       per = n + pad
-      return np.concatenate([out[i * per: i * per + n] for i in range(jax.process_count())])
+      return np.concatenate([out[i * per : i * per + n] for i in range(jax.process_count())])
     return np.asarray(out)[:n]
+
   run.media_keys = tuple(media_s)
   return run

@@ -1,5 +1,6 @@
 """Answering prompts about image files (and sound files) with a trained model (the sample command and
 notebooks)."""
+
 from __future__ import annotations
 
 import logging
@@ -8,8 +9,7 @@ import wave
 
 import numpy as np
 
-from mmjax.data import config as data_config_lib
-from mmjax.data import manifest, pipeline, wav
+from mmjax.data import config as data_config_lib, manifest, pipeline, wav
 from mmjax.models import vlm
 from mmjax.sample import embed
 
@@ -44,8 +44,13 @@ def load_audio(path: str, data_config) -> tuple[np.ndarray, np.int32]:
     raise ValueError(f"--audio {path}: the file has no samples.")
   window = data_config_lib.max_audio_samples(data_config)
   if len(clip) > window:
-    logging.warning("--audio %s is %.2f s long; the model hears its first %.2f s (config.data.max_audio_seconds), "
-                    "as it heard the dataset's clips.", path, len(clip) / rate, window / rate)
+    logging.warning(
+      "--audio %s is %.2f s long; the model hears its first %.2f s (config.data.max_audio_seconds), "
+      "as it heard the dataset's clips.",
+      path,
+      len(clip) / rate,
+      window / rate,
+    )
   return pipeline.fit_clip(clip, window)
 
 
@@ -54,12 +59,17 @@ def check_audio_flag(config, audio_paths) -> None:
   config only), so the sample command checks it before loading the workdir."""
   hears = "audio" in vlm.media_modalities(config.model)
   if hears and not audio_paths:
-    what = (" and its questions are spoken (config.data.spoken_prompt): give the question as a WAV file"
-            if config.data.get("spoken_prompt", False) else ": give the sound it hears as a WAV file")
+    what = (
+      " and its questions are spoken (config.data.spoken_prompt): give the question as a WAV file"
+      if config.data.get("spoken_prompt", False)
+      else ": give the sound it hears as a WAV file"
+    )
     raise ValueError(f"this model has an audio encoder (config.model.audio){what} with --audio=FILE.wav.")
   if audio_paths and not hears:
-    raise ValueError(f"--audio={audio_paths[0]}: this model has no audio encoder (config.model.audio is off in its "
-                     "config), so it would not hear it; drop --audio.")
+    raise ValueError(
+      f"--audio={audio_paths[0]}: this model has no audio encoder (config.model.audio is off in its "
+      "config), so it would not hear it; drop --audio."
+    )
 
 
 def encode_prompts(tokenizer, prompts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -76,8 +86,9 @@ def encode_prompts(tokenizer, prompts: list[str], max_len: int) -> tuple[np.ndar
   return tokens, lengths
 
 
-def answer(trained, generate_fn, image_paths: list[str], prompts: list[str], rng,
-           audio_paths: list[str] = ()) -> list[str]:
+def answer(
+  trained, generate_fn, image_paths: list[str], prompts: list[str], rng, audio_paths: list[str] = ()
+) -> list[str]:
   """Generates one answer per (image, prompt[, audio]).
 
   audio_paths: one WAV file per image, for a model with an audio encoder (config.model.audio; see
@@ -87,8 +98,10 @@ def answer(trained, generate_fn, image_paths: list[str], prompts: list[str], rng
   check_audio_flag(c, audio_paths)
   unheard = [k for k in getattr(generate_fn, "media_keys", ()) if k not in vlm.MEDIA_INPUTS["audio"]]
   if unheard:
-    raise ValueError(f"this model also reads {unheard} (config.model.video), which image and audio files do not "
-                     "give: sample dataset examples instead (--split).")
+    raise ValueError(
+      f"this model also reads {unheard} (config.model.video), which image and audio files do not "
+      "give: sample dataset examples instead (--split)."
+    )
   if audio_paths and len(audio_paths) != len(image_paths):
     raise ValueError(f"{len(image_paths)} images but {len(audio_paths)} audio files: give one per image.")
   batch = {"image": np.stack([load_image(p, c.data.image_size) for p in image_paths])}
@@ -97,8 +110,9 @@ def answer(trained, generate_fn, image_paths: list[str], prompts: list[str], rng
     clips = [load_audio(p, c.data) for p in audio_paths]
     batch["audio"] = np.stack([clip for clip, _ in clips])
     batch["audio_len"] = np.stack([n for _, n in clips])
-  out = generate_fn(trained.params, batch["image"], batch["prompt"], batch["prompt_len"], rng,
-                    **vlm.media_inputs(c.model, batch))
+  out = generate_fn(
+    trained.params, batch["image"], batch["prompt"], batch["prompt_len"], rng, **vlm.media_inputs(c.model, batch)
+  )
   return [trained.data.tokenizer.decode(row.tolist()) for row in out]
 
 
@@ -111,7 +125,8 @@ def rank_texts(trained, image_paths: list[str], texts: list[str]) -> list[list[t
   n = max(len(images), len(texts))
   pad = lambda x: np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)])
   embed_fn = embed.make_embed_fn(trained.setup)
-  img, txt = embed.embed_rows(embed_fn, trained.params, pad(images), pad(tokens), pad(lengths),
-                                    embed.global_batch(n, embed_fn.multiple))
+  img, txt = embed.embed_rows(
+    embed_fn, trained.params, pad(images), pad(tokens), pad(lengths), embed.global_batch(n, embed_fn.multiple)
+  )
   sims = img[: len(images)] @ txt[: len(texts)].T
   return [[(texts[j], float(row[j])) for j in np.argsort(-row, kind="stable")] for row in sims]

@@ -1,5 +1,6 @@
 """Sample reports: an image grid (PNG) with the prompt, answer and reference under each image,
 and the same as text, for eyeballing what a model does on a dataset split."""
+
 from __future__ import annotations
 
 import os
@@ -9,15 +10,18 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 
-def write_report(out_dir: str, data, split: str, predictions: list[dict], n: int, columns: int = 4,
-                 scale: int = 3) -> tuple[str, str]:
+def write_report(
+  out_dir: str, data, split: str, predictions: list[dict], n: int, columns: int = 4, scale: int = 3
+) -> tuple[str, str]:
   """Writes out_dir/{split}_samples.png and .txt for the first n predictions; returns the paths."""
   os.makedirs(out_dir, exist_ok=True)
   chosen = predictions[:n]
   lines = []
   for p in chosen:
-    lines.append(f"[{p['example_id']}] ({p['qtype']}) {p['prompt']}\n  model:     {p['prediction']}\n"
-                 f"  reference: {' | '.join(p['references'])}")
+    lines.append(
+      f"[{p['example_id']}] ({p['qtype']}) {p['prompt']}\n  model:     {p['prediction']}\n"
+      f"  reference: {' | '.join(p['references'])}"
+    )
   txt_path = os.path.join(out_dir, f"{split}_samples.txt")
   with open(txt_path, "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")

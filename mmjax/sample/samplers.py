@@ -20,6 +20,7 @@ logits [N, V] and a PRNG key to tokens int32 [N]:
 `decode` and `beam_search` are traceable: wrap them in `jax.jit` with `step_fn`, the sampler,
 `max_new_tokens`, `beam_size`, `eos_id`, `pad_id` and `length_penalty` static.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,16 @@ import jax.numpy as jnp
 StepFn = Callable[[jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
 
 __all__ = [
-  "Sampler", "Greedy", "Temperature", "TopK", "TopP", "sampler_from_config", "decode", "beam_search",
-  "length_normalizer", "nucleus_mask",
+  "Sampler",
+  "Greedy",
+  "Temperature",
+  "TopK",
+  "TopP",
+  "sampler_from_config",
+  "decode",
+  "beam_search",
+  "length_normalizer",
+  "nucleus_mask",
 ]
 
 
@@ -139,8 +148,9 @@ class TopP:
 SAMPLER_NAMES = ("greedy", "temperature", "top_k", "top_p")
 
 
-def sampler_from_config(name: str, temperature: float = 1.0, top_k: int | None = None,
-                        top_p: float | None = None) -> Sampler:
+def sampler_from_config(
+  name: str, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> Sampler:
   """Maps a config string to a sampler. "beam" is not a sampler: call `beam_search` instead."""
   if name == "greedy":
     return Greedy()
@@ -165,8 +175,17 @@ def _check_lengths(max_new_tokens: int) -> None:
     raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens}.")
 
 
-def decode(step_fn: StepFn, cache: Any, first_tokens: jax.Array, start_index, max_new_tokens: int,
-           sampler: Sampler, rng: jax.Array, eos_id: int | None, pad_id: int) -> jax.Array:
+def decode(
+  step_fn: StepFn,
+  cache: Any,
+  first_tokens: jax.Array,
+  start_index,
+  max_new_tokens: int,
+  sampler: Sampler,
+  rng: jax.Array,
+  eos_id: int | None,
+  pad_id: int,
+) -> jax.Array:
   """Samples up to `max_new_tokens` tokens per row. Returns int32 [N, max_new_tokens].
 
   Step i feeds the previous token at position start_index + i (first_tokens at start_index) and
@@ -207,9 +226,17 @@ def length_normalizer(length: jax.Array, alpha: float) -> jax.Array:
   return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
 
 
-def beam_search(step_fn: StepFn, cache: Any, first_tokens: jax.Array, start_index, max_new_tokens: int,
-                beam_size: int, eos_id: int | None, pad_id: int, length_penalty: float = 0.6
-                ) -> tuple[jax.Array, jax.Array]:
+def beam_search(
+  step_fn: StepFn,
+  cache: Any,
+  first_tokens: jax.Array,
+  start_index,
+  max_new_tokens: int,
+  beam_size: int,
+  eos_id: int | None,
+  pad_id: int,
+  length_penalty: float = 0.6,
+) -> tuple[jax.Array, jax.Array]:
   """Beam search over log-probabilities. Returns (tokens int32 [N, max_new_tokens], scores f32 [N]).
 
   tokens is each row's best hypothesis (its EOS kept, pad_id after it); scores is that hypothesis'

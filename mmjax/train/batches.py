@@ -1,5 +1,6 @@
 """What a train batch holds for a config: its keys, dummy batches of its shapes, and the check that
 the dataset carries the media the model reads."""
+
 from __future__ import annotations
 
 import ml_collections
@@ -14,9 +15,9 @@ CAPTION_KEYS = tuple(CAPTION_FIELDS)
 
 # What to set so the dataset carries a modality's batch keys (for the errors of check_data_media).
 _MEDIA_DATA_KEYS = {
-    "audio": "config.data.spoken_questions=True (spoken questions), or give the records their own sound "
-             "(manifests: \"audio\" files; a procedural dataset: its own sound option)",
-    "video": "config.data.video_frames=N (N > 0 frames per clip; manifests: \"video\" entries)",
+  "audio": "config.data.spoken_questions=True (spoken questions), or give the records their own sound "
+  "(manifests: \"audio\" files; a procedural dataset: its own sound option)",
+  "video": "config.data.video_frames=N (N > 0 frames per clip; manifests: \"video\" entries)",
 }
 
 
@@ -32,26 +33,30 @@ def check_data_media(config: ml_collections.ConfigDict, data_media) -> None:
   pipeline.Data.media), or reads audio at another sample rate than the data's."""
   for m in vlm.media_modalities(config.model):
     if m not in data_media:
-      raise ValueError(f"config.model.{m} turns on the {m} encoder, but the dataset has no {m}: set "
-                       f"{_MEDIA_DATA_KEYS[m]}, or remove config.model.{m}.")
+      raise ValueError(
+        f"config.model.{m} turns on the {m} encoder, but the dataset has no {m}: set "
+        f"{_MEDIA_DATA_KEYS[m]}, or remove config.model.{m}."
+      )
   if "audio" in vlm.media_modalities(config.model):
     model_rate = int(config.model.audio.get("sample_rate", AudioEncoder.sample_rate))
     data_rate = int(config.data.get("audio_sample_rate", 16000))
     if model_rate != data_rate:
-      raise ValueError(f"config.model.audio.sample_rate={model_rate} but config.data.audio_sample_rate={data_rate}: "
-                       "the audio encoder's mel filters assume its own rate; set them equal.")
+      raise ValueError(
+        f"config.model.audio.sample_rate={model_rate} but config.data.audio_sample_rate={data_rate}: "
+        "the audio encoder's mel filters assume its own rate; set them equal."
+      )
 
 
 def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict:
   """A batch of the shapes the pipeline makes for `config` (with the media the model reads)."""
   s = config.data.image_size
   batch = {
-      "image": np.zeros((batch_size, s, s, 3), np.uint8),
-      "prompt": np.ones((batch_size, config.data.max_prompt_len), np.int32),
-      "prompt_len": np.full((batch_size,), config.data.max_prompt_len, np.int32),
-      "target_in": np.ones((batch_size, config.data.max_target_len), np.int32),
-      "target_out": np.ones((batch_size, config.data.max_target_len), np.int32),
-      "target_mask": np.ones((batch_size, config.data.max_target_len), np.float32),
+    "image": np.zeros((batch_size, s, s, 3), np.uint8),
+    "prompt": np.ones((batch_size, config.data.max_prompt_len), np.int32),
+    "prompt_len": np.full((batch_size,), config.data.max_prompt_len, np.int32),
+    "target_in": np.ones((batch_size, config.data.max_target_len), np.int32),
+    "target_out": np.ones((batch_size, config.data.max_target_len), np.int32),
+    "target_mask": np.ones((batch_size, config.data.max_target_len), np.float32),
   }
   media = vlm.media_modalities(config.model)
   if "audio" in media:
@@ -60,8 +65,10 @@ def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict:
   if "video" in media:
     t = int(config.data.get("video_frames", 0))
     if t <= 0:
-      raise ValueError(f"config.model.video turns on the video encoder, but config.data.video_frames={t}: set "
-                       f"{_MEDIA_DATA_KEYS['video']}.")
+      raise ValueError(
+        f"config.model.video turns on the video encoder, but config.data.video_frames={t}: set "
+        f"{_MEDIA_DATA_KEYS['video']}."
+      )
     batch |= {"video": np.zeros((batch_size, t, s, s, 3), np.uint8), "video_len": np.full((batch_size,), t, np.int32)}
   return batch
 

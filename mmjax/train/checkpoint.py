@@ -1,5 +1,6 @@
 """Checkpoints: orbax CheckpointManager holding the train state, the input pipeline position and the
 config, so a run restarted on the same workdir resumes by itself where it stopped."""
+
 from __future__ import annotations
 
 import json
@@ -27,18 +28,20 @@ class CheckpointMismatch(ValueError):
 class Checkpointer:
   def __init__(self, workdir: str, keep: int, save_interval_steps: int):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_interval_steps,
-                                           create=True, enable_async_checkpointing=True)
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, save_interval_steps=save_interval_steps, create=True, enable_async_checkpointing=True
+    )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state, data_state: dict, config: ml_collections.ConfigDict,
-           force: bool = False) -> bool:
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data=ocp.args.JsonSave(data_state),
-                              config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())))
+  def save(self, step: int, state, data_state: dict, config: ml_collections.ConfigDict, force: bool = False) -> bool:
+    args = ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=ocp.args.JsonSave(data_state),
+      config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
+    )
     return self._manager.save(step, args=args, force=force)
 
   def restore(self, abstract_state, config: ml_collections.ConfigDict):
@@ -57,8 +60,9 @@ class Checkpointer:
         continue
       _check_compatible(saved_config, json.loads(config.to_json_best_effort()), self.directory)
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        restored = self._manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+        )
         _check_finite_state(restored["state"], step)
       except Exception as e:  # noqa: BLE001
         if isinstance(e, CheckpointMismatch):
@@ -87,6 +91,7 @@ class Checkpointer:
           logging.warning("moved unreadable checkpoint %d to %s.", step, dst)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       multihost_utils.sync_global_devices("mmjax_checkpoint_set_aside")
     self._manager.reload()
 
@@ -102,6 +107,7 @@ def _check_finite_state(state, step: int) -> None:
   """A checkpoint with NaN/Inf parameters is as unusable as a corrupted one (checks this process's
   shards: the trainer never writes such a checkpoint, this guards against older or foreign ones)."""
   import numpy as np
+
   for leaf in jax.tree.leaves(state.params if hasattr(state, "params") else state):
     shards = [s.data for s in leaf.addressable_shards] if isinstance(leaf, jax.Array) else [leaf]
     for x in shards:
@@ -117,8 +123,9 @@ def _check_compatible(saved: dict, current: dict, directory: str) -> None:
     if a != b:
       diffs = _diff(a, b, key)
       raise CheckpointMismatch(
-          f"the checkpoint in {directory} was trained with a different `{key}` config "
-          f"({'; '.join(diffs[:5])}). Use a new --workdir, or the config it was trained with.")
+        f"the checkpoint in {directory} was trained with a different `{key}` config "
+        f"({'; '.join(diffs[:5])}). Use a new --workdir, or the config it was trained with."
+      )
 
 
 def _diff(a, b, prefix):

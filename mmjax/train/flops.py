@@ -6,6 +6,7 @@ it counts the recomputed forward too. The jaxpr is the program as written, befor
 it, so the count is the same on every platform. Scans multiply their body by the trip count; a
 while loop's body (trip count unknown) and a cond's costliest branch count once.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Metrics to DIR/metrics.jsonl (one JSON object per line) and TensorBoard; process 0 only."""
+
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ class MetricWriter:
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
       from tensorboardX import SummaryWriter
+
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:

@@ -1,4 +1,5 @@
 """SIGTERM / SIGINT: finish the current step, checkpoint, exit 0."""
+
 from __future__ import annotations
 
 import logging
@@ -32,6 +33,7 @@ class StopRequest:
   def should_stop(self, step: int) -> bool:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       try:
         if multihost_utils.reached_preemption_sync_point(step):
           return True

@@ -1,4 +1,5 @@
 """The train state and what is built from a config once: model, mesh, optimizer, state shardings."""
+
 from __future__ import annotations
 
 import contextlib
@@ -31,6 +32,7 @@ class TrainState:
 @dataclasses.dataclass
 class Setup:
   """Everything built from a config once: model, mesh, rules, optimizer, state shardings."""
+
   config: ml_collections.ConfigDict
   model: nn.Module
   mesh: Mesh
@@ -68,20 +70,26 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int, devices=None)
   kind = model_class(config.model)
   kind.check_config(config)
   if int(config.get("grad_accum_steps", 1) or 1) > 1 and not kind.accumulates_gradients:
-    raise ValueError(f"config.model.kind={config.model.get('kind', 'vlm')!r} trains on the whole global batch at "
-                     "once: its loss couples the examples of the batch, so microbatches (grad accumulation) would "
-                     "change the objective; set --config.grad_accum_steps=1 and a --config.batch_size that fits.")
+    raise ValueError(
+      f"config.model.kind={config.model.get('kind', 'vlm')!r} trains on the whole global batch at "
+      "once: its loss couples the examples of the batch, so microbatches (grad accumulation) would "
+      "change the objective; set --config.grad_accum_steps=1 and a --config.batch_size that fits."
+    )
   model = kind(config.model, vocab_size)
   mesh = sharding.make_mesh(dict(config.mesh), dict(config.get("dcn_mesh", {}) or {}), devices=devices)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.batch_size % shards:
-    raise ValueError(f"--config.batch_size={config.batch_size} is not divisible by the {shards} batch shards of the "
-                     f"mesh {dict(mesh.shape)} (data x fsdp); change --config.batch_size or --config.mesh.")
+    raise ValueError(
+      f"--config.batch_size={config.batch_size} is not divisible by the {shards} batch shards of the "
+      f"mesh {dict(mesh.shape)} (data x fsdp); change --config.batch_size or --config.mesh."
+    )
   images = config.batch_size // questions_per_image(config)
   if images % shards:
-    raise ValueError(f"--config.batch_size={config.batch_size} with --config.data.questions_per_image="
-                     f"{config.data.questions_per_image} gives VQA batches of {images} images, not divisible by the "
-                     f"{shards} batch shards of the mesh {dict(mesh.shape)}; change one of them or --config.mesh.")
+    raise ValueError(
+      f"--config.batch_size={config.batch_size} with --config.data.questions_per_image="
+      f"{config.data.questions_per_image} gives VQA batches of {images} images, not divisible by the "
+      f"{shards} batch shards of the mesh {dict(mesh.shape)}; change one of them or --config.mesh."
+    )
   rules = sharding.rules_from_config(config.sharding.rules)
   tx = make_optimizer(config.optim, config.total_steps)
   # Frozen subtrees get zero updates and no optimizer state (config.model.freeze).
@@ -98,8 +106,9 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int, devices=None)
     boxed = jax.eval_shape(init, jax.random.key(0))
   logical = nn.get_partition_spec(boxed)
   state_sharding = nn.logical_to_mesh_sharding(logical, mesh, rules)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          nn.meta.unbox(boxed), state_sharding)
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.meta.unbox(boxed), state_sharding
+  )
   return Setup(config, model, mesh, rules, tx, state_sharding, abstract, init)
 
 

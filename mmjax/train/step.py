@@ -1,5 +1,6 @@
 """The jit-compiled train step: gradients of the model kind's loss (summed over microbatches when
 asked), the optimizer update, and the step's metrics."""
+
 from __future__ import annotations
 
 import jax
@@ -26,6 +27,7 @@ def _microbatches(batch, k: int):
       raise ValueError(f"grad_accum_steps={k} does not divide the batch of {n_images} images.")
     x = x.reshape(n_images // k, k, group, *x.shape[1:])
     return jnp.swapaxes(x, 0, 1).reshape(k, n_images // k * group, *x.shape[3:])
+
   return jax.tree.map(split, batch)
 
 
@@ -34,6 +36,7 @@ def grads_and_metrics(model, params, batch, grad_accum_steps: int = 1):
   over the batch, divided by the summed weight), summed over `grad_accum_steps` microbatches inside
   one lax.scan (activation memory of one microbatch). Returns (grads, metrics): "loss" and every
   other sum of loss_sums divided by the weight."""
+
   def sums_fn(p, b):
     objective, sums = model.apply({"params": p}, b, method="loss_sums")
     return objective, dict(sums, loss=objective)
@@ -51,8 +54,7 @@ def grads_and_metrics(model, params, batch, grad_accum_steps: int = 1):
       acc_g, acc_s = carry
       return (jax.tree.map(jnp.add, acc_g, g), jax.tree.map(jnp.add, acc_s, s)), None
 
-    zeros = (jax.tree.map(jnp.zeros_like, params),
-             jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), sums_shape))
+    zeros = (jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), sums_shape))
     (grads, sums), _ = jax.lax.scan(body, zeros, micro)
   # Token-mean (VLM) semantics: an all-padding batch has weight 0 and must not divide by it.
   denom = jnp.maximum(sums["weight"], 1.0)
@@ -60,8 +62,9 @@ def grads_and_metrics(model, params, batch, grad_accum_steps: int = 1):
   return grads, {k: v / denom for k, v in sums.items() if k != "weight"}
 
 
-def make_train_step(setup: Setup, batch_example: dict, skip_nonfinite: bool = False,
-                    grad_accum_steps: int | None = None):
+def make_train_step(
+  setup: Setup, batch_example: dict, skip_nonfinite: bool = False, grad_accum_steps: int | None = None
+):
   """jit-compiled step with explicit in/out shardings; the state is donated (updated in place).
 
   grad_accum_steps (default: config.grad_accum_steps or 1) splits the batch into that many
@@ -86,5 +89,9 @@ def make_train_step(setup: Setup, batch_example: dict, skip_nonfinite: bool = Fa
 
   batch_sharding = {k: setup.batch_sharding(batch_example)[k] for k in batch_keys(setup.config)}
   replicated = NamedSharding(setup.mesh, P())
-  return jax.jit(step, in_shardings=(setup.state_sharding, batch_sharding),
-                 out_shardings=(setup.state_sharding, replicated), donate_argnums=(0,))
+  return jax.jit(
+    step,
+    in_shardings=(setup.state_sharding, batch_sharding),
+    out_shardings=(setup.state_sharding, replicated),
+    donate_argnums=(0,),
+  )

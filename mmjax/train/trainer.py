@@ -10,29 +10,25 @@ A workdir holds everything a run needs to continue or be sampled from: checkpoin
 input-pipeline position, config), tokenizer.model, config.json, metrics.jsonl, tensorboard/ and
 samples/. Starting again on the same workdir resumes from the newest readable checkpoint.
 """
+
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import tqdm
 
 from mmjax.data import pipeline
 from mmjax.models import transfer
 from mmjax.sample.report import write_report
-from mmjax.train import state as state_lib
-from mmjax.train import batches as batches_lib
-from mmjax.train import step as step_lib
-from mmjax.train import workdir as workdir_lib
+from mmjax.train import batches as batches_lib, state as state_lib, step as step_lib, workdir as workdir_lib
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.metrics_writer import MetricWriter
 from mmjax.train.preemption import StopRequest
+
 
 class NonFiniteLoss(FloatingPointError):
   pass
@@ -48,15 +44,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"--config.{key}={config[key]} must be a positive integer.")
   for key in ("source", "manifest"):
     if key not in config.data:
-      raise ValueError(f"config has no `data.{key}`: start config.data from mmjax.data.default_data_config() "
-                       "(data.source names the dataset; a non-empty data.manifest is the data).")
+      raise ValueError(
+        f"config has no `data.{key}`: start config.data from mmjax.data.default_data_config() "
+        "(data.source names the dataset; a non-empty data.manifest is the data)."
+      )
   n = jax.process_count()
   if config.batch_size % n:
     raise ValueError(f"--config.batch_size={config.batch_size} is not divisible by the {n} processes.")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress: bool = True,
-                       batch_transform=None) -> dict:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, progress: bool = True, batch_transform=None
+) -> dict:
   """Trains (resuming from the workdir's newest checkpoint), evaluates and writes the sample report.
 
   batch_transform(step, batch) -> batch, when given, rewrites each host batch before it is sent to
@@ -108,8 +107,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
     return metrics, preds
 
   try:
-    bar = tqdm.tqdm(total=config.total_steps, initial=start, desc="train", dynamic_ncols=True,
-                    disable=not progress or jax.process_index() != 0)
+    bar = tqdm.tqdm(
+      total=config.total_steps,
+      initial=start,
+      desc="train",
+      dynamic_ncols=True,
+      disable=not progress or jax.process_index() != 0,
+    )
     step = start
     pending = None  # metrics of the previous step: read one step late so dispatch runs ahead
     batch = first
@@ -130,8 +134,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
           m = jax.device_get(metrics)
           rate = steps_since / max(time.time() - t0, 1e-9)
           t0, steps_since = time.time(), 0
-          writer.write(step, {f"train/{k}": v for k, v in m.items() if k != "finite"}
-                       | {"train/steps_per_second": rate, "train/examples_per_second": rate * config.batch_size})
+          writer.write(
+            step,
+            {f"train/{k}": v for k, v in m.items() if k != "finite"}
+            | {"train/steps_per_second": rate, "train/examples_per_second": rate * config.batch_size},
+          )
           bar.set_postfix(loss=f"{float(m['loss']):.3f}", acc=f"{float(m[kind.progress_metric]):.3f}")
         stopping = stop.should_stop(step)
         if step % config.checkpoint_every == 0 or step == config.total_steps or stopping:
@@ -162,9 +169,12 @@ def _check_eval_splits(config, data) -> None:
   (a manifest without validation or test records; the error names the split and the manifest)."""
   pipeline.check_split(data.builder, "test", "the final test evaluation")
   if config.eval_every < config.total_steps:
-    pipeline.check_split(data.builder, "validation",
-                         f"the evaluation every --config.eval_every={config.eval_every} steps (set it to at least "
-                         f"--config.total_steps={config.total_steps} to train without it)")
+    pipeline.check_split(
+      data.builder,
+      "validation",
+      f"the evaluation every --config.eval_every={config.eval_every} steps (set it to at least "
+      f"--config.total_steps={config.total_steps} to train without it)",
+    )
 
 
 def _init_from(state, setup, config):
@@ -183,6 +193,7 @@ def _check_finite(pending, step, config):
   metrics, at = pending
   if not bool(metrics["finite"]):
     raise NonFiniteLoss(
-        f"non-finite loss or gradients at step {at} (loss={float(metrics['loss'])}, "
-        f"grad_norm={float(metrics['grad_norm'])}); no checkpoint was written after it. "
-        "Lower optim.learning_rate, or set --config.skip_nonfinite=True to skip such updates.")
+      f"non-finite loss or gradients at step {at} (loss={float(metrics['loss'])}, "
+      f"grad_norm={float(metrics['grad_norm'])}); no checkpoint was written after it. "
+      "Lower optim.learning_rate, or set --config.skip_nonfinite=True to skip such updates."
+    )

@@ -1,10 +1,10 @@
 """A run's workdir: its data and tokenizer (load_data), and loading a trained one back (load)."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-
 import shutil
 
 import jax
@@ -12,10 +12,8 @@ import ml_collections
 
 from mmjax import config_files
 from mmjax.data import pipeline
-from mmjax.train import state as state_lib
-from mmjax.train import batches as batches_lib
+from mmjax.train import batches as batches_lib, state as state_lib
 from mmjax.train.checkpoint import Checkpointer
-
 
 TOKENIZER_FILENAME = pipeline.TOKENIZER_FILENAME  # the tokenizer a run keeps beside its checkpoints
 
@@ -30,7 +28,6 @@ def load_data(config, workdir: str):
     os.makedirs(workdir, exist_ok=True)
     shutil.copyfile(data.tokenizer.path, tok_path)
   return data
-
 
 
 @dataclasses.dataclass

@@ -12,9 +12,10 @@ them. Prints:
 
   python experiments/proj/shapes/inspect_slots.py --workdir=DIR [--split=validation] [--num_images=64]
 """
-from absl import app, flags
+
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 from mmjax import cli
 
@@ -25,27 +26,30 @@ _NUM = flags.DEFINE_integer("num_images", 64, "Scenes to inspect.", lower_bound=
 
 def slot_masks(encoder, params, images) -> np.ndarray:
   """[B, H W, K]: each pixel's weights over the slots (the masks the encoder's geometry is read off)."""
-  _, state = encoder.apply({"params": params}, images, mutable=["intermediates"],
-                           capture_intermediates=lambda m, _: m.name == "slots")
+  _, state = encoder.apply(
+    {"params": params}, images, mutable=["intermediates"], capture_intermediates=lambda m, _: m.name == "slots"
+  )
   return np.asarray(state["intermediates"]["slots"]["__call__"][0][1])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from mmjax.layers import pixel_coordinates
   from mmjax.projects.shapes import scenes as shapes
   from mmjax.projects.shapes.objects import ObjectEncoder, mask_geometry
-  from mmjax.layers import pixel_coordinates
   from mmjax.train import workdir as workdir_lib
 
   t = workdir_lib.load(_WORKDIR.value)
   if not t.config.model.get("image_encoder", "vit").endswith(":ObjectEncoder"):
-    raise ValueError(f"{_WORKDIR.value} was trained with model.image_encoder="
-                     f"{t.config.model.get('image_encoder', 'vit')!r}; this inspects the 'objects' encoder.")
+    raise ValueError(
+      f"{_WORKDIR.value} was trained with model.image_encoder="
+      f"{t.config.model.get('image_encoder', 'vit')!r}; this inspects the 'objects' encoder."
+    )
   if t.config.data.get("manifest"):
     raise ValueError("inspect_slots reads object colours off shapes scenes; this workdir trained on a manifest.")
   split = t.data.split(_SPLIT.value)
-  first = np.unique(split.index[:, 0], return_index=True)[1][:_NUM.value]   # one example per scene
+  first = np.unique(split.index[:, 0], return_index=True)[1][: _NUM.value]  # one example per scene
   images = np.stack([split.example(int(i))["image"] for i in first])
   c = t.config.model.objects
   encoder = ObjectEncoder(**c.to_dict(), implementation="xla")
@@ -68,13 +72,15 @@ def main(argv):
       slots.append(slot)
       weights.append(share[slot])
       true = coords.reshape(-1, 2)[(images[b].reshape(-1, 3) == rgb).all(-1)].mean(0)
-      errors.append(np.linalg.norm(geometry[b, slot, 1:3] - true) * size / 2)   # [-1, 1] units -> pixels
+      errors.append(np.linalg.norm(geometry[b, slot, 1:3] - true) * size / 2)  # [-1, 1] units -> pixels
     separate += len(set(slots)) == len(slots)
   print(f"{_WORKDIR.value} (step {t.step}), {len(images)} {_SPLIT.value} scenes:")
   print(f"  images whose objects all have slots of their own: {separate} / {len(images)}")
   print(f"  mean weight of an object's pixels on its slot: {np.mean(weights):.3f}")
-  print(f"  slot centroid error (pixels): mean {np.mean(errors):.2f}, 90th percentile "
-        f"{np.percentile(errors, 90):.2f}, max {np.max(errors):.2f}")
+  print(
+    f"  slot centroid error (pixels): mean {np.mean(errors):.2f}, 90th percentile "
+    f"{np.percentile(errors, 90):.2f}, max {np.max(errors):.2f}"
+  )
 
 
 if __name__ == "__main__":

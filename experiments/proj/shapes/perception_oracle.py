@@ -20,15 +20,15 @@ With the prior's first slopes at 8 and -8 instead of 40 and -40 it reached only 
 (closest-to 0.47 / 0.55): two objects' distances from the named one often differ by a few pixels,
 and a gentle slope cannot tell them apart.
 """
-from absl import app, flags
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import flags
 
-from mmjax import cli
-from mmjax import config_files
+from mmjax import cli, config_files
 from mmjax.data import pipeline
 from mmjax.projects.shapes import scenes as shapes
 from mmjax.train import optim
@@ -61,6 +61,7 @@ def object_tokens(images: np.ndarray) -> np.ndarray:
 class Block(nn.Module):
   """Pre-norm transformer block over [CLS, 6 objects, question words]; `bias` [B, H, N, N] is added
   to the attention logits (explicit logits: the whole sequence is 23 tokens)."""
+
   heads: int = 4
 
   @nn.compact
@@ -82,14 +83,15 @@ PRIOR_SLOPES = (40.0, -40.0, 8.0, 0.0)
 def pair_geometry(centroids):
   """[B, O, O, 4] (dx, dy, squared distance, distance) of every ordered pair of object centroids."""
   delta = centroids[:, :, None] - centroids[:, None]
-  sq = (delta ** 2).sum(-1, keepdims=True)
+  sq = (delta**2).sum(-1, keepdims=True)
   return jnp.concatenate([delta, sq, jnp.sqrt(sq + 1e-6)], -1)
 
 
 def distance_bias(geometry, learned, slopes, n_tokens: int):
   """[B, H, N, N] logit bias between the object tokens (rows/columns 1..objects of the sequence,
-  after CLS): -slope_h * (distance - 1) + learned[..., h] (distances in units of half the image). Subtracting 1 lifts near objects above the
-  tokens without a bias (CLS, question words), which a near-looking head would otherwise prefer.
+  after CLS): -slope_h * (distance - 1) + learned[..., h] (distances in units of half the image).
+  Subtracting 1 lifts near objects above the tokens without a bias (CLS, question words), which a
+  near-looking head would otherwise prefer.
   Heads 0 and 1 never attend to the object itself: "closest to the red object" means the closest
   *other* object, and a near-looking head's nearest object is always itself. (In a side testbed,
   README "Measured results", "closest" questions stayed at chance without either of the two.)"""
@@ -113,7 +115,8 @@ class OracleReasoner(nn.Module):
     b, lp = prompt.shape
     o = nn.Dense(self.width)(nn.gelu(nn.Dense(self.width)(objects)))
     q = nn.Embed(self.vocab_size, self.width)(prompt) + self.param(
-        "qpos", nn.initializers.normal(0.02), (lp, self.width))
+      "qpos", nn.initializers.normal(0.02), (lp, self.width)
+    )
     cls = jnp.broadcast_to(self.param("cls", nn.initializers.normal(0.02), (1, 1, self.width)), (b, 1, self.width))
     x = jnp.concatenate([cls, o, q], 1)
     valid = jnp.concatenate([jnp.ones((b, 1 + o.shape[1]), bool), jnp.arange(lp)[None] < prompt_len[:, None]], 1)
@@ -134,7 +137,7 @@ def text_arrays(split: pipeline.SplitData, ids, tokenizer, max_len: int):
   lengths = np.zeros(len(ids), np.int32)
   for row, i in enumerate(ids):
     tokens = tokenizer.encode(split.prompt_text(i))[:max_len]
-    prompts[row, :len(tokens)], lengths[row] = tokens, len(tokens)
+    prompts[row, : len(tokens)], lengths[row] = tokens, len(tokens)
   answers = np.asarray([tokenizer.encode(split.references(i))[0] for i in ids], np.int32)
   return prompts, lengths, answers
 
@@ -151,7 +154,7 @@ def main(argv):
   data = pipeline.Data(config)
   train, val = data.split("train"), data.split("validation")
   train_ids = np.flatnonzero(train.task == pipeline.TASK_VQA)
-  val_ids = np.flatnonzero(val.task == pipeline.TASK_VQA)[:FLAGS.eval_examples]
+  val_ids = np.flatnonzero(val.task == pipeline.TASK_VQA)[: FLAGS.eval_examples]
   tok, max_len = data.tokenizer, int(config.data.max_prompt_len)
   scene_tokens = object_tokens(scene_images(train))  # examples of a scene share its image
   scene_of = train.index[:, 0]
@@ -169,6 +172,7 @@ def main(argv):
   def step(params, opt, obj, prompt, plen, y):
     def loss_fn(p):
       return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, obj, prompt, plen), y).mean()
+
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt = tx.update(grads, opt, params)
     return optax.apply_updates(params, updates), opt, loss
@@ -177,8 +181,9 @@ def main(argv):
   rng = np.random.default_rng(FLAGS.seed)
   for i in range(1, FLAGS.steps + 1):
     rows = rng.integers(0, len(train_ids), FLAGS.batch)
-    params, opt, loss = step(params, opt, scene_tokens[scene_of[train_ids[rows]]], prompts[rows], prompt_len[rows],
-                             answer[rows])
+    params, opt, loss = step(
+      params, opt, scene_tokens[scene_of[train_ids[rows]]], prompts[rows], prompt_len[rows], answer[rows]
+    )
     if i % FLAGS.eval_every == 0 or i == FLAGS.steps:
       ok = np.asarray(predict(params, v_obj, v_prompt, v_len)) == v_answer
       acc = {data.qtype_name(q): round(float(ok[v_qtype == q].mean()), 3) for q in np.unique(v_qtype)}

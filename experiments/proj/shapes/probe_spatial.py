@@ -13,9 +13,10 @@ combine it with the question (first two probes high, the third at chance).
 
   python experiments/proj/shapes/probe_spatial.py --workdir=DIR [--split=validation] [--max_questions=1500]
 """
-from absl import app, flags
+
 import jax
 import numpy as np
+from absl import app, flags
 
 from mmjax import cli
 
@@ -26,11 +27,19 @@ _MAX = flags.DEFINE_integer("max_questions", 1500, "Spatial questions to probe (
 
 def answer_states(model, params, batch) -> np.ndarray:
   """Final decoder hidden states [B, D] at the first target position (it predicts the answer)."""
+
   def run(params):
-    _, state = model.apply({"params": params}, batch["image"], batch["prompt"], batch["prompt_len"],
-                           batch["target_in"][:, :1], mutable=["intermediates"],
-                           capture_intermediates=lambda m, _: m.name == "norm" and "decoder" in m.scope.path)
+    _, state = model.apply(
+      {"params": params},
+      batch["image"],
+      batch["prompt"],
+      batch["prompt_len"],
+      batch["target_in"][:, :1],
+      mutable=["intermediates"],
+      capture_intermediates=lambda m, _: m.name == "norm" and "decoder" in m.scope.path,
+    )
     return state["intermediates"]["decoder"]["norm"]["__call__"][0]
+
   return np.asarray(jax.jit(run)(params))[:, -1]
 
 
@@ -43,10 +52,12 @@ def main(argv):
 
   t = workdir_lib.load(_WORKDIR.value)
   split = t.data.split(_SPLIT.value)
-  ids = [e for e in range(len(split)) if t.data.qtype_name(int(split.qtype[e])) == "spatial"][:_MAX.value]
+  ids = [e for e in range(len(split)) if t.data.qtype_name(int(split.qtype[e])) == "spatial"][: _MAX.value]
   if len(ids) < 30:
-    raise ValueError(f"split {_SPLIT.value!r} of {_WORKDIR.value} has {len(ids)} spatial questions; the probe "
-                     "needs at least 30 (a shapes dataset with spatial questions).")
+    raise ValueError(
+      f"split {_SPLIT.value!r} of {_WORKDIR.value} has {len(ids)} spatial questions; the probe "
+      "needs at least 30 (a shapes dataset with spatial questions)."
+    )
   examples = [split.example(e) for e in ids]
   batch = {k: np.stack([x[k] for x in examples]) for k in ("image", "prompt", "prompt_len", "target_in")}
   states = answer_states(t.setup.model, t.params, batch)
@@ -61,8 +72,11 @@ def main(argv):
     asked_low.append(side in ("left", "top"))
     yes.append(split.references(e) == "yes")
   print(f"{len(ids)} spatial questions of {_SPLIT.value}; probe accuracy on the held-out third (majority rate):")
-  for name, labels in (("object on the left/top", object_low), ("question asks left/top", asked_low),
-                       ("answer is yes", yes)):
+  for name, labels in (
+    ("object on the left/top", object_low),
+    ("question asks left/top", asked_low),
+    ("answer is yes", yes),
+  ):
     acc, base = linear_probe_accuracy(states, np.asarray(labels))
     print(f"  {name:24s} {acc:.3f} ({base:.3f})")
 

@@ -9,23 +9,21 @@ independent seeds (``scenes.scene_seed``) and the build asserts that no scene la
 repeats across splits. Optional media: spoken questions (mmjax.data.speech), object sounds
 (sounds.py) and clips of the objects moving (video.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 
-from etils import epath
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
-from mmjax.data import config as data_config_lib
-from mmjax.data import tfds_builders
+from mmjax.data import config as data_config_lib, tfds_builders
 from mmjax.data.source import DatasetSource
 from mmjax.data.tfds_builders import RecordConfig, media_suffix
-from mmjax.projects.shapes import scenes as shapes
-from mmjax.projects.shapes import sounds
-from mmjax.projects.shapes import video as video_lib
+from mmjax.projects.shapes import scenes as shapes, sounds, video as video_lib
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -50,10 +48,17 @@ def data_config() -> ml_collections.ConfigDict:
   object_sounds      False  also store a 1 s clip per scene in which each object plays a tone
                      (pitch from colour, timbre from shape, left to right; sounds.py).
   """
-  return ml_collections.ConfigDict(dict(
-      num_shapes=3, train_scenes=12000, validation_scenes=500, test_scenes=1000,
+  return ml_collections.ConfigDict(
+    dict(
+      num_shapes=3,
+      train_scenes=12000,
+      validation_scenes=500,
+      test_scenes=1000,
       questions_per_type=dict(shapes.DEFAULT_QUESTIONS_PER_TYPE),
-      train_auxiliary_questions={k: 0 for k in shapes.AUXILIARY_KINDS}, object_sounds=False))
+      train_auxiliary_questions={k: 0 for k in shapes.AUXILIARY_KINDS},
+      object_sounds=False,
+    )
+  )
 
 
 @dataclasses.dataclass(eq=False)
@@ -83,8 +88,11 @@ class ShapesConfig(RecordConfig):
 
   @property
   def questions_per_type(self):
-    return {"attribute": self.attribute_questions, "spatial": self.spatial_questions,
-            "relational": self.relational_questions}
+    return {
+      "attribute": self.attribute_questions,
+      "spatial": self.spatial_questions,
+      "relational": self.relational_questions,
+    }
 
   @property
   def auxiliary_per_type(self):
@@ -92,15 +100,24 @@ class ShapesConfig(RecordConfig):
 
   @property
   def split_sizes(self):
-    return {"train": self.train_scenes, "validation": self.validation_scenes,
-            "test": self.test_scenes}
+    return {"train": self.train_scenes, "validation": self.validation_scenes, "test": self.test_scenes}
 
 
-def shapes_config(image_size: int = 64, num_shapes: int = 3, train_scenes: int = 12000,
-                  validation_scenes: int = 500, test_scenes: int = 1000,
-                  questions_per_type=None, seed: int = 0, *, spoken_questions: bool = False,
-                  object_sounds: bool = False, video_frames: int = 0,
-                  audio_sample_rate: int = 16000, train_auxiliary_questions=None) -> ShapesConfig:
+def shapes_config(
+  image_size: int = 64,
+  num_shapes: int = 3,
+  train_scenes: int = 12000,
+  validation_scenes: int = 500,
+  test_scenes: int = 1000,
+  questions_per_type=None,
+  seed: int = 0,
+  *,
+  spoken_questions: bool = False,
+  object_sounds: bool = False,
+  video_frames: int = 0,
+  audio_sample_rate: int = 16000,
+  train_auxiliary_questions=None,
+) -> ShapesConfig:
   """A ShapesConfig whose name encodes all of its parameters.
 
   train_auxiliary_questions: {kind: count} of training-only questions per train scene
@@ -115,8 +132,10 @@ def shapes_config(image_size: int = 64, num_shapes: int = 3, train_scenes: int =
   if train_auxiliary_questions is not None:
     unknown = set(dict(train_auxiliary_questions)) - set(aux)
     if unknown:
-      raise ValueError(f"config.data.train_auxiliary_questions: unknown question types {sorted(unknown)}; "
-                       f"expected some of {shapes.AUXILIARY_KINDS}.")
+      raise ValueError(
+        f"config.data.train_auxiliary_questions: unknown question types {sorted(unknown)}; "
+        f"expected some of {shapes.AUXILIARY_KINDS}."
+      )
     aux.update({k: int(v) for k, v in dict(train_auxiliary_questions).items()})
   if min(aux.values()) < 0:
     raise ValueError(f"config.data.train_auxiliary_questions: counts must be >= 0, got {aux}.")
@@ -126,19 +145,30 @@ def shapes_config(image_size: int = 64, num_shapes: int = 3, train_scenes: int =
   while len(counts) > 3 and counts[-1] == 0:
     counts.pop()
   aux_suffix = ("_aux" + "-".join(map(str, counts))) if any(counts) else ""
-  name = (f"s{int(image_size)}_k{int(num_shapes)}_n{int(train_scenes)}-{int(validation_scenes)}-"
-          f"{int(test_scenes)}_q{q['attribute']}-{q['spatial']}-{q['relational']}{aux_suffix}_seed{int(seed)}"
-          + media_suffix(spoken_questions, object_sounds, video_frames, audio_sample_rate))
+  name = (
+    f"s{int(image_size)}_k{int(num_shapes)}_n{int(train_scenes)}-{int(validation_scenes)}-"
+    f"{int(test_scenes)}_q{q['attribute']}-{q['spatial']}-{q['relational']}{aux_suffix}_seed{int(seed)}"
+    + media_suffix(spoken_questions, object_sounds, video_frames, audio_sample_rate)
+  )
   return ShapesConfig(
-      name=name, version="1.0.0", description="shapes scenes " + name,
-      image_size=int(image_size), num_shapes=int(num_shapes), train_scenes=int(train_scenes),
-      validation_scenes=int(validation_scenes), test_scenes=int(test_scenes),
-      attribute_questions=q["attribute"], spatial_questions=q["spatial"],
-      relational_questions=q["relational"], **{f"{k}_questions": n for k, n in aux.items()}, seed=int(seed),
-      spoken_questions=bool(spoken_questions), object_sounds=bool(object_sounds),
-      video_frames=int(video_frames), audio_sample_rate=int(audio_sample_rate))
-
-
+    name=name,
+    version="1.0.0",
+    description="shapes scenes " + name,
+    image_size=int(image_size),
+    num_shapes=int(num_shapes),
+    train_scenes=int(train_scenes),
+    validation_scenes=int(validation_scenes),
+    test_scenes=int(test_scenes),
+    attribute_questions=q["attribute"],
+    spatial_questions=q["spatial"],
+    relational_questions=q["relational"],
+    **{f"{k}_questions": n for k, n in aux.items()},
+    seed=int(seed),
+    spoken_questions=bool(spoken_questions),
+    object_sounds=bool(object_sounds),
+    video_frames=int(video_frames),
+    audio_sample_rate=int(audio_sample_rate),
+  )
 
 
 class MmjaxShapes(tfds_builders.RecordBuilder):
@@ -160,8 +190,7 @@ class MmjaxShapes(tfds_builders.RecordBuilder):
     seen = {}
     for split, n in cfg.split_sizes.items():
       for i in range(n):
-        objs = shapes.sample_objects(shapes.scene_seed(cfg.seed, split, i), cfg.image_size,
-                                     cfg.num_shapes)
+        objs = shapes.sample_objects(shapes.scene_seed(cfg.seed, split, i), cfg.image_size, cfg.num_shapes)
         key = tuple((o.shape, o.x, o.y) for o in objs)
         if key in seen and seen[key][0] != split:
           raise AssertionError(f"scene {split}/{i} duplicates {seen[key]}")
@@ -174,22 +203,31 @@ class MmjaxShapes(tfds_builders.RecordBuilder):
       # The scene's rng goes on to draw the video's velocities (after the scene, so the scene
       # itself is the same with or without video).
       rng = np.random.default_rng(shapes.scene_seed(cfg.seed, split, i))
-      scene = shapes.generate_scene(rng, cfg.image_size, cfg.num_shapes, cfg.questions_per_type,
-                                    cfg.auxiliary_per_type if split == "train" else None)
+      scene = shapes.generate_scene(
+        rng,
+        cfg.image_size,
+        cfg.num_shapes,
+        cfg.questions_per_type,
+        cfg.auxiliary_per_type if split == "train" else None,
+      )
       rid = f"{split}_{i:06d}"
-      yield rid, self._with_media(
+      yield (
+        rid,
+        self._with_media(
           {
-              "image": scene.image,
-              "questions": scene.questions,
-              "answers": scene.answers,
-              "question_types": scene.question_types,
-              "captions": [scene.caption],
-              "id": rid,
+            "image": scene.image,
+            "questions": scene.questions,
+            "answers": scene.answers,
+            "question_types": scene.question_types,
+            "captions": [scene.caption],
+            "id": rid,
           },
-          scene_audio=(sounds.scene_sound(scene.objects, cfg.audio_sample_rate)
-                       if cfg.object_sounds else None),
-          video=(video_lib.scene_clip(scene.objects, rng, cfg.video_frames, cfg.image_size)
-                 if cfg.video_frames else None))
+          scene_audio=(sounds.scene_sound(scene.objects, cfg.audio_sample_rate) if cfg.object_sounds else None),
+          video=(
+            video_lib.scene_clip(scene.objects, rng, cfg.video_frames, cfg.image_size) if cfg.video_frames else None
+          ),
+        ),
+      )
 
 
 def prepare_shapes(data_dir: str, config: ShapesConfig | None = None) -> MmjaxShapes:
@@ -203,20 +241,28 @@ def prepare_shapes(data_dir: str, config: ShapesConfig | None = None) -> MmjaxSh
   return builder
 
 
-
-
 def builder_config(data: ml_collections.ConfigDict) -> ShapesConfig:
   """The ShapesConfig of `config.data` (its `shapes` block and the general media keys)."""
   if "shapes" not in data:
-    raise ValueError("config.data.source names the shapes data, but config.data has no `shapes` block: add "
-                     "`config.data.shapes = mmjax.projects.shapes.data.data_config()`.")
+    raise ValueError(
+      "config.data.source names the shapes data, but config.data has no `shapes` block: add "
+      "`config.data.shapes = mmjax.projects.shapes.data.data_config()`."
+    )
   s = data.shapes
-  return shapes_config(image_size=data.image_size, num_shapes=s.num_shapes, train_scenes=s.train_scenes,
-                       validation_scenes=s.validation_scenes, test_scenes=s.test_scenes,
-                       questions_per_type=dict(s.questions_per_type), seed=data.seed,
-                       spoken_questions=data.spoken_questions, object_sounds=s.object_sounds,
-                       video_frames=data.video_frames, audio_sample_rate=data.audio_sample_rate,
-                       train_auxiliary_questions=dict(s.train_auxiliary_questions))
+  return shapes_config(
+    image_size=data.image_size,
+    num_shapes=s.num_shapes,
+    train_scenes=s.train_scenes,
+    validation_scenes=s.validation_scenes,
+    test_scenes=s.test_scenes,
+    questions_per_type=dict(s.questions_per_type),
+    seed=data.seed,
+    spoken_questions=data.spoken_questions,
+    object_sounds=s.object_sounds,
+    video_frames=data.video_frames,
+    audio_sample_rate=data.audio_sample_rate,
+    train_auxiliary_questions=dict(s.train_auxiliary_questions),
+  )
 
 
 def zero_shot_trials(cfg: ShapesConfig, captions: list[str]):
@@ -224,7 +270,7 @@ def zero_shot_trials(cfg: ShapesConfig, captions: list[str]):
   shape is the <color> object?" answered by scoring "a <color> <shape>" for each shape kind.
   Returns (prompts, trial_image [T] index into `captions`, candidates int [T, C] prompt indices,
   labels int [T]); the true shape comes from the image's caption. Chance is 1 / num_shapes."""
-  kinds = shapes.SHAPES[:cfg.num_shapes]
+  kinds = shapes.SHAPES[: cfg.num_shapes]
   prompts = [shapes.object_phrase(c, s) for c in shapes.COLORS for s in kinds]
   trial_image, candidates, labels = [], [], []
   for i, text in enumerate(captions):
@@ -237,8 +283,9 @@ def zero_shot_trials(cfg: ShapesConfig, captions: list[str]):
 
 
 SOURCE = DatasetSource(
-    builder_config=builder_config,
-    prepare=lambda cfg, data_dir: prepare_shapes(data_dir, cfg),
-    vocabulary_texts=lambda cfg: shapes.vocabulary_texts(cfg.num_shapes),
-    zero_shot_trials=zero_shot_trials,
-    question_template=shapes.question_template)
+  builder_config=builder_config,
+  prepare=lambda cfg, data_dir: prepare_shapes(data_dir, cfg),
+  vocabulary_texts=lambda cfg: shapes.vocabulary_texts(cfg.num_shapes),
+  zero_shot_trials=zero_shot_trials,
+  question_template=shapes.question_template,
+)

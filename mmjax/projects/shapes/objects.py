@@ -34,6 +34,7 @@ attention still goes through `mmjax.attention.attention` and any of its implemen
 k-means assignment normalises over slots rather than over keys, which is not the attention
 function's operation; it is written out here (a few einsums over [B, pixels, slots]).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -61,17 +62,17 @@ def mask_geometry(attn: jax.Array, coords: jax.Array, power: float = 3.0, eps: f
   of the same spread), all of the weights attn ** power. The power keeps the diffuse
   tail out: a weight of 0.01 on each of a thousand background pixels would otherwise outweigh an
   object's twenty pixels at 0.85 and pull its centroid towards the middle of the image."""
-  attn = attn ** power
-  mass = attn.sum(1)                                          # [B, K]
-  w = attn / (mass[:, None, :] + eps)                         # each slot's weights sum to 1 over pixels
-  centroid = jnp.einsum("bnk,nc->bkc", w, coords)            # [B, K, 2]
+  attn = attn**power
+  mass = attn.sum(1)  # [B, K]
+  w = attn / (mass[:, None, :] + eps)  # each slot's weights sum to 1 over pixels
+  centroid = jnp.einsum("bnk,nc->bkc", w, coords)  # [B, K, 2]
   second = jnp.einsum("bnk,nc,nd->bkcd", w, coords, coords)  # [B, K, 2, 2]
   cov = second - centroid[..., :, None] * centroid[..., None, :]
   std = jnp.sqrt(jnp.maximum(jnp.stack([cov[..., 0, 0], cov[..., 1, 1]], -1), 0.0) + eps)
   corr = cov[..., 0, 1] / (std[..., 0] * std[..., 1])
-  third = jnp.einsum("bnk,nc->bkc", w, coords ** 3)
+  third = jnp.einsum("bnk,nc->bkc", w, coords**3)
   moment2 = jnp.stack([second[..., 0, 0], second[..., 1, 1]], -1)
-  skew = (third - 3 * centroid * moment2 + 2 * centroid ** 3) / std ** 3
+  skew = (third - 3 * centroid * moment2 + 2 * centroid**3) / std**3
   log_mass = jnp.log(mass / attn.shape[1] + eps)
   return jnp.concatenate([log_mass[..., None], centroid, std, corr[..., None], skew], -1)
 
@@ -86,8 +87,10 @@ def fourier_features(x: jax.Array, num_frequencies: int) -> jax.Array:
 def farthest_point_indices(x: jax.Array, k: int) -> jax.Array:
   """int32 [B, k]: indices of k rows of x [B, N, F] chosen greedily, each the farthest (squared
   Euclidean) from those already chosen; the first is the farthest from the mean. Deterministic."""
+
   def dist_to(i):
     return ((x - jnp.take_along_axis(x, i[:, None, None], axis=1)) ** 2).sum(-1)  # [B, N]
+
   first = jnp.argmax(((x - x.mean(1, keepdims=True)) ** 2).sum(-1), axis=1)
   chosen, nearest = [first], dist_to(first)
   for _ in range(k - 1):
@@ -113,10 +116,11 @@ class KMeansSlots(nn.Module):
   Returns (slots [B, K, width], masks [B, M, K]): each pixel's weight over the slots after the last
   update of the centres, for the M pixels of `mask_grouping` (default: the N grouping pixels).
   The encoder groups a subsample of the pixels and asks for the masks of all of them."""
+
   num_slots: int
   width: int
   iterations: int = 3
-  sharpness: float = 20.0    # initial softmax scale per squared unit of the grouping features; learned
+  sharpness: float = 20.0  # initial softmax scale per squared unit of the grouping features; learned
   mlp_dim: int = 192
   dtype: layers.Dtype = jnp.float32
 
@@ -124,28 +128,31 @@ class KMeansSlots(nn.Module):
   def __call__(self, grouping, values, mask_grouping=None):
     """grouping [B, N, G] (float32), values [B, N, F], mask_grouping [B, M, G] or None."""
     g = grouping.astype(jnp.float32)
-    log_sharpness = self.param("log_sharpness", layers.param_with_axes(
-        nn.initializers.constant(np.log(self.sharpness)), ("norm",)), (1,))
+    log_sharpness = self.param(
+      "log_sharpness", layers.param_with_axes(nn.initializers.constant(np.log(self.sharpness)), ("norm",)), (1,)
+    )
     sharpness = jnp.exp(log_sharpness[0])
-    start = farthest_point_indices(g, self.num_slots)                           # [B, K]
-    centres = jnp.take_along_axis(g, start[..., None], axis=1)                 # [B, K, G]
+    start = farthest_point_indices(g, self.num_slots)  # [B, K]
+    centres = jnp.take_along_axis(g, start[..., None], axis=1)  # [B, K, G]
 
     def assign(centres, g=g):
       # |g - c|^2 = |g|^2 - 2 g.c + |c|^2; the |g|^2 term is the same for every slot and drops
       # out of the softmax (and the expansion never builds a [B, N, K, G] array).
-      logits = 2.0 * jnp.einsum("bng,bkg->bnk", g, centres) - (centres ** 2).sum(-1)[:, None, :]
+      logits = 2.0 * jnp.einsum("bng,bkg->bnk", g, centres) - (centres**2).sum(-1)[:, None, :]
       return jax.nn.softmax(sharpness * logits, axis=-1)
 
     for _ in range(self.iterations):
       attn = assign(centres)
-      w = attn / (attn.sum(1, keepdims=True) + 1e-6)                            # weighted mean over pixels
+      w = attn / (attn.sum(1, keepdims=True) + 1e-6)  # weighted mean over pixels
       centres = jnp.einsum("bnk,bng->bkg", w, g)
     attn = assign(centres)
     w = attn / (attn.sum(1, keepdims=True) + 1e-6)
     v = layers.LayerNorm(self.dtype, name="norm_values")(values)
-    pooled = jnp.einsum("bnk,bnf->bkf", w.astype(self.dtype), v)              # [B, K, F]
+    pooled = jnp.einsum("bnk,bnf->bkf", w.astype(self.dtype), v)  # [B, K, F]
     slots = layers.Dense(self.width, ("media_embed",), ("embed",), dtype=self.dtype, name="out")(pooled)
-    slots = slots + layers.MLP(self.mlp_dim, self.dtype, name="mlp")(layers.LayerNorm(self.dtype, name="norm_mlp")(slots))
+    slots = slots + layers.MLP(self.mlp_dim, self.dtype, name="mlp")(
+      layers.LayerNorm(self.dtype, name="norm_mlp")(slots)
+    )
     if mask_grouping is None:
       return slots, attn
     return slots, assign(centres, mask_grouping.astype(jnp.float32))
@@ -171,6 +178,7 @@ class GeometricSelfAttention(nn.Module):
   learned to look at the background in 40% of cases and at the true nearest object in only 53%;
   geometric heads with the mass prior in place of the exclusion still chose the background in 7%
   (README "Measured results")."""
+
   num_heads: int
   head_dim: int
   slopes: Sequence[float]
@@ -185,44 +193,61 @@ class GeometricSelfAttention(nn.Module):
     b, k_slots, _ = x.shape
     h, d = self.num_heads, self.head_dim
     if len(self.slopes) != h:
-      raise ValueError(f"GeometricSelfAttention: {len(self.slopes)} slopes for {h} heads "
-                       "(config.model.objects.slopes needs one per head).")
-    proj = lambda name: layers.Dense((h, d), ("embed",), ("heads", "head_dim"), use_bias=False, dtype=self.dtype,
-                                     name=name)(x)
+      raise ValueError(
+        f"GeometricSelfAttention: {len(self.slopes)} slopes for {h} heads "
+        "(config.model.objects.slopes needs one per head)."
+      )
+    proj = lambda name: layers.Dense(
+      (h, d), ("embed",), ("heads", "head_dim"), use_bias=False, dtype=self.dtype, name=name
+    )(x)
     if not 0 <= self.geometric_heads <= h:
-      raise ValueError(f"GeometricSelfAttention: geometric_heads={self.geometric_heads} must be in [0, {h}] "
-                       "(config.model.objects.geometric_heads).")
-    content = (jnp.arange(h) >= self.geometric_heads).astype(self.dtype)                  # [H]: 0 = geometry only
+      raise ValueError(
+        f"GeometricSelfAttention: geometric_heads={self.geometric_heads} must be in [0, {h}] "
+        "(config.model.objects.geometric_heads)."
+      )
+    content = (jnp.arange(h) >= self.geometric_heads).astype(self.dtype)  # [H]: 0 = geometry only
     q, k, v = proj("query") * (content[:, None] / np.sqrt(d)), proj("key"), proj("value")
-    slopes = self.param("slopes", layers.param_with_axes(lambda *_: jnp.asarray(self.slopes, jnp.float32),
-                                                         ("heads",)), (h,))
-    mass_prior = self.param("mass_prior", layers.param_with_axes(nn.initializers.constant(self.mass_prior),
-                                                                 ("heads",)), (h,))
-    learned_bias = (layers.Dense(h, ("embed",), ("heads",), dtype=self.dtype, name="key_bias")(x)
-                    + mass_prior * log_mass[..., None].astype(self.dtype))                # [B, K, H]
-    largest = jax.nn.one_hot(jnp.argmax(log_mass, axis=-1), k_slots, dtype=self.dtype)   # [B, K]: the background
+    slopes = self.param(
+      "slopes", layers.param_with_axes(lambda *_: jnp.asarray(self.slopes, jnp.float32), ("heads",)), (h,)
+    )
+    mass_prior = self.param(
+      "mass_prior", layers.param_with_axes(nn.initializers.constant(self.mass_prior), ("heads",)), (h,)
+    )
+    learned_bias = layers.Dense(h, ("embed",), ("heads",), dtype=self.dtype, name="key_bias")(
+      x
+    ) + mass_prior * log_mass[..., None].astype(self.dtype)  # [B, K, H]
+    largest = jax.nn.one_hot(jnp.argmax(log_mass, axis=-1), k_slots, dtype=self.dtype)  # [B, K]: the background
     key_bias = learned_bias * content + (1 - content) * (-_EXCLUDED * largest[..., None])
     c = centroids.astype(self.dtype)
-    excl = (jnp.arange(h) < self.self_excluding_heads).astype(self.dtype)                  # [H]
+    excl = (jnp.arange(h) < self.self_excluding_heads).astype(self.dtype)  # [H]
     eye = jnp.eye(k_slots, dtype=self.dtype)
     ones = jnp.ones((b, k_slots, h, 1), self.dtype)
-    q_geo = jnp.concatenate([
-        2.0 * slopes[None, None, :, None] * c[:, :, None, :],                                  # x 2 slope c_i
-        jnp.broadcast_to(slopes[None, None, :, None], (b, k_slots, h, 1)),                      # x slope
+    q_geo = jnp.concatenate(
+      [
+        2.0 * slopes[None, None, :, None] * c[:, :, None, :],  # x 2 slope c_i
+        jnp.broadcast_to(slopes[None, None, :, None], (b, k_slots, h, 1)),  # x slope
         jnp.broadcast_to(_EXCLUDED * excl[None, None, :, None] * eye[None, :, None, :], (b, k_slots, h, k_slots)),
-        ones], -1)
-    k_geo = jnp.concatenate([
+        ones,
+      ],
+      -1,
+    )
+    k_geo = jnp.concatenate(
+      [
         jnp.broadcast_to(c[:, :, None, :], (b, k_slots, h, 2)),
-        jnp.broadcast_to(-(c ** 2).sum(-1)[:, :, None, None], (b, k_slots, h, 1)),
+        jnp.broadcast_to(-(c**2).sum(-1)[:, :, None, None], (b, k_slots, h, 1)),
         jnp.broadcast_to(-eye[None, :, None, :], (b, k_slots, h, k_slots)),
-        key_bias[..., None]], -1)
+        key_bias[..., None],
+      ],
+      -1,
+    )
     q_aug = jnp.concatenate([q, q_geo.astype(q.dtype)], -1)
     k_aug = jnp.concatenate([k, k_geo.astype(k.dtype)], -1)
     v_pad = jnp.pad(v, ((0, 0), (0, 0), (0, 0), (0, q_aug.shape[-1] - d)))  # k and v share a shape
     out = attention(q_aug, k_aug, v_pad, scale=1.0, implementation=self.implementation)[..., :d]
     out = constrain(out, ("act_batch", "act_len", "act_heads", "act_head_dim"))
-    return layers.Dense(x.shape[-1], ("heads", "head_dim"), ("embed",), use_bias=False, dtype=self.dtype,
-                        name="out")(out)
+    return layers.Dense(x.shape[-1], ("heads", "head_dim"), ("embed",), use_bias=False, dtype=self.dtype, name="out")(
+      out
+    )
 
 
 class ObjectEncoder(nn.Module):
@@ -234,10 +259,11 @@ class ObjectEncoder(nn.Module):
   num_slots should be the number of colour clusters of an image (the objects and the background):
   an image with fewer gets slots that share a cluster (and are each other's "nearest object"), one
   with more gets slots that hold two clusters."""
+
   num_slots: int = 7
   width: int = 96
   feature_dim: int = 32
-  feature_stride: int = 2    # per-pixel features on a grid this much coarser than the image
+  feature_stride: int = 2  # per-pixel features on a grid this much coarser than the image
   iterations: int = 3
   sharpness: float = 20.0
   depth: int = 2
@@ -246,8 +272,8 @@ class ObjectEncoder(nn.Module):
   slopes: Sequence[float] = (60.0, -30.0, 15.0, 0.0)
   self_excluding_heads: int = 2
   position_frequencies: int = 4
-  mass_prior: float = -2.0   # GeometricSelfAttention.mass_prior
-  geometric_heads: int = 0   # GeometricSelfAttention.geometric_heads
+  mass_prior: float = -2.0  # GeometricSelfAttention.mass_prior
+  geometric_heads: int = 0  # GeometricSelfAttention.geometric_heads
   # Also return every object's token from before the relation layers (num_slots more tokens, told
   # apart by a learned embedding). The relation layers add the nearest and furthest objects'
   # features to each token; questions about the object's own shape or position then read a token
@@ -278,38 +304,62 @@ class ObjectEncoder(nn.Module):
     # Grouping by the colour of every feature_stride-th pixel (not an average over the cell: a
     # pixel on an object's edge then has the object's colour or the background's, never a mix, so
     # there are exactly as many kinds of pixel as colours).
-    pixels = x[:, ::self.feature_stride, ::self.feature_stride].reshape(b, h * w, 3)
+    pixels = x[:, :: self.feature_stride, :: self.feature_stride].reshape(b, h * w, 3)
     # What the slots average is local appearance: a 3x3 convolution at the same stride, whose edge
     # and corner responses, pooled over an object, tell its shape.
-    values = nn.Conv(self.feature_dim, (3, 3), strides=self.feature_stride, padding="SAME", dtype=self.dtype,
-                     kernel_init=layers.param_with_axes(nn.initializers.lecun_normal(),
-                                                        (None, None, "channels", "conv_out")),
-                     bias_init=layers.param_with_axes(nn.initializers.zeros, ("conv_out",)), name="appearance_conv")(x)
-    values = layers.Dense(self.feature_dim, ("conv_out",), ("media_embed",), dtype=self.dtype,
-                          name="appearance_mlp")(nn.gelu(values.reshape(b, h * w, self.feature_dim)))
+    values = nn.Conv(
+      self.feature_dim,
+      (3, 3),
+      strides=self.feature_stride,
+      padding="SAME",
+      dtype=self.dtype,
+      kernel_init=layers.param_with_axes(nn.initializers.lecun_normal(), (None, None, "channels", "conv_out")),
+      bias_init=layers.param_with_axes(nn.initializers.zeros, ("conv_out",)),
+      name="appearance_conv",
+    )(x)
+    values = layers.Dense(self.feature_dim, ("conv_out",), ("media_embed",), dtype=self.dtype, name="appearance_mlp")(
+      nn.gelu(values.reshape(b, h * w, self.feature_dim))
+    )
     # The geometry is read off the masks of *all* pixels, assigned to the centres found on the
     # subsample: at full resolution an object's pixel count is exact (every circle of the shapes
     # data has the same, as has every square and every triangle), which on every second pixel
     # it is not (it depends on where the object falls on the subsampling grid). The masks cost
     # one more assignment, at [B, H W, K].
-    slots, masks = KMeansSlots(self.num_slots, self.width, self.iterations, self.sharpness, self.mlp_dim,
-                               self.dtype, name="slots")(pixels, values, x.reshape(b, -1, 3))
-    coords = layers.pixel_coordinates(h * self.feature_stride, w * self.feature_stride)   # in image units
+    slots, masks = KMeansSlots(
+      self.num_slots, self.width, self.iterations, self.sharpness, self.mlp_dim, self.dtype, name="slots"
+    )(pixels, values, x.reshape(b, -1, 3))
+    coords = layers.pixel_coordinates(h * self.feature_stride, w * self.feature_stride)  # in image units
     geometry = mask_geometry(masks, jnp.asarray(coords.reshape(-1, 2)))
     centroids = geometry[..., 1:3]
     # Spreads on a log scale: an object's (about 0.07) and the background's (about 0.5) differ by
     # a factor, and shapes by a few per cent of it.
-    described = jnp.concatenate([geometry[..., :3], jnp.log(geometry[..., 3:5]), geometry[..., 5:],
-                                 fourier_features(centroids, self.position_frequencies)], -1)
+    described = jnp.concatenate(
+      [
+        geometry[..., :3],
+        jnp.log(geometry[..., 3:5]),
+        geometry[..., 5:],
+        fourier_features(centroids, self.position_frequencies),
+      ],
+      -1,
+    )
     geo = layers.Dense(self.width, ("patch",), ("embed",), dtype=self.dtype, name="geometry_embed")(
-        described.astype(self.dtype))
+      described.astype(self.dtype)
+    )
     x = layers.constrain_tokens(slots + layers.MLP(self.mlp_dim, self.dtype, name="geometry_mlp")(nn.gelu(geo)))
     clean = x
     for i in range(self.depth):
       y = layers.LayerNorm(self.dtype, name=f"relation_{i}_norm")(x)
-      x = x + GeometricSelfAttention(self.num_heads, self.width // self.num_heads, tuple(self.slopes),
-                                     self.self_excluding_heads, self.implementation, self.dtype, self.mass_prior,
-                                     self.geometric_heads, name=f"relation_{i}_attention")(y, centroids, geometry[..., 0])
+      x = x + GeometricSelfAttention(
+        self.num_heads,
+        self.width // self.num_heads,
+        tuple(self.slopes),
+        self.self_excluding_heads,
+        self.implementation,
+        self.dtype,
+        self.mass_prior,
+        self.geometric_heads,
+        name=f"relation_{i}_attention",
+      )(y, centroids, geometry[..., 0])
       y = layers.LayerNorm(self.dtype, name=f"relation_{i}_norm_mlp")(x)
       x = layers.constrain_tokens(x + layers.MLP(self.mlp_dim, self.dtype, name=f"relation_{i}_mlp")(y))
     x = layers.LayerNorm(self.dtype, name="norm")(x)
@@ -318,8 +368,9 @@ class ObjectEncoder(nn.Module):
     clean = layers.LayerNorm(self.dtype, name="norm_clean")(clean)
     tokens = [x]
     if self.clean_tokens:
-      kinds = self.param("token_kind", layers.param_with_axes(nn.initializers.normal(0.02), (None, "embed")),
-                         (2, self.width)).astype(self.dtype)
+      kinds = self.param(
+        "token_kind", layers.param_with_axes(nn.initializers.normal(0.02), (None, "embed")), (2, self.width)
+      ).astype(self.dtype)
       tokens = [clean + kinds[0], x + kinds[1]]
     if self.neighbour_tokens:
       tokens += self._neighbour_tokens(clean, centroids, geometry[..., 0])
@@ -327,11 +378,12 @@ class ObjectEncoder(nn.Module):
 
   def _neighbour_tokens(self, clean, centroids, log_mass):
     """[nearest-pair tokens [B, K, width], furthest-pair tokens [B, K, width]] (neighbour_tokens)."""
-    kinds = self.param("neighbour_kind", layers.param_with_axes(nn.initializers.normal(0.02), (None, "embed")),
-                       (2, self.width)).astype(self.dtype)
+    kinds = self.param(
+      "neighbour_kind", layers.param_with_axes(nn.initializers.normal(0.02), (None, "embed")), (2, self.width)
+    ).astype(self.dtype)
     out = []
     for r, (name, other) in enumerate(zip(("nearest", "furthest"), nearest_and_furthest(centroids, log_mass))):
-      partner = jnp.take_along_axis(clean, other[..., None], axis=1)                      # [B, K, width]
+      partner = jnp.take_along_axis(clean, other[..., None], axis=1)  # [B, K, width]
       # The partner's clean token as it is, so reading its shape or colour is the read the decoder
       # already does for "what shape is the red object?"; the object itself enters through a
       # learned projection, which the question's "closest to the red object" is matched against.
@@ -344,9 +396,9 @@ def nearest_and_furthest(centroids: jax.Array, log_mass: jax.Array) -> tuple[jax
   """int [B, K] each: for every slot, the other slot with the nearest and the furthest centroid,
   never the slot itself nor the largest segment (the background). centroids [B, K, 2]."""
   k_slots = centroids.shape[1]
-  d2 = ((centroids[:, :, None, :] - centroids[:, None, :, :]) ** 2).sum(-1)           # [B, K, K]
-  largest = jax.nn.one_hot(jnp.argmax(log_mass, axis=-1), k_slots)                     # [B, K]
-  excluded = jnp.maximum(jnp.eye(k_slots)[None], largest[:, None, :]) * _EXCLUDED      # self, background
+  d2 = ((centroids[:, :, None, :] - centroids[:, None, :, :]) ** 2).sum(-1)  # [B, K, K]
+  largest = jax.nn.one_hot(jnp.argmax(log_mass, axis=-1), k_slots)  # [B, K]
+  excluded = jnp.maximum(jnp.eye(k_slots)[None], largest[:, None, :]) * _EXCLUDED  # self, background
   return jnp.argmin(d2 + excluded, -1), jnp.argmax(d2 - excluded, -1)
 
 

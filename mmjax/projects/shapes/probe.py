@@ -1,4 +1,5 @@
 """Linear probes: how much of a label a set of hidden states holds linearly."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -32,6 +32,7 @@ Training-only (auxiliary) questions, generated for the train split alone and nev
 * count: ``how many objects are <shape>s?`` -> one..six;
 * position: ``what color is the object at the <pos>?`` (a position word that holds one object).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,39 +43,39 @@ import numpy as np
 
 COLORS = ("red", "green", "blue", "orange", "gray", "yellow")
 COLOR_RGB = {
-    "red": (230, 25, 25),
-    "green": (30, 200, 40),
-    "blue": (30, 70, 240),
-    "orange": (255, 140, 0),
-    "gray": (140, 140, 140),
-    "yellow": (250, 235, 30),
+  "red": (230, 25, 25),
+  "green": (30, 200, 40),
+  "blue": (30, 70, 240),
+  "orange": (255, 140, 0),
+  "gray": (140, 140, 140),
+  "yellow": (250, 235, 30),
 }
 SHAPES = ("circle", "square", "triangle")
 BACKGROUND = (0, 0, 0)
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 POSITION_WORDS = (
-    ("top left", "top", "top right"),
-    ("left", "center", "right"),
-    ("bottom left", "bottom", "bottom right"),
+  ("top left", "top", "top right"),
+  ("left", "center", "right"),
+  ("bottom left", "bottom", "bottom right"),
 )
 QUESTION_KINDS = ("attribute", "spatial", "relational")
 DEFAULT_QUESTIONS_PER_TYPE = {"attribute": 2, "spatial": 2, "relational": 4}
 
 ATTRIBUTE_TEMPLATES = (
-    "what shape is the {color} object?",
-    "what color is the {shape} at the {pos}?",
+  "what shape is the {color} object?",
+  "what color is the {shape} at the {pos}?",
 )
 SPATIAL_TEMPLATES = (
-    "is the {color} object on the left?",
-    "is the {color} object on the right?",
-    "is the {color} object on the top?",
-    "is the {color} object on the bottom?",
+  "is the {color} object on the left?",
+  "is the {color} object on the right?",
+  "is the {color} object on the top?",
+  "is the {color} object on the bottom?",
 )
 RELATIONAL_TEMPLATES = (
-    "what shape is the object closest to the {color} object?",
-    "what shape is the object furthest from the {color} object?",
-    "how many objects have the same shape as the {color} object?",
-    "what color is the object closest to the {color} object?",
+  "what shape is the object closest to the {color} object?",
+  "what shape is the object furthest from the {color} object?",
+  "how many objects have the same shape as the {color} object?",
+  "what color is the object closest to the {color} object?",
 )
 
 # Why training-only questions: a balanced yes/no spatial question is an XOR of the side the object
@@ -89,8 +90,8 @@ RELATIONAL_TEMPLATES = (
 # the object by its position word gets little gradient. New kinds go at the end (question type ids).
 AUXILIARY_KINDS = ("side", "spatial_lean", "count", "position")
 SIDE_TEMPLATES = (
-    ("is the {color} object on the left or the right?", ("left", "right")),
-    ("is the {color} object on the top or the bottom?", ("top", "bottom")),
+  ("is the {color} object on the left or the right?", ("left", "right")),
+  ("is the {color} object on the top or the bottom?", ("top", "bottom")),
 )
 COUNT_TEMPLATE = "how many objects are {shape}s?"
 POSITION_TEMPLATE = "what color is the object at the {pos}?"
@@ -167,9 +168,7 @@ def sample_objects(seed, image_size: int = 64, num_shapes: int = 3) -> tuple[Sce
     if len(placed) == len(COLORS):
       break
   shape_idx = rng.integers(0, num_shapes, size=len(COLORS))
-  return tuple(
-      SceneObject(color=c, shape=shapes[int(s)], x=x, y=y)
-      for c, s, (x, y) in zip(COLORS, shape_idx, placed))
+  return tuple(SceneObject(color=c, shape=shapes[int(s)], x=x, y=y) for c, s, (x, y) in zip(COLORS, shape_idx, placed))
 
 
 @functools.lru_cache(maxsize=8)
@@ -201,15 +200,17 @@ def render(objects: Sequence[SceneObject], image_size: int) -> np.ndarray:
 
 
 def object_phrase(color: str, shape: str) -> str:
-  """"a red circle", "an orange square": how captions name an object."""
+  """ "a red circle", "an orange square": how captions name an object."""
   return f"{'an' if color[0] in 'aeiou' else 'a'} {color} {shape}"
 
 
 def caption(objects: Sequence[SceneObject], image_size: int) -> str:
   by_color = {o.color: o for o in objects}
   return ", ".join(
-      f"{object_phrase(c, by_color[c].shape)} at the {position_word(by_color[c], image_size)}"
-      for c in COLORS if c in by_color)
+    f"{object_phrase(c, by_color[c].shape)} at the {position_word(by_color[c], image_size)}"
+    for c in COLORS
+    if c in by_color
+  )
 
 
 def caption_objects(text: str) -> list[tuple[str, str]]:
@@ -218,8 +219,13 @@ def caption_objects(text: str) -> list[tuple[str, str]]:
   out = []
   for part in text.split(", "):
     words = part.split()
-    if (len(words) < 5 or words[0] not in ("a", "an") or words[1] not in COLORS or words[2] not in SHAPES
-        or words[3:5] != ["at", "the"]):
+    if (
+      len(words) < 5
+      or words[0] not in ("a", "an")
+      or words[1] not in COLORS
+      or words[2] not in SHAPES
+      or words[3:5] != ["at", "the"]
+    ):
       raise ValueError(f"not a shapes caption part: {part!r} (in {text!r}).")
     out.append((words[1], words[2]))
   return out
@@ -231,8 +237,7 @@ def _sqdist(a: SceneObject, b: SceneObject) -> int:
 
 def _extreme(objects, ref: SceneObject, closest: bool):
   """The unique closest/furthest other object, or None on a distance tie."""
-  others = sorted((o for o in objects if o is not ref), key=lambda o: _sqdist(o, ref),
-                  reverse=not closest)
+  others = sorted((o for o in objects if o is not ref), key=lambda o: _sqdist(o, ref), reverse=not closest)
   if len(others) > 1 and _sqdist(others[0], ref) == _sqdist(others[1], ref):
     return None
   return others[0]
@@ -288,8 +293,9 @@ def _ask(kind: str, objects, image_size: int, rng: np.random.Generator):
   raise ValueError(f"unknown question kind {kind!r}")
 
 
-def generate_questions(objects, image_size: int, rng: np.random.Generator,
-                       questions_per_type=None, auxiliary_per_type=None):
+def generate_questions(
+  objects, image_size: int, rng: np.random.Generator, questions_per_type=None, auxiliary_per_type=None
+):
   """Returns (questions, answers, question_types); no duplicated question within a scene.
   Auxiliary questions (``AUXILIARY_KINDS``) come after the scored ones, which they leave as they
   would be without them."""
@@ -315,15 +321,22 @@ def generate_questions(objects, image_size: int, rng: np.random.Generator,
   return questions, answers, qtypes
 
 
-def generate_scene(seed, image_size: int = 64, num_shapes: int = 3,
-                   questions_per_type=None, auxiliary_per_type=None) -> Scene:
+def generate_scene(
+  seed, image_size: int = 64, num_shapes: int = 3, questions_per_type=None, auxiliary_per_type=None
+) -> Scene:
   """The scene for ``seed`` (an int, a sequence of ints or a numpy Generator)."""
   rng = _as_rng(seed)
   objects = sample_objects(rng, image_size, num_shapes)
   qs, ans, qts = generate_questions(objects, image_size, rng, questions_per_type, auxiliary_per_type)
-  return Scene(objects=objects, image=render(objects, image_size),
-               caption=caption(objects, image_size), questions=qs, answers=ans,
-               question_types=qts, image_size=image_size)
+  return Scene(
+    objects=objects,
+    image=render(objects, image_size),
+    caption=caption(objects, image_size),
+    questions=qs,
+    answers=ans,
+    question_types=qts,
+    image_size=image_size,
+  )
 
 
 def question_template(question: str) -> str:
@@ -332,9 +345,10 @@ def question_template(question: str) -> str:
   template it was made from, for per-template accuracy. Other text passes through unchanged, apart
   from those words."""
   if " at the " in question:
-    question = question[:question.index(" at the ")] + " at the <pos>" + "?" * question.endswith("?")
-  words = ["<color>" if w in COLORS else "<shape>" if w.rstrip("s") in SHAPES else w
-           for w in question.rstrip("?").split()]
+    question = question[: question.index(" at the ")] + " at the <pos>" + "?" * question.endswith("?")
+  words = [
+    "<color>" if w in COLORS else "<shape>" if w.rstrip("s") in SHAPES else w for w in question.rstrip("?").split()
+  ]
   return " ".join(words) + "?" * question.endswith("?")
 
 

@@ -18,22 +18,23 @@ The mapping (what a model must learn to hear):
 The clip is a deterministic function of the objects, so it is as deterministic as the scene's
 seed. Default: 16 kHz, 1.0 s, stored as int16 (``wav.to_int16``).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
 
-from mmjax.projects.shapes import scenes as shapes
 from mmjax.data import wav
+from mmjax.projects.shapes import scenes as shapes
 
 COLOR_FREQUENCIES = {  # Hz, in shapes.COLORS order
-    "red": 220.00,     # A3
-    "green": 293.66,   # D4
-    "blue": 392.00,    # G4
-    "orange": 523.25,  # C5
-    "gray": 698.46,    # F5
-    "yellow": 932.33,  # B-flat5
+  "red": 220.00,  # A3
+  "green": 293.66,  # D4
+  "blue": 392.00,  # G4
+  "orange": 523.25,  # C5
+  "gray": 698.46,  # F5
+  "yellow": 932.33,  # B-flat5
 }
 assert tuple(COLOR_FREQUENCIES) == shapes.COLORS
 
@@ -46,7 +47,7 @@ def harmonics(shape: str, max_k: int) -> dict[int, float]:
   if shape == "square":
     return {k: 1.0 / k for k in odd}
   if shape == "triangle":
-    return {k: (-1.0) ** ((k - 1) // 2) / k ** 2 for k in odd}
+    return {k: (-1.0) ** ((k - 1) // 2) / k**2 for k in odd}
   raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -67,7 +68,7 @@ def tone(frequency: float, shape: str, num_samples: int, sample_rate: int) -> np
   if fade:
     ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)
     x[:fade] *= ramp
-    x[num_samples - fade:] *= ramp[::-1]
+    x[num_samples - fade :] *= ramp[::-1]
   return x
 
 
@@ -78,8 +79,9 @@ def slot_bounds(slot: int, num_slots: int, num_samples: int) -> tuple[int, int]:
   return int(round(slot * width + margin)), int(round((slot + 1) * width - margin))
 
 
-def scene_sound(objects: Sequence[shapes.SceneObject], sample_rate: int = DEFAULT_SAMPLE_RATE,
-                duration: float = DEFAULT_DURATION) -> np.ndarray:
+def scene_sound(
+  objects: Sequence[shapes.SceneObject], sample_rate: int = DEFAULT_SAMPLE_RATE, duration: float = DEFAULT_DURATION
+) -> np.ndarray:
   """int16 [round(duration * sample_rate)]: the objects' tones, left to right (see module doc)."""
   n = int(round(duration * sample_rate))
   out = np.zeros(n, np.float64)

@@ -11,6 +11,7 @@ image borders.
 * Frame 0 is exactly ``shapes.render(objects)``. Objects may pass over each other; later colours
   (``shapes.COLORS`` order) are drawn on top, as in the still render.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,16 +26,16 @@ from mmjax.projects.shapes import scenes as shapes
 MAX_SPEED_FRACTION = 1 / 16
 
 
-def sample_velocities(rng: np.random.Generator, image_size: int,
-                      num_objects: int = len(shapes.COLORS)) -> np.ndarray:
+def sample_velocities(rng: np.random.Generator, image_size: int, num_objects: int = len(shapes.COLORS)) -> np.ndarray:
   """float64 [num_objects, 2]: (dx, dy) in pixels per frame."""
   speed = rng.uniform(1.0, max(1.0, image_size * MAX_SPEED_FRACTION), size=num_objects)
   angle = rng.uniform(0.0, 2 * np.pi, size=num_objects)
   return np.stack([speed * np.cos(angle), speed * np.sin(angle)], axis=1)
 
 
-def trajectories(objects: Sequence[shapes.SceneObject], velocities: np.ndarray, num_frames: int,
-                 image_size: int) -> np.ndarray:
+def trajectories(
+  objects: Sequence[shapes.SceneObject], velocities: np.ndarray, num_frames: int, image_size: int
+) -> np.ndarray:
   """int [num_frames, num_objects, 2]: each object's (x, y) centre pixel in every frame."""
   lo, hi = shapes.centre_range(image_size)
   span = hi - lo
@@ -47,18 +48,21 @@ def trajectories(objects: Sequence[shapes.SceneObject], velocities: np.ndarray, 
   return np.floor(pos + 0.5).astype(np.int64)
 
 
-def render_clip(objects: Sequence[shapes.SceneObject], velocities: np.ndarray, num_frames: int,
-                image_size: int) -> np.ndarray:
+def render_clip(
+  objects: Sequence[shapes.SceneObject], velocities: np.ndarray, num_frames: int, image_size: int
+) -> np.ndarray:
   """uint8 [num_frames, S, S, 3]: the objects moving with ``velocities`` (frame 0: still render)."""
   paths = trajectories(objects, velocities, num_frames, image_size)
-  return np.stack([
-      shapes.render([dataclasses.replace(o, x=int(x), y=int(y))
-                     for o, (x, y) in zip(objects, frame)], image_size)
-      for frame in paths])
+  return np.stack(
+    [
+      shapes.render([dataclasses.replace(o, x=int(x), y=int(y)) for o, (x, y) in zip(objects, frame)], image_size)
+      for frame in paths
+    ]
+  )
 
 
-def scene_clip(objects: Sequence[shapes.SceneObject], rng: np.random.Generator, num_frames: int,
-               image_size: int) -> np.ndarray:
+def scene_clip(
+  objects: Sequence[shapes.SceneObject], rng: np.random.Generator, num_frames: int, image_size: int
+) -> np.ndarray:
   """A scene's clip: velocities drawn from the scene's ``rng`` (after the scene), then rendered."""
-  return render_clip(objects, sample_velocities(rng, image_size, len(objects)), num_frames,
-                     image_size)
+  return render_clip(objects, sample_velocities(rng, image_size, len(objects)), num_frames, image_size)

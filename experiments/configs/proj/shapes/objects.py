@@ -8,6 +8,7 @@ default: the encoder groups pixels by colour into six objects and the background
 neighbour tokens pair each object with its nearest and furthest other object, which is what the
 data's relational questions ask about.
 """
+
 import os
 
 import ml_collections
@@ -17,7 +18,7 @@ from mmjax import config_files
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_files.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "default.py"), arg)
-  c.total_steps = 1900            # 12 min 51 s in all (project README)
+  c.total_steps = 1900  # 12 min 51 s in all (project README)
   c.eval_every = 1000
   # Training-only questions per train scene (never scored; see the shapes data's AUXILIARY_KINDS):
   # - spatial_lean: two spatial questions that ask only "on the left?" / "on the top?". Balanced
@@ -41,10 +42,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # with its nearest and its furthest other object (neighbour_tokens: "what shape is the object
   # closest to the red one?" went from 0.56 to 0.98 on test).
   c.model.image_encoder = "mmjax.projects.shapes.objects:ObjectEncoder"  # fields in model.objects
-  c.model.objects = ml_collections.ConfigDict(dict(
-      num_slots=7,                       # six objects and the background
-      width=96, feature_dim=32, feature_stride=2, iterations=3, sharpness=20.0, depth=2, num_heads=4, mlp_dim=192,
+  c.model.objects = ml_collections.ConfigDict(
+    dict(
+      num_slots=7,  # six objects and the background
+      width=96,
+      feature_dim=32,
+      feature_stride=2,
+      iterations=3,
+      sharpness=20.0,
+      depth=2,
+      num_heads=4,
+      mlp_dim=192,
       slopes=(300.0, -100.0, 15.0, 0.0),  # per head, on squared distance: near, far, gently near, none
-      self_excluding_heads=2, geometric_heads=2,  # the near and far heads: distance only, never self
-      position_frequencies=4, mass_prior=-8.0, clean_tokens=True, neighbour_tokens=True))
+      self_excluding_heads=2,
+      geometric_heads=2,  # the near and far heads: distance only, never self
+      position_frequencies=4,
+      mass_prior=-8.0,
+      clean_tokens=True,
+      neighbour_tokens=True,
+    )
+  )
   return c
