@@ -53,6 +53,7 @@ setuptools.setup(
       "ipykernel>=6.29",
       "matplotlib>=3.8",
       "pycocoevalcap>=1.2",
+      "pycocotools>=2.0",  # the reference COCO AP that tests/test_grounding_metrics.py checks mmjax's against
       "ruff==0.17.6",  # pinned: tests/test_style.py checks the tree is formatted as this version formats it
     ],
     "gpu": ["jax[cuda12]", "triton>=3.4", "jax-triton>=0.3.1"],
