@@ -8,7 +8,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from mmjax.data.boxes import LocationTokens, bins_to_box, box_to_bins, normalize_box
+from mmjax.data.boxes import normalize_box
+from mmjax.location_tokens import LocationTokens, bins_to_box, box_to_bins
 
 BIN_COUNTS = [1, 2, 7, 32, 100, 1000, 1024]
 

@@ -20,6 +20,7 @@ FLOORS = {
   "mmjax.config_files": 0,
   "mmjax.distributed": 0,
   "mmjax.tokenizer": 0,
+  "mmjax.location_tokens": 0,
   "mmjax.attention": 1,
   "mmjax.layers": 2,
   "mmjax.encoders": 3,

@@ -19,43 +19,23 @@ Conventions, fixed here so that data, tokenizer, decoding and metrics agree:
   text with at least 4 digits (PaliGemma's spelling). A detection output is a sequence of objects
   separated by " ; ", each 4 location tokens followed by its label.
 
+Quantisation (`box_to_bins`, `bins_to_box`) and `LocationTokens` live in mmjax.location_tokens, on the
+lowest floor so that the tokenizer can use them too.
+
 Everything here is plain numpy / Python: nothing depends on a dataset or on JAX.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import numbers
-import re
-from typing import Sequence
 
-import numpy as np
+from mmjax.location_tokens import Box, _is_number, _show
 
-Box = tuple[float, float, float, float]
 COORDS = ("y0", "x0", "y1", "x1")
 
 
 def _prefix(where: str) -> str:
   return f"{where}: " if where else ""
-
-
-def _show(box) -> str:
-  """A short one-line rendering of whatever was passed as a box, for error messages."""
-  try:
-    items = None if isinstance(box, (str, bytes)) else list(box)
-  except TypeError:
-    items = None
-  if items is None:
-    text = repr(box)
-  else:
-    text = "[" + ", ".join(f"{v:g}" if _is_number(v) else repr(v) for v in items) + "]"
-  text = " ".join(text.split())
-  return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _is_number(v) -> bool:
-  return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
 def normalize_box(box, *, image_size: tuple[float, float] | None = None, where: str = "") -> Box:
@@ -108,161 +88,3 @@ def normalize_box(box, *, image_size: tuple[float, float] | None = None, where: 
   if x1 == x0:
     raise ValueError(f"{p}box {shown} has zero width (x0 = x1 = {x0:g}); zero-area boxes are rejected.")
   return (y0 / height, x0 / width, y1 / height, x1 / width)
-
-
-def _check_num_bins(num_bins) -> int:
-  if not isinstance(num_bins, numbers.Integral) or isinstance(num_bins, (bool, np.bool_)) or num_bins < 1:
-    raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}.")
-  return int(num_bins)
-
-
-def box_to_bins(box, num_bins: int) -> np.ndarray:
-  """Bin indices (int64, same shape as `box`: [..., 4]) of normalised coordinates: bin i covers
-  [i/N, (i+1)/N), and 1.0 goes to bin N-1. Raises ValueError for coordinates outside [0, 1]; the
-  order y0 <= y1 is not checked here (normalize_box does that) and is preserved by quantisation."""
-  n = _check_num_bins(num_bins)
-  try:
-    b = np.asarray(box, dtype=np.float64)
-  except (TypeError, ValueError):
-    raise ValueError(f"box {_show(box)} must be numbers [..., 4].") from None
-  if b.shape[-1:] != (4,):
-    raise ValueError(f"box must have shape [..., 4], got {b.shape}.")
-  if not np.all(np.isfinite(b)) or np.any(b < 0) or np.any(b > 1):
-    raise ValueError(f"box {_show(b.reshape(-1))} must be normalised coordinates in [0, 1] (see normalize_box).")
-  return np.minimum(np.floor(b * n), n - 1).astype(np.int64)
-
-
-def bins_to_box(bins, num_bins: int) -> np.ndarray:
-  """Normalised coordinates (float64, [..., 4]) of bin indices: each bin's centre (i + 0.5)/N."""
-  n = _check_num_bins(num_bins)
-  b = np.asarray(bins)
-  if b.shape[-1:] != (4,):
-    raise ValueError(f"bins must have shape [..., 4], got {b.shape}.")
-  if not np.issubdtype(b.dtype, np.integer):
-    raise ValueError(f"bins must be integers, got dtype {b.dtype}.")
-  if np.any(b < 0) or np.any(b >= n):
-    raise ValueError(f"bins {_show(b.reshape(-1))} must be in [0, {n}).")
-  return (b.astype(np.float64) + 0.5) / n
-
-
-_LOC_RE = re.compile(r"<loc([0-9]+)>")
-
-
-@dataclasses.dataclass(frozen=True)
-class LocationTokens:
-  """`num_bins` location tokens with ids [first_id, first_id + num_bins) in a decoder vocabulary.
-
-  Use `for_vocab(vocab_size, num_bins)` to append them after a text vocabulary of vocab_size ids, so
-  that no location id collides with a text id; `check_vocab` checks that for a hand-placed range.
-  """
-
-  num_bins: int
-  first_id: int
-
-  def __post_init__(self):
-    _check_num_bins(self.num_bins)
-    if not isinstance(self.first_id, numbers.Integral) or isinstance(self.first_id, bool) or self.first_id < 0:
-      raise ValueError(f"first_id must be an integer >= 0, got {self.first_id!r}.")
-
-  @classmethod
-  def for_vocab(cls, vocab_size: int, num_bins: int) -> LocationTokens:
-    """Location ids right after a text vocabulary of `vocab_size` ids: [vocab_size, vocab_size + num_bins)."""
-    if not isinstance(vocab_size, numbers.Integral) or isinstance(vocab_size, bool) or vocab_size < 0:
-      raise ValueError(f"vocab_size must be an integer >= 0, got {vocab_size!r}.")
-    return cls(num_bins=num_bins, first_id=int(vocab_size))
-
-  @property
-  def stop(self) -> int:
-    """One past the last location id: the vocabulary size needed to hold text and location ids."""
-    return self.first_id + self.num_bins
-
-  @property
-  def ids(self) -> range:
-    return range(self.first_id, self.stop)
-
-  @property
-  def digits(self) -> int:
-    """Zero-padding width in "<locNNNN>": enough for num_bins - 1, and at least 4 as in PaliGemma."""
-    return max(4, len(str(self.num_bins - 1)))
-
-  def check_vocab(self, vocab_size: int) -> None:
-    """Raises ValueError if the location ids overlap the text ids [0, vocab_size)."""
-    if self.first_id < vocab_size:
-      raise ValueError(
-        f"location ids [{self.first_id}, {self.stop}) collide with the text vocabulary [0, {vocab_size}); "
-        f"use LocationTokens.for_vocab({vocab_size}, {self.num_bins})."
-      )
-
-  def is_location(self, token_id):
-    """Whether token_id (an int, or an array of ids elementwise) is a location id."""
-    ids = np.asarray(token_id)
-    out = (ids >= self.first_id) & (ids < self.stop)
-    return bool(out) if out.ndim == 0 else out
-
-  def token_ids(self, box) -> list[int]:
-    """The 4 location ids of a normalised box [y0, x0, y1, x1]."""
-    bins = box_to_bins(box, self.num_bins)
-    if bins.shape != (4,):
-      raise ValueError(f"token_ids takes one box of 4 coordinates, got shape {bins.shape}.")
-    return [self.first_id + int(b) for b in bins]
-
-  def box(self, ids: Sequence[int]) -> Box:
-    """The normalised box (bin centres) of 4 location ids; ValueError if any id is not a location id."""
-    ids = list(ids)
-    if len(ids) != 4:
-      raise ValueError(f"a box is 4 location ids, got {len(ids)}: {ids}.")
-    bad = [i for i in ids if not _is_integer(i) or not self.is_location(i)]
-    if bad:
-      raise ValueError(f"ids {bad} are not location ids [{self.first_id}, {self.stop}).")
-    return tuple(float(c) for c in bins_to_box(np.array([int(i) - self.first_id for i in ids]), self.num_bins))
-
-  def text(self, bins) -> str:
-    """ "<loc0012>" for bin 12 (an int), or the concatenation for a sequence of bins."""
-    items = [bins] if _is_integer(bins) else list(np.asarray(bins).reshape(-1))
-    for b in items:
-      if not _is_integer(b) or not 0 <= b < self.num_bins:
-        raise ValueError(f"bin {b!r} is not an integer in [0, {self.num_bins}).")
-    return "".join(f"<loc{int(b):0{self.digits}d}>" for b in items)
-
-  def box_text(self, box) -> str:
-    """The 4 location tokens of a normalised box, as text: "<loc0010><loc0020><loc0500><loc0600>"."""
-    bins = box_to_bins(box, self.num_bins)
-    if bins.shape != (4,):
-      raise ValueError(f"box_text takes one box of 4 coordinates, got shape {bins.shape}.")
-    return self.text(bins)
-
-  def parse(self, text: str) -> list[tuple[str, Box]]:
-    """[(label, box)] from detection text such as "<loc0010><loc0020><loc0500><loc0600> dog ; <loc..>x4 cat".
-
-    Model output is taken as it comes and never raises: an object is exactly 4 consecutive location
-    tokens (whitespace between them allowed) followed by its label, which runs to the next location
-    token or ";" (so a missing " ; " between objects is tolerated). Skipped: runs of other than 4
-    location tokens (incomplete or merged groups) with their label, text before any group, bins >= num_bins,
-    and boxes with y1 < y0 or x1 < x0. The label is whitespace-normalised and may be "" (a box alone,
-    as in referring-expression output). Boxes are bin centres, so equal bins give a zero-area box.
-    """
-    if not isinstance(text, str):
-      return []
-    out: list[tuple[str, Box]] = []
-    for segment in text.split(";"):
-      pieces = _LOC_RE.split(segment)  # text, digits, text, digits, ..., text
-      run: list[int] = []
-      for i, piece in enumerate(pieces):
-        if i % 2:
-          run.append(int(piece))
-        elif piece.strip() or i == len(pieces) - 1:
-          self._emit(run, " ".join(piece.split()), out)
-          run = []
-    return out
-
-  def _emit(self, run: list[int], label: str, out: list) -> None:
-    if len(run) != 4 or any(b >= self.num_bins for b in run):
-      return
-    y0, x0, y1, x1 = run
-    if y1 < y0 or x1 < x0:
-      return
-    out.append((label, tuple(float(c) for c in bins_to_box(np.array(run), self.num_bins))))
-
-
-def _is_integer(v) -> bool:
-  return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))

@@ -30,11 +30,18 @@ class GenerateOptions:
   top_k: int = 0
   top_p: float = 1.0
   beam_size: int = 4
+  # Location-token ids [start, stop) (the tokenizer's `locations`): boxes of 4 location tokens are
+  # never cut by text or EOS (samplers.py, "Location constraint"). None: unconstrained.
+  location_range: tuple[int, int] | None = None
 
 
 def options_from_config(config, tokenizer) -> GenerateOptions:
-  """GenerateOptions of an experiment config (config.sampler; max_new_tokens 0 = data.max_target_len)."""
+  """GenerateOptions of an experiment config (config.sampler; max_new_tokens 0 = data.max_target_len).
+
+  location_range comes from the tokenizer: its location ids when it has location tokens
+  (`tokenizer.locations`, see mmjax.tokenizer), else None."""
   s = config.sampler
+  locations = tokenizer.locations
   return GenerateOptions(
     max_new_tokens=int(s.max_new_tokens or config.data.max_target_len),
     bos_id=tokenizer.bos_id,
@@ -45,6 +52,7 @@ def options_from_config(config, tokenizer) -> GenerateOptions:
     top_k=s.top_k,
     top_p=s.top_p,
     beam_size=s.beam_size,
+    location_range=None if locations is None else (int(locations.first_id), int(locations.stop)),
   )
 
 
@@ -86,11 +94,30 @@ def generate(model, params, images, prompt, prompt_len, rng, opts: GenerateOptio
   first = jnp.full((b,), opts.bos_id, jnp.int32)
   if opts.sampler == "beam":
     tokens, _ = beam_search(
-      step_fn, cache, first, n_prefill, opts.max_new_tokens, opts.beam_size, opts.eos_id, opts.pad_id
+      step_fn,
+      cache,
+      first,
+      n_prefill,
+      opts.max_new_tokens,
+      opts.beam_size,
+      opts.eos_id,
+      opts.pad_id,
+      location_range=opts.location_range,
     )
     return tokens
   sampler = sampler_from_config(opts.sampler, opts.temperature, opts.top_k or None, opts.top_p)
-  return decode(step_fn, cache, first, n_prefill, opts.max_new_tokens, sampler, rng, opts.eos_id, opts.pad_id)
+  return decode(
+    step_fn,
+    cache,
+    first,
+    n_prefill,
+    opts.max_new_tokens,
+    sampler,
+    rng,
+    opts.eos_id,
+    opts.pad_id,
+    location_range=opts.location_range,
+  )
 
 
 def make_generate_fn(setup, opts: GenerateOptions):

@@ -18,13 +18,25 @@ logits [N, V] and a PRNG key to tokens int32 [N]:
                                 (at temperature) sums to >= p; the top token is always kept.
 
 `decode` and `beam_search` are traceable: wrap them in `jax.jit` with `step_fn`, the sampler,
-`max_new_tokens`, `beam_size`, `eos_id`, `pad_id` and `length_penalty` static.
+`max_new_tokens`, `beam_size`, `eos_id`, `pad_id`, `length_penalty` and `location_range` static.
+
+Location constraint (grounding): with `location_range=(start, stop)`, the ids [start, stop) of the
+location tokens (mmjax.location_tokens.LocationTokens: first_id, stop), a box is 4 location tokens in
+a row. Each row carries `open` int32, the location tokens emitted in its current box (0..3). While a
+box is open (open > 0) only location tokens are allowed, so EOS (and text) cannot cut a box; outside a
+box (open == 0) anything is allowed, a location token opening a new box. The mask (-inf outside the
+allowed set) is applied to the logits before the sampler in `decode`, so greedy, temperature, top-k
+and top-p all sample from the renormalised allowed set; in `beam_search` it is applied to the
+log-probabilities (the model's own, not renormalised, as in Hugging Face's constrained beam search).
+Rows start with open = 0 (the prompt must not end inside a box). The only outputs that end inside a
+box are those cut by max_new_tokens. Without location_range nothing changes (bit-identical output).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from typing import Any, Callable, Protocol
 
 import jax
@@ -43,6 +55,8 @@ __all__ = [
   "beam_search",
   "length_normalizer",
   "nucleus_mask",
+  "location_mask",
+  "next_open_count",
 ]
 
 
@@ -175,6 +189,47 @@ def _check_lengths(max_new_tokens: int) -> None:
     raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens}.")
 
 
+BOX_SIZE = 4  # location tokens per box: y0, x0, y1, x1
+
+
+def _check_location_range(location_range, eos_id: int | None, pad_id: int) -> tuple[int, int] | None:
+  """Static checks of location_range (None or (start, stop) with 0 <= start < stop; eos/pad outside)."""
+  if location_range is None:
+    return None
+  try:
+    start, stop = location_range
+  except (TypeError, ValueError):
+    raise ValueError(f"location_range must be (start, stop) token ids, got {location_range!r}.") from None
+  ints = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (start, stop))
+  if not ints or not 0 <= start < stop:
+    raise ValueError(f"location_range must be (start, stop) ids with 0 <= start < stop, got {location_range!r}.")
+  for name, i in (("eos_id", eos_id), ("pad_id", pad_id)):
+    if i is not None and start <= i < stop:
+      raise ValueError(f"{name} {i} lies inside location_range [{start}, {stop}): it must not be a location id.")
+  return int(start), int(stop)
+
+
+def _is_location(tokens: jax.Array, location_range: tuple[int, int]) -> jax.Array:
+  start, stop = location_range
+  return (tokens >= start) & (tokens < stop)
+
+
+def location_mask(logits: jax.Array, open_count: jax.Array, location_range: tuple[int, int]) -> jax.Array:
+  """logits [..., V] with everything but the location ids set to -inf in rows whose box is open
+  (open_count [...] > 0); rows outside a box are returned unchanged."""
+  start, stop = location_range
+  if stop > logits.shape[-1]:
+    raise ValueError(f"location_range [{start}, {stop}) does not fit in the vocabulary of {logits.shape[-1]} logits.")
+  allowed = _is_location(jnp.arange(logits.shape[-1]), location_range) | (open_count[..., None] == 0)
+  return jnp.where(allowed, logits, -jnp.inf)
+
+
+def next_open_count(tokens: jax.Array, open_count: jax.Array, location_range: tuple[int, int]) -> jax.Array:
+  """The open counts after emitting tokens: a location token adds one (a 4th closes the box: 0),
+  anything else (only possible outside a box) leaves 0."""
+  return jnp.where(_is_location(tokens, location_range), (open_count + 1) % BOX_SIZE, 0).astype(jnp.int32)
+
+
 def decode(
   step_fn: StepFn,
   cache: Any,
@@ -185,6 +240,7 @@ def decode(
   rng: jax.Array,
   eos_id: int | None,
   pad_id: int,
+  location_range: tuple[int, int] | None = None,
 ) -> jax.Array:
   """Samples up to `max_new_tokens` tokens per row. Returns int32 [N, max_new_tokens].
 
@@ -193,28 +249,36 @@ def decode(
   the loop (lax.while_loop) exits as soon as every row is done, the unused columns staying pad_id.
   eos_id=None disables stopping. Step i samples with fold_in(rng, i), so results do not depend on
   how many steps ran before an early exit.
+
+  location_range=(start, stop): boxes of 4 location tokens are never cut (module docstring); the
+  logits are masked before the sampler.
   """
   _check_lengths(max_new_tokens)
+  location_range = _check_location_range(location_range, eos_id, pad_id)
   first_tokens = jnp.asarray(first_tokens, jnp.int32)
   n = first_tokens.shape[0]
   start_index = jnp.asarray(start_index, jnp.int32)
 
   def cond(state):
-    i, _, _, done, _ = state
+    i, _, _, done, _, _ = state
     return (i < max_new_tokens) & ~jnp.all(done)
 
   def body(state):
-    i, tokens, cache, done, out = state
+    i, tokens, cache, done, out, open_count = state
     logits, cache = step_fn(tokens, cache, start_index + i)
+    if location_range is not None:
+      logits = location_mask(logits, open_count, location_range)
     nxt = sampler(logits, jax.random.fold_in(rng, i))
     nxt = jnp.where(done, pad_id, nxt).astype(jnp.int32)
     if eos_id is not None:
       done = done | (nxt == eos_id)
-    return i + 1, nxt, cache, done, out.at[:, i].set(nxt)
+    if location_range is not None:
+      open_count = next_open_count(nxt, open_count, location_range)
+    return i + 1, nxt, cache, done, out.at[:, i].set(nxt), open_count
 
   out = jnp.full((n, max_new_tokens), pad_id, jnp.int32)
-  state = (jnp.int32(0), first_tokens, cache, jnp.zeros((n,), bool), out)
-  return jax.lax.while_loop(cond, body, state)[-1]
+  state = (jnp.int32(0), first_tokens, cache, jnp.zeros((n,), bool), out, jnp.zeros((n,), jnp.int32))
+  return jax.lax.while_loop(cond, body, state)[-2]
 
 
 def length_normalizer(length: jax.Array, alpha: float) -> jax.Array:
@@ -236,6 +300,7 @@ def beam_search(
   eos_id: int | None,
   pad_id: int,
   length_penalty: float = 0.6,
+  location_range: tuple[int, int] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Beam search over log-probabilities. Returns (tokens int32 [N, max_new_tokens], scores f32 [N]).
 
@@ -254,8 +319,13 @@ def beam_search(
   pruned and the result is the exact optimum over all sequences. The loop exits early once every
   beam is finished (or dead: score -inf, which only happens when beam_size exceeds the number of
   distinct hypotheses).
+
+  location_range=(start, stop): boxes of 4 location tokens are never cut (module docstring); each
+  beam carries its open count, and the log-probabilities of an open beam's non-location tokens are
+  -inf, so a live hypothesis never ends (EOS) or continues with text inside a box.
   """
   _check_lengths(max_new_tokens)
+  location_range = _check_location_range(location_range, eos_id, pad_id)
   if int(beam_size) != beam_size or beam_size < 1:
     raise ValueError(f"beam_size must be an integer >= 1, got {beam_size}.")
   first_tokens = jnp.asarray(first_tokens, jnp.int32)
@@ -273,6 +343,7 @@ def beam_search(
     scores=scores.astype(jnp.float32),  # [N, B] raw sum of log-probs
     lengths=jnp.zeros((n, b), jnp.int32),
     finished=jnp.zeros((n, b), bool),
+    open_count=jnp.zeros((n, b), jnp.int32),
   )
 
   def cond(s):
@@ -283,6 +354,8 @@ def beam_search(
     logits, new_cache = step_fn(s["last"], s["cache"], start_index + s["i"])
     v = logits.shape[-1]
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(n, b, v)
+    if location_range is not None:
+      logp = location_mask(logp, s["open_count"], location_range)
     finished = s["finished"]
     # A finished beam's single continuation costs 0; it sits in slot 0 and is turned into
     # pad_id below, so pad_id need not be a valid vocabulary index.
@@ -300,6 +373,9 @@ def beam_search(
     new_finished = parent_finished if eos_id is None else parent_finished | (token == eos_id)
     tokens = jnp.take_along_axis(s["tokens"], parent[..., None], axis=1).at[:, :, s["i"]].set(token)
     rows = (jnp.arange(n)[:, None] * b + parent).reshape(-1)
+    open_count = take(s["open_count"])
+    if location_range is not None:
+      open_count = next_open_count(token, open_count, location_range)
     return dict(
       i=s["i"] + 1,
       last=token.reshape(-1),
@@ -308,6 +384,7 @@ def beam_search(
       scores=jnp.take_along_axis(cand.reshape(n, b * v), flat, axis=1),
       lengths=take(cand_len),
       finished=new_finished,
+      open_count=open_count,
     )
 
   s = jax.lax.while_loop(cond, body, state)
