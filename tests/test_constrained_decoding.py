@@ -383,8 +383,6 @@ def test_options_from_config_fills_location_range(tok):
   assert opts.location_range == (tok.vocab_size - NUM_BINS, tok.vocab_size)
   plain = Tokenizer(tok.model_proto)
   assert options_from_config(config, plain).location_range is None
-  legacy = types.SimpleNamespace(bos_id=1, eos_id=2, pad_id=0)  # a tokenizer without the attribute
-  assert options_from_config(config, legacy).location_range is None
   assert options_from_config(config, plain) == GenerateOptions(8, 1, 2, 0, "greedy", 1.0, 0, 1.0, 4)
 
 
