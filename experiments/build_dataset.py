@@ -16,7 +16,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mmjax import cli
-from mmjax.data import pipeline, tfds_builders
+from mmjax.data import prepare, tfds_builders
+from mmjax.data.examples import SPLITS
 
 _CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 config_flags.DEFINE_config_file(
@@ -29,16 +30,16 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = flags.FLAGS.config
   t0 = time.time()
-  builder, tok = pipeline.prepare(config)
+  builder, tok = prepare.prepare(config)
   print(f"dataset: {builder.data_dir}")
-  print(f"tokenizer: {pipeline.tokenizer_path(builder)} (vocab_size={tok.vocab_size})")
+  print(f"tokenizer: {prepare.tokenizer_path(builder)} (vocab_size={tok.vocab_size})")
   sizes = tfds_builders.split_sizes(builder)
-  for split in pipeline.SPLITS:
+  for split in SPLITS:
     if split not in sizes:  # a manifest whose records left this split empty
       print(f"  {split}: no records (not built)")
       continue
     n = sizes[split]
-    examples = len(pipeline.load_split(config, split, tok, builder)) if n else 0
+    examples = len(prepare.load_split(config, split, tok, builder)) if n else 0
     print(f"  {split}: {n} records, {examples} examples")
   print(f"done in {time.time() - t0:.1f}s")
 

@@ -102,8 +102,8 @@ def main(argv):
     _report(t, preds)
     return
   prompts = _PROMPT.value
-  if not prompts and t.config.data.get("spoken_prompt", False):
-    from mmjax.data.pipeline import SPOKEN_PROMPT
+  if not prompts and t.config.data.spoken_prompt:
+    from mmjax.data.examples import SPOKEN_PROMPT
 
     prompts = [SPOKEN_PROMPT]  # the one text prompt such a model was trained with: the question is the audio
   if len(prompts) == 1:

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from mmjax import config_files
-from mmjax.data import av_matching, pipeline, schema
+from mmjax.data import av_matching, pipeline, prepare, schema
+from mmjax.data.examples import SPOKEN_PROMPT, TASK_AV_MATCH, TASK_VQA
 from mmjax.models import build_model, vlm
 from mmjax.models.vlm import check_fusion_media
 from mmjax.sample import predict
@@ -204,7 +205,7 @@ def test_av_matching_examples(shared_data_dir):
   c = _task_config("av_matching", shared_data_dir, test_scenes=20)
   data = pipeline.Data(c)
   split = data.split("test")
-  assert (split.task == pipeline.TASK_AV_MATCH).all() and len(split) == 20  # one per scene, nothing else
+  assert (split.task == TASK_AV_MATCH).all() and len(split) == 20  # one per scene, nothing else
   answers = collections.Counter(split.references(i) for i in range(len(split)))
   assert answers == {"yes": 10, "no": 10}
   sounds = data.builder.as_data_source("test")
@@ -219,7 +220,7 @@ def test_av_matching_examples(shared_data_dir):
       assert any(np.array_equal(heard, sounds[j]["scene_audio"]) for j in range(len(sounds)) if j != ri)
   # Deterministic: a fresh load pairs the same way (other seeds: test_pair_sounds_...).
   np.testing.assert_array_equal(
-    pipeline.load_split(c, "test", data.tokenizer, data.builder).av_partner, split.av_partner
+    prepare.load_split(c, "test", data.tokenizer, data.builder).av_partner, split.av_partner
   )
 
 
@@ -229,19 +230,19 @@ def test_spoken_prompt_removes_the_question_text(shared_data_dir):
   data = pipeline.Data(c)
   split = data.split("train")
   src = data.builder.as_data_source("train")
-  assert (split.task == pipeline.TASK_VQA).all()
+  assert (split.task == TASK_VQA).all()
   assert len({q for r in split.records for q in r["questions"]}) > 10
   for i in range(0, len(split), 5):
     ex = split.example(i)
     # Every VQA example reads the same fixed prompt, whatever its question ...
-    assert data.tokenizer.decode(ex["prompt"][: ex["prompt_len"]].tolist()) == pipeline.SPOKEN_PROMPT
-    assert split.prompt_text(i) == pipeline.SPOKEN_PROMPT
+    assert data.tokenizer.decode(ex["prompt"][: ex["prompt_len"]].tolist()) == SPOKEN_PROMPT
+    assert split.prompt_text(i) == SPOKEN_PROMPT
     # ... and hears its question.
     ri, j = split.index[i]
     np.testing.assert_array_equal(ex["audio"][: ex["audio_len"]], schema.unpack_clips(src[int(ri)])[j])
   # Off: the same dataset gives the question as the prompt.
   c.data.spoken_prompt = False
-  plain = pipeline.load_split(c, "train", data.tokenizer, data.builder)
+  plain = prepare.load_split(c, "train", data.tokenizer, data.builder)
   assert plain.prompt_text(0) == split.records[0]["questions"][0]
 
 
@@ -254,7 +255,7 @@ def test_data_task_and_media_errors(tiny_config, tmp_path):
   assert not os.path.exists(tmp_path / "never_built")
   tiny_config.data.shapes.object_sounds = True
   with pytest.raises(ValueError, match=r"config.model.audio.sample_rate=8000 but config.data.audio_sample_rate=16000"):
-    batches_lib.check_data_media(tiny_config, pipeline.dataset_media(tiny_config))
+    batches_lib.check_data_media(tiny_config, prepare.dataset_media(tiny_config))
   tiny_config.model.video = ml_collections.ConfigDict(VIDEO)
   with pytest.raises(ValueError, match=r"config.data.video_frames=N"):
     batches_lib.dummy_batch(tiny_config, 1)
@@ -262,12 +263,12 @@ def test_data_task_and_media_errors(tiny_config, tmp_path):
 
 def test_task_options_need_their_audio(shared_data_dir):
   c = _task_config("av_matching", shared_data_dir, object_sounds=False, spoken_prompt=True)
-  builder = pipeline.prepare_builder(c)  # plain shapes: no audio at all
-  with pytest.raises(ValueError, match=r"spoken_prompt=True .*set --config.data.spoken_questions=True"):
-    pipeline.load_split(c, "test", builder=builder)
+  builder = prepare.prepare_builder(c)  # plain shapes: no audio at all
+  with pytest.raises(ValueError, match=r"spoken_prompt=True .*set config.data.spoken_questions=True"):
+    prepare.load_split(c, "test", builder=builder)
   c.data.spoken_prompt = False
   with pytest.raises(ValueError, match=r"av_matching=True .*per-record sound"):
-    pipeline.load_split(c, "test", builder=builder)
+    prepare.load_split(c, "test", builder=builder)
 
 
 def test_batch_keys_follow_the_model(tiny_config):

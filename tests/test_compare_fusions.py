@@ -1,4 +1,4 @@
-"""experiments/compare_fusions.py: one table row per family read back from its metrics.jsonl, the
+"""experiments/proj/shapes/compare_fusions.py: one table row per family read back from its metrics.jsonl, the
 README section rewritten between its markers only, reuse of finished runs, config drift refused."""
 
 import importlib.util
@@ -16,7 +16,7 @@ from tests.conftest import CONFIGS, ROOT
 pytestmark = pytest.mark.slow
 
 _spec = importlib.util.spec_from_file_location(
-  "compare_fusions", os.path.join(ROOT, "experiments", "compare_fusions.py")
+  "compare_fusions", os.path.join(ROOT, "experiments", "proj", "shapes", "compare_fusions.py")
 )
 cf = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cf)
@@ -157,7 +157,10 @@ def test_compare_family_contrastive_row_and_audio_task(shared_data_dir, tmp_path
   assert contrastive[10] == f"{test['test/zero_shot_accuracy']:.3f}"
   assert contrastive[3:8] == ["–"] * 5 and contrastive[11] == "–"
   assert "Contrastive row: `experiments/configs/contrastive.py`" in table
-  assert "python experiments/compare_fusions.py --workdir=" in table and "2 steps of batch 8 for every run" in table
+  assert (
+    "python experiments/proj/shapes/compare_fusions.py --workdir=" in table
+    and "2 steps of batch 8 for every run" in table
+  )
   assert "--tasks=vqa,av_matching" in table and "5-minute load average at the end of each: " in table
 
   # README: the text between the markers is the table, everything else is unchanged.
@@ -283,7 +286,7 @@ def test_audio_task_configs(shared_data_dir, monkeypatch):
   padded audio run unmasked when the clips fill the window (av_matching), else not at all
   (speech_vqa); prefix_lm's decoder gets the positions of the audio tokens in its prefix."""
   from mmjax import config_files
-  from mmjax.data import pipeline
+  from mmjax.data import prepare
   from mmjax.models import build_model, model_class
   from mmjax.models.vlm import check_fusion_media
   from mmjax.train import batches as batches_lib
@@ -311,7 +314,7 @@ def test_audio_task_configs(shared_data_dir, monkeypatch):
 
   # The window check on real data: 1 s object sounds fill a 1 s window, not a 1.5 s one.
   av = configs["av_matching"]["cross_attention"].copy_and_resolve_references()
-  pipeline.prepare(av)
+  prepare.prepare(av)
   assert cf._clips_fill_window(av)
   av.data.max_audio_seconds = 1.5
   assert not cf._clips_fill_window(av)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mmjax.models.contrastive import ContrastiveModel, clip_loss, contrastive_loss, siglip_loss
+from mmjax.models.kind import base_model_config
 from tests.conftest import ROOT
 
 
@@ -63,7 +64,8 @@ def test_losses_match_float64_numpy():
 def small_config(loss):
   return ml_collections.ConfigDict(
     dict(
-      dtype="float32",
+      base_model_config().to_dict(),
+      kind="contrastive",
       attention_implementation="xla",
       embed_dim=16,
       loss=loss,

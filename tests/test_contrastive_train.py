@@ -13,6 +13,7 @@ import pytest
 
 from mmjax import config_files
 from mmjax.data import pipeline
+from mmjax.data.examples import TASK_CAPTION
 from mmjax.evaluate import retrieval
 from mmjax.models import ContrastiveModel, VisionLanguageModel, build_model, model_class, vlm
 from mmjax.projects.shapes import scenes as shapes
@@ -106,7 +107,7 @@ def contrastive_config(tiny_config):
 
 
 def test_kind_switch_and_vlm_unchanged(tiny_config, contrastive_config):
-  assert "kind" not in tiny_config.model  # existing configs have no kind: the VLM
+  assert tiny_config.model.kind == "vlm"  # the base config's kind
   assert isinstance(build_model(tiny_config.model, 64), VisionLanguageModel)
   assert model_class(tiny_config.model) is VisionLanguageModel
   assert batches_lib.batch_keys(tiny_config) == vlm.BATCH_KEYS
@@ -135,7 +136,7 @@ def test_kind_switch_and_vlm_unchanged(tiny_config, contrastive_config):
   ],
 )
 def test_contrastive_config_errors(contrastive_config, key, value, match):
-  config_files.set_key(contrastive_config, key, value)
+  config_files.apply_overrides(contrastive_config, {key: value})
   with pytest.raises(ValueError, match=match):
     state_lib.make_setup(contrastive_config, 64)
 
@@ -143,7 +144,7 @@ def test_contrastive_config_errors(contrastive_config, key, value, match):
 def test_train_iterator_tasks(contrastive_config):
   data = pipeline.Data(contrastive_config)
   batch = next(data.train_iterator(tasks=("caption",)))
-  assert (batch["task"] == pipeline.TASK_CAPTION).all() and len(batch["task"]) == contrastive_config.batch_size
+  assert (batch["task"] == TASK_CAPTION).all() and len(batch["task"]) == contrastive_config.batch_size
   with pytest.raises(ValueError, match="unknown tasks"):
     data.train_iterator(tasks=("captions",))
 
@@ -212,7 +213,7 @@ def brute_force_recall(t, split):
   from mmjax.models.contrastive import caption_tokens
 
   sd = t.data.split(split)
-  ids = np.flatnonzero(sd.task == pipeline.TASK_CAPTION)
+  ids = np.flatnonzero(sd.task == TASK_CAPTION)
   ex = [sd.example(int(i)) for i in ids]
   batch = {k: np.stack([e[k] for e in ex]) for k in ("image", "target_out", "target_mask")}
   # jit: one compilation costs a fifth of the CPU time of running the towers op by op.

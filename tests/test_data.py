@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmjax.data import manifest as manifest_lib, pipeline, tfds_builders
+from mmjax.data import batching, manifest as manifest_lib, pipeline, prepare, tfds_builders
+from mmjax.data.examples import CAPTION_PROMPT, TASK_CAPTION, TASK_NAMES, TASK_VQA
 from mmjax.projects.shapes import data as shapes_dataset, scenes as shapes
 from mmjax.sample import predict
 
@@ -208,7 +209,7 @@ def _cfg(data_dir, **data):
 def shapes_data(tmp_path_factory):
   d = tmp_path_factory.mktemp("shapes_tfds")
   cfg = _cfg(d)
-  builder, tok = pipeline.prepare(cfg)
+  builder, tok = prepare.prepare(cfg)
   return cfg, builder, tok
 
 
@@ -216,7 +217,7 @@ def test_shapes_build_and_read(shapes_data):
   cfg, builder, tok = shapes_data
   assert tfds_builders.split_sizes(builder) == {"train": 24, "validation": 5, "test": 5}
   assert "s64_k3_n24-5-5_q2-2-4_seed0" in str(builder.data_dir)
-  assert os.path.exists(pipeline.tokenizer_path(builder))
+  assert os.path.exists(prepare.tokenizer_path(builder))
   hashes = {}
   for split in ("train", "validation", "test"):
     src = builder.as_data_source(split)
@@ -258,7 +259,7 @@ def test_auxiliary_questions_only_in_the_train_split(tmp_path):
   cfg = _cfg(tmp_path, train_scenes=6, validation_scenes=3, test_scenes=3)
   cfg.data.shapes.train_auxiliary_questions.side = 1
   cfg.data.shapes.train_auxiliary_questions.spatial_lean = 1
-  builder = pipeline.prepare_builder(cfg)
+  builder = prepare.prepare_builder(cfg)
   assert "_aux1-1-0_" in str(builder.data_dir)
   for split in ("train", "validation", "test"):
     src = builder.as_data_source(split)
@@ -289,61 +290,68 @@ KEYS = {
 
 def test_pipeline_batches(shapes_data):
   cfg, builder, tok = shapes_data
-  data = pipeline.load_split(cfg, "train", tok, builder)
+  data = prepare.load_split(cfg, "train", tok, builder)
   assert len(data) == 24 * (8 + 1)
-  ds = pipeline.make_dataset(cfg, "train", data)
-  batch = next(iter(ds))
-  assert set(batch) == set(KEYS)
-  for k, dt in KEYS.items():
-    assert batch[k].dtype == dt, k
-  b, lp, lt = 8, cfg.data.max_prompt_len, cfg.data.max_target_len
-  assert batch["image"].shape == (b, 64, 64, 3)
-  assert batch["prompt"].shape == (b, lp) and batch["target_in"].shape == (b, lt)
-  assert batch["target_out"].shape == batch["target_mask"].shape == (b, lt)
-  assert batch["valid"].all()
-  for i in range(b):
-    eid = int(batch["example_id"][i])
-    n = int(batch["target_mask"][i].sum())
-    assert batch["target_in"][i, 0] == tok.bos_id
-    assert batch["target_out"][i, n - 1] == tok.eos_id
-    assert (batch["target_in"][i, 1:n] == batch["target_out"][i, : n - 1]).all()
-    assert (batch["target_out"][i, n:] == 0).all() and (batch["target_in"][i, n:] == 0).all()
-    assert tok.decode(batch["prompt"][i]) == data.prompt_text(eid)
-    assert int(batch["prompt_len"][i]) == len(tok.encode(data.prompt_text(eid)))
-    ref = data.references(eid)
-    if batch["task"][i] == pipeline.TASK_VQA:
-      assert tok.decode(batch["target_out"][i]) == ref
-      assert data.question_types[batch["qtype"][i]] in ("attribute", "spatial", "relational")
-    else:
-      assert tok.decode(batch["target_out"][i]) in ref
-      assert data.question_types[batch["qtype"][i]] == "caption"
-      assert tok.decode(batch["prompt"][i]) == pipeline.CAPTION_PROMPT
-    rec = builder.as_data_source("train")[int(data.index[eid][0])]
-    assert np.array_equal(batch["image"][i], rec["image"])
+  it = batching.train_batches(cfg, data)
+  tasks = set()
+  for _ in range(18):  # one batch in 9 is a caption batch (24 captions, 192 questions)
+    batch = next(it)
+    assert set(batch) == set(KEYS)
+    for k, dt in KEYS.items():
+      assert batch[k].dtype == dt, k
+    task = int(batch["task"][0])
+    tasks.add(task)
+    assert (batch["task"] == task).all()  # one task per batch, targets as long as its longest
+    b, lp, lt = 8, cfg.data.max_prompt_len, data.target_length(task)
+    assert lt <= cfg.data.max_target_len
+    assert batch["image"].shape == (b, 64, 64, 3)
+    assert batch["prompt"].shape == (b, lp) and batch["target_in"].shape == (b, lt)
+    assert batch["target_out"].shape == batch["target_mask"].shape == (b, lt)
+    assert batch["valid"].all()
+    for i in range(b):
+      eid = int(batch["example_id"][i])
+      n = int(batch["target_mask"][i].sum())
+      assert batch["target_in"][i, 0] == tok.bos_id
+      assert batch["target_out"][i, n - 1] == tok.eos_id
+      assert (batch["target_in"][i, 1:n] == batch["target_out"][i, : n - 1]).all()
+      assert (batch["target_out"][i, n:] == 0).all() and (batch["target_in"][i, n:] == 0).all()
+      assert tok.decode(batch["prompt"][i]) == data.prompt_text(eid)
+      assert int(batch["prompt_len"][i]) == len(tok.encode(data.prompt_text(eid)))
+      ref = data.references(eid)
+      if task == TASK_VQA:
+        assert tok.decode(batch["target_out"][i]) == ref
+        assert data.question_types[batch["qtype"][i]] in ("attribute", "spatial", "relational")
+      else:
+        assert tok.decode(batch["target_out"][i]) in ref
+        assert data.question_types[batch["qtype"][i]] == "caption"
+        assert tok.decode(batch["prompt"][i]) == CAPTION_PROMPT
+      rec = builder.as_data_source("train")[int(data.index[eid][0])]
+      assert np.array_equal(batch["image"][i], rec["image"])
+  assert tasks == {TASK_VQA, TASK_CAPTION}
 
 
 def test_pipeline_no_captions(shapes_data):
   cfg, builder, tok = shapes_data
   cfg = cfg.copy_and_resolve_references()
   cfg.data.captions = False
-  data = pipeline.load_split(cfg, "train", tok, builder)
-  assert len(data) == 24 * 8 and (data.task == pipeline.TASK_VQA).all()
+  data = prepare.load_split(cfg, "train", tok, builder)
+  assert len(data) == 24 * 8 and (data.task == TASK_VQA).all()
 
 
 def test_truncation_is_reported_with_the_flag(shapes_data, caplog):
   cfg, builder, tok = shapes_data
-  prompts = {q for r in pipeline.load_split(cfg, "train", tok, builder).records for q in r["questions"]}
-  prompts.add(pipeline.CAPTION_PROMPT)
+  prompts = {q for r in prepare.load_split(cfg, "train", tok, builder).records for q in r["questions"]}
+  prompts.add(CAPTION_PROMPT)
   longest = max(len(tok.encode(q)) for q in prompts)
   # Arrays that fit every question and caption: nothing to report.
   with caplog.at_level(logging.WARNING):
-    pipeline.load_split(cfg, "train", tok, builder)
+    prepare.load_split(cfg, "train", tok, builder)
   assert "truncated" not in caplog.text
   cut = cfg.copy_and_resolve_references()
   cut.data.max_prompt_len, cut.data.max_target_len = longest - 1, 8
   caplog.clear()
   with caplog.at_level(logging.WARNING):
-    data = pipeline.load_split(cut, "train", tok, builder)
+    data = prepare.load_split(cut, "train", tok, builder)
   too_long = {q for q in prompts if len(tok.encode(q)) > longest - 1}
   assert data.truncated["prompt"] == too_long and too_long
   assert data.truncated["target"] == {c for r in data.records for c in r["captions"]}  # answers fit in 7
@@ -353,63 +361,58 @@ def test_truncation_is_reported_with_the_flag(shapes_data, caplog):
 
 def test_grain_state_resumes_exactly(shapes_data):
   cfg, builder, tok = shapes_data
-  data = pipeline.load_split(cfg, "train", tok, builder)
-  ds = pipeline.make_dataset(cfg, "train", data)
-  it = iter(ds)
+  data = prepare.load_split(cfg, "train", tok, builder)
+  it = batching.train_batches(cfg, data)
   for _ in range(5):
     next(it)
   state = it.get_state()
-  cont = [next(it) for _ in range(30)]  # crosses epoch boundaries (27 batches per epoch)
-  it2 = iter(pipeline.make_dataset(cfg, "train", data))
+  cont = [next(it) for _ in range(30)]  # crosses epochs (24 VQA and 3 caption batches per epoch)
+  it2 = batching.train_batches(cfg, data)
   it2.set_state(state)
   for a in cont:
     b = next(it2)
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
-  # The same config gives the same order; the order is shuffled and epochs differ.
-  first = [next(iter(pipeline.make_dataset(cfg, "train", data)))["example_id"]]
-  np.testing.assert_array_equal(first[0], next(iter(ds))["example_id"])
-  ids = np.concatenate([next(it3)["example_id"] for it3 in [iter(ds)] for _ in range(27)])
-  assert sorted(ids.tolist()) == list(range(len(data)))
-  assert ids.tolist() != list(range(len(data)))
+  # The same config gives the same order; each task's order is shuffled and covers its examples
+  # once per epoch (24 VQA batches of 8 of the 192 questions).
+  np.testing.assert_array_equal(
+    next(batching.train_batches(cfg, data))["example_id"], next(batching.train_batches(cfg, data))["example_id"]
+  )
+  fresh, ids = batching.train_batches(cfg, data), []
+  while len(ids) < 24:
+    batch = next(fresh)
+    if batch["task"][0] == TASK_VQA:
+      ids.append(batch["example_id"])
+  ids = np.concatenate(ids)
+  vqa = np.flatnonzero(data.task == TASK_VQA)
+  assert sorted(ids.tolist()) == vqa.tolist()
+  assert ids.tolist() != vqa.tolist()
 
 
-def test_grain_state_threaded(shapes_data):
+def test_processes_load_their_rows_of_one_stream(shapes_data):
   cfg, builder, tok = shapes_data
-  data = pipeline.load_split(cfg, "train", tok, builder)
-  it = iter(pipeline.make_dataset(cfg, "train", data, num_threads=2))
-  for _ in range(3):
-    next(it)
-  state = it.get_state()
-  cont = [next(it)["example_id"] for _ in range(5)]
-  it2 = iter(pipeline.make_dataset(cfg, "train", data, num_threads=2))
-  it2.set_state(state)
-  for a in cont:
-    np.testing.assert_array_equal(a, next(it2)["example_id"])
+  data = prepare.load_split(cfg, "train", tok, builder)
+  whole = batching.train_batches(cfg, data)
+  halves = [batching.train_batches(cfg, data, process_index=p, process_count=2) for p in range(2)]
+  for _ in range(6):
+    b, parts = next(whole), [next(h) for h in halves]
+    assert parts[0]["image"].shape[0] == cfg.batch_size // 2
+    for k in b:
+      np.testing.assert_array_equal(b[k], np.concatenate([p[k] for p in parts]))
+  with pytest.raises(ValueError, match="process_index 2 not in"):
+    batching.train_batches(cfg, data, process_index=2, process_count=2)
 
 
-def test_shards_disjoint_and_cover(shapes_data):
+def test_eval_shards_disjoint_and_cover(shapes_data):
+  """Same number of batches per process; the valid examples cover the split exactly once."""
   cfg, builder, tok = shapes_data
-  data = pipeline.load_split(cfg, "train", tok, builder)
-  n = len(data)
-  per = []
-  for p in range(2):
-    ds = pipeline.make_dataset(cfg, "train", data, process_index=p, process_count=2)
-    assert ds[0]["image"].shape[0] == cfg.batch_size // 2
-    it = iter(ds)
-    shard_n = len(pipeline.shard_ids(n, p, 2))
-    ids = np.concatenate([next(it)["example_id"] for _ in range(shard_n // 4)])
-    per.append(set(ids.tolist()))
-    assert len(per[-1]) == len(ids)  # no repeats within an epoch
-  assert not per[0] & per[1]
-  assert len(per[0] | per[1]) == n  # (n and shards divisible by 4 here)
-  # eval: same number of batches per process, valid examples cover the split exactly once
-  vdata = pipeline.load_split(cfg, "validation", tok, builder)
+  vdata = prepare.load_split(cfg, "validation", tok, builder)
   got, nb = [], set()
   for p in range(2):
-    batches = list(pipeline.make_dataset(cfg, "validation", vdata, batch_size=4, process_index=p, process_count=2))
+    batches = list(batching.eval_batches(vdata, 8, process_index=p, process_count=2))
     nb.add(len(batches))
     for b in batches:
+      assert b["image"].shape[0] == 4
       got += b["example_id"][b["valid"]].tolist()
       assert (b["example_id"][~b["valid"]] == -1).all()
       assert (b["target_mask"][~b["valid"]] == 0).all()
@@ -419,13 +422,15 @@ def test_shards_disjoint_and_cover(shapes_data):
 
 def test_eval_not_shuffled_padded(shapes_data):
   cfg, builder, tok = shapes_data
-  data = pipeline.load_split(cfg, "test", tok, builder)
-  batches = list(pipeline.make_dataset(cfg, "test", data))
+  data = prepare.load_split(cfg, "test", tok, builder)
+  batches = list(batching.eval_batches(data, 8))
   assert len(batches) == math.ceil(len(data) / 8)
   ids = np.concatenate([b["example_id"] for b in batches])
   valid = np.concatenate([b["valid"] for b in batches])
-  assert ids[valid].tolist() == list(range(len(data)))
+  # In order within a task, VQA first: a batch of short answers stops decoding after a few tokens.
+  assert ids[valid].tolist() == np.argsort(data.task, kind="stable").tolist()
   assert all(b["image"].shape[0] == 8 for b in batches)
+  assert len(list(batching.eval_batches(data, 8, max_examples=3))) == 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -491,9 +496,9 @@ def test_manifest_builds_and_reads(tmp_path):
   # Pipeline over the manifest (tokenizer trained on it).
   cfg = _cfg(data_dir, manifest=str(m), image_size=32)
   cfg.batch_size = 4
-  data = pipeline.load_split(cfg, "train")
+  data = prepare.load_split(cfg, "train")
   assert sorted(data.question_types[q] for q in set(data.qtype.tolist())) <= ["caption", "vqa"]
-  batch = next(iter(pipeline.make_dataset(cfg, "train", data)))
+  batch = next(batching.train_batches(cfg, data))
   assert batch["image"].shape == (4, 32, 32, 3)
   tok = data.tokenizer
   for i in range(4):
@@ -548,8 +553,8 @@ def test_manifest_empty_split_builds_the_others(tmp_path, tiny_config):
   builder = tfds_builders.prepare_manifest(str(m), str(data_dir), image_size=32)
   assert tfds_builders.split_sizes(builder) == {"train": 8, "validation": 1}
   cfg = _cfg(data_dir, manifest=str(m), image_size=32)
-  assert len(pipeline.load_split(cfg, "validation")) == 1
-  for ask in (lambda: pipeline.load_split(cfg, "test"), lambda: pipeline.Data(cfg).split("test")):
+  assert len(prepare.load_split(cfg, "validation")) == 1
+  for ask in (lambda: prepare.load_split(cfg, "test"), lambda: pipeline.Data(cfg).split("test")):
     with pytest.raises(ValueError, match=r"split 'test' has no records in the manifest") as e:
       ask()
     assert str(m) in str(e.value) and "records per split: train 8, validation 1" in str(e.value)
@@ -584,8 +589,8 @@ def test_manifest_tiny_auto_split_is_all_train(tmp_path, tiny_config):
   data = pipeline.Data(tiny_config)
   with pytest.raises(
     ValueError,
-    match=r"split 'validation' has no records in the manifest .*--config.eval_every=3 "
-    r"steps \(set it to at least --config.total_steps=6",
+    match=r"split 'validation' has no records in the manifest .*config.eval_every=3 "
+    r"steps \(set it to at least config.total_steps=6",
   ):
     trainer._check_eval_splits(tiny_config, data)
   tiny_config.eval_every = tiny_config.total_steps
@@ -664,15 +669,15 @@ def test_task_weights_set_the_share_of_caption_batches(tiny_config):
   """data.task_weights scales each task's share of the train batches: examples x weight."""
   data = pipeline.Data(tiny_config)
   train = data.split("train")
-  n_vqa = int((train.task == pipeline.TASK_NAMES.index("vqa")).sum())
-  n_cap = int((train.task == pipeline.TASK_NAMES.index("caption")).sum())
+  n_vqa = int((train.task == TASK_NAMES.index("vqa")).sum())
+  n_cap = int((train.task == TASK_NAMES.index("caption")).sum())
   assert n_vqa > 0 and n_cap > 0
 
   def caption_share(weights, batches=60):
     tiny_config.data.task_weights = ml_collections.ConfigDict(weights)
     it = data.train_iterator()
     tasks = [int(next(it)["task"][0]) for _ in range(batches)]  # batches are single-task
-    return tasks.count(pipeline.TASK_NAMES.index("caption")) / batches
+    return tasks.count(TASK_NAMES.index("caption")) / batches
 
   for w in (1.0, 4.0):
     expected = n_cap * w / (n_vqa + n_cap * w)

@@ -13,6 +13,7 @@ from mmjax.attention import MaskSpec
 from mmjax.fusion import build_fusion
 from mmjax.fusion.flamingo import PerceiverResampler, most_recent_image_mask
 from mmjax.models import build_model
+from mmjax.models.kind import base_model_config
 from mmjax.sample.generate import GenerateOptions, generate
 from tests.test_model import V, inputs, rel_err
 
@@ -49,7 +50,7 @@ FAMILIES = {
 def model_config(fusion):
   return ml_collections.ConfigDict(
     dict(
-      dtype="float32",
+      base_model_config().to_dict(),
       attention_implementation="xla",
       vit=dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8, posemb="learn"),
       text=dict(width=32, depth=1, num_heads=2, mlp_dim=64, max_len=8),

@@ -11,6 +11,7 @@ from mmjax import layers
 from mmjax.encoders import TextEncoder, ViT
 from mmjax.fusion import build_fusion
 from mmjax.models import build_model
+from mmjax.models.kind import base_model_config
 from mmjax.sample.generate import GenerateOptions, generate
 
 V = 37
@@ -19,7 +20,7 @@ V = 37
 def tiny_model_config(gated=False, fuse_depth=1):
   return ml_collections.ConfigDict(
     dict(
-      dtype="float32",
+      base_model_config().to_dict(),
       attention_implementation="xla",
       vit=dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8, posemb="learn"),
       text=dict(width=32, depth=1, num_heads=2, mlp_dim=64, max_len=8),

@@ -9,6 +9,7 @@ import pytest
 
 from mmjax.layers import pixel_coordinates
 from mmjax.models import build_model
+from mmjax.models.kind import base_model_config
 from mmjax.models.vlm import image_encoder
 from mmjax.projects.shapes.objects import (
   GeometricSelfAttention,
@@ -335,7 +336,7 @@ def test_neighbour_tokens_pair_each_object_with_its_nearest_and_furthest():
 def test_model_with_object_encoder_and_unknown_encoder_name():
   config = ml_collections.ConfigDict(
     dict(
-      dtype="float32",
+      base_model_config().to_dict(),
       attention_implementation="xla",
       image_encoder="mmjax.projects.shapes.objects:ObjectEncoder",
       objects=dict(

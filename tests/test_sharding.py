@@ -78,4 +78,4 @@ def test_sampling_on_mixed_mesh_matches_one_device(results):
 
 def test_batch_not_divisible_by_mesh_is_a_clear_error(results):
   msg = results["indivisible_error"]
-  assert msg is not None and "--config.batch_size=12" in msg and "8 batch shards" in msg
+  assert msg is not None and "config.batch_size=12" in msg and "8 batch shards" in msg

@@ -12,6 +12,8 @@ import pytest
 from mmjax import config_files, layers
 from mmjax.attention import MaskSpec
 from mmjax.data import pipeline
+from mmjax.data.config import CAPTION_FIELDS
+from mmjax.data.examples import CAPTION_PROMPT, TASK_VQA
 from mmjax.encoders.vit import ViT
 from mmjax.layers import pixel_coordinates
 from mmjax.models import build_model, vlm
@@ -111,7 +113,7 @@ def test_train_batches_group_questions_by_image(tiny_config):
   tiny_config.data.questions_per_image = 4
   data = pipeline.Data(tiny_config)
   train = data.split("train")
-  per_record = np.bincount(train.index[train.task == pipeline.TASK_VQA, 0])
+  per_record = np.bincount(train.index[train.task == TASK_VQA, 0])
   it, it2 = data.train_iterator(), data.train_iterator()
   halves = [data.train_iterator(p, 2) for p in range(2)]
   vqa_batches = 0
@@ -121,7 +123,7 @@ def test_train_batches_group_questions_by_image(tiny_config):
     for k in b:  # deterministic, and two processes together load exactly the one-process batch
       np.testing.assert_array_equal(b[k], b2[k])
       np.testing.assert_array_equal(b[k], np.concatenate([p[k] for p in parts]))
-    if b["task"][0] != pipeline.TASK_VQA:
+    if b["task"][0] != TASK_VQA:
       assert b["image"].shape[0] == b["prompt"].shape[0] == 4  # captions: one per image, as many images
       continue
     vqa_batches += 1
@@ -207,52 +209,49 @@ def with_captions(b, images=4, seed=1, weight=1.0):
 
 
 def test_captions_ride_along_with_the_questions():
-  """with_captions = the questions' logits and each image's caption logits, as separate calls give."""
+  """The caption stream: each image's caption decoded off the one encoding of the images that its
+  questions read, with the logits and losses that separate batches give."""
   c = prefix_config()
   model = build_model(c.model, V)
   b = with_captions(grouped_batch(c))
   params = nn.meta.unbox(model.init(jax.random.key(0), *(b[k][:1] for k in ARGS))["params"])
-  logits, caption_logits = model.apply(
-    {"params": params},
-    *(b[k] for k in ARGS),
-    b["caption_prompt"],
-    b["caption_prompt_len"],
-    b["caption_in"],
-    method="with_captions",
-  )
-  assert rel_err(logits, model.apply({"params": params}, *(b[k] for k in ARGS))) < 1e-5
+  logits = model.apply({"params": params}, b, method="stream_logits")
+  assert set(logits) == {"", "caption"}
+  assert rel_err(logits[""], model.apply({"params": params}, *(b[k] for k in ARGS))) < 1e-5
   ref = model.apply({"params": params}, b["image"], b["caption_prompt"], b["caption_prompt_len"], b["caption_in"])
-  assert rel_err(caption_logits, ref) < 1e-5
+  assert rel_err(logits["caption"], ref) < 1e-5
   # The loss counts answer and caption tokens alike (weighted by their masks), and microbatches agree.
   questions = {k: b[k] for k in vlm.BATCH_KEYS}
-  captions = {
-    "image": b["image"],
-    "prompt": b["caption_prompt"],
-    "prompt_len": b["caption_prompt_len"],
-    "target_in": b["caption_in"],
-    "target_out": b["caption_out"],
-    "target_mask": b["caption_mask"],
-  }
+  captions = {"image": b["image"]} | {k: b[key] for k, key in vlm.stream_keys("caption").items()}
   loss_sums = lambda batch: model.apply({"params": params}, batch, method="loss_sums")
   (q_sum, q), (c_sum, c) = loss_sums(questions), loss_sums(captions)
   q_n, c_n = q["weight"], c["weight"]
   grads, metrics = step_lib.grads_and_metrics(model, params, b)
   np.testing.assert_allclose(metrics["loss"], (q_sum + c_sum) / (q_n + c_n), rtol=1e-5)
+  # ... and are the sums of the same rows written out one image per row, in one batch.
+  lt = max(b["target_in"].shape[1], b["caption_in"].shape[1])
+  pad = lambda k, x: np.pad(x, [(0, 0), (0, lt - x.shape[1])]) if k.startswith("target_") else x
+  flat = {"image": np.concatenate([np.repeat(b["image"], 4, 0), b["image"]])}
+  flat |= {k: np.concatenate([pad(k, questions[k]), pad(k, captions[k])]) for k in vlm.STREAM_KEYS}
+  flat_sum, flat_sums = loss_sums(flat)
+  np.testing.assert_allclose(flat_sum, q_sum + c_sum, rtol=1e-5)
+  np.testing.assert_allclose(flat_sums["weight"], q_n + c_n, rtol=1e-6)
   g2, m2 = jax.jit(lambda p, x: step_lib.grads_and_metrics(model, p, x, 2))(params, b)
   assert rel_err(g2, grads) < 1e-5
   # Caption tokens weighted 0.5 count half.
   half = dict(b, caption_mask=b["caption_mask"] * 0.5)
   _, m_half = step_lib.grads_and_metrics(model, params, half)
   np.testing.assert_allclose(m_half["loss"], (q_sum + 0.5 * c_sum) / (q_n + 0.5 * c_n), rtol=1e-5)
-  with pytest.raises(ValueError, match="one caption per image"):
-    model.apply(
-      {"params": params},
-      *(b[k] for k in ARGS),
-      b["caption_prompt"][:2],
-      b["caption_prompt_len"][:2],
-      b["caption_in"][:2],
-      method="with_captions",
-    )
+  # A stream's prompts read their images G consecutive rows each: 2 captions cannot share 4 images.
+  cut = dict(b, **{k: b[k][:2] for k in vlm.stream_keys("caption").values()})
+  with pytest.raises(ValueError, match="2 caption prompts cannot share 4 images"):
+    model.apply({"params": params}, cut, method="loss_sums")
+
+
+def test_the_caption_stream_is_the_datas_caption_fields():
+  """The model's caption stream reads the keys the pipeline writes the captions to."""
+  assert {key: field for field, key in vlm.stream_keys("caption").items()} == CAPTION_FIELDS
+  assert set(batches_lib.CAPTION_KEYS) == set(vlm.stream_keys("caption").values())
 
 
 def test_train_batches_carry_their_images_captions(tiny_config):
@@ -266,7 +265,7 @@ def test_train_batches_carry_their_images_captions(tiny_config):
   it = data.train_iterator()
   for _ in range(6):
     b = next(it)
-    assert (b["task"] == pipeline.TASK_VQA).all()  # no caption batches: captions come with the questions
+    assert (b["task"] == TASK_VQA).all()  # no caption batches: captions come with the questions
     assert b["caption_in"].shape[0] == b["image"].shape[0] == 4
     for i in range(4):
       record = train.records[int(train.index[b["example_id"][4 * i], 0])]
@@ -274,9 +273,7 @@ def test_train_batches_carry_their_images_captions(tiny_config):
       assert set(np.unique(mask)) <= {0.0, 0.5}
       words = [int(t) for t, m in zip(b["caption_out"][i], mask) if m > 0][:-1]  # drop EOS
       assert tok.decode(words) in record["captions"]
-      assert (
-        tok.decode([int(t) for t in b["caption_prompt"][i][: b["caption_prompt_len"][i]]]) == pipeline.CAPTION_PROMPT
-      )
+      assert tok.decode([int(t) for t in b["caption_prompt"][i][: b["caption_prompt_len"][i]]]) == CAPTION_PROMPT
   tiny_config.data.questions_per_image = 1
   tiny_config.batch_size = 8
   with pytest.raises(ValueError, match="captions_with_questions=True .*questions_per_image > 1"):
@@ -312,7 +309,7 @@ def test_manifest_images_with_and_without_captions(tmp_path):
   for _ in range(8):
     b = next(it)
     assert set(batches_lib.batch_keys(c)) <= set(b)
-    if b["task"][0] == pipeline.TASK_VQA:
+    if b["task"][0] == TASK_VQA:
       kinds.add("vqa")
       for i in range(4):
         has_caption = "rgb" in image_of(b["example_id"][2 * i])

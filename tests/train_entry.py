@@ -35,7 +35,7 @@ def main(workdir, data_dir, total_steps, sleep=0.0, *overrides):
   c.model.attention_implementation = "xla"
   for kv in overrides:
     k, v = kv.split("=", 1)
-    config_files.set_key(c, k, type(eval("c." + k))(eval(v)))
+    config_files.apply_overrides(c, {k: type(eval("c." + k))(eval(v))})
   slow = (lambda step, batch: (time.sleep(float(sleep)), batch)[1]) if float(sleep) > 0 else None
   out = trainer.train_and_evaluate(c, workdir, progress=False, batch_transform=slow)
   print(f"stopped_at: {out['stopped_at']}" if "stopped_at" in out else "done", flush=True)

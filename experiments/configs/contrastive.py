@@ -14,7 +14,7 @@ Without an argument: the tiny model sizes on a small shapes dataset (1000 / 64 /
 20-step run takes about a minute on a 2-core CPU, dataset generation included. `:default`: the
 default experiment's model sizes and data. `:tiny`: the tiny model with everything else (data,
 batch, schedule, evaluation) exactly as in tiny.py, so that it sits next to the tiny fusion configs
-in experiments/compare_fusions.py --sizes=tiny (whose config check allows only model and
+in experiments/proj/shapes/compare_fusions.py --sizes=tiny (whose config check allows only model and
 eval_batch_size to differ).
 """
 

@@ -39,7 +39,7 @@ def pair_sounds(sound_keys: Sequence[Hashable | None], mismatch_fraction: float,
   None: it gets no matching example). ``seed``: anything ``np.random.default_rng`` takes.
   """
   if not 0.0 <= float(mismatch_fraction) <= 1.0:
-    raise ValueError(f"--config.data.av_mismatch_fraction={mismatch_fraction} must be in [0, 1].")
+    raise ValueError(f"config.data.av_mismatch_fraction={mismatch_fraction} must be in [0, 1].")
   keys = list(sound_keys)
   partner = np.full(len(keys), -1, np.int64)
   eligible = np.asarray([i for i, k in enumerate(keys) if k is not None], np.int64)
@@ -56,7 +56,7 @@ def pair_sounds(sound_keys: Sequence[Hashable | None], mismatch_fraction: float,
       if not others:
         raise ValueError(
           f"audio-visual matching: all {len(eligible)} records of the split have the same sound, so "
-          "no mismatched pair exists; use more scenes or --config.data.av_mismatch_fraction=0."
+          "no mismatched pair exists; use more scenes or config.data.av_mismatch_fraction=0."
         )
       j = others[int(rng.integers(len(others)))]
     partner[i] = j

@@ -1,4 +1,4 @@
-"""Default ``config.data`` block for the mmjax input pipeline (see ``pipeline.py``).
+"""Default ``config.data`` block for the mmjax input pipeline (``pipeline.Data``; ``prepare.py``, ``batching.py``).
 
 Keys (defaults):
   source              "manifest"  the dataset (mmjax.registry floor "datasets", or "module:SOURCE" for
@@ -30,7 +30,7 @@ Audio and video (all off by default; each setting is prepared into its own datas
                              question of the embedded data is about 3.3 s). Read by the pipeline only.
 Tasks on the audio (pipeline options: the prepared dataset is the same with or without them):
   spoken_prompt       False  VQA from spoken questions: every VQA example's text prompt becomes
-                             ``pipeline.SPOKEN_PROMPT`` ("answer the spoken question."), so the
+                             ``examples.SPOKEN_PROMPT`` ("answer the spoken question."), so the
                              question is only in its audio. Needs spoken_questions.
   av_matching         False  audio-visual matching: one more example per record with a sound,
                              prompt "does the sound match the image?", answer yes/no; the sound is
@@ -89,16 +89,15 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 def max_audio_samples(data_config) -> int:
   """Length N of the batches' ``audio`` [B, N]: max_audio_seconds at audio_sample_rate."""
-  get = lambda k, default: data_config[k] if k in data_config else default
-  return int(round(float(get("max_audio_seconds", 4.0)) * int(get("audio_sample_rate", 16000))))
+  return int(round(float(data_config.max_audio_seconds) * int(data_config.audio_sample_rate)))
 
 
 def questions_per_image(config) -> int:
   """config.data.questions_per_image (default 1), checked against config.batch_size."""
-  q = config.data.get("questions_per_image", 1)
+  q = config.data.questions_per_image
   if isinstance(q, bool) or not isinstance(q, numbers.Integral) or q < 1:
     raise ValueError(f"config.data.questions_per_image={q!r} must be an integer >= 1.")
-  batch = int(config.get("batch_size", q))
+  batch = int(config.batch_size)
   if batch % q:
     raise ValueError(
       f"config.batch_size={batch} is not a multiple of config.data.questions_per_image={q}: a VQA "
@@ -119,9 +118,8 @@ CAPTION_FIELDS = {
 
 def captions_with_questions(config) -> bool:
   """config.data.captions_with_questions (default False); it needs questions_per_image > 1."""
-  on = bool(config.data.get("captions_with_questions", False))
-  weights = config.data.get("task_weights", None) or {}
-  if on and float(weights.get("caption", 1.0)) == 0:
+  on = bool(config.data.captions_with_questions)
+  if on and float(config.data.task_weights.caption) == 0:
     return False  # captions weighted 0: plain VQA batches
   if on and questions_per_image(config) == 1:
     raise ValueError(

@@ -19,7 +19,7 @@ One JSON object per line (blank lines are ignored)::
   validation and test; fewer all go to train).
 * A split may end up without records (e.g. no "test" lines and fewer than 6 images without a
   split): it is then left out of the prepared dataset, and asking for it later is an error naming
-  the split and the manifest (``pipeline.check_split``). The train split must have records (the
+  the split and the manifest (``prepare.check_split``). The train split must have records (the
   model and the tokenizer are trained on it): a manifest without any is an error here, before
   anything is written.
 * Images of any mode and size are converted to RGB (alpha composited over white) and resized to a
@@ -281,9 +281,7 @@ def parse_manifest(
     abs_path = entry_path(obj, "image", lineno)
     rid = os.path.relpath(abs_path, base).replace(os.sep, "/")
     if "video" in obj and video_frames <= 0:
-      raise _err(
-        manifest_path, lineno, "video", "videos need data.video_frames > 0 (e.g. --config.data.video_frames=8)"
-      )
+      raise _err(manifest_path, lineno, "video", "videos need data.video_frames > 0 (e.g. config.data.video_frames=8)")
     media = {k: entry_path(obj, k, lineno) for k in MEDIA_KEYS if k in obj}
     has_q, has_a, has_c = "question" in obj, "answer" in obj, "caption" in obj
     if has_q and not has_a:

@@ -25,7 +25,7 @@ from mmjax.data import wav
 
 ESPEAK_EXECUTABLE = "espeak-ng"
 VOICE = "en"
-CONFIG_FLAG = "--config.data.spoken_questions=False"
+CONFIG_FLAG = "config.data.spoken_questions=False"
 
 
 class SpeechUnavailableError(RuntimeError):

@@ -175,7 +175,7 @@ class MmjaxManifest(RecordBuilder):
       parsed = manifest_lib.parse_manifest(cfg.manifest_path, seed=cfg.seed, video_frames=cfg.video_frames)
     # TFDS refuses a split that yields no examples ("No examples were yielded"), so a split without
     # records is left out of the dataset: builder.info.splits then lacks it, and asking for it is
-    # an error naming it and the manifest (pipeline.check_split). parse_manifest guarantees train.
+    # an error naming it and the manifest (prepare.check_split). parse_manifest guarantees train.
     return {split: self._generate_examples(recs) for split, recs in parsed.items() if recs}
 
   def _generate_examples(self, records):

@@ -27,7 +27,7 @@ import logging
 import jax
 import numpy as np
 
-from mmjax.data.pipeline import TASK_CAPTION
+from mmjax.data.examples import TASK_CAPTION
 from mmjax.evaluate import retrieval
 from mmjax.models.contrastive import caption_tokens
 from mmjax.sample.embed import embed_texts, global_batch, local_rows, make_embed_fn
@@ -44,7 +44,7 @@ def embed_split(data, split: str, embed_fn, params, batch_size: int, max_example
   if len(ids) == 0:
     raise ValueError(
       f"split {split!r} has no captions: a contrastive model is evaluated (and trained) on "
-      "(image, caption) pairs; set --config.data.captions=True."
+      "(image, caption) pairs; set config.data.captions=True."
     )
   gb = global_batch(batch_size, embed_fn.multiple)
   rows = list(local_rows(len(ids), gb))

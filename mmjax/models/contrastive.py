@@ -98,19 +98,19 @@ class ContrastiveModel(nn.Module):
   @staticmethod
   def check_config(config: ml_collections.ConfigDict) -> None:
     """Start-up errors of a contrastive config, naming the keys to change."""
-    if not config.data.get("captions", True):
+    if not config.data.captions:
       raise ValueError(
         "config.model.kind='contrastive' trains on (image, caption) pairs, but "
-        "config.data.captions=False: set --config.data.captions=True."
+        "config.data.captions=False: set config.data.captions=True."
       )
     text_len, caption_len = int(config.model.text.max_len), int(config.data.max_target_len)
     if text_len < caption_len:
       raise ValueError(
         f"config.model.text.max_len={text_len} < config.data.max_target_len={caption_len}: the "
         "contrastive text tower reads whole captions (up to max_target_len - 1 tokens); set "
-        "--config.model.text.max_len to at least max_target_len."
+        "config.model.text.max_len to at least max_target_len."
       )
-    extra = [m for m in ("audio", "video") if config.model.get(m)]
+    extra = [m for m in ("audio", "video") if config.model[m]]
     if extra:
       raise ValueError(
         f"config.model.kind='contrastive' has an image and a text tower only; remove config.model.{extra[0]}."
@@ -128,7 +128,7 @@ class ContrastiveModel(nn.Module):
     """The CLIP / SigLIP loss of the whole global batch (every other caption is a negative), with
     in-batch top-1 retrieval accuracies and the learned temperature; weight 1 (a mean already)."""
     img, txt, scale, bias = self(batch["image"], *caption_tokens(batch["target_out"], batch["target_mask"]))
-    loss = contrastive_loss(img, txt, scale, bias, self.config.get("loss", "clip"))
+    loss = contrastive_loss(img, txt, scale, bias, self.config.loss)
     logits = pairwise_logits(img, txt, scale, bias)
     target = jnp.arange(logits.shape[0])
     sums = {
@@ -144,10 +144,10 @@ class ContrastiveModel(nn.Module):
   @nn.compact
   def __call__(self, images, tokens, lengths):
     c = self.config
-    dtype = jnp.dtype(c.get("dtype", "float32"))
-    impl = c.get("attention_implementation", "auto")
-    kind = c.get("loss", "clip")
-    knobs = dict(remat=str(c.get("remat", "none") or "none"), scan_layers=bool(c.get("scan_layers", False)))
+    dtype = jnp.dtype(c.dtype)
+    impl = c.attention_implementation
+    kind = c.loss
+    knobs = dict(remat=str(c.remat), scan_layers=bool(c.scan_layers))
     img_tokens = ViT(**c.vit.to_dict(), implementation=impl, dtype=dtype, **knobs, name="image_encoder")(images)
     txt_tokens = TextEncoder(
       self.vocab_size, **c.text.to_dict(), implementation=impl, dtype=dtype, **knobs, name="text_encoder"

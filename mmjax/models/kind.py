@@ -34,9 +34,30 @@ HOOKS = (
 )
 
 
+def base_model_config() -> ml_collections.ConfigDict:
+  """The keys of `config.model` that every kind reads, at their defaults (the one place they are set;
+  an experiment config adds its kind's own blocks, e.g. vit / text / fusion / decoder)."""
+  return ml_collections.ConfigDict(
+    dict(
+      kind="vlm",  # registry name (floor "models") or "module:Class"
+      dtype="float32",  # compute dtype; parameters stay float32
+      attention_implementation="auto",  # mmjax.attention.dispatch
+      remat="none",  # none | full | dots_saveable | ... (mmjax.layers.REMAT_POLICIES)
+      scan_layers=False,  # nn.scan over identical blocks (params gain a leading "layers" axis)
+      image_encoder="vit",  # registry name (floor "encoders") or "module:Class"; its fields in its own block
+      freeze=(),  # top-level parameter subtrees that never update, e.g. ("image_encoder",)
+      # {"image_encoder": "/path/to/workdir"}: subtrees copied from trained runs at a fresh start.
+      init_from=ml_collections.ConfigDict(),
+      # Optional encoders: a block of AudioEncoder / VideoEncoder fields (plus mask_padding) turns one on.
+      audio=None,
+      video=None,
+    )
+  )
+
+
 def model_class(model_config: ml_collections.ConfigDict) -> type:
-  """The class config.model.kind names ("vlm" when the key is absent, as in older configs)."""
-  name = str(model_config.get("kind", "vlm") or "vlm")
+  """The class config.model.kind names."""
+  name = str(model_config.kind)
   cls = registry.get("models", name, "config.model.kind")
   missing = [h for h in HOOKS if not hasattr(cls, h)]
   if missing:

@@ -3,8 +3,8 @@
   config.model.freeze = ("image_encoder",)             # top-level param subtrees that never update
   config.model.init_from = {"image_encoder": WORKDIR}  # copy that subtree from WORKDIR's newest params
 
-  tx = freeze(tx, config.model.get("freeze", ()))      # wrap the optimizer (before tx.init)
-  params = init_from_workdirs(params, config.model.get("init_from", {}), load_params)
+  tx = freeze(tx, config.model.freeze)      # wrap the optimizer (before tx.init)
+  params = init_from_workdirs(params, config.model.init_from, load_params)
 
 This module sits on the models floor, so it does not import the trainer: `load_params(workdir)`
 is passed in (e.g. `lambda wd: mmjax.train.workdir.load(wd).params`).

@@ -32,8 +32,22 @@ from mmjax.encoders import AudioEncoder, TextEncoder, VideoEncoder
 from mmjax.encoders.video import num_valid_tokens
 from mmjax.fusion import Conditioning, base as fusion_base
 
+# Text streams: prompts and their teacher-forced targets that read a batch's images. "" is the batch's
+# own rows (STREAM_KEYS); another stream's keys are its name, "_" and the key without "target_" (the
+# images' captions, data.captions_with_questions: caption_prompt, caption_prompt_len, caption_in,
+# caption_out, caption_mask). loss_sums encodes the images once and decodes every stream a batch
+# carries off that encoding: a new stream is a name here.
+TEXT_STREAMS = ("", "caption")
+STREAM_KEYS = ("prompt", "prompt_len", "target_in", "target_out", "target_mask")
+
+
+def stream_keys(stream: str) -> dict[str, str]:
+  """STREAM_KEYS -> the batch keys of text stream `stream`."""
+  return {k: f"{stream}_{k.removeprefix('target_')}" if stream else k for k in STREAM_KEYS}
+
+
 # The batch keys every VLM loss reads; batch_keys(model_config) adds the media its encoders read.
-BATCH_KEYS = ("image", "prompt", "prompt_len", "target_in", "target_out", "target_mask")
+BATCH_KEYS = ("image",) + STREAM_KEYS
 
 # Optional media: modality -> {batch key: rank}. Keyword arguments of encode / __call__ and batch keys.
 MEDIA_INPUTS = {"audio": {"audio": 2, "audio_len": 1}, "video": {"video": 5, "video_len": 1}}
@@ -43,7 +57,7 @@ INT16_SCALE = 32768.0  # int16 waveforms -> [-1, 1]
 
 def media_modalities(model_config) -> tuple[str, ...]:
   """The optional media whose encoder `model_config` switches on (a non-empty section)."""
-  return tuple(m for m in MEDIA_INPUTS if model_config.get(m))
+  return tuple(m for m in MEDIA_INPUTS if model_config[m])
 
 
 def media_input_keys(model_config) -> tuple[str, ...]:
@@ -84,7 +98,7 @@ def image_encoder(model_config, knobs: dict | None = None, **kwargs) -> nn.Modul
   """The image encoder `model_config.image_encoder` names (mmjax.registry floor "encoders"; "vit"
   by default), built from its config block (image_encoder_block) and `kwargs`. The memory `knobs`
   (remat, scan_layers) go only to an encoder that has them, as for fusion modules."""
-  name = str(model_config.get("image_encoder", "vit"))
+  name = str(model_config.image_encoder)
   cls = registry.get("encoders", name, "config.model.image_encoder")
   block = image_encoder_block(name)
   if block not in model_config:
@@ -100,6 +114,8 @@ class VisionLanguageModel(nn.Module):
     __call__(images, prompt, prompt_len, target_in, *, audio=None, audio_len=None, video=None, video_len=None)
         -> logits [B, Lt, V] (teacher forcing)
     encode(images, prompt, prompt_len, *, audio=..., ...) -> Conditioning
+    stream_logits(batch) -> {text stream: logits}, every stream off one encoding of the batch's
+      images (TEXT_STREAMS); loss_sums(batch) sums their cross-entropy
     decode(tokens, cond, start) -> logits (with the `cache` collection mutable)
     prefill_length(cond) -> int: positions a prefill decode call (start=0, empty tokens) writes
       before the first generated token (the prefix of prefix-LM fusions; 0 otherwise).
@@ -134,38 +150,38 @@ class VisionLanguageModel(nn.Module):
 
   def loss_sums(self, batch) -> tuple:
     """Teacher-forced cross-entropy summed over target tokens (weighted by target_mask), with the
-    correct-token count: sums, not means, so microbatches add up exactly to the whole batch. A batch
-    with the caption keys (data.captions_with_questions) adds its caption tokens to the same sums."""
-    if "caption_in" in batch:
-      logits, caption_logits = self.with_captions(
-        batch["image"],
-        batch["prompt"],
-        batch["prompt_len"],
-        batch["target_in"],
-        *(batch[k] for k in ("caption_prompt", "caption_prompt_len", "caption_in")),
-      )
-      parts = [
-        (logits, batch["target_out"], batch["target_mask"]),
-        (caption_logits, batch["caption_out"], batch["caption_mask"]),
-      ]
-    else:
-      logits = self(
-        batch["image"], batch["prompt"], batch["prompt_len"], batch["target_in"], **media_inputs(self.config, batch)
-      )
-      parts = [(logits, batch["target_out"], batch["target_mask"])]
+    correct-token count: sums, not means, so microbatches add up exactly to the whole batch. Every
+    text stream the batch carries (TEXT_STREAMS: e.g. its images' captions, data.captions_with_questions)
+    adds its tokens to the same sums."""
     xent = correct = weight = 0.0
-    for logits, labels, weights in parts:
+    for stream, logits in self.stream_logits(batch).items():
+      keys = stream_keys(stream)
+      labels, weights = batch[keys["target_out"]], batch[keys["target_mask"]]
       xent += (optax.softmax_cross_entropy_with_integer_labels(logits, labels) * weights).sum()
       correct += ((logits.argmax(-1) == labels) * weights).sum()
       weight += weights.sum()
     return xent, {"token_accuracy": correct, "weight": weight}
 
+  def stream_logits(self, batch) -> dict:
+    """Teacher-forced logits of every text stream of `batch` (stream name -> [rows, Lt, V]), off one
+    encoding of its images (and audio / video) that each stream's prompts read through the fusion:
+    G consecutive prompts per image when the stream has G times as many rows as there are images."""
+    media = self._encode_media(batch["image"], **media_inputs(self.config, batch))
+    out = {}
+    for stream in TEXT_STREAMS:
+      keys = stream_keys(stream)
+      if stream and keys["target_in"] not in batch:
+        continue  # the batch's own rows ("") are always there; other streams are optional
+      cond = self._condition(media, batch[keys["prompt"]], batch[keys["prompt_len"]], stream)
+      out[stream] = self.decoder(batch[keys["target_in"]], cond)
+    return out
+
   def setup(self):
     c = self.config
     dtype = jnp.dtype(c.dtype)
     impl = c.attention_implementation
-    # Memory knobs (absent from older configs): rematerialisation policy and scanning over layers.
-    knobs = dict(remat=str(c.get("remat", "none") or "none"), scan_layers=bool(c.get("scan_layers", False)))
+    # Memory knobs: rematerialisation policy and scanning over layers.
+    knobs = dict(remat=str(c.remat), scan_layers=bool(c.scan_layers))
     self.image_encoder = image_encoder(c, knobs, implementation=impl, dtype=dtype)
     self.text_encoder = TextEncoder(self.vocab_size, **c.text.to_dict(), implementation=impl, dtype=dtype, **knobs)
     check_fusion_media(c)
@@ -197,6 +213,11 @@ class VisionLanguageModel(nn.Module):
   def encode(
     self, images, prompt, prompt_len, *, audio=None, audio_len=None, video=None, video_len=None
   ) -> Conditioning:
+    media = self._encode_media(images, audio=audio, audio_len=audio_len, video=video, video_len=video_len)
+    return self._condition(media, prompt, prompt_len)
+
+  def _encode_media(self, images, *, audio=None, audio_len=None, video=None, video_len=None) -> dict:
+    """The fusion's media dict: modality -> (tokens [B, N, D], valid tokens [B] or None)."""
     given = {"audio": (audio, audio_len), "video": (video, video_len)}
     for m, (x, _) in given.items():
       if (x is None) == (m in self.media):
@@ -205,41 +226,28 @@ class VisionLanguageModel(nn.Module):
           if x is None
           else f"VisionLanguageModel: {m} was given but the model has no {m} encoder (config.model.{m} is off)."
         )
-    if images.shape[0] != prompt.shape[0]:
-      self._check_shared_images(images.shape[0], prompt.shape[0], audio is not None or video is not None)
     media = {"image": (self.image_encoder(images), None)}
     if audio is not None:
       media["audio"] = self._audio_tokens(audio, audio_len)
     if video is not None:
       media["video"] = self._video_tokens(video, video_len)
-    return self._condition(media, prompt, prompt_len)
+    return media
 
-  def _condition(self, media, prompt, prompt_len) -> Conditioning:
+  def _condition(self, media, prompt, prompt_len, stream: str = "") -> Conditioning:
+    """The fusion of encoded `media` with a stream's prompts (G consecutive prompts per image when
+    there are G times as many prompts as images)."""
+    n_images = media["image"][0].shape[0]
+    if prompt.shape[0] != n_images:
+      self._check_shared_images(n_images, prompt.shape[0], len(media) > 1, stream)
     text_tokens = self.text_encoder(prompt, prompt_len)
     return self.fusion(media, (text_tokens, prompt_len))
 
-  def with_captions(self, images, prompt, prompt_len, target_in, caption_prompt, caption_prompt_len, caption_in):
-    """Teacher-forced logits of G questions per image and of each image's caption, off one encoding
-    of the images (data.captions_with_questions): -> (logits [B, Lt, V], caption logits [B/G, Lc, V]).
-    The caption rows read their own image as a batch of one prompt per image."""
-    if caption_prompt.shape[0] != images.shape[0]:
-      raise ValueError(
-        f"VisionLanguageModel.with_captions: {caption_prompt.shape[0]} captions for "
-        f"{images.shape[0]} images; one caption per image."
-      )
-    if images.shape[0] != prompt.shape[0]:
-      self._check_shared_images(images.shape[0], prompt.shape[0], False)
-    media = {"image": (self.image_encoder(images), None)}
-    logits = self.decoder(target_in, self._condition(media, prompt, prompt_len))
-    caption_logits = self.decoder(caption_in, self._condition(media, caption_prompt, caption_prompt_len))
-    return logits, caption_logits
-
-  def _check_shared_images(self, n_images: int, n_prompts: int, other_media: bool):
+  def _check_shared_images(self, n_images: int, n_prompts: int, other_media: bool, stream: str = ""):
     """Several prompts per image (data.questions_per_image): G consecutive prompts read one image."""
     if n_images == 0 or n_prompts % n_images:
       raise ValueError(
-        f"VisionLanguageModel: {n_prompts} prompts cannot share {n_images} images (G consecutive "
-        "prompts per image needs the prompt batch to be a multiple of the image batch)."
+        f"VisionLanguageModel: {n_prompts} {stream + ' ' if stream else ''}prompts cannot share {n_images} images "
+        "(G consecutive prompts per image needs the prompt batch to be a multiple of the image batch)."
       )
     if other_media or not self.fusion.shares_media_across_prompts():
       raise ValueError(

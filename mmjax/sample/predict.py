@@ -9,7 +9,7 @@ import wave
 
 import numpy as np
 
-from mmjax.data import config as data_config_lib, manifest, pipeline, wav
+from mmjax.data import config as data_config_lib, examples, manifest, wav
 from mmjax.models import vlm
 from mmjax.sample import embed
 
@@ -35,7 +35,7 @@ def load_audio(path: str, data_config) -> tuple[np.ndarray, np.int32]:
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"--audio {path}: no such file.")
-  rate = int(data_config.get("audio_sample_rate", 16000))
+  rate = int(data_config.audio_sample_rate)
   try:
     clip = wav.read_wav(path, rate)
   except (wave.Error, EOFError, ValueError, OSError) as e:  # what the wave module raises on non-PCM data
@@ -51,7 +51,7 @@ def load_audio(path: str, data_config) -> tuple[np.ndarray, np.int32]:
       len(clip) / rate,
       window / rate,
     )
-  return pipeline.fit_clip(clip, window)
+  return examples.fit_clip(clip, window)
 
 
 def check_audio_flag(config, audio_paths) -> None:
@@ -61,7 +61,7 @@ def check_audio_flag(config, audio_paths) -> None:
   if hears and not audio_paths:
     what = (
       " and its questions are spoken (config.data.spoken_prompt): give the question as a WAV file"
-      if config.data.get("spoken_prompt", False)
+      if config.data.spoken_prompt
       else ": give the sound it hears as a WAV file"
     )
     raise ValueError(f"this model has an audio encoder (config.model.audio){what} with --audio=FILE.wav.")

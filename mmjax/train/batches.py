@@ -39,7 +39,7 @@ def check_data_media(config: ml_collections.ConfigDict, data_media) -> None:
       )
   if "audio" in vlm.media_modalities(config.model):
     model_rate = int(config.model.audio.get("sample_rate", AudioEncoder.sample_rate))
-    data_rate = int(config.data.get("audio_sample_rate", 16000))
+    data_rate = int(config.data.audio_sample_rate)
     if model_rate != data_rate:
       raise ValueError(
         f"config.model.audio.sample_rate={model_rate} but config.data.audio_sample_rate={data_rate}: "
@@ -63,7 +63,7 @@ def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict:
     n = max_audio_samples(config.data)
     batch |= {"audio": np.zeros((batch_size, n), np.int16), "audio_len": np.full((batch_size,), n, np.int32)}
   if "video" in media:
-    t = int(config.data.get("video_frames", 0))
+    t = int(config.data.video_frames)
     if t <= 0:
       raise ValueError(
         f"config.model.video turns on the video encoder, but config.data.video_frames={t}: set "

@@ -12,13 +12,12 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from mmjax.train import config as train_config
+
 # Config keys whose change makes a checkpoint unusable (shapes or meaning of the parameters).
 # Compute dtype and attention implementation may change between runs: they do not touch parameters.
-_MODEL_KEYS = ("model",)
+# config.model keys that do not change the parameters: a checkpoint may be restored under others.
 _FREE_MODEL_KEYS = ("dtype", "attention_implementation", "remat", "init_from")
-# Model keys added after checkpoints were already written: a checkpoint without them used this value.
-# Empty media sections = encoder off; no kind = the vision-language model (mmjax.registry's "models").
-_MODEL_KEY_DEFAULTS = {"scan_layers": False, "audio": {}, "video": {}, "kind": "vlm"}
 
 
 class CheckpointMismatch(ValueError):
@@ -116,16 +115,21 @@ def _check_finite_state(state, step: int) -> None:
         raise FloatingPointError(f"checkpoint {step} holds non-finite parameters.")
 
 
+def _parameter_config(config: dict) -> dict:
+  """config.model without its free keys, with the defaults of keys added since (train_config.upgrade);
+  an empty block and None both mean "off" (older configs wrote audio: {} for no audio encoder)."""
+  model = train_config.upgrade(config).model.to_dict()
+  return {k: (v or None) if isinstance(v, dict) else v for k, v in model.items() if k not in _FREE_MODEL_KEYS}
+
+
 def _check_compatible(saved: dict, current: dict, directory: str) -> None:
-  for key in _MODEL_KEYS:
-    a = {k: v for k, v in (_MODEL_KEY_DEFAULTS | (saved.get(key) or {})).items() if k not in _FREE_MODEL_KEYS}
-    b = {k: v for k, v in (_MODEL_KEY_DEFAULTS | (current.get(key) or {})).items() if k not in _FREE_MODEL_KEYS}
-    if a != b:
-      diffs = _diff(a, b, key)
-      raise CheckpointMismatch(
-        f"the checkpoint in {directory} was trained with a different `{key}` config "
-        f"({'; '.join(diffs[:5])}). Use a new --workdir, or the config it was trained with."
-      )
+  a, b = _parameter_config(saved), _parameter_config(current)
+  if a != b:
+    diffs = _diff(a, b, "model")
+    raise CheckpointMismatch(
+      f"the checkpoint in {directory} was trained with a different `model` config "
+      f"({'; '.join(diffs[:5])}). Use a new --workdir, or the config it was trained with."
+    )
 
 
 def _diff(a, b, prefix):

@@ -69,31 +69,31 @@ def _mesh_and_rules(mesh, rules):
 def make_setup(config: ml_collections.ConfigDict, vocab_size: int, devices=None) -> Setup:
   kind = model_class(config.model)
   kind.check_config(config)
-  if int(config.get("grad_accum_steps", 1) or 1) > 1 and not kind.accumulates_gradients:
+  if config.grad_accum_steps > 1 and not kind.accumulates_gradients:
     raise ValueError(
-      f"config.model.kind={config.model.get('kind', 'vlm')!r} trains on the whole global batch at "
+      f"config.model.kind={config.model.kind!r} trains on the whole global batch at "
       "once: its loss couples the examples of the batch, so microbatches (grad accumulation) would "
-      "change the objective; set --config.grad_accum_steps=1 and a --config.batch_size that fits."
+      "change the objective; set config.grad_accum_steps=1 and a config.batch_size that fits."
     )
   model = kind(config.model, vocab_size)
-  mesh = sharding.make_mesh(dict(config.mesh), dict(config.get("dcn_mesh", {}) or {}), devices=devices)
+  mesh = sharding.make_mesh(dict(config.mesh), dict(config.dcn_mesh), devices=devices)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.batch_size % shards:
     raise ValueError(
-      f"--config.batch_size={config.batch_size} is not divisible by the {shards} batch shards of the "
-      f"mesh {dict(mesh.shape)} (data x fsdp); change --config.batch_size or --config.mesh."
+      f"config.batch_size={config.batch_size} is not divisible by the {shards} batch shards of the "
+      f"mesh {dict(mesh.shape)} (data x fsdp); change config.batch_size or config.mesh."
     )
   images = config.batch_size // questions_per_image(config)
   if images % shards:
     raise ValueError(
-      f"--config.batch_size={config.batch_size} with --config.data.questions_per_image="
+      f"config.batch_size={config.batch_size} with config.data.questions_per_image="
       f"{config.data.questions_per_image} gives VQA batches of {images} images, not divisible by the "
-      f"{shards} batch shards of the mesh {dict(mesh.shape)}; change one of them or --config.mesh."
+      f"{shards} batch shards of the mesh {dict(mesh.shape)}; change one of them or config.mesh."
     )
   rules = sharding.rules_from_config(config.sharding.rules)
   tx = make_optimizer(config.optim, config.total_steps)
   # Frozen subtrees get zero updates and no optimizer state (config.model.freeze).
-  tx = transfer.freeze(tx, tuple(config.model.get("freeze", ()) or ()))
+  tx = transfer.freeze(tx, tuple(config.model.freeze))
   batch = dummy_batch(config, 1)
 
   def init(rng):

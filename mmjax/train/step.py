@@ -71,7 +71,7 @@ def make_train_step(
   microbatches whose gradients are summed before the single optimizer update.
   """
   model, tx = setup.model, setup.tx
-  accum = int(grad_accum_steps or setup.config.get("grad_accum_steps", 1) or 1)
+  accum = int(grad_accum_steps or setup.config.grad_accum_steps)
 
   def step(state: TrainState, batch):
     grads, metrics = grads_and_metrics(model, state.params, batch, accum)

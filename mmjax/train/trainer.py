@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import tqdm
 
-from mmjax.data import pipeline
+from mmjax.data import prepare
 from mmjax.models import transfer
 from mmjax.sample.report import write_report
 from mmjax.train import batches as batches_lib, state as state_lib, step as step_lib, workdir as workdir_lib
@@ -41,7 +41,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config has no `{key}`: every experiment config must define it.")
   for key in ("total_steps", "batch_size", "eval_every", "checkpoint_every"):
     if int(config[key]) <= 0:
-      raise ValueError(f"--config.{key}={config[key]} must be a positive integer.")
+      raise ValueError(f"config.{key}={config[key]} must be a positive integer.")
   for key in ("source", "manifest"):
     if key not in config.data:
       raise ValueError(
@@ -50,7 +50,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       )
   n = jax.process_count()
   if config.batch_size % n:
-    raise ValueError(f"--config.batch_size={config.batch_size} is not divisible by the {n} processes.")
+    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the {n} processes.")
 
 
 def train_and_evaluate(
@@ -86,7 +86,7 @@ def train_and_evaluate(
     logging.info("resumed from step %d in %s", start, ckpt.directory)
 
   first = next(train_iter)
-  step_fn = step_lib.make_train_step(setup, first, skip_nonfinite=config.get("skip_nonfinite", False))
+  step_fn = step_lib.make_train_step(setup, first, skip_nonfinite=config.skip_nonfinite)
   shardings = setup.batch_sharding(first)
   keys = batches_lib.batch_keys(config)
   writer = MetricWriter(workdir)
@@ -167,20 +167,20 @@ def train_and_evaluate(
 def _check_eval_splits(config, data) -> None:
   """Fails before training, not after it, when a split the run evaluates on is not in the dataset
   (a manifest without validation or test records; the error names the split and the manifest)."""
-  pipeline.check_split(data.builder, "test", "the final test evaluation")
+  prepare.check_split(data.builder, "test", "the final test evaluation")
   if config.eval_every < config.total_steps:
-    pipeline.check_split(
+    prepare.check_split(
       data.builder,
       "validation",
-      f"the evaluation every --config.eval_every={config.eval_every} steps (set it to at least "
-      f"--config.total_steps={config.total_steps} to train without it)",
+      f"the evaluation every config.eval_every={config.eval_every} steps (set it to at least "
+      f"config.total_steps={config.total_steps} to train without it)",
     )
 
 
 def _init_from(state, setup, config):
   """config.model.init_from = {"image_encoder": WORKDIR}: copy those subtrees from other runs'
   newest parameters. Only on a fresh start: a resumed run already holds its own."""
-  init_from = dict(config.model.get("init_from", {}) or {})
+  init_from = dict(config.model.init_from)
   if not init_from:
     return state
   params = transfer.init_from_workdirs(state.params, init_from, lambda wd: workdir_lib.load(wd).params)
@@ -188,12 +188,12 @@ def _init_from(state, setup, config):
 
 
 def _check_finite(pending, step, config):
-  if pending is None or config.get("skip_nonfinite", False):
+  if pending is None or config.skip_nonfinite:
     return
   metrics, at = pending
   if not bool(metrics["finite"]):
     raise NonFiniteLoss(
       f"non-finite loss or gradients at step {at} (loss={float(metrics['loss'])}, "
       f"grad_norm={float(metrics['grad_norm'])}); no checkpoint was written after it. "
-      "Lower optim.learning_rate, or set --config.skip_nonfinite=True to skip such updates."
+      "Lower optim.learning_rate, or set config.skip_nonfinite=True to skip such updates."
     )

@@ -11,17 +11,17 @@ import jax
 import ml_collections
 
 from mmjax import config_files
-from mmjax.data import pipeline
-from mmjax.train import batches as batches_lib, state as state_lib
+from mmjax.data import pipeline, prepare
+from mmjax.train import batches as batches_lib, config as train_config, state as state_lib
 from mmjax.train.checkpoint import Checkpointer
 
-TOKENIZER_FILENAME = pipeline.TOKENIZER_FILENAME  # the tokenizer a run keeps beside its checkpoints
+TOKENIZER_FILENAME = prepare.TOKENIZER_FILENAME  # the tokenizer a run keeps beside its checkpoints
 
 
 def load_data(config, workdir: str):
   """Prepares the dataset and the tokenizer; a workdir's own tokenizer wins (resume / sample).
   Fails when the model reads media (config.model.audio / video) the dataset does not carry."""
-  batches_lib.check_data_media(config, pipeline.dataset_media(config))  # before building the dataset
+  batches_lib.check_data_media(config, prepare.dataset_media(config))  # before building the dataset
   tok_path = os.path.join(workdir, TOKENIZER_FILENAME)
   data = pipeline.Data(config, tokenizer_path=tok_path if os.path.exists(tok_path) else None)
   if jax.process_index() == 0 and not os.path.exists(tok_path):
@@ -40,11 +40,14 @@ class Trained:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run was trained with (keys added to mmjax since then take their defaults), locked."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{workdir} holds no config.json: is it a mmjax training workdir?")
   with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+    config = train_config.upgrade(_tuples(json.load(f)))
+  config.lock()
+  return config
 
 
 def _tuples(d):
@@ -64,8 +67,7 @@ def load(workdir: str, overrides: dict | None = None) -> Trained:
   """
   workdir = os.path.abspath(workdir)
   config = load_config(workdir)
-  for key, value in (overrides or {}).items():
-    config_files.set_key(config, key, value)
+  config_files.apply_overrides(config, overrides or {})
   data = load_data(config, workdir)
   setup = state_lib.make_setup(config, data.tokenizer.vocab_size)
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, save_interval_steps=1)

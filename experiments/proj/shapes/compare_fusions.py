@@ -1,8 +1,8 @@
 r"""Trains every fusion family on the same data and step budget and tables the results.
 
-  python experiments/compare_fusions.py --workdir=workdirs/fusions --steps=300 \
+  python experiments/proj/shapes/compare_fusions.py --workdir=workdirs/fusions --steps=300 \
       --set=data.shapes.train_scenes=3000 --set=data.shapes.test_scenes=300 --readme=README.md
-  python experiments/compare_fusions.py ... --tasks=vqa,speech_vqa,av_matching   # + the audio tasks
+  python experiments/proj/shapes/compare_fusions.py ... --tasks=vqa,speech_vqa,av_matching   # + the audio tasks
 
 Rows: the fusion families (FAMILY_CONFIGS) and a contrastive row (experiments/configs/contrastive.py,
 config.model.kind='contrastive'; --families picks among them, --sizes=tiny for a smoke run). Each
@@ -49,7 +49,7 @@ from absl import app, flags, logging
 
 from mmjax import cli
 
-_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs")
 
 # family -> --sizes -> (config file in experiments/configs, its argument). cross_attention is the
 # default config (tiny.py its tiny variant); the other families' files take "default" for those sizes.
@@ -167,7 +167,7 @@ def _budget(c, steps=0, batch_size=0, overrides=()):
   c.data.questions_per_image = 1
   c.data.captions_with_questions = False
   for key, value in overrides:
-    config_files.set_key(c, key, value)
+    config_files.apply_overrides(c, {key: value})
   if steps:
     c.total_steps = steps
   if batch_size:
@@ -203,7 +203,7 @@ def _set_path(c, key: str, value) -> None:
 
   *parents, leaf = key.split(".")
   for p in parents:
-    if p not in c:
+    if c.get(p) is None:
       c[p] = ml_collections.ConfigDict()
     c = c[p]
   c[leaf] = value
@@ -216,7 +216,7 @@ def run_config(task: str, family: str, sizes="default", steps=0, batch_size=0, o
     if task != "vqa":
       raise ValueError(f"the {CONTRASTIVE} row has no audio: it runs on the vqa task only, not {task!r}.")
     c = _load(CONTRASTIVE_CONFIGS[sizes])
-    if c.model.get("kind") != "contrastive":
+    if c.model.kind != "contrastive":
       raise ValueError(f"{CONTRASTIVE_CONFIGS[sizes][0]} does not set model.kind='contrastive'.")
     return _budget(c, steps, batch_size, overrides)
   if family not in FAMILY_CONFIGS:
@@ -261,10 +261,12 @@ def comparison_configs(families, tasks=("vqa",), sizes="default", steps=0, batch
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
+  """Flat key -> value; a None block (an optional encoder that is off, model.audio) has no keys."""
   out = {}
   for k, v in d.items():
     key = f"{prefix}{k}"
-    out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    if v is not None:
+      out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
   return out
 
 
@@ -316,10 +318,11 @@ def _clips_fill_window(config) -> bool:
   """Whether every example of every split of the (prepared) data of `config` has audio_len equal to
   the data.max_audio_seconds window, i.e. no clip is padded."""
   from mmjax.data import config as data_config, pipeline
+  from mmjax.data.examples import SPLITS
 
   data = pipeline.Data(config)
   window = data_config.max_audio_samples(config.data)
-  for split in pipeline.SPLITS:
+  for split in SPLITS:
     sd = data.split(split)
     if any(int(sd.example(i)["audio_len"]) < window for i in range(len(sd))):
       return False
@@ -552,7 +555,7 @@ def markdown(results: dict, configs: dict, command: str, date: str, machine: str
   if contrastive:
     cc = configs["vqa"][CONTRASTIVE]
     text.append(
-      f"Contrastive row: `experiments/configs/contrastive.py` ({cc.model.get('loss', 'siglip')} loss) on the same "
+      f"Contrastive row: `experiments/configs/contrastive.py` ({cc.model.loss} loss) on the same "
       f"data, seed, optimizer, schedule and budget; its config may differ from the families' only in "
       f"{_and(f'`{k}`' for k in CONTRASTIVE_KEYS)}. It trains on the captioning examples alone and generates "
       "nothing: its columns are test image-to-text and text-to-image retrieval recall@1/5/10 over the split's "
@@ -643,7 +646,7 @@ def _command() -> str:
   """The command line of this run, rebuilt from the flags given (whatever called main)."""
   names = ("workdir", "families", "tasks", "sizes", "steps", "batch_size", "set", "readme", "table", "progress")
   args = [line for name in names if flags.FLAGS[name].present for line in flags.FLAGS[name].serialize().splitlines()]
-  return shlex.join(["python", "experiments/compare_fusions.py", *args])
+  return shlex.join(["python", "experiments/proj/shapes/compare_fusions.py", *args])
 
 
 def _machine() -> str:
@@ -659,14 +662,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  from mmjax.data import pipeline
+  from mmjax.data import prepare
 
   families = _FAMILIES.value or list(FAMILY_CONFIGS) + [CONTRASTIVE]
   tasks = list(dict.fromkeys(_TASKS.value))
   overrides = [parse_override(s) for s in _SET.value]
   configs = comparison_configs(families, tasks, _SIZES.value, _STEPS.value, _BATCH.value, overrides)
   for runs in configs.values():  # the same data for all runs of a task: built once, outside the timings
-    pipeline.prepare(next(iter(runs.values())))
+    prepare.prepare(next(iter(runs.values())))
   notes = fit_audio(configs)
   for task, note in notes.items():
     for family, why in note["skipped"].items():

@@ -41,12 +41,12 @@ def main(argv):
   from mmjax.train import workdir as workdir_lib
 
   t = workdir_lib.load(_WORKDIR.value)
-  if not t.config.model.get("image_encoder", "vit").endswith(":ObjectEncoder"):
+  if not t.config.model.image_encoder.endswith(":ObjectEncoder"):
     raise ValueError(
       f"{_WORKDIR.value} was trained with model.image_encoder="
-      f"{t.config.model.get('image_encoder', 'vit')!r}; this inspects the 'objects' encoder."
+      f"{t.config.model.image_encoder!r}; this inspects the 'objects' encoder."
     )
-  if t.config.data.get("manifest"):
+  if t.config.data.manifest:
     raise ValueError("inspect_slots reads object colours off shapes scenes; this workdir trained on a manifest.")
   split = t.data.split(_SPLIT.value)
   first = np.unique(split.index[:, 0], return_index=True)[1][: _NUM.value]  # one example per scene

@@ -30,6 +30,7 @@ from absl import flags
 
 from mmjax import cli, config_files
 from mmjax.data import pipeline
+from mmjax.data.examples import TASK_VQA, SplitData
 from mmjax.projects.shapes import scenes as shapes
 from mmjax.train import optim
 
@@ -131,7 +132,7 @@ class OracleReasoner(nn.Module):
     return nn.Dense(self.vocab_size)(nn.LayerNorm()(x[:, 0]))
 
 
-def text_arrays(split: pipeline.SplitData, ids, tokenizer, max_len: int):
+def text_arrays(split: SplitData, ids, tokenizer, max_len: int):
   """(prompt tokens [N, max_len], prompt lengths [N], first answer token [N]) of VQA examples."""
   prompts = np.zeros((len(ids), max_len), np.int32)
   lengths = np.zeros(len(ids), np.int32)
@@ -142,7 +143,7 @@ def text_arrays(split: pipeline.SplitData, ids, tokenizer, max_len: int):
   return prompts, lengths, answers
 
 
-def scene_images(split: pipeline.SplitData) -> np.ndarray:
+def scene_images(split: SplitData) -> np.ndarray:
   """uint8 [scenes, S, S, 3], row r = the image of record r."""
   first = np.unique(split.index[:, 0], return_index=True)[1]
   return np.stack([split.example(i)["image"] for i in first])
@@ -153,8 +154,8 @@ def main(argv):
   config = config_files.load("experiments/configs/proj/shapes/objects.py")
   data = pipeline.Data(config)
   train, val = data.split("train"), data.split("validation")
-  train_ids = np.flatnonzero(train.task == pipeline.TASK_VQA)
-  val_ids = np.flatnonzero(val.task == pipeline.TASK_VQA)[: FLAGS.eval_examples]
+  train_ids = np.flatnonzero(train.task == TASK_VQA)
+  val_ids = np.flatnonzero(val.task == TASK_VQA)[: FLAGS.eval_examples]
   tok, max_len = data.tokenizer, int(config.data.max_prompt_len)
   scene_tokens = object_tokens(scene_images(train))  # examples of a scene share its image
   scene_of = train.index[:, 0]

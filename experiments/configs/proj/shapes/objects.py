@@ -9,15 +9,13 @@ neighbour tokens pair each object with its nearest and furthest other object, wh
 data's relational questions ask about.
 """
 
-import os
-
 import ml_collections
 
 from mmjax import config_files
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = config_files.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "default.py"), arg)
+  c = config_files.sibling(__file__, "../../default", arg)
   c.total_steps = 1900  # 12 min 51 s in all (project README)
   c.eval_every = 1000
   # Training-only questions per train scene (never scored; see the shapes data's AUXILIARY_KINDS):
