@@ -406,8 +406,7 @@ def test_object_encoder_trains_resumes_samples_and_inspects(tiny_config, tmp_pat
   assert out.returncode == 0, out.stderr[-2000:]
   lines = out.stdout.splitlines()
   separate = lines[1].split(":")[1].split("/")
-  assert int(separate[1]) == 4 and 0 <= int(separate[0]) <= 4
-  assert 0.0 <= float(lines[2].split()[-1]) <= 1.0
+  assert int(separate[1]) == 4
   # Colour grouping holds from step 0: every object gets its own slot and the slot's centroid
   # (of its full-resolution mask) is within a pixel of the object's.
   assert int(separate[0]) == 4 and float(lines[3].split()[-1]) < 0.25, out.stdout
@@ -416,7 +415,9 @@ def test_object_encoder_trains_resumes_samples_and_inspects(tiny_config, tmp_pat
   assert out.returncode == 0, out.stderr[-2000:]
   with open(os.path.join(wd, "samples", "validation_templates.json")) as f:
     table = json.load(f)
-  assert table and all(t.count("<") >= 1 and 0.0 <= r["accuracy"] <= 1.0 and r["count"] >= 1 for t, r in table.items())
+  # Each template's accuracy is a whole number of its questions answered right.
+  assert table and all(t.count("<") >= 1 and r["count"] >= 1 for t, r in table.items())
+  assert all(abs(r["accuracy"] * r["count"] - round(r["accuracy"] * r["count"])) < 1e-6 for r in table.values())
   printed = dict(reversed(line.split("n=")[1].split(None, 1)) for line in out.stdout.splitlines() if " n=" in line)
   assert {t: int(n) for t, n in printed.items()} == {t: r["count"] for t, r in table.items()}
 

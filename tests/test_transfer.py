@@ -31,7 +31,11 @@ def test_freeze_zeroes_updates_of_frozen_subtrees_only():
   jax.tree.map(np.testing.assert_array_equal, new["image_encoder"], params["image_encoder"])
   assert not np.allclose(new["decoder"]["w"], params["decoder"]["w"])
   assert freeze_labels(params, ("image_encoder/b",))["image_encoder"] == {"a": "trainable", "b": {"kernel": "frozen"}}
-  assert freeze(optax.sgd(1.0), ()) is not None
+  # Nothing frozen: the same updates as the plain optimizer.
+  plain, frozen_none = optax.sgd(1.0), freeze(optax.sgd(1.0), ())
+  got, _ = frozen_none.update(grads, frozen_none.init(params), params)
+  want, _ = plain.update(grads, plain.init(params), params)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
   with pytest.raises(KeyError, match="no parameters under 'vision'"):
     freeze_labels(params, ("vision",))
 
