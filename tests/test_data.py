@@ -356,7 +356,7 @@ def test_truncation_is_reported_with_the_flag(shapes_data, caplog):
   assert data.truncated["prompt"] == too_long and too_long
   assert data.truncated["target"] == {c for r in data.records for c in r["captions"]}  # answers fit in 7
   assert f"{len(too_long)} distinct prompts are longer than the {longest - 1} tokens" in caplog.text
-  assert "--config.data.max_prompt_len" in caplog.text and "--config.data.max_target_len" in caplog.text
+  assert "config.data.max_prompt_len" in caplog.text and "config.data.max_target_len" in caplog.text
 
 
 def test_grain_state_resumes_exactly(shapes_data):

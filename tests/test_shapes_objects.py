@@ -378,7 +378,8 @@ def test_object_encoder_trains_resumes_samples_and_inspects(tiny_config, tmp_pat
 
   project = config_files.load(os.path.join(ROOT, "experiments", "configs", "proj", "shapes", "objects.py"))
   tiny_config.model.image_encoder = project.model.image_encoder  # the project job's encoder, tiny sizes
-  tiny_config.model.objects = project.model.objects
+  with tiny_config.unlocked():  # a loaded config is locked: adding the project's block is explicit
+    tiny_config.model.objects = project.model.objects
   tiny_config.model.objects.update(
     dict(width=32, feature_dim=8, iterations=2, depth=1, num_heads=2, mlp_dim=64, slopes=(60.0, -30.0))
   )
