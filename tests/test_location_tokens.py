@@ -189,3 +189,26 @@ def test_parse_of_decoded_detection_text(plain):
     assert [l for l, _ in parsed] == labels
     for (_, got), want in zip(parsed, bxs):
       assert np.max(np.abs(np.array(got) - want)) <= 1 / 2048 + 1e-9
+
+
+def test_config_location_bins_reach_the_tokenizer_model_and_decoding(tiny_config, tmp_path):
+  """config.data.location_bins: the run's tokenizer has N location ids after its pieces (the same
+  SentencePiece file as without them), the model's vocabulary includes them, decoding is
+  constrained to them inside a box, and a workdir's tokenizer reloads with the run's N."""
+  from mmjax.data import pipeline
+  from mmjax.sample.generate import options_from_config
+  from mmjax.train import state as state_lib
+
+  plain = pipeline.Data(tiny_config).tokenizer
+  tiny_config.data.location_bins = 16
+  data = pipeline.Data(tiny_config)
+  tok = data.tokenizer
+  assert tok.model_proto == plain.model_proto and tok.vocab_size == plain.vocab_size + 16
+  assert tok.encode("<loc0003>") == [plain.vocab_size + 3]
+  assert options_from_config(tiny_config, tok).location_range == (plain.vocab_size, plain.vocab_size + 16)
+  setup = state_lib.make_setup(tiny_config, tok.vocab_size)
+  assert setup.model.vocab_size == plain.vocab_size + 16
+  path = tmp_path / "tokenizer.model"
+  tok.save(path)
+  again = pipeline.Data(tiny_config, tokenizer_path=str(path)).tokenizer
+  assert again.vocab_size == tok.vocab_size and again.decode(again.encode("<loc0015> x")) == "<loc0015> x"

@@ -20,6 +20,9 @@ Keys (defaults):
   max_prompt_len      16     prompt tokens (longer prompts are cut, with a warning).
   max_target_len      64     target tokens incl. bos/eos (longer targets are cut, with a warning).
   vocab_size          512    SentencePiece vocabulary size (a maximum, incl. 256 byte pieces).
+  location_bins       0      N > 0: N location tokens <loc0000>.. after the SentencePiece pieces
+                             (mmjax.location_tokens; boxes quantised to N bins per axis). The
+                             tokenizer file is the same for any N: a run's config carries it.
 Audio and video (all off by default; each setting is prepared into its own dataset directory):
   spoken_questions    False  also store every question as speech (espeak-ng, see speech.py;
                              needs `apt-get install espeak-ng`).
@@ -77,6 +80,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.max_prompt_len = 16
   c.max_target_len = 64
   c.vocab_size = 512
+  c.location_bins = 0
   c.spoken_questions = False
   c.video_frames = 0
   c.audio_sample_rate = 16000

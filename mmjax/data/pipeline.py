@@ -29,7 +29,12 @@ class Data:
     self.config = config
     self.source = prepare.source(config)
     self.builder = prepare.prepare_builder(config)
-    self.tokenizer = Tokenizer.load(tokenizer_path) if tokenizer_path else prepare.load_tokenizer(config, self.builder)
+    bins = int(prepare.data_config(config).location_bins)
+    self.tokenizer = (
+      Tokenizer.load(tokenizer_path, location_bins=bins)
+      if tokenizer_path
+      else prepare.load_tokenizer(config, self.builder)
+    )
     self._splits: dict[str, SplitData] = {}
 
   def split(self, name: str) -> SplitData:

@@ -88,14 +88,15 @@ def load_tokenizer(config, builder=None) -> Tokenizer:
   missing (or if it was trained for another vocab_size, recorded in ``tokenizer.model.vocab``)."""
   builder = builder or prepare_builder(config)
   vocab_size = int(data_config(config).vocab_size)
+  bins = int(data_config(config).location_bins)
   path = tokenizer_path(builder)
   meta = path + ".vocab_size"
   if os.path.exists(path) and os.path.exists(meta):
     with open(meta) as f:
       if f.read().strip() == str(vocab_size):
-        return Tokenizer.load(path)
+        return Tokenizer.load(path, location_bins=bins)
   logging.info("training tokenizer (vocab_size=%d) -> %s", vocab_size, path)
-  tok = Tokenizer.train(tokenizer_training_texts(builder, dataset=source(config)), path, vocab_size)
+  tok = Tokenizer.train(tokenizer_training_texts(builder, dataset=source(config)), path, vocab_size, location_bins=bins)
   tmp = meta + f".tmp{os.getpid()}"
   with open(tmp, "w") as f:
     f.write(str(vocab_size))
