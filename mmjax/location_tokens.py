@@ -52,18 +52,26 @@ def _check_num_bins(num_bins) -> int:
   return int(num_bins)
 
 
+def as_boxes(boxes, name: str) -> np.ndarray:
+  """float64 boxes [..., 4] ([y0, x0, y1, x1]), finite; otherwise a ValueError naming `name`."""
+  try:
+    b = np.asarray(boxes, dtype=np.float64)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} {_show(boxes)} must be numbers of shape [..., 4] ([y0, x0, y1, x1]).") from None
+  if b.shape[-1:] != (4,):
+    raise ValueError(f"{name} must have shape [..., 4] ([y0, x0, y1, x1]), got {b.shape}.")
+  if not np.all(np.isfinite(b)):
+    raise ValueError(f"{name} has non-finite coordinates.")
+  return b
+
+
 def box_to_bins(box, num_bins: int) -> np.ndarray:
   """Bin indices (int64, same shape as `box`: [..., 4]) of normalised coordinates: bin i covers
   [i/N, (i+1)/N), and 1.0 goes to bin N-1. Raises ValueError for coordinates outside [0, 1]; the
   order y0 <= y1 is not checked here (normalize_box does that) and is preserved by quantisation."""
   n = _check_num_bins(num_bins)
-  try:
-    b = np.asarray(box, dtype=np.float64)
-  except (TypeError, ValueError):
-    raise ValueError(f"box {_show(box)} must be numbers [..., 4].") from None
-  if b.shape[-1:] != (4,):
-    raise ValueError(f"box must have shape [..., 4], got {b.shape}.")
-  if not np.all(np.isfinite(b)) or np.any(b < 0) or np.any(b > 1):
+  b = as_boxes(box, "box")
+  if np.any(b < 0) or np.any(b > 1):
     raise ValueError(f"box {_show(b.reshape(-1))} must be normalised coordinates in [0, 1] (see normalize_box).")
   return np.minimum(np.floor(b * n), n - 1).astype(np.int64)
 

@@ -27,27 +27,16 @@ from typing import Hashable, Sequence
 import numpy as np
 
 from mmjax.evaluate.text import normalize_answer
+from mmjax.location_tokens import as_boxes
 
 IOU_THRESHOLD = 0.5
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # pycocotools' recThrs
 
 
-def _as_boxes(boxes, name: str) -> np.ndarray:
-  try:
-    b = np.asarray(boxes, dtype=np.float64)
-  except (TypeError, ValueError):
-    raise ValueError(f"{name} must be numbers of shape [..., 4] ([y0, x0, y1, x1]).") from None
-  if b.shape[-1:] != (4,):
-    raise ValueError(f"{name} must have shape [..., 4] ([y0, x0, y1, x1]), got {b.shape}.")
-  if not np.all(np.isfinite(b)):
-    raise ValueError(f"{name} has non-finite coordinates.")
-  return b
-
-
 def iou(a, b) -> np.ndarray:
   """Intersection over union of boxes [..., 4] ([y0, x0, y1, x1]), broadcasting the leading axes.
   A float64 scalar for two single boxes. 0 for disjoint boxes and whenever the union has no area."""
-  a, b = _as_boxes(a, "a"), _as_boxes(b, "b")
+  a, b = as_boxes(a, "a"), as_boxes(b, "b")
   extent = lambda lo, hi: np.maximum(hi - lo, 0.0)
   inter = extent(np.maximum(a[..., 0], b[..., 0]), np.minimum(a[..., 2], b[..., 2])) * extent(
     np.maximum(a[..., 1], b[..., 1]), np.minimum(a[..., 3], b[..., 3])
@@ -71,7 +60,7 @@ def referring(pred_boxes: Sequence, gt_boxes: Sequence) -> dict[str, float]:
 
 
 def _boxes_of(pairs_boxes: list, name: str) -> np.ndarray:
-  return _as_boxes(pairs_boxes, name).reshape(-1, 4) if pairs_boxes else np.zeros((0, 4))
+  return as_boxes(pairs_boxes, name).reshape(-1, 4) if pairs_boxes else np.zeros((0, 4))
 
 
 def average_precision50(predictions: Sequence[Sequence], ground_truth: Sequence[Sequence]) -> dict[Hashable, float]:
@@ -106,7 +95,7 @@ def _average_precision(label, predictions, ground_truth) -> float:
       score, box = mine[k]
       hit = False
       if len(gt_boxes):
-        overlaps = np.where(matched, -1.0, iou(_as_boxes(box, f"predictions[{i}] box"), gt_boxes))
+        overlaps = np.where(matched, -1.0, iou(as_boxes(box, f"predictions[{i}] box"), gt_boxes))
         best = int(np.argmax(overlaps))  # first of equal IoUs
         if overlaps[best] >= IOU_THRESHOLD:
           matched[best] = hit = True
@@ -164,7 +153,7 @@ def grounded_caption_accuracy(pred: Sequence[Sequence], gt: Sequence[Sequence]) 
     p_boxes = _boxes_of([box for _, box in p_pairs], f"pred[{i}]")
     adjacent = []
     for phrase, box in g_pairs:
-      overlaps = iou(_as_boxes(box, f"gt[{i}]"), p_boxes) if len(p_boxes) else np.zeros(0)
+      overlaps = iou(as_boxes(box, f"gt[{i}]"), p_boxes) if len(p_boxes) else np.zeros(0)
       phrase = normalize_answer(phrase)
       adjacent.append([k for k, (q, o) in enumerate(zip(p_phrases, overlaps)) if q == phrase and o >= IOU_THRESHOLD])
     total += len(g_pairs)
