@@ -11,6 +11,15 @@ the lowest floor (plain numpy / Python, no JAX, no dataset) so that the tokenize
 * Location tokens are `num_bins` ids reserved in the decoder's vocabulary, written "<loc0012>" in
   text with at least 4 digits (PaliGemma's spelling). A detection output is a sequence of objects
   separated by " ; ", each 4 location tokens followed by its label.
+* Boxes in a dataset's text are written in *markup*, `<box>y0 x0 y1 x1</box>` with exact normalised
+  coordinates, so that prepared data does not depend on the bin count: `LocationTokens.render` turns
+  each into the 4 location tokens of the run's N bins, and `parse` / `phrases` read both forms (the
+  model's location tokens, bin centres; a reference's markup, exact).
+* Grounded text conventions (the same for every dataset, so one parser scores them all):
+  - detection / referring (PaliGemma): `detection_text`, objects joined by " ; ", each its box then
+    its label ("<box>..</box> dog ; <box>..</box> cat"); a referring answer is one box alone;
+  - grounded phrases (Kosmos-2): `phrase_text`, a phrase in `<phrase>..</phrase>` followed by its
+    box, inside running text ("<phrase>a black dog</phrase><box>..</box> on the grass, ...").
 """
 
 from __future__ import annotations
@@ -26,6 +35,13 @@ Box = tuple[float, float, float, float]
 
 # Anything spelled like a location token, with any number of digits (group 1: the digits).
 LOC_PATTERN = re.compile(r"<loc([0-9]+)>")
+# A box in markup (group 1: what is inside, meant to be 4 numbers).
+BOX_MARKUP = re.compile(r"<box>([^<>]*)</box>")
+# One box-like item of text: a location token (group 1) or a box in markup (group 2).
+_ITEM = re.compile(r"<loc([0-9]+)>|<box>([^<>]*)</box>")
+PHRASE = re.compile(r"<phrase>(.*?)</phrase>", re.S)
+# Right after a phrase: its box, exactly 4 location tokens (group 1) or markup (group 2).
+_LEADING_BOX = re.compile(r"\s*(?:((?:<loc[0-9]+>\s*){4})(?!\s*<loc)|<box>([^<>]*)</box>)")
 
 
 def _show(box) -> str:
@@ -87,6 +103,66 @@ def bins_to_box(bins, num_bins: int) -> np.ndarray:
   if np.any(b < 0) or np.any(b >= n):
     raise ValueError(f"bins {_show(b.reshape(-1))} must be in [0, {n}).")
   return (b.astype(np.float64) + 0.5) / n
+
+
+def _ordered_box(b: np.ndarray) -> bool:
+  return bool(np.all((b >= 0) & (b <= 1)) and b[0] <= b[2] and b[1] <= b[3])
+
+
+def box_markup(box) -> str:
+  """The markup of a normalised box: "<box>0.125 0.25 0.265625 0.390625</box>" (each coordinate's
+  shortest decimal that reads back as the same float64, so the markup is exact). Raises ValueError for a box
+  outside [0, 1] or with y1 < y0 or x1 < x0 (validate annotations with data.boxes.normalize_box)."""
+  b = as_boxes(box, "box")
+  if b.shape != (4,) or not _ordered_box(b):
+    raise ValueError(f"box {_show(b.reshape(-1))} must be one normalised box [y0, x0, y1, x1] with y0 <= y1, x0 <= x1.")
+  return "<box>" + " ".join(repr(float(v)) for v in b) + "</box>"
+
+
+def markup_box(inner: str) -> Box | None:
+  """The box inside "<box>...</box>" (its 4 numbers), or None when they are not a normalised box."""
+  try:
+    b = np.array([float(v) for v in inner.split()], np.float64)
+  except ValueError:
+    return None
+  if b.shape != (4,) or not np.all(np.isfinite(b)) or not _ordered_box(b):
+    return None
+  return tuple(float(v) for v in b)
+
+
+def has_boxes(text: str) -> bool:
+  return BOX_MARKUP.search(text) is not None
+
+
+def strip_boxes(text: str) -> str:
+  """`text` without its box markup (what a tokenizer trains on: boxes become location tokens)."""
+  return " ".join(BOX_MARKUP.sub(" ", text).split()) if has_boxes(text) else text
+
+
+def detection_text(objects: Sequence[tuple[str, Box]], labels: Sequence[str] | None = None) -> str:
+  """Detection text in markup for (label, box) objects: "<box>..</box> dog ; <box>..</box> cat".
+
+  The order is fixed so that a decoder learns one answer per image: objects grouped by label in the
+  order of `labels` (the prompt's; None: sorted labels), and in raster order (top to bottom, then
+  left to right by their top-left corner) within a label. Objects whose label is not in `labels` are
+  left out."""
+  order = sorted({label for label, _ in objects}) if labels is None else list(labels)
+  rank = {label: i for i, label in enumerate(order)}
+  kept = sorted(
+    ((label, tuple(box)) for label, box in objects if label in rank), key=lambda o: (rank[o[0]], o[1][0], o[1][1])
+  )
+  return " ; ".join(f"{box_markup(box)} {label}" for label, box in kept)
+
+
+def detect_prompt(labels: Sequence[str]) -> str:
+  """The detection prompt for these labels (PaliGemma): "detect dog ; cat"; with one referring
+  expression, "detect the dog on the left", it asks for that one box."""
+  return "detect " + " ; ".join(labels)
+
+
+def phrase_text(phrase: str, box) -> str:
+  """A grounded phrase in markup: "<phrase>a black dog</phrase><box>..</box>" (Kosmos-2 style)."""
+  return f"<phrase>{phrase}</phrase>{box_markup(box)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,32 +268,73 @@ class LocationTokens:
       raise ValueError(f"box_text takes one box of 4 coordinates, got shape {bins.shape}.")
     return self.text(bins)
 
+  def render(self, text: str, where: str = "") -> str:
+    """`text` with each box in markup replaced by its 4 location tokens (module docstring); a
+    malformed "<box>...</box>" is a one-line ValueError starting with `where`."""
+
+    def tokens(m) -> str:
+      box = markup_box(m.group(1))
+      if box is None:
+        raise ValueError(
+          f"{where + ': ' if where else ''}{m.group(0)!r} is not a box: write <box>y0 x0 y1 x1</box> with 4 "
+          "normalised coordinates in [0, 1], y0 <= y1 and x0 <= x1."
+        )
+      return self.box_text(box)
+
+    return BOX_MARKUP.sub(tokens, text)
+
   def parse(self, text: str) -> list[tuple[str, Box]]:
     """[(label, box)] from detection text such as "<loc0010><loc0020><loc0500><loc0600> dog ; <loc..>x4 cat".
 
     Model output is taken as it comes and never raises: an object is exactly 4 consecutive location
-    tokens (whitespace between them allowed) followed by its label, which runs to the next location
-    token or ";" (so a missing " ; " between objects is tolerated). Skipped: runs of other than 4
-    location tokens (incomplete or merged groups) with their label, text before any group, bins >= num_bins,
-    and boxes with y1 < y0 or x1 < x0. The label is whitespace-normalised and may be "" (a box alone,
-    as in referring-expression output). Boxes are bin centres, so equal bins give a zero-area box.
+    tokens (whitespace between them allowed), or one box in markup (a reference's exact box),
+    followed by its label, which runs to the next box or ";" (so a missing " ; " between objects is
+    tolerated). Skipped: runs of other than 4 location tokens (incomplete or merged groups) with their
+    label, text before any box, bins >= num_bins, malformed markup, and boxes with y1 < y0 or x1 < x0.
+    The label is whitespace-normalised and may be "" (a box alone, as in referring-expression output).
+    Boxes from tokens are bin centres, so equal bins give a zero-area box.
     """
     if not isinstance(text, str):
       return []
     out: list[tuple[str, Box]] = []
     for segment in text.split(";"):
-      pieces = LOC_PATTERN.split(segment)  # text, digits, text, digits, ..., text
-      run: list[int] = []
-      for i, piece in enumerate(pieces):
-        if i % 2:
-          run.append(int(piece))
-        elif piece.strip() or i == len(pieces) - 1:
-          self._emit(run, " ".join(piece.split()), out)
+      run: list = []  # consecutive items: bins (int) and markup boxes (Box or None)
+      pos = 0
+      for m in _ITEM.finditer(segment):
+        between = segment[pos : m.start()]
+        if between.strip():
+          self._emit(run, " ".join(between.split()), out)
           run = []
+        run.append(int(m.group(1)) if m.group(1) is not None else ("box", markup_box(m.group(2))))
+        pos = m.end()
+      self._emit(run, " ".join(segment[pos:].split()), out)
     return out
 
-  def _emit(self, run: list[int], label: str, out: list) -> None:
-    if len(run) != 4 or any(b >= self.num_bins for b in run):
+  def phrases(self, text: str) -> list[tuple[str, Box]]:
+    """[(phrase, box)] of grounded text: each "<phrase>...</phrase>" directly followed (whitespace
+    allowed) by its box, 4 location tokens or markup. Never raises; a phrase without a well-formed box
+    right after it is skipped. Phrases are whitespace-normalised."""
+    if not isinstance(text, str):
+      return []
+    out: list[tuple[str, Box]] = []
+    for m in PHRASE.finditer(text):
+      after = _LEADING_BOX.match(text, m.end())
+      if after is None:
+        continue
+      run = (
+        [int(b) for b in LOC_PATTERN.findall(after.group(1))]
+        if after.group(1)
+        else [("box", markup_box(after.group(2)))]
+      )
+      self._emit(run, " ".join(m.group(1).split()), out)
+    return out
+
+  def _emit(self, run: list, label: str, out: list) -> None:
+    if len(run) == 1 and isinstance(run[0], tuple):
+      if run[0][1] is not None:
+        out.append((label, run[0][1]))
+      return
+    if len(run) != 4 or not all(isinstance(b, int) for b in run) or any(b >= self.num_bins for b in run):
       return
     y0, x0, y1, x1 = run
     if y1 < y0 or x1 < x0:

@@ -281,3 +281,149 @@ def test_parse_never_raises_on_garbage():
     for label, box in LOC.parse(text):
       assert isinstance(label, str) and len(box) == 4
       assert all(0 <= c <= 1 for c in box) and box[0] <= box[2] and box[1] <= box[3]
+
+
+# ------------------------------------------------------------------------------ markup in dataset text
+
+from mmjax.location_tokens import (  # noqa: E402
+  box_markup,
+  detect_prompt,
+  detection_text,
+  markup_box,
+  phrase_text,
+  strip_boxes,
+)
+
+
+def test_box_markup_is_exact_for_pixel_edges():
+  rng = np.random.default_rng(7)
+  for size in (32, 64, 100, 640, 4032):
+    for _ in range(200):
+      y0, y1 = sorted(rng.integers(0, size + 1, 2))
+      x0, x1 = sorted(rng.integers(0, size + 1, 2))
+      box = (y0 / size, x0 / size, y1 / size, x1 / size)
+      text = box_markup(box)
+      assert text.startswith("<box>") and text.endswith("</box>")
+      assert markup_box(text[5:-6]) == box  # exact
+  assert box_markup([0.0, 0.25, 0.5, 1.0]) == "<box>0.0 0.25 0.5 1.0</box>"
+
+
+@pytest.mark.parametrize(
+  "bad", [[0.1, 0.2, 0.3], [0.5, 0.0, 0.2, 1.0], [0.0, 0.6, 1.0, 0.5], [-0.1, 0, 1, 1], [0, 0, 1, 1.5]]
+)
+def test_box_markup_rejects_bad_boxes(bad):
+  with pytest.raises(ValueError):
+    box_markup(bad)
+
+
+@pytest.mark.parametrize(
+  "inner",
+  ["0.1 0.2 0.3", "0.1 0.2 0.3 0.4 0.5", "a b c d", "0.5 0 0.2 1", "0 0.6 1 0.5", "-0.1 0 1 1", "0 0 1 nan", ""],
+)
+def test_markup_box_returns_none_for_non_boxes(inner):
+  assert markup_box(inner) is None
+
+
+def test_render_hand_computed():
+  loc = LocationTokens.for_vocab(100, 4)
+  # 0.25 * 4 = 1 -> bin 1; 0.5 -> 2; 0.75 -> 3; 1.0 (the edge) -> bin 3, not 4.
+  assert loc.render("<box>0.25 0.5 0.75 1</box> dog") == "<loc0001><loc0002><loc0003><loc0003> dog"
+  assert loc.render("no boxes here") == "no boxes here"
+  text = "<phrase>a dog</phrase><box>0 0 0.2 0.3</box> on the left, <phrase>a cat</phrase><box>0.5 0.5 1 1</box>"
+  assert loc.render(text) == (
+    "<phrase>a dog</phrase><loc0000><loc0000><loc0000><loc0001> on the left, "
+    "<phrase>a cat</phrase><loc0002><loc0002><loc0003><loc0003>"
+  )
+
+
+@pytest.mark.parametrize(
+  "bad", ["<box>0.1 0.2 0.3</box>", "<box>0.5 0 0.2 1</box>", "<box>a b c d</box>", "<box>0 0 2 1</box>"]
+)
+def test_render_names_where_on_malformed_markup(bad):
+  with pytest.raises(ValueError, match=r"^train record 'x7' question 2: .*is not a box"):
+    LocationTokens.for_vocab(100, 64).render(f"{bad} dog", where="train record 'x7' question 2")
+
+
+def test_render_then_parse_is_within_half_a_bin():
+  rng = np.random.default_rng(3)
+  for n in (1, 2, 7, 32, 64, 1000):
+    loc = LocationTokens.for_vocab(300, n)
+    boxes = _random_boxes(rng, 6)
+    labels = [f"thing {i}" for i in range(6)]
+    text = detection_text(list(zip(labels, [tuple(b) for b in boxes])), labels)
+    exact = loc.parse(text)  # markup parses to the exact boxes
+    assert [label for label, _ in exact] == labels
+    np.testing.assert_array_equal(np.array([b for _, b in exact]), np.asarray(boxes, np.float64))
+    rendered = loc.parse(loc.render(text))
+    assert [label for label, _ in rendered] == labels
+    assert np.max(np.abs(np.array([b for _, b in rendered]) - boxes)) <= 1 / (2 * n) + 1e-12
+
+
+def test_detection_text_order_hand_written():
+  objects = [
+    ("square", (0.5, 0.1, 0.6, 0.2)),
+    ("circle", (0.3, 0.7, 0.4, 0.8)),
+    ("circle", (0.1, 0.9, 0.2, 1.0)),
+    ("circle", (0.1, 0.2, 0.2, 0.3)),
+    ("star", (0.0, 0.0, 0.1, 0.1)),
+  ]
+  assert detection_text(objects, ["circle", "square"]) == (
+    "<box>0.1 0.2 0.2 0.3</box> circle ; <box>0.1 0.9 0.2 1.0</box> circle ; <box>0.3 0.7 0.4 0.8</box> circle ; "
+    "<box>0.5 0.1 0.6 0.2</box> square"
+  )
+  assert detection_text(objects, ["square", "triangle"]) == "<box>0.5 0.1 0.6 0.2</box> square"
+  assert detection_text(objects, ["triangle"]) == ""
+  assert detection_text(objects[:2]) == "<box>0.3 0.7 0.4 0.8</box> circle ; <box>0.5 0.1 0.6 0.2</box> square"
+  assert detect_prompt(["circle", "square"]) == "detect circle ; square"
+
+
+def test_strip_boxes():
+  assert strip_boxes("<phrase>a dog</phrase><box>0 0 1 1</box> on the left, <box>0 0 1 1</box>") == (
+    "<phrase>a dog</phrase> on the left,"
+  )
+  assert strip_boxes("plain  text ") == "plain  text "  # untouched without boxes
+
+
+def test_parse_reads_markup_and_tokens_alike():
+  loc = LocationTokens.for_vocab(100, 4)
+  tokens = "<loc0000><loc0001><loc0002><loc0003>"
+  text = f"<box>0.1 0.2 0.3 0.4</box> dog ; {tokens} cat ; <box>0.1 0.2 0.3</box> bad ; <box>0.5 0 0.2 1</box> bad"
+  assert loc.parse(text) == [("dog", (0.1, 0.2, 0.3, 0.4)), ("cat", (0.125, 0.375, 0.625, 0.875))]
+  # A box in markup right after location tokens merges with them: neither is a box.
+  assert loc.parse(f"{tokens}<box>0.1 0.2 0.3 0.4</box> dog") == []
+
+
+@pytest.mark.parametrize(
+  "text, expected",
+  [
+    ("", []),
+    ("<phrase>a dog</phrase><loc0000><loc0001><loc0002><loc0003> runs", [("a dog", (0.125, 0.375, 0.625, 0.875))]),
+    (
+      "<phrase> a  big\tdog </phrase> <loc0000> <loc0001> <loc0002> <loc0003>",
+      [("a big dog", (0.125, 0.375, 0.625, 0.875))],
+    ),
+    ("<phrase>a dog</phrase><box>0.1 0.2 0.3 0.4</box>", [("a dog", (0.1, 0.2, 0.3, 0.4))]),
+    ("<phrase>a dog</phrase> runs <loc0000><loc0001><loc0002><loc0003>", []),  # box not right after
+    ("<phrase>a dog</phrase><loc0000><loc0001><loc0002>", []),  # 3 tokens
+    ("<phrase>a dog</phrase><loc0000><loc0001><loc0002><loc0003><loc0003>", []),  # 5 tokens
+    ("<phrase>a dog</phrase><loc0003><loc0001><loc0002><loc0003>", []),  # y1 < y0
+    ("<phrase>a dog</phrase><loc0000><loc0001><loc0002><loc0009>", []),  # bin out of range
+    ("<phrase>a dog<loc0000><loc0001><loc0002><loc0003>", []),  # unclosed phrase
+    (
+      "<phrase>a</phrase><box>0 0 0.5 0.5</box>, <phrase>b</phrase>, <phrase>c</phrase><box>0.5 0.5 1 1</box>",
+      [("a", (0.0, 0.0, 0.5, 0.5)), ("c", (0.5, 0.5, 1.0, 1.0))],
+    ),
+    (None, []),
+  ],
+)
+def test_phrases(text, expected):
+  assert LocationTokens.for_vocab(100, 4).phrases(text) == expected
+
+
+def test_phrase_text_round_trip():
+  loc = LocationTokens.for_vocab(100, 64)
+  text = phrase_text("a dog", (0.125, 0.25, 0.5, 0.75)) + " on the left"
+  assert text == "<phrase>a dog</phrase><box>0.125 0.25 0.5 0.75</box> on the left"
+  assert loc.phrases(text) == [("a dog", (0.125, 0.25, 0.5, 0.75))]
+  # Rendered, the box is the bins' centres: 0.125 * 64 = 8 -> (8 + 0.5) / 64.
+  assert loc.phrases(loc.render(text)) == [("a dog", (8.5 / 64, 16.5 / 64, 32.5 / 64, 48.5 / 64))]

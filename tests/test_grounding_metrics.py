@@ -329,3 +329,77 @@ def test_grounded_caption_errors():
     grounded_caption_accuracy([[]], [[], []])
   with pytest.raises(ValueError):
     grounded_caption_accuracy([[("dog", A)]], [[]])
+
+
+# ------------------------------------------------------------------ the evaluator's grounding metrics
+
+from mmjax.evaluate.evaluator import score as score_predictions  # noqa: E402
+from mmjax.location_tokens import LocationTokens  # noqa: E402
+
+# 4 bins: a bin decodes to its centre, 0.125, 0.375, 0.625 or 0.875.
+LOC4 = LocationTokens.for_vocab(100, 4)
+
+
+def _pred(task, prediction, reference):
+  return {"task": task, "qtype": task, "prompt": "", "prediction": prediction, "references": [reference]}
+
+
+def test_score_grounding_hand_computed():
+  tok = LOC4.text
+  preds = [
+    # refer: an exact hit (the reference is the bins' centres), IoU 0.25, and no box at all.
+    _pred("refer", tok([0, 0, 1, 1]), "<box>0.125 0.125 0.375 0.375</box>"),
+    _pred("refer", tok([0, 0, 1, 1]), "<box>0.0 0.0 0.5 0.5</box>"),  # 0.0625 / 0.25
+    _pred("refer", "nothing", "<box>0.5 0.5 1.0 1.0</box>"),
+    # detect, two images. Circle: 2 ground truths, detections hit, hit, miss (precision 1, 1, 2/3 at
+    # recall 0.5, 1, 1): AP 1. Square: one ground truth, one detection elsewhere: AP 0. mAP 0.5.
+    _pred(
+      "detect",
+      f"{tok([0, 0, 1, 1])} circle ; {tok([3, 3, 3, 3])} square",
+      "<box>0.125 0.125 0.375 0.375</box> circle ; <box>0.625 0.125 0.875 0.375</box> square",
+    ),
+    _pred(
+      "detect", f"{tok([1, 1, 2, 2])} Circle ; {tok([3, 0, 3, 0])} circle", "<box>0.375 0.375 0.625 0.625</box> circle"
+    ),
+    # grounded captions: 3 reference phrases; found: "a dog" (case and spacing aside) and "a cat";
+    # "a bird" has the wrong box.
+    _pred(
+      "grounded_caption",
+      f"<phrase>A  dog</phrase>{tok([0, 0, 1, 1])} left, <phrase>a bird</phrase>{tok([3, 3, 3, 3])}",
+      "<phrase>a dog</phrase><box>0.125 0.125 0.375 0.375</box> left, "
+      "<phrase>a bird</phrase><box>0.125 0.625 0.375 0.875</box>",
+    ),
+    _pred(
+      "grounded_caption",
+      f"<phrase>a cat</phrase>{tok([2, 2, 3, 3])}",
+      "<phrase>a cat</phrase><box>0.625 0.625 0.875 0.875</box>",
+    ),
+    # grounded VQA: the right object in the wrong place, then the wrong object in the right place.
+    _pred(
+      "grounded_vqa",
+      f"<phrase>a dog</phrase>{tok([3, 3, 3, 3])}",
+      "<phrase>a dog</phrase><box>0.125 0.125 0.375 0.375</box>",
+    ),
+    _pred(
+      "grounded_vqa",
+      f"<phrase>a cat</phrase>{tok([0, 0, 1, 1])}",
+      "<phrase>a dog</phrase><box>0.125 0.125 0.375 0.375</box>",
+    ),
+    _pred(
+      "grounded_vqa",
+      f"<phrase>a dog</phrase>{tok([0, 0, 1, 1])}",
+      "<phrase>a dog</phrase><box>0.125 0.125 0.375 0.375</box>",
+    ),
+  ]
+  m = score_predictions(preds, "test", LOC4)
+  assert m["test/refer_acc50"] == pytest.approx(1 / 3, abs=1e-12)
+  assert m["test/refer_miou"] == pytest.approx((1 + 0.25 + 0) / 3, abs=1e-12)
+  assert m["test/detect_map50"] == pytest.approx(0.5, abs=1e-12)
+  assert m["test/grounded_caption_acc"] == pytest.approx(2 / 3, abs=1e-12)
+  assert m["test/grounded_vqa_acc"] == pytest.approx(1 / 3, abs=1e-12)
+  assert not any("vqa_accuracy" in k for k in m)  # grounding answers are not scored as VQA strings
+
+
+def test_score_grounding_needs_location_tokens():
+  with pytest.raises(ValueError, match="config.data.location_bins"):
+    score_predictions([_pred("refer", "", "<box>0.0 0.0 0.5 0.5</box>")], "test", None)

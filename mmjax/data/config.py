@@ -9,7 +9,8 @@ Keys (defaults):
   image_size          64     square image side (images are resized to it).
   seed                0      seeds the manifest's 80/10/10 split (and a procedural dataset's scenes).
   captions            True   also make one captioning example per caption.
-  task_weights        {vqa: 1, caption: 1, av_match: 1}  each task's share of the train batches
+  task_weights        {vqa: 1, caption: 1, av_match: 1, refer: 1, detect: 1, grounded_caption: 1,
+                             grounded_vqa: 1}  each task's share of the train batches
                              (examples x weight; 0 drops it); with captions_with_questions the
                              caption weight scales the caption tokens' loss weight instead.
   questions_per_image 1      G > 1: VQA train batches hold batch_size / G images, G questions each;
@@ -23,6 +24,8 @@ Keys (defaults):
   location_bins       0      N > 0: N location tokens <loc0000>.. after the SentencePiece pieces
                              (mmjax.location_tokens; boxes quantised to N bins per axis). The
                              tokenizer file is the same for any N: a run's config carries it.
+                             Needed by the grounding tasks (examples.GROUNDING_TASKS), whose data
+                             text holds boxes in <box>y0 x0 y1 x1</box> markup.
 Audio and video (all off by default; each setting is prepared into its own dataset directory):
   spoken_questions    False  also store every question as speech (espeak-ng, see speech.py;
                              needs `apt-get install espeak-ng`).
@@ -52,6 +55,8 @@ import os
 
 import ml_collections
 
+from mmjax.data.tasks import TASK_NAMES
+
 DEFAULT_DATA_DIR = "~/.cache/mmjax/tensorflow_datasets"
 
 
@@ -69,7 +74,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.captions = True
   # Train-batch mixing: each task's share is (its examples) x (its weight). Captions name every
   # object's shape and position, a denser perception signal than one answer per question.
-  c.task_weights = ml_collections.ConfigDict({"vqa": 1.0, "caption": 1.0, "av_match": 1.0})
+  c.task_weights = ml_collections.ConfigDict({t: 1.0 for t in TASK_NAMES})
   # VQA train batches of batch_size questions about batch_size / questions_per_image images: the
   # model encodes each image once for all its questions (needs a fusion whose memory is the image
   # alone, e.g. cross_attention with text_as="prefix"). 1 = one question per image.

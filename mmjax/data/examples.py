@@ -3,6 +3,10 @@ arrays are built (``SplitData``).
 
 Examples are flattened from records: each (question, answer) is a VQA example (prompt = question,
 target = answer), each caption a captioning example (prompt = ``CAPTION_PROMPT``, target = caption).
+A question whose type is one of ``GROUNDING_TASKS`` (refer, detect, grounded_caption, grounded_vqa)
+is an example of that task instead of VQA: its text holds boxes in markup (mmjax.location_tokens),
+which become the run's location tokens here (config.data.location_bins), so one prepared dataset
+serves any bin count.
 With ``spoken_prompt`` every VQA prompt is ``SPOKEN_PROMPT`` instead (the question is only in the
 example's audio). With ``av_matching`` every record with a sound adds one audio-visual matching
 example (prompt ``av_matching.PROMPT``, target yes/no; its audio is the record's sound or another
@@ -17,7 +21,7 @@ An example (``SplitData.example``) is a dict of numpy arrays, the rows of a batc
   target_in   int32   [Lt]   [bos, t1..tn, pad...]          (Lt = max_target_len;
   target_out  int32   [Lt]   [t1..tn, eos, pad...]           targets truncated to Lt - 1)
   target_mask float32 [Lt]   1 on t1..tn and eos
-  task        int32   []     0 = vqa, 1 = caption, 2 = av_match (TASK_NAMES)
+  task        int32   []     index into TASK_NAMES: 0 = vqa, 1 = caption, 2 = av_match, 3.. grounding
   qtype       int32   []     index into question_types(builder config): the dataset's own types,
                              then vqa / caption / av_match
   example_id  int32   []     index into the split's flat example list (-1 on padding)
@@ -43,13 +47,15 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mmjax.data import av_matching as av_lib, config as config_lib, schema, tfds_builders
+from mmjax.data.tasks import GROUNDING_TASKS, TASK_AV_MATCH, TASK_CAPTION, TASK_NAMES, TASK_VQA  # noqa: F401 (re-exported)
+from mmjax.location_tokens import has_boxes
 from mmjax.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 CAPTION_PROMPT = "describe the image."
 SPOKEN_PROMPT = "answer the spoken question."
-# Example kinds every dataset has besides its own question types (qtype indices: question_types).
-TASK_NAMES = ("vqa", "caption", "av_match")
-TASK_VQA, TASK_CAPTION, TASK_AV_MATCH = 0, 1, 2
+# The prompt of grounded captions (each object phrase followed by its box, Kosmos-2 style).
+GROUNDED_CAPTION_PROMPT = "describe the image with boxes."
+
 SPLITS = ("train", "validation", "test")
 
 
@@ -153,17 +159,19 @@ class SplitData:
       nq, nc = len(r["questions"]), len(r["captions"])
       for j, (q, a, qt) in enumerate(zip(r["questions"], r["answers"], r["question_types"])):
         index.append((ri, j))
-        task.append(TASK_VQA)
+        grounding = qt in GROUNDING_TASKS
+        task.append(TASK_NAMES.index(qt) if grounding else TASK_VQA)
         qtype.append(qtype_of[qt] if qt in qtype_of else qtype_of["vqa"])
-        prompts.append(self._prompt(SPOKEN_PROMPT if spoken_prompt else q))
-        targets.append(self._target(a))
+        where = f"split {split!r} record {r['id']!r} question {j}"
+        prompts.append(self._prompt(SPOKEN_PROMPT if spoken_prompt and not grounding else q, where))
+        targets.append(self._target(a, where))
       if captions:
         for k, c in enumerate(r["captions"]):
           index.append((ri, nq + k))
           task.append(TASK_CAPTION)
           qtype.append(qtype_of["caption"])
           prompts.append(caption_prompt)
-          targets.append(self._target(c))
+          targets.append(self._target(c, f"split {split!r} record {r['id']!r} caption {k}"))
       if self.av_partner[ri] >= 0:
         index.append((ri, nq + nc))
         task.append(TASK_AV_MATCH)
@@ -197,20 +205,31 @@ class SplitData:
           flag,
         )
 
-  def _prompt(self, text):
+  def _prompt(self, text, where=""):
     key = ("p", text)
     if key not in self._cache:
-      self._cache[key] = self._make_prompt(text)
+      self._cache[key] = self._make_prompt(text, where)
     return self._cache[key]
 
-  def _target(self, text):
+  def _target(self, text, where=""):
     key = ("t", text)
     if key not in self._cache:
-      self._cache[key] = self._make_target(text)
+      self._cache[key] = self._make_target(text, where)
     return self._cache[key]
 
-  def _make_prompt(self, text):
-    ids = self.tokenizer.encode(text)
+  def _encode(self, text: str, where: str) -> list[int]:
+    """Token ids of a dataset text, its boxes in markup turned into the run's location tokens."""
+    if has_boxes(text):
+      if self.tokenizer.locations is None:
+        raise ValueError(
+          f"{where} holds boxes ({text[:60]!r}...) but the tokenizer has no location tokens: set "
+          "config.data.location_bins (e.g. 64), or drop the grounding tasks (config.data.task_weights)."
+        )
+      text = self.tokenizer.locations.render(text, where)
+    return self.tokenizer.encode(text)
+
+  def _make_prompt(self, text, where=""):
+    ids = self._encode(text, where)
     if len(ids) > self.max_prompt_len:
       self.truncated["prompt"].add(text)
     ids = ids[: self.max_prompt_len]
@@ -218,8 +237,8 @@ class SplitData:
     p[: len(ids)] = ids
     return p, len(ids)
 
-  def _make_target(self, text):
-    ids = self.tokenizer.encode(text)
+  def _make_target(self, text, where=""):
+    ids = self._encode(text, where)
     if len(ids) > self.max_target_len - 1:
       self.truncated["target"].add(text)
     ids = ids[: self.max_target_len - 1]
@@ -247,8 +266,8 @@ class SplitData:
     captioning."""
     ri, j = (int(v) for v in self.index[int(example_id)])
     r = self.records[ri]
-    if self.task[example_id] == TASK_VQA:
-      return r["answers"][j]
+    if self.task[example_id] == TASK_VQA or TASK_NAMES[self.task[example_id]] in GROUNDING_TASKS:
+      return r["answers"][j]  # grounding: with its boxes in markup (exact coordinates)
     if self.task[example_id] == TASK_AV_MATCH:
       return av_lib.answer(ri, self.av_partner[ri])
     return list(r["captions"])
@@ -256,6 +275,8 @@ class SplitData:
   def prompt_text(self, example_id: int) -> str:
     """The text prompt the model reads (for spoken VQA the fixed prompt, not the question)."""
     ri, j = (int(v) for v in self.index[int(example_id)])
+    if TASK_NAMES[self.task[example_id]] in GROUNDING_TASKS:
+      return self.records[ri]["questions"][j]
     if self.task[example_id] == TASK_VQA:
       return SPOKEN_PROMPT if self.spoken_prompt else self.records[ri]["questions"][j]
     if self.task[example_id] == TASK_AV_MATCH:

@@ -20,6 +20,7 @@ from mmjax import registry
 from mmjax.data import av_matching as av_lib, config as config_lib, tfds_builders
 from mmjax.data.examples import CAPTION_PROMPT, SPLITS, SPOKEN_PROMPT, SplitData, read_texts
 from mmjax.data.source import DatasetSource
+from mmjax.location_tokens import strip_boxes
 from mmjax.tokenizer import Tokenizer
 
 TOKENIZER_FILENAME = "tokenizer.model"
@@ -80,7 +81,8 @@ def tokenizer_training_texts(
     texts += list(dataset.vocabulary_texts(builder.builder_config))
   for r in records:
     texts += r["questions"] + r["answers"] + r["captions"]
-  return texts
+  # Boxes in markup become location tokens, not pieces (mmjax.location_tokens).
+  return [strip_boxes(t) for t in texts]
 
 
 def load_tokenizer(config, builder=None) -> Tokenizer:

@@ -1,11 +1,13 @@
-"""Evaluation by generation: VQA exact match per question type, CIDEr-D on captions and yes/no accuracy
-on audio-visual matching."""
+"""Evaluation by generation: VQA exact match per question type, CIDEr-D on captions, yes/no accuracy
+on audio-visual matching, and the grounding metrics (evaluate/grounding.py) on the grounding tasks."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
 
+from mmjax.data.tasks import GROUNDING_TASKS
+from mmjax.evaluate import grounding
 from mmjax.evaluate.cider import cider_d
 from mmjax.evaluate.vqa import accuracy_by_type, vqa_exact_match
 from mmjax.sample.generate import make_generate_fn, options_from_config
@@ -33,9 +35,10 @@ def evaluate_split(
   """Generates an answer or caption for every example of `split` and scores it.
 
   Returns (metrics, predictions): metrics named `<split>/vqa_accuracy`,
-  `<split>/vqa_accuracy_<type>`, `<split>/cider`, `<split>/av_match_accuracy` (for the tasks the
-  split has); predictions a list of dicts (example_id, task, qtype, prompt, prediction,
-  references) in split order.
+  `<split>/vqa_accuracy_<type>`, `<split>/cider`, `<split>/av_match_accuracy` and the grounding
+  metrics `<split>/refer_acc50`, `refer_miou`, `detect_map50`, `grounded_caption_acc`,
+  `grounded_vqa_acc` (for the tasks the split has); predictions a list of dicts (example_id, task,
+  qtype, prompt, prediction, references) in split order.
   """
   tok = data.tokenizer
   predictions = []
@@ -71,7 +74,7 @@ def evaluate_split(
           references=data.references(split, ex),
         )
       )
-  return score(predictions, split), predictions
+  return score(predictions, split, tok.locations), predictions
 
 
 _ROW_KEYS = ("example_id", "valid", "task", "qtype", "prompt", "prompt_len")
@@ -86,7 +89,9 @@ def gather_rows(batch: dict) -> dict:
   return {k: np.asarray(multihost_utils.process_allgather(np.asarray(v), tiled=True)) for k, v in batch.items()}
 
 
-def score(predictions, split: str) -> dict[str, float]:
+def score(predictions, split: str, locations=None) -> dict[str, float]:
+  """The metrics of `predictions` (evaluate_split's docstring); `locations`: the run's
+  LocationTokens, needed when there are grounding predictions."""
   metrics = {}
   vqa = [p for p in predictions if p["task"] == "vqa"]
   if vqa:
@@ -103,4 +108,9 @@ def score(predictions, split: str) -> dict[str, float]:
       {i: p["prediction"] for i, p in enumerate(caps)}, {i: list(p["references"]) for i, p in enumerate(caps)}
     )
     metrics[f"{split}/cider"] = corpus
+  grounded = [p for p in predictions if p["task"] in GROUNDING_TASKS]
+  if grounded:
+    if locations is None:
+      raise ValueError("grounding predictions need the run's location tokens: set config.data.location_bins.")
+    metrics |= {f"{split}/{k}": v for k, v in grounding.score_predictions(grounded, locations).items()}
   return metrics

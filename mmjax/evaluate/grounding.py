@@ -161,3 +161,47 @@ def grounded_caption_accuracy(pred: Sequence[Sequence], gt: Sequence[Sequence]) 
   if not total:
     raise ValueError("grounded_caption_accuracy needs at least one ground-truth phrase.")
   return found / total
+
+
+# The metrics of the grounding tasks (mmjax.data.tasks.GROUNDING_TASKS), as `score_predictions` names
+# them: metrics.jsonl gets "<split>/<name>".
+METRIC_NAMES = ("refer_acc50", "refer_miou", "detect_map50", "grounded_caption_acc", "grounded_vqa_acc")
+
+
+def score_predictions(predictions: Sequence[dict], locations) -> dict[str, float]:
+  """The grounding metrics of the evaluator's predictions (dicts with task, prediction, references).
+
+  Predictions are parsed from their location tokens (`locations`: the run's LocationTokens), the
+  references from their exact boxes in markup, both by `LocationTokens.parse` (refer, detect) or
+  `.phrases` (grounded_caption, grounded_vqa), so a reference is never quantised:
+  * refer: the first box of the output against the reference's box: `refer_acc50`, `refer_miou`;
+  * detect: every output box with its label against the reference's, `detect_map50`. The decoder
+    gives no confidences, so every detection scores 1 (ties ranked in image and output order, as
+    pycocotools ranks equal scores); labels are compared after normalize_answer;
+  * grounded_caption / grounded_vqa: `grounded_caption_accuracy` of the (phrase, box) pairs:
+    `grounded_caption_acc`, `grounded_vqa_acc` (for VQA: the answer's object named right and boxed).
+  Tasks without predictions (or whose references hold no box) give no metric.
+  """
+  by_task: dict[str, list[dict]] = {}
+  for p in predictions:
+    by_task.setdefault(p["task"], []).append(p)
+  out = {}
+  refer = [(p, locations.parse(p["references"][0])) for p in by_task.get("refer", [])]
+  refer = [(p, gt) for p, gt in refer if gt]
+  if refer:
+    preds = [locations.parse(p["prediction"]) for p, _ in refer]
+    r = referring([pred[0][1] if pred else None for pred in preds], [gt[0][1] for _, gt in refer])
+    out["refer_acc50"], out["refer_miou"] = r["acc50"], r["miou"]
+  detect = by_task.get("detect", [])
+  gts = [[(normalize_answer(label), box) for label, box in locations.parse(p["references"][0])] for p in detect]
+  if any(gts):
+    dets = [[(normalize_answer(label), box, 1.0) for label, box in locations.parse(p["prediction"])] for p in detect]
+    out["detect_map50"] = detection_map50(dets, gts)
+  for task, name in (("grounded_caption", "grounded_caption_acc"), ("grounded_vqa", "grounded_vqa_acc")):
+    items = [(p, locations.phrases(p["references"][0])) for p in by_task.get(task, [])]
+    items = [(p, gt) for p, gt in items if gt]
+    if items:
+      out[name] = grounded_caption_accuracy(
+        [locations.phrases(p["prediction"]) for p, _ in items], [gt for _, gt in items]
+      )
+  return out
