@@ -39,6 +39,7 @@ LOC_PATTERN = re.compile(r"<loc([0-9]+)>")
 BOX_MARKUP = re.compile(r"<box>([^<>]*)</box>")
 # One box-like item of text: a location token (group 1) or a box in markup (group 2).
 _ITEM = re.compile(r"<loc([0-9]+)>|<box>([^<>]*)</box>")
+PHRASE_TAGS = ("<phrase>", "</phrase>")
 PHRASE = re.compile(r"<phrase>(.*?)</phrase>", re.S)
 # Right after a phrase: its box, exactly 4 location tokens (group 1) or markup (group 2).
 _LEADING_BOX = re.compile(r"\s*(?:((?:<loc[0-9]+>\s*){4})(?!\s*<loc)|<box>([^<>]*)</box>)")

@@ -212,3 +212,18 @@ def test_config_location_bins_reach_the_tokenizer_model_and_decoding(tiny_config
   tok.save(path)
   again = pipeline.Data(tiny_config, tokenizer_path=str(path)).tokenizer
   assert again.vocab_size == tok.vocab_size and again.decode(again.encode("<loc0015> x")) == "<loc0015> x"
+
+
+def test_phrase_tags_are_one_piece_when_the_texts_have_them(plain):
+  """Grounded text's phrase tags: one piece each (not '<', 'phrase', '>'), and only when trained on."""
+  texts = [
+    f"<phrase>a {c} dog</phrase> runs to the {s}" for c in ("black", "white", "brown") for s in ("left", "right")
+  ]
+  tok = Tokenizer.train(texts * 20, None, vocab_size=300, location_bins=8)
+  text = "<phrase>a white dog</phrase><loc0001><loc0002><loc0003><loc0004> runs"
+  ids = tok.encode(text)
+  pieces = [tok.id_to_piece(i) for i in ids]
+  assert pieces.count("<phrase>") == 1 and pieces.count("</phrase>") == 1, pieces
+  assert tok.decode(ids) == text
+  plain_pieces = {plain.id_to_piece(i) for i in range(plain.vocab_size)}
+  assert "<phrase>" not in plain_pieces and "</phrase>" not in plain_pieces
