@@ -6,10 +6,12 @@ One JSON object per line (blank lines are ignored)::
   {"image": "imgs/a.png", "caption": "a cat on a mat"}                      # captioning
   {"image": "imgs/b.jpg", "caption": "...", "split": "validation"}          # explicit split
   {"image": "clips/c.png", "audio": "clips/c.wav", "video": "clips/c_frames", "caption": "..."}
+  {"image": "imgs/a.png", "boxes": [{"label": "cat", "box": [12, 30, 200, 180]}]}  # pixels
+  {"image": "imgs/a.png", "boxes": [{"label": "dog", "box": [0.1, 0.5, 0.9, 1.0]}], "box_format": "normalized"}
 
-* Allowed keys: image (required), question + answer (together), caption, split (optional: train,
-  validation or test), audio and video (optional). A line may carry a question/answer pair, a
-  caption, or both.
+* Allowed keys: image (required), question + answer (together), caption, boxes (with box_format
+  optional), split (optional: train, validation or test), audio and video (optional). A line may
+  carry any of a question/answer pair, a caption and boxes, but at least one of them.
 * ``image``, ``audio`` and ``video`` paths are relative to the manifest's folder (absolute paths
   are kept as is).
 * All lines of the same image are grouped into one record (id = the normalised relative path).
@@ -27,6 +29,26 @@ One JSON object per line (blank lines are ignored)::
 * ``audio`` (the record's sound, stored as ``scene_audio``): a PCM WAV file (8/16/24/32-bit, mono
   or multi-channel, any sample rate), averaged to mono and resampled to the dataset's
   ``audio_sample_rate`` (see ``wav.py``).
+* ``boxes``: the objects in the image, a list of ``{"label": ..., "box": [y0, x0, y1, x1]}`` (exactly
+  these two keys; PaliGemma order, rows first; coordinates are edges, so a box may end at the
+  border: see ``boxes.py``). ``box_format`` says what the line's coordinates are, never guessed
+  from their values: ``"pixels"`` (the default) counts pixels of the image file as stored,
+  0 <= y <= height and 0 <= x <= width; ``"normalized"`` is fractions of the height and width in
+  [0, 1]. Boxes must have a positive area; a label is a non-empty string without ``;``, ``<`` or
+  ``>`` (they delimit objects and boxes in the grounding text), whitespace-normalised. An empty
+  list is allowed and adds nothing. The boxes of every line of an image are the record's objects
+  (an object listed twice, same label and box, counts once). The stretch to a square image (above)
+  scales rows and columns independently, so a box's normalised coordinates are those of the
+  prepared image too.
+* A record with objects gets grounding questions (question types "detect" and "refer", stored
+  after its VQA questions; examples.py turns their boxes into location tokens, so training them
+  needs ``config.data.location_bins`` > 0):
+  - one "detect": prompt ``detect_prompt(sorted distinct labels)`` ("detect cat ; dog"), answer
+    ``detection_text`` of all objects ("<box>..</box> cat ; <box>..</box> dog");
+  - one "refer" per label that occurs exactly once in the record: prompt ``detect_prompt([label])``
+    ("detect cat"), answer that object's box and label ("<box>..</box> cat", PaliGemma's referring
+    output, so "detect cat" has the same form of answer whether the image also holds other labels or
+    not). Not when the record has a single label: it would repeat the "detect" question.
 * ``video``: a folder of frame images (every non-hidden file is a frame, in natural name order, so
   ``f2.png`` comes before ``f10.png``) or an ``.npy`` array uint8 [T, H, W, 3]. Frames are
   converted like images and resized to ``image_size``. Every clip is fixed to ``video_frames``
@@ -38,11 +60,14 @@ One JSON object per line (blank lines are ignored)::
 
 Every line is validated (including opening/decoding every image, WAV file and folder frame, and
 checking every .npy header) before anything is written; any problem raises
-``ValueError("<manifest>:<line>: key '<key>': <problem>")``.
+``ValueError("<manifest>:<line>: key '<key>': <problem>")``; a bad "boxes" or "box_format" entry
+raises ``ValueError("<manifest> line <line>: ...")`` (a bad box: ``boxes[<i>]: `` and
+``normalize_box``'s message).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -53,8 +78,15 @@ import numpy as np
 from PIL import Image
 
 from mmjax.data import wav
+from mmjax.data.boxes import normalize_box
+from mmjax.location_tokens import Box, detect_prompt, detection_text
 
-ALLOWED_KEYS = ("image", "question", "answer", "caption", "split", "audio", "video")
+ALLOWED_KEYS = ("image", "question", "answer", "caption", "boxes", "box_format", "split", "audio", "video")
+BOX_FORMATS = ("pixels", "normalized")
+OBJECT_KEYS = ("label", "box")
+# Characters a label cannot hold: ";" separates objects and "<" / ">" spell boxes and location
+# tokens in grounding text, so such a label would not parse back (location_tokens.LocationTokens.parse).
+LABEL_FORBIDDEN = ";<>"
 MEDIA_KEYS = ("audio", "video")
 SPLITS = ("train", "validation", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
@@ -71,16 +103,35 @@ class ManifestRecord:
   questions: list = dataclasses.field(default_factory=list)
   answers: list = dataclasses.field(default_factory=list)
   captions: list = dataclasses.field(default_factory=list)
+  objects: list = dataclasses.field(default_factory=list)  # (label, normalised Box), distinct
 
   def to_example(self, image_size: int) -> dict:
+    grounding = grounding_questions(self.objects)
     return {
       "image": load_image(self.path, image_size),
-      "questions": list(self.questions),
-      "answers": list(self.answers),
-      "question_types": ["vqa"] * len(self.questions),
+      "questions": list(self.questions) + [q for q, _, _ in grounding],
+      "answers": list(self.answers) + [a for _, a, _ in grounding],
+      "question_types": ["vqa"] * len(self.questions) + [t for _, _, t in grounding],
       "captions": list(self.captions),
       "id": self.id,
     }
+
+
+def grounding_questions(objects: list[tuple[str, Box]]) -> list[tuple[str, str, str]]:
+  """(question, answer, question type) of a record's objects: one "detect", then one "refer" per
+  label that occurs once (by label; none with a single label), as the module docstring says."""
+  if not objects:
+    return []
+  labels = sorted({label for label, _ in objects})
+  out = [(detect_prompt(labels), detection_text(objects, labels), "detect")]
+  if len(labels) > 1:  # else "detect <label>" is already the detect question
+    counts = collections.Counter(label for label, _ in objects)
+    out += [
+      (detect_prompt([label]), detection_text([(label, box)]), "refer")
+      for label, box in sorted(objects)
+      if counts[label] == 1
+    ]
+  return out
 
 
 def manifest_hash(manifest_path: str | os.PathLike) -> str:
@@ -221,6 +272,50 @@ def _text(obj, key, path, lineno):
   return v
 
 
+def _image_size(path: str) -> tuple[int, int]:
+  """(height, width) of an image file, from its header (the pixels are not decoded)."""
+  try:
+    with Image.open(path) as im:
+      width, height = im.size
+  except Exception as e:  # PIL raises many kinds
+    raise ValueError(f"cannot read image {path}: {e}") from e
+  return height, width
+
+
+def _objects(obj, manifest_path, lineno: int, image_size) -> list[tuple[str, Box]]:
+  """The (label, normalised box) objects of a line's "boxes"; ``image_size`` () -> (height, width)
+  of its image, asked only for pixel boxes. ValueError naming the line otherwise."""
+  where = f"{manifest_path} line {lineno}"
+  fmt = obj.get("box_format", "pixels")
+  if fmt not in BOX_FORMATS:
+    raise ValueError(f"{where}: key 'box_format': {fmt!r} is not one of {', '.join(BOX_FORMATS)}.")
+  if "boxes" not in obj:
+    raise ValueError(f"{where}: key 'box_format' without \"boxes\" on the line.")
+  boxes = obj["boxes"]
+  if not isinstance(boxes, list):
+    raise ValueError(
+      f"{where}: key 'boxes' must be a list of {{\"label\": ..., \"box\": [y0, x0, y1, x1]}} objects, "
+      f"got a {type(boxes).__name__}."
+    )
+  size = image_size() if fmt == "pixels" and boxes else None
+  out = []
+  for i, o in enumerate(boxes):
+    at = f"{where}: boxes[{i}]"
+    if not isinstance(o, dict) or set(o) != set(OBJECT_KEYS):
+      got = f"keys {sorted(o)}" if isinstance(o, dict) else f"a {type(o).__name__}"
+      raise ValueError(f"{at}: must be an object with exactly the keys \"label\" and \"box\", got {got}.")
+    label = o["label"]
+    if not isinstance(label, str) or not label.strip():
+      raise ValueError(f"{at}: label must be a non-empty string, got {label!r}.")
+    label = " ".join(label.split())
+    if any(c in label for c in LABEL_FORBIDDEN):
+      raise ValueError(
+        f"{at}: label {label!r} must not contain any of {' '.join(LABEL_FORBIDDEN)} (grounding text syntax)."
+      )
+    out.append((label, normalize_box(o["box"], image_size=size, where=at)))
+  return out
+
+
 def _set_once(rec: ManifestRecord, key: str, value: str, manifest_path, lineno: int):
   """Sets a per-image attribute (split/audio/video); lines of one image must agree on it."""
   old = getattr(rec, key)
@@ -248,6 +343,7 @@ def parse_manifest(
     raise ValueError(f"{manifest_path}: cannot read manifest: {e}") from e
   records: dict[str, ManifestRecord] = {}
   checked: set[tuple[str, str]] = set()  # (key, path) entries already validated
+  sizes: dict[str, tuple[int, int]] = {}  # image path -> (height, width), read for pixel boxes
 
   def entry_path(obj, key, lineno) -> str:
     """The absolute path of ``obj[key]`` (image/audio/video), validated once per path."""
@@ -263,6 +359,15 @@ def parse_manifest(
           raise _err(manifest_path, lineno, key, str(e)) from e
       checked.add((key, abs_path))
     return abs_path
+
+  def image_size(path, lineno) -> tuple[int, int]:
+    """(height, width) of an image, read once per path (pixel boxes are checked against it)."""
+    if path not in sizes:
+      try:
+        sizes[path] = _image_size(path)
+      except ValueError as e:
+        raise _err(manifest_path, lineno, "image", str(e)) from e
+    return sizes[path]
 
   for lineno, line in enumerate(lines, start=1):
     if not line.strip():
@@ -288,8 +393,13 @@ def parse_manifest(
       raise _err(manifest_path, lineno, "answer", "question without answer")
     if has_a and not has_q:
       raise _err(manifest_path, lineno, "question", "answer without question")
-    if not has_q and not has_c:
-      raise _err(manifest_path, lineno, "question", "line has neither a question/answer pair nor a caption")
+    objects = (
+      _objects(obj, manifest_path, lineno, lambda: image_size(abs_path, lineno))
+      if "boxes" in obj or "box_format" in obj
+      else []
+    )
+    if not has_q and not has_c and not objects:
+      raise _err(manifest_path, lineno, "question", "line has neither a question/answer pair, a caption nor boxes")
     rec = records.get(rid)
     if rec is None:
       rec = records[rid] = ManifestRecord(id=rid, path=abs_path)
@@ -305,6 +415,9 @@ def parse_manifest(
       rec.answers.append(_text(obj, "answer", manifest_path, lineno))
     if has_c:
       rec.captions.append(_text(obj, "caption", manifest_path, lineno))
+    for o in objects:  # one object listed twice (same label and box) counts once
+      if o not in rec.objects:
+        rec.objects.append(o)
   if not records:
     raise ValueError(f"{manifest_path}: manifest has no records")
 

@@ -8,6 +8,9 @@ data does the same).
 * ``mmjax_manifest``: config built by ``manifest_config(path, image_size)``; the config name holds a
   hash of the manifest's content, so a changed manifest is prepared again into a new directory.
   Only the splits that have records are built (a manifest may have no validation or test lines).
+  Records hold VQA questions ("vqa") and, from the manifest's boxes, grounding questions ("detect",
+  "refer"; manifest.py). A manifest without boxes is prepared exactly as before boxes existed (same
+  name, same records), and one with boxes could not be prepared before, so the name needs nothing new.
   ``MANIFEST`` is its dataset source (config.data.source "manifest", or any non-empty
   config.data.manifest).
 
@@ -111,6 +114,12 @@ class ManifestConfig(RecordConfig):
   def scene_audio(self) -> bool:
     return self.has_audio
 
+  @property
+  def question_types(self) -> tuple[str, ...]:
+    # Always all three, whether or not this manifest has boxes: knowing the types must not need a
+    # parse of the manifest, and types without examples cost nothing (qtype is computed at load time).
+    return ("vqa", "refer", "detect")
+
 
 def manifest_config(
   manifest_path: str | os.PathLike,
@@ -153,7 +162,7 @@ def manifest_config(
 
 
 class MmjaxManifest(RecordBuilder):
-  """Records of a JSONL manifest (VQA and/or captions), grouped per image."""
+  """Records of a JSONL manifest (VQA, captions and boxes' grounding questions), grouped per image."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}

@@ -7,7 +7,8 @@ The builder (``mmjax_shapes``) names each config by every parameter, so each par
 its own versioned directory ``<data_dir>/mmjax_shapes/<config name>/<version>``. Splits use
 independent seeds (``scenes.scene_seed``) and the build asserts that no scene layout (hence image)
 repeats across splits. Optional media: spoken questions (mmjax.data.speech), object sounds
-(sounds.py) and clips of the objects moving (video.py).
+(sounds.py) and clips of the objects moving (video.py). Optional grounding questions (refer, detect,
+grounded_caption, grounded_vqa; scenes.py) train and score the library's grounding tasks.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from etils import epath
 
 from mmjax.data import config as data_config_lib, tfds_builders
 from mmjax.data.source import DatasetSource
+from mmjax.data.tasks import GROUNDING_TASKS
 from mmjax.data.tfds_builders import RecordConfig, media_suffix
 from mmjax.projects.shapes import scenes as shapes, sounds, video as video_lib
 
@@ -45,6 +47,12 @@ def data_config() -> ml_collections.ConfigDict:
   train_auxiliary_questions {side: 0, spatial_lean: 0, count: 0, position: 0}: training-only
                      questions per train scene (never in validation/test, never scored; see
                      scenes.AUXILIARY_KINDS for what they are and why).
+  grounding_per_type {refer: 0, detect: 0, grounded_caption: 0, grounded_vqa: 0}: grounding
+                     questions per scene, in every split (they are scored), after all others; their
+                     answers hold boxes, so they need config.data.location_bins > 0 (e.g. 64), and a
+                     grounded caption is about 85 tokens (vocab_size 512): raise
+                     config.data.max_target_len to 128 to keep it whole.
+                     grounded_caption has one prompt, so a count above 1 still asks it once.
   object_sounds      False  also store a 1 s clip per scene in which each object plays a tone
                      (pitch from colour, timbre from shape, left to right; sounds.py).
   """
@@ -56,6 +64,7 @@ def data_config() -> ml_collections.ConfigDict:
       test_scenes=1000,
       questions_per_type=dict(shapes.DEFAULT_QUESTIONS_PER_TYPE),
       train_auxiliary_questions={k: 0 for k in shapes.AUXILIARY_KINDS},
+      grounding_per_type={k: 0 for k in GROUNDING_TASKS},
       object_sounds=False,
     )
   )
@@ -75,6 +84,11 @@ class ShapesConfig(RecordConfig):
   spatial_lean_questions: int = 0
   count_questions: int = 0
   position_questions: int = 0
+  # Grounding questions per scene, every split (GROUNDING_TASKS).
+  refer_questions: int = 0
+  detect_questions: int = 0
+  grounded_caption_questions: int = 0
+  grounded_vqa_questions: int = 0
   object_sounds: bool = False
 
   @property
@@ -83,8 +97,9 @@ class ShapesConfig(RecordConfig):
 
   @property
   def question_types(self) -> tuple[str, ...]:
-    # The training-only kinds come last: evaluations report the scored kinds first.
-    return shapes.QUESTION_KINDS + shapes.AUXILIARY_KINDS
+    # The training-only kinds come after the scored ones: evaluations report those first. The
+    # grounding tasks come last, so that the other kinds keep their qtype indices.
+    return shapes.QUESTION_KINDS + shapes.AUXILIARY_KINDS + GROUNDING_TASKS
 
   @property
   def questions_per_type(self):
@@ -99,8 +114,32 @@ class ShapesConfig(RecordConfig):
     return {k: getattr(self, f"{k}_questions") for k in shapes.AUXILIARY_KINDS}
 
   @property
+  def grounding_per_type(self):
+    return {k: getattr(self, f"{k}_questions") for k in GROUNDING_TASKS}
+
+  @property
+  def grounding(self) -> bool:
+    return any(self.grounding_per_type.values())
+
+  @property
   def split_sizes(self):
     return {"train": self.train_scenes, "validation": self.validation_scenes, "test": self.test_scenes}
+
+
+def _counts(given, kinds: tuple[str, ...], key: str) -> dict[str, int]:
+  """{kind: count} for every one of ``kinds`` from ``given`` (kinds left out: 0); errors name ``key``."""
+  out = {k: 0 for k in kinds}
+  if given is None:
+    return out
+  given = dict(given)
+  unknown = set(given) - set(kinds)
+  if unknown:
+    raise ValueError(f"{key}: unknown question types {sorted(unknown)}; expected some of {kinds}.")
+  for k, v in given.items():
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+      raise ValueError(f"{key}: counts must be integers >= 0, got {k}={v!r}.")
+    out[k] = int(v)
+  return out
 
 
 def shapes_config(
@@ -117,34 +156,31 @@ def shapes_config(
   video_frames: int = 0,
   audio_sample_rate: int = 16000,
   train_auxiliary_questions=None,
+  grounding_per_type=None,
 ) -> ShapesConfig:
   """A ShapesConfig whose name encodes all of its parameters.
 
   train_auxiliary_questions: {kind: count} of training-only questions per train scene
-  (shapes.AUXILIARY_KINDS; kinds left out: 0)."""
+  (shapes.AUXILIARY_KINDS; kinds left out: 0).
+  grounding_per_type: {task: count} of grounding questions per scene of every split
+  (GROUNDING_TASKS; tasks left out: 0)."""
   q = dict(shapes.DEFAULT_QUESTIONS_PER_TYPE)
   if questions_per_type is not None:
     unknown = set(dict(questions_per_type)) - set(q)
     if unknown:
       raise ValueError(f"unknown question types {sorted(unknown)}")
     q.update({k: int(v) for k, v in dict(questions_per_type).items()})
-  aux = {k: 0 for k in shapes.AUXILIARY_KINDS}
-  if train_auxiliary_questions is not None:
-    unknown = set(dict(train_auxiliary_questions)) - set(aux)
-    if unknown:
-      raise ValueError(
-        f"config.data.train_auxiliary_questions: unknown question types {sorted(unknown)}; "
-        f"expected some of {shapes.AUXILIARY_KINDS}."
-      )
-    aux.update({k: int(v) for k, v in dict(train_auxiliary_questions).items()})
-  if min(aux.values()) < 0:
-    raise ValueError(f"config.data.train_auxiliary_questions: counts must be >= 0, got {aux}.")
+  aux = _counts(train_auxiliary_questions, shapes.AUXILIARY_KINDS, "config.data.shapes.train_auxiliary_questions")
+  grounding = _counts(grounding_per_type, GROUNDING_TASKS, "config.data.shapes.grounding_per_type")
   # Datasets keep the names they had before a kind existed: no suffix without auxiliary questions,
   # and no trailing zeros after the first three kinds (side, spatial_lean, count).
   counts = [aux[k] for k in shapes.AUXILIARY_KINDS]
   while len(counts) > 3 and counts[-1] == 0:
     counts.pop()
   aux_suffix = ("_aux" + "-".join(map(str, counts))) if any(counts) else ""
+  # Likewise no suffix without grounding questions.
+  g = [grounding[k] for k in GROUNDING_TASKS]
+  aux_suffix += ("_g" + "-".join(map(str, g))) if any(g) else ""
   name = (
     f"s{int(image_size)}_k{int(num_shapes)}_n{int(train_scenes)}-{int(validation_scenes)}-"
     f"{int(test_scenes)}_q{q['attribute']}-{q['spatial']}-{q['relational']}{aux_suffix}_seed{int(seed)}"
@@ -163,6 +199,7 @@ def shapes_config(
     spatial_questions=q["spatial"],
     relational_questions=q["relational"],
     **{f"{k}_questions": n for k, n in aux.items()},
+    **{f"{k}_questions": n for k, n in grounding.items()},
     seed=int(seed),
     spoken_questions=bool(spoken_questions),
     object_sounds=bool(object_sounds),
@@ -209,6 +246,7 @@ class MmjaxShapes(tfds_builders.RecordBuilder):
         cfg.num_shapes,
         cfg.questions_per_type,
         cfg.auxiliary_per_type if split == "train" else None,
+        cfg.grounding_per_type,
       )
       rid = f"{split}_{i:06d}"
       yield (
@@ -262,6 +300,8 @@ def builder_config(data: ml_collections.ConfigDict) -> ShapesConfig:
     video_frames=data.video_frames,
     audio_sample_rate=data.audio_sample_rate,
     train_auxiliary_questions=dict(s.train_auxiliary_questions),
+    # Configs saved before grounding existed have no such key: no grounding questions.
+    grounding_per_type=dict(s.grounding_per_type) if "grounding_per_type" in s else None,
   )
 
 
@@ -285,7 +325,7 @@ def zero_shot_trials(cfg: ShapesConfig, captions: list[str]):
 SOURCE = DatasetSource(
   builder_config=builder_config,
   prepare=lambda cfg, data_dir: prepare_shapes(data_dir, cfg),
-  vocabulary_texts=lambda cfg: shapes.vocabulary_texts(cfg.num_shapes),
+  vocabulary_texts=lambda cfg: shapes.vocabulary_texts(cfg.num_shapes, grounding=cfg.grounding),
   zero_shot_trials=zero_shot_trials,
   question_template=shapes.question_template,
 )

@@ -31,6 +31,21 @@ Training-only (auxiliary) questions, generated for the train split alone and nev
 * spatial_lean: the spatial templates asking only about the left or the top;
 * count: ``how many objects are <shape>s?`` -> one..six;
 * position: ``what color is the object at the <pos>?`` (a position word that holds one object).
+
+Grounding questions (PaliGemma / Kosmos-2 style; ``GROUNDING_TASKS``, off unless asked for, in
+every split since they are scored). Their question type is the task's name, and boxes are written in
+the library's markup ``<box>y0 x0 y1 x1</box>`` (mmjax.location_tokens) with the exact box of the
+object's pixels (``object_box``):
+
+* refer: ``detect the <color> <shape>`` / ``detect the <shape> at the <pos>`` (the latter only for
+  a unique (shape, position word) pair) -> the object's box and the expression (PaliGemma's
+  referring output, ``<box>..</box> the red circle``: the form of a one-object detection);
+* detect: ``detect <shape> ; <shape>`` (a random non-empty subset of the shape kinds, in random
+  order) -> ``detection_text`` of the objects of those shapes ("" when there are none);
+* grounded_caption: ``describe the image with boxes.`` -> the caption with each object phrase
+  grounded, ``<phrase>a red circle</phrase><box>..</box> at the top left, ...`` (at most one a scene);
+* grounded_vqa: ``which object is closest to|furthest from the <color> object?`` -> the object's
+  phrase with its box, ``<phrase>a green square</phrase><box>..</box>`` (never asked on a tie).
 """
 
 from __future__ import annotations
@@ -40,6 +55,10 @@ import functools
 from typing import Sequence
 
 import numpy as np
+
+from mmjax.data.examples import GROUNDED_CAPTION_PROMPT
+from mmjax.data.tasks import GROUNDING_TASKS
+from mmjax.location_tokens import Box, detect_prompt, detection_text, phrase_text
 
 COLORS = ("red", "green", "blue", "orange", "gray", "yellow")
 COLOR_RGB = {
@@ -95,6 +114,14 @@ SIDE_TEMPLATES = (
 )
 COUNT_TEMPLATE = "how many objects are {shape}s?"
 POSITION_TEMPLATE = "what color is the object at the {pos}?"
+
+# Grounding (GROUNDING_TASKS, after all of the above in a scene): referring expressions, asked as
+# detect_prompt([expression]), and the grounded VQA questions (module docstring).
+REFER_TEMPLATES = ("the {color} {shape}", "the {shape} at the {pos}")
+GROUNDED_VQA_TEMPLATES = (
+  "which object is closest to the {color} object?",
+  "which object is furthest from the {color} object?",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,13 +231,36 @@ def object_phrase(color: str, shape: str) -> str:
   return f"{'an' if color[0] in 'aeiou' else 'a'} {color} {shape}"
 
 
-def caption(objects: Sequence[SceneObject], image_size: int) -> str:
+def object_box(obj: SceneObject, image_size: int) -> Box:
+  """The normalised box (y0, x0, y1, x1) of the pixels ``obj`` covers, in pixel edges: rows r0..r1
+  covered give y0 = r0 / S, y1 = (r1 + 1) / S (columns likewise). Read off ``object_mask``, so it is
+  exact for every shape (a triangle's apex row, a circle's single-pixel extremes)."""
+  mask = object_mask(obj, image_size)
+  rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+  s = float(image_size)
+  return (int(rows[0]) / s, int(cols[0]) / s, (int(rows[-1]) + 1) / s, (int(cols[-1]) + 1) / s)
+
+
+def grounded_phrase(obj: SceneObject, image_size: int) -> str:
+  """ "<phrase>a red circle</phrase><box>..</box>": the object's caption phrase with its box."""
+  return phrase_text(object_phrase(obj.color, obj.shape), object_box(obj, image_size))
+
+
+def _describe(objects: Sequence[SceneObject], image_size: int, name) -> str:
+  """ "<name> at the <pos>, ..." over the objects in the canonical colour order (``caption``)."""
   by_color = {o.color: o for o in objects}
   return ", ".join(
-    f"{object_phrase(c, by_color[c].shape)} at the {position_word(by_color[c], image_size)}"
-    for c in COLORS
-    if c in by_color
+    f"{name(by_color[c])} at the {position_word(by_color[c], image_size)}" for c in COLORS if c in by_color
   )
+
+
+def caption(objects: Sequence[SceneObject], image_size: int) -> str:
+  return _describe(objects, image_size, lambda o: object_phrase(o.color, o.shape))
+
+
+def grounded_caption(objects: Sequence[SceneObject], image_size: int) -> str:
+  """``caption`` with each object phrase followed by its box (``grounded_phrase``)."""
+  return _describe(objects, image_size, lambda o: grounded_phrase(o, image_size))
 
 
 def caption_objects(text: str) -> list[tuple[str, str]]:
@@ -321,13 +371,80 @@ def generate_questions(
   return questions, answers, qtypes
 
 
+def _ground(kind: str, objects, image_size: int, num_shapes: int, rng: np.random.Generator):
+  """One grounding (question, answer) of task ``kind`` or None when the sampled instance is
+  ambiguous (module docstring)."""
+  if kind == "refer":
+    if int(rng.integers(len(REFER_TEMPLATES))) == 0:  # one object per colour: always unique
+      o = objects[int(rng.integers(len(objects)))]
+      expr = REFER_TEMPLATES[0].format(color=o.color, shape=o.shape)
+    else:
+      keys = [(o.shape, position_word(o, image_size)) for o in objects]
+      unique = [o for o, k in zip(objects, keys) if keys.count(k) == 1]
+      if not unique:
+        return None
+      o = unique[int(rng.integers(len(unique)))]
+      expr = REFER_TEMPLATES[1].format(shape=o.shape, pos=position_word(o, image_size))
+    return detect_prompt([expr]), detection_text([(expr, object_box(o, image_size))])
+  if kind == "detect":
+    kinds = SHAPES[:num_shapes]
+    size = int(rng.integers(1, len(kinds) + 1))
+    labels = [kinds[int(i)] for i in rng.permutation(len(kinds))[:size]]
+    found = [(o.shape, object_box(o, image_size)) for o in objects]
+    return detect_prompt(labels), detection_text(found, labels)
+  if kind == "grounded_caption":
+    return GROUNDED_CAPTION_PROMPT, grounded_caption(objects, image_size)
+  if kind == "grounded_vqa":
+    ref = objects[int(rng.integers(len(objects)))]
+    t = int(rng.integers(len(GROUNDED_VQA_TEMPLATES)))
+    other = _extreme(objects, ref, closest=(t == 0))
+    if other is None:
+      return None
+    return GROUNDED_VQA_TEMPLATES[t].format(color=ref.color), grounded_phrase(other, image_size)
+  raise ValueError(f"unknown grounding task {kind!r}")
+
+
+def generate_grounding(
+  objects, image_size: int, num_shapes: int, rng: np.random.Generator, grounding_per_type, asked=()
+):
+  """Returns (questions, answers, question_types) of the grounding tasks, ``grounding_per_type``
+  {task: count} (GROUNDING_TASKS; left out: 0), none repeating a question of ``asked`` or of each
+  other. Nothing is drawn from ``rng`` for a count of 0."""
+  counts = dict(grounding_per_type or {})
+  unknown = set(counts) - set(GROUNDING_TASKS)
+  if unknown:
+    raise ValueError(f"unknown grounding tasks {sorted(unknown)}; expected {GROUNDING_TASKS}")
+  questions, answers, qtypes = [], [], []
+  for kind in GROUNDING_TASKS:
+    for _ in range(int(counts.get(kind, 0))):
+      for _ in range(50):
+        qa = _ground(kind, objects, image_size, num_shapes, rng)
+        if qa is not None and qa[0] not in questions and qa[0] not in asked:
+          questions.append(qa[0])
+          answers.append(qa[1])
+          qtypes.append(kind)
+          break
+        if kind == "grounded_caption":  # one prompt per scene: asking again cannot help
+          break
+  return questions, answers, qtypes
+
+
 def generate_scene(
-  seed, image_size: int = 64, num_shapes: int = 3, questions_per_type=None, auxiliary_per_type=None
+  seed,
+  image_size: int = 64,
+  num_shapes: int = 3,
+  questions_per_type=None,
+  auxiliary_per_type=None,
+  grounding_per_type=None,
 ) -> Scene:
-  """The scene for ``seed`` (an int, a sequence of ints or a numpy Generator)."""
+  """The scene for ``seed`` (an int, a sequence of ints or a numpy Generator). Grounding questions
+  (``grounding_per_type``, see ``generate_grounding``) are drawn after all others, so the scene is
+  otherwise the one without them."""
   rng = _as_rng(seed)
   objects = sample_objects(rng, image_size, num_shapes)
   qs, ans, qts = generate_questions(objects, image_size, rng, questions_per_type, auxiliary_per_type)
+  gq, ga, gt = generate_grounding(objects, image_size, num_shapes, rng, grounding_per_type, asked=qs)
+  qs, ans, qts = qs + gq, ans + ga, qts + gt
   return Scene(
     objects=objects,
     image=render(objects, image_size),
@@ -360,12 +477,20 @@ def scene_seed(seed: int, split: str, index: int) -> list[int]:
   return [int(seed), SPLIT_IDS[split], int(index)]
 
 
-def vocabulary_texts(num_shapes: int = 3) -> list[str]:
-  """Every template word, so a tokenizer can cover the whole template vocabulary."""
+def vocabulary_texts(num_shapes: int = 3, grounding: bool = False) -> list[str]:
+  """Every template word, so a tokenizer can cover the whole template vocabulary; with
+  ``grounding`` also the grounding prompts' words and the phrase tags (boxes become location
+  tokens, not text). Without it the texts are those of datasets made before grounding, so their
+  tokenizers stay the same."""
   words = set(COLORS) | set(SHAPES[:num_shapes]) | set(NUMBER_WORDS) | {"yes", "no", "a", "an"}
   for row in POSITION_WORDS:
     words |= set(" ".join(row).split())
   out = sorted(words)
   for t in ATTRIBUTE_TEMPLATES + SPATIAL_TEMPLATES + RELATIONAL_TEMPLATES:
     out.append(t.format(color="red", shape="circle", pos="top left"))
+  if grounding:
+    out.append(detect_prompt(SHAPES[:num_shapes]))
+    out += [detect_prompt([t.format(color="red", shape="circle", pos="top left")]) for t in REFER_TEMPLATES]
+    out += [GROUNDED_CAPTION_PROMPT, "<phrase>a red circle</phrase> at the top left"]
+    out += [t.format(color="red") for t in GROUNDED_VQA_TEMPLATES]
   return out
