@@ -26,7 +26,23 @@ texts for every --image by embedding similarity, and --split writes a report of 
 image retrieves first.
 
   python experiments/sample.py --workdir=DIR --image=scene.png --prompt="a red circle" --prompt="a red square"
+
+A grounding workdir (config.data.location_bins > 0, e.g. experiments/configs/grounding.py) finds
+boxes with --task=detect: the prompt "red circle" asks the model "detect red circle" (several labels
+separated by " ; ", "circle ; square"; a prompt starting with "detect " is sent as it is, and a
+referring expression is one label). It prints each box found, its label and [y0, x0, y1, x1]
+normalised and in pixels of the image file's own size, and draws the boxes on the image file as
+given (upscaled when small) into --out, by default <image stem>_boxes.png beside each image:
+
+  python experiments/sample.py --workdir=DIR --task=detect --image=scene.png --prompt="red circle"
+  python experiments/sample.py --workdir=DIR --task=detect --image=scene.png --prompt="circle ; square" \
+      --out=boxes.png
+
+A --split report draws every grounding example's boxes on its image: predicted ones solid with
+their labels, the reference's dashed.
 """
+
+import os
 
 from absl import app, flags, logging
 
@@ -39,6 +55,16 @@ _AUDIO = flags.DEFINE_multi_string(
   "audio",
   [],
   "WAV file(s) a model with an audio encoder (config.model.audio) hears: one for all images, or one per image.",
+)
+_TASK = flags.DEFINE_enum(
+  "task",
+  "answer",
+  ["answer", "detect"],
+  "answer: print the generated text. detect: --prompt names what to find (a referring expression is one "
+  "label); print and draw the boxes found (needs config.data.location_bins > 0).",
+)
+_OUT = flags.DEFINE_string(
+  "out", None, "--task=detect with one --image: the PNG to draw the boxes in (default <image stem>_boxes.png)."
 )
 _SPLIT = flags.DEFINE_enum("split", None, ["train", "validation", "test"], "Write a report for a split instead.")
 _NUM = flags.DEFINE_integer("num", 16, "Examples in a split report.")
@@ -57,6 +83,19 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _SPLIT.value is None and not _IMAGE.value:
     raise app.UsageError("give --image (with --prompt) or --split.")
+  if _TASK.value == "detect" and _SPLIT.value:
+    raise app.UsageError(
+      "--task=detect goes with --image: a --split report already draws the boxes of its grounding examples."
+    )
+  if _TASK.value == "detect" and not _PROMPT.value:
+    raise app.UsageError("--task=detect: name what to find with --prompt, e.g. --prompt='red circle'.")
+  if _OUT.value and _TASK.value != "detect":
+    raise app.UsageError("--out goes with --task=detect (the PNG its boxes are drawn in).")
+  if _OUT.value and len(_IMAGE.value) > 1:
+    raise app.UsageError(
+      f"--out names one PNG but there are {len(_IMAGE.value)} images: drop --out, and each image's boxes go to "
+      "<image stem>_boxes.png beside it."
+    )
   if _SPLIT.value and _AUDIO.value:
     raise app.UsageError("--audio goes with --image: a --split report hears each example's own audio.")
   if len(_AUDIO.value) not in (0, 1, len(_IMAGE.value)):
@@ -72,10 +111,22 @@ def main(argv):
   from mmjax.train import workdir as workdir_lib
 
   logging.set_verbosity(logging.WARNING)
-  if _IMAGE.value:  # from the config alone: a wrong --audio fails before the model is loaded
-    check_audio_flag(workdir_lib.load_config(_WORKDIR.value), _AUDIO.value)
+  if _IMAGE.value:  # from the config alone: a wrong flag fails before the model is loaded
+    config = workdir_lib.load_config(_WORKDIR.value)
+    check_audio_flag(config, _AUDIO.value)
+    if _TASK.value == "detect":
+      from mmjax.sample.boxes_image import check_detect_config, detection_prompt
+
+      try:
+        check_detect_config(config)
+      except ValueError as e:
+        raise app.UsageError(str(e)) from None
+      for p in _PROMPT.value:
+        detection_prompt(p)  # a prompt naming nothing fails before the model is loaded
   t = workdir_lib.load(_WORKDIR.value)
   if t.setup.kind.evaluator == "contrastive":
+    if _TASK.value == "detect":
+      raise app.UsageError("--task=detect: this workdir holds a contrastive model, which outputs no boxes.")
     _contrastive(t)
     return
   opts = options_from_config(t.config, t.data.tokenizer)
@@ -113,15 +164,42 @@ def main(argv):
       f"{len(_IMAGE.value)} images but {len(_PROMPT.value)} prompts: give one prompt, or one per image."
     )
   audio = _AUDIO.value * len(_IMAGE.value) if len(_AUDIO.value) == 1 else _AUDIO.value
+  if _TASK.value == "detect":
+    _detect(t, gen, prompts, rng, audio)
+    return
   answers = answer(t, gen, _IMAGE.value, prompts, rng, audio_paths=audio)
   for image, prompt, text in zip(_IMAGE.value, prompts, answers):
     print(text if len(prompts) == 1 else f"{image}\t{prompt}\t{text}")
 
 
+def _detect(t, gen, prompts, rng, audio):
+  """--task=detect: asks for boxes, prints them and draws them on each image file as given."""
+  from mmjax.sample import boxes_image
+  from mmjax.sample.predict import answer
+
+  asked = [boxes_image.detection_prompt(p) for p in prompts]
+  outs = [_OUT.value] if _OUT.value else [boxes_image.boxes_path(p) for p in _IMAGE.value]
+  if len(set(map(os.path.abspath, outs))) < len(outs):
+    raise app.UsageError(
+      "two --image files share a name stem in one folder, so their <image stem>_boxes.png would be one file: "
+      "rename one, or sample them one at a time with --out."
+    )
+  originals = [boxes_image.load_original(p) for p in _IMAGE.value]  # before generating: a bad file fails fast
+  texts = answer(t, gen, _IMAGE.value, [q for q, _ in asked], rng, audio_paths=audio)
+  locations = t.data.tokenizer.locations
+  for path, original, (question, labels), text, out in zip(_IMAGE.value, originals, asked, texts, outs):
+    height, width = original.shape[:2]
+    found = boxes_image.named(locations.parse(text), labels)
+    print(f"{path}: {question} -> {text}")
+    for line in boxes_image.box_lines(found, height, width) or ["no boxes in the output"]:
+      print(f"  {line}")
+    scale = boxes_image.drawn_scale(height, width)
+    boxes_image.draw_boxes(original, found, scale).save(out)
+    print(f"wrote {out}" + (f" ({scale}x the image's size)" if scale > 1 else ""))
+
+
 def _report(t, predictions):
   """Writes and prints the sample report of --split (its first --num predictions)."""
-  import os
-
   from mmjax.sample.report import write_report
 
   png, txt = write_report(os.path.join(_WORKDIR.value, "samples"), t.data, _SPLIT.value, predictions, _NUM.value)

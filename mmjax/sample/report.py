@@ -1,5 +1,9 @@
 """Sample reports: an image grid (PNG) with the prompt, answer and reference under each image,
-and the same as text, for eyeballing what a model does on a dataset split."""
+and the same as text, for eyeballing what a model does on a dataset split.
+
+A grounding prediction (mmjax.data.tasks.GROUNDING_TASKS) also shows its boxes on its image: the
+predicted ones solid with their labels, the reference's dashed (mmjax.sample.boxes_image).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,15 @@ import textwrap
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mmjax.sample import boxes_image
+
 
 def write_report(
   out_dir: str, data, split: str, predictions: list[dict], n: int, columns: int = 4, scale: int = 3
 ) -> tuple[str, str]:
-  """Writes out_dir/{split}_samples.png and .txt for the first n predictions; returns the paths."""
+  """Writes out_dir/{split}_samples.png and .txt for the first n predictions; returns the paths.
+
+  Boxes are read with the run's location tokens, `data.tokenizer.locations` (none: no boxes)."""
   os.makedirs(out_dir, exist_ok=True)
   chosen = predictions[:n]
   lines = []
@@ -29,11 +37,30 @@ def write_report(
   if chosen:
     images = [data.image(split, p["example_id"]) for p in chosen]
     texts = [f"Q: {p['prompt']}\nA: {p['prediction']}\nref: {p['references'][0]}" for p in chosen]
-    grid_image(images, texts, columns, scale).save(png_path)
+    locations = getattr(getattr(data, "tokenizer", None), "locations", None)
+    boxes = [prediction_boxes(p, locations) for p in chosen]
+    grid_image(images, texts, columns, scale, boxes).save(png_path)
   return png_path, txt_path
 
 
-def grid_image(images: list[np.ndarray], texts: list[str], columns: int, scale: int) -> Image.Image:
+def prediction_boxes(prediction: dict, locations) -> tuple[list, list] | None:
+  """(predicted, reference) [(label, box)] of a grounding prediction; None for other tasks. A box
+  alone (a referring answer) is named after the prompt's expression."""
+  task = prediction.get("task", "")
+  predicted = boxes_image.grounded_boxes(task, prediction["prediction"], locations)
+  if predicted is None:
+    return None
+  refs = prediction["references"]
+  reference = boxes_image.grounded_boxes(task, refs[0], locations) if refs else []
+  labels = boxes_image.prompt_labels(str(prediction.get("prompt", "")))
+  return boxes_image.named(predicted, labels), boxes_image.named(reference, labels)
+
+
+def grid_image(
+  images: list[np.ndarray], texts: list[str], columns: int, scale: int, boxes: list | None = None
+) -> Image.Image:
+  """Cells of images upscaled `scale` times with their text under them; boxes: per image, None or
+  (predicted, reference) [(label, box)] drawn on it."""
   h, w = images[0].shape[:2]
   cell_w, text_h = w * scale, 14 * 7
   rows = -(-len(images) // columns)
@@ -41,7 +68,13 @@ def grid_image(images: list[np.ndarray], texts: list[str], columns: int, scale: 
   draw = ImageDraw.Draw(canvas)
   for i, (img, text) in enumerate(zip(images, texts)):
     x, y = (i % columns) * cell_w, (i // columns) * (h * scale + text_h)
-    canvas.paste(Image.fromarray(np.asarray(img, np.uint8)).resize((cell_w, h * scale), Image.NEAREST), (x, y))
+    cell_boxes = boxes[i] if boxes else None
+    if cell_boxes is None:
+      cell = Image.fromarray(np.asarray(img, np.uint8)).resize((cell_w, h * scale), Image.NEAREST)
+    else:
+      predicted, reference = cell_boxes
+      cell = boxes_image.draw_boxes(img, predicted, scale, references=reference)
+    canvas.paste(cell, (x, y))
     wrapped = "\n".join(textwrap.fill(line, width=max(cell_w // 7, 10)) for line in text.split("\n"))
     draw.multiline_text((x + 2, y + h * scale + 2), wrapped, fill="black", spacing=1)
   return canvas
