@@ -364,17 +364,44 @@ def sincos_2d(h: int, w: int, dim: int, temperature: float = 10_000.0) -> np.nda
   return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(np.float32)
 
 
+def sincos_1d(n: int, dim: int) -> np.ndarray:
+  """[n, dim] float32 sin-cos codes of the positions 0..n-1 with wavelengths from 2 to 4n positions
+  (geometric), so that near positions have similar codes at every scale of an n-long axis."""
+  half = dim // 2
+  wavelength = 2.0 * (2.0 * max(n, 1)) ** (np.arange(half) / max(half - 1, 1))
+  angle = np.arange(n, dtype=np.float64)[:, None] * (2 * np.pi / wavelength)[None, :]
+  code = np.concatenate([np.sin(angle), np.cos(angle)], axis=1)
+  return np.pad(code, ((0, 0), (0, dim - 2 * half))).astype(np.float32)
+
+
 class Embed(nn.Module):
-  """Token embedding whose table doubles as the output projection (`attend`)."""
+  """Token embedding whose table doubles as the output projection (`attend`).
+
+  ordinal_tail=n > 0: the last n ids are ordered values (location tokens: bins along an image side)
+  and start from `sincos_1d` codes instead of random vectors (scaled to the same 0.02 per entry), so
+  that neighbouring values start with similar embeddings and, the table being the output projection
+  too, similar logits: what the model learns for one bin carries over to its neighbours.
+  """
 
   vocab_size: int
   features: int
   dtype: Dtype = jnp.float32
+  ordinal_tail: int = 0
 
   def setup(self):
+    if not 0 <= self.ordinal_tail <= self.vocab_size:
+      raise ValueError(f"Embed: ordinal_tail={self.ordinal_tail} must be in [0, vocab_size={self.vocab_size}].")
+
+    def init(key, shape, dtype=jnp.float32):
+      table = nn.initializers.normal(0.02)(key, shape, dtype)
+      if self.ordinal_tail:
+        code = sincos_1d(self.ordinal_tail, shape[1]) * (0.02 * np.sqrt(2.0))  # sin/cos entries have rms 1/sqrt(2)
+        table = table.at[shape[0] - self.ordinal_tail :].set(jnp.asarray(code, dtype))
+      return table
+
     self.embedding = self.param(
       "embedding",
-      param_with_axes(nn.initializers.normal(0.02), ("vocab", "embed")),
+      param_with_axes(init, ("vocab", "embed")),
       (self.vocab_size, self.features),
       jnp.float32,
     )

@@ -338,3 +338,12 @@ def test_sample_detect_end_to_end(tiny_config, tmp_path):
     assert (a == upscaled).all()
   else:
     assert (a != upscaled).any() and (a == upscaled).all(axis=2).mean() > 0.5
+
+
+def test_report_spreads_its_examples_over_tasks():
+  from mmjax.sample.report import spread_over_tasks
+
+  preds = [{"task": t, "example_id": i} for i, t in enumerate(["vqa"] * 5 + ["refer"] * 2 + ["detect"] * 3)]
+  assert [p["example_id"] for p in spread_over_tasks(preds, 6)] == [0, 5, 7, 1, 6, 8]
+  assert [p["example_id"] for p in spread_over_tasks(preds, 100)] == [0, 5, 7, 1, 6, 8, 2, 9, 3, 4]
+  assert spread_over_tasks(preds, 0) == [] and spread_over_tasks([], 3) == []

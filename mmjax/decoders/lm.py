@@ -34,9 +34,20 @@ class Decoder(nn.Module):
   remat: str = "none"  # layers.REMAT_POLICIES
   scan_layers: bool = False  # nn.scan over the blocks; needs identical blocks (cross_attention_every 0 or 1)
   mlp_activation: str = "gelu"  # layers.MLP_ACTIVATIONS
+  # The last location_bins ids of the vocabulary are location tokens (mmjax.location_tokens; the
+  # model gets the count from config.data.location_bins). location_embedding: how their embeddings
+  # start, "random" like every other id, or "sincos" (layers.Embed's ordinal_tail: neighbouring bins
+  # start alike).
+  location_bins: int = 0
+  location_embedding: str = "random"
 
   def setup(self):
-    self.embed = layers.Embed(self.vocab_size, self.width, self.dtype)
+    if self.location_embedding not in ("random", "sincos"):
+      raise ValueError(
+        f"config.model.decoder.location_embedding={self.location_embedding!r}: expected 'random' or 'sincos'."
+      )
+    ordinal = self.location_bins if self.location_embedding == "sincos" else 0
+    self.embed = layers.Embed(self.vocab_size, self.width, self.dtype, ordinal_tail=ordinal)
     self.posemb = self.param(
       "posemb",
       layers.param_with_axes(nn.initializers.normal(0.02), ("pos", "embed")),

@@ -126,6 +126,7 @@ class VisionLanguageModel(nn.Module):
 
   config: ml_collections.ConfigDict
   vocab_size: int
+  location_bins: int = 0  # the vocabulary's last ids are location tokens (config.data.location_bins)
 
   # Model-kind hooks (mmjax.models.kind).
   evaluator = "generative"  # evaluated by generation: VQA accuracy, CIDEr-D, matching accuracy
@@ -203,6 +204,7 @@ class VisionLanguageModel(nn.Module):
     self.decoder = Decoder(
       self.vocab_size,
       **c.decoder.to_dict(),
+      location_bins=self.location_bins,
       cross_attention_every=self.fusion.cross_attention_every,
       gated_cross_attention=self.fusion.gated,
       implementation=impl,

@@ -19,11 +19,12 @@ from mmjax.sample import boxes_image
 def write_report(
   out_dir: str, data, split: str, predictions: list[dict], n: int, columns: int = 4, scale: int = 3
 ) -> tuple[str, str]:
-  """Writes out_dir/{split}_samples.png and .txt for the first n predictions; returns the paths.
+  """Writes out_dir/{split}_samples.png and .txt for n predictions (the first of each task in turn:
+  spread_over_tasks); returns the paths.
 
   Boxes are read with the run's location tokens, `data.tokenizer.locations` (none: no boxes)."""
   os.makedirs(out_dir, exist_ok=True)
-  chosen = predictions[:n]
+  chosen = spread_over_tasks(predictions, n)
   lines = []
   for p in chosen:
     lines.append(
@@ -41,6 +42,20 @@ def write_report(
     boxes = [prediction_boxes(p, locations) for p in chosen]
     grid_image(images, texts, columns, scale, boxes).save(png_path)
   return png_path, txt_path
+
+
+def spread_over_tasks(predictions: list[dict], n: int) -> list[dict]:
+  """n predictions taken in turn from each task's, in order (the evaluator sorts a split by task,
+  so the first n alone would show one task)."""
+  by_task: dict[str, list[dict]] = {}
+  for p in predictions:
+    by_task.setdefault(p.get("task", ""), []).append(p)
+  chosen, queues = [], [list(reversed(v)) for v in by_task.values()]
+  while len(chosen) < n and any(queues):
+    for q in queues:
+      if q and len(chosen) < n:
+        chosen.append(q.pop())
+  return chosen
 
 
 def prediction_boxes(prediction: dict, locations) -> tuple[list, list] | None:

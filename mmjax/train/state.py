@@ -75,7 +75,10 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int, devices=None)
       "once: its loss couples the examples of the batch, so microbatches (grad accumulation) would "
       "change the objective; set config.grad_accum_steps=1 and a config.batch_size that fits."
     )
-  model = kind(config.model, vocab_size)
+  # A kind that declares location_bins learns which of its ids are location tokens (the tokenizer
+  # puts them last: mmjax.location_tokens.LocationTokens.for_vocab).
+  extras = {"location_bins": int(config.data.location_bins)} if "location_bins" in kind.__dataclass_fields__ else {}
+  model = kind(config.model, vocab_size, **extras)
   mesh = sharding.make_mesh(dict(config.mesh), dict(config.dcn_mesh), devices=devices)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.batch_size % shards:

@@ -39,9 +39,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ("total_steps", "batch_size", "eval_every", "checkpoint_every", "seed"):
     if key not in config:
       raise ValueError(f"config has no `{key}`: every experiment config must define it.")
-  for key in ("total_steps", "batch_size", "eval_every", "checkpoint_every"):
+  for key in ("total_steps", "batch_size", "checkpoint_every"):
     if int(config[key]) <= 0:
       raise ValueError(f"config.{key}={config[key]} must be a positive integer.")
+  if int(config.eval_every) < 0:
+    raise ValueError(f"config.eval_every={config.eval_every} must be >= 0 (0: evaluate only at the end).")
   for key in ("source", "manifest"):
     if key not in config.data:
       raise ValueError(
@@ -148,7 +150,7 @@ def train_and_evaluate(
           bar.close()
           logging.warning("stopped at step %d on request; the checkpoint resumes it.", step)
           return {"stopped_at": step}
-        if step % config.eval_every == 0 and step != config.total_steps:
+        if config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
           evaluate("validation", step, config.eval_max_examples)
       bar.close()
       ckpt.wait()
@@ -168,12 +170,11 @@ def _check_eval_splits(config, data) -> None:
   """Fails before training, not after it, when a split the run evaluates on is not in the dataset
   (a manifest without validation or test records; the error names the split and the manifest)."""
   prepare.check_split(data.builder, "test", "the final test evaluation")
-  if config.eval_every < config.total_steps:
+  if 0 < config.eval_every < config.total_steps:
     prepare.check_split(
       data.builder,
       "validation",
-      f"the evaluation every config.eval_every={config.eval_every} steps (set it to at least "
-      f"config.total_steps={config.total_steps} to train without it)",
+      f"the evaluation every config.eval_every={config.eval_every} steps (set it to 0 to train without it)",
     )
 
 
