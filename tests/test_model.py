@@ -185,3 +185,48 @@ def test_mlp_unknown_activation_is_an_error():
   images, prompt, plen, target = inputs(np.random.default_rng(0))
   with pytest.raises(ValueError, match=r"config\.model\.decoder\.mlp_activation"):
     build_model(c, V).init(jax.random.key(0), images, prompt, plen, target)
+
+
+def test_sincos_1d_against_float64_formula():
+  n, dim = 64, 10
+  got = layers.sincos_1d(n, dim)
+  half = dim // 2
+  p = np.arange(n)[:, None]
+  wavelengths = [2.0 * (2.0 * n) ** (k / (half - 1)) for k in range(half)]  # 2 ... 4n positions
+  want = np.concatenate(
+    [np.sin(2 * np.pi * p / np.array(wavelengths)), np.cos(2 * np.pi * p / np.array(wavelengths))], 1
+  )
+  assert got.shape == (n, dim) and got.dtype == np.float32
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  assert layers.sincos_1d(4, 7)[:, -1].tolist() == [0, 0, 0, 0]  # an odd width pads one zero column
+
+
+def test_embed_ordinal_tail_starts_from_sincos_codes():
+  vocab, width, n = 40, 12, 16
+  embed = layers.Embed(vocab, width, ordinal_tail=n)
+  table = np.asarray(embed.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]["embedding"].value)
+  np.testing.assert_allclose(table[vocab - n :], layers.sincos_1d(n, width) * 0.02 * np.sqrt(2), rtol=1e-6)
+  head = table[: vocab - n]
+  assert 0.01 < head.std() < 0.03 and not np.allclose(head[:, : width // 2], 0)  # the rest stays random
+  plain = layers.Embed(vocab, width).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]["embedding"].value
+  np.testing.assert_array_equal(np.asarray(plain)[: vocab - n], head)  # same random rows as without the tail
+  with pytest.raises(ValueError, match="ordinal_tail"):
+    layers.Embed(vocab, width, ordinal_tail=vocab + 1).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+
+
+def test_decoder_location_embedding_option():
+  c = tiny_model_config()
+  c.decoder.location_embedding = "sincos"
+  model = build_model(c, 40)
+  assert model.location_bins == 0
+  from mmjax.models.vlm import VisionLanguageModel
+
+  model = VisionLanguageModel(c, 40, location_bins=8)
+  images = jnp.zeros((1, 16, 16, 3), jnp.uint8)
+  prompt, plen, target = jnp.zeros((1, 4), jnp.int32), jnp.array([2]), jnp.zeros((1, 3), jnp.int32)
+  params = model.init(jax.random.key(0), images, prompt, plen, target)["params"]
+  table = np.asarray(params["decoder"]["embed"]["embedding"].value)
+  np.testing.assert_allclose(table[-8:], layers.sincos_1d(8, table.shape[1]) * 0.02 * np.sqrt(2), rtol=1e-6)
+  c.decoder.location_embedding = "fourier"
+  with pytest.raises(ValueError, match="config.model.decoder.location_embedding='fourier'"):
+    VisionLanguageModel(c, 40, location_bins=8).init(jax.random.key(0), images, prompt, plen, target)
