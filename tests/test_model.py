@@ -230,3 +230,31 @@ def test_decoder_location_embedding_option():
   c.decoder.location_embedding = "fourier"
   with pytest.raises(ValueError, match="config.model.decoder.location_embedding='fourier'"):
     VisionLanguageModel(c, 40, location_bins=8).init(jax.random.key(0), images, prompt, plen, target)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.7, 2.0])
+def test_decoder_xent_spreads_location_targets_against_float64(sigma):
+  from mmjax.decoders.lm import Decoder
+
+  vocab, n = 30, 12  # ids 18..29 are location bins 0..11
+  rng = np.random.default_rng(int(sigma * 10))
+  logits = rng.normal(0, 2, (3, 7, vocab)).astype(np.float32)
+  labels = rng.integers(0, vocab, (3, 7)).astype(np.int32)
+  labels[0, :3] = [18, 29, 23]  # the first and last bins (cut Gaussians) and a middle one
+  got = Decoder(vocab, width=8, location_bins=n, location_label_sigma=sigma).xent(
+    jnp.asarray(logits), jnp.asarray(labels)
+  )
+  x = logits.astype(np.float64)
+  logp = x - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) - x.max(-1, keepdims=True)
+  want = np.zeros(labels.shape)
+  for idx in np.ndindex(labels.shape):
+    q = np.zeros(vocab)
+    label = labels[idx]
+    if sigma and label >= vocab - n:
+      bins = np.arange(n)
+      w = np.exp(-0.5 * ((bins - (label - (vocab - n))) / sigma) ** 2)
+      q[vocab - n :] = w / w.sum()
+    else:
+      q[label] = 1.0
+    want[idx] = -(q * logp[idx]).sum()
+  assert rel_err(got, want) < 1e-5

@@ -12,6 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from mmjax import layers
 from mmjax.attention import MaskSpec
@@ -40,6 +41,9 @@ class Decoder(nn.Module):
   # start alike).
   location_bins: int = 0
   location_embedding: str = "random"
+  # > 0: `xent` spreads a location target over the neighbouring bins, a Gaussian of this many bins'
+  # standard deviation, so that a near miss costs less than a far one (a bin is ordered, unlike a word).
+  location_label_sigma: float = 0.0
 
   def setup(self):
     if self.location_embedding not in ("random", "sincos"):
@@ -77,6 +81,23 @@ class Decoder(nn.Module):
       cls = layers.block_class(self.remat)
       self.blocks = [cls(**block(i)) for i in range(self.depth)]
     self.norm = layers.LayerNorm(self.dtype)
+
+  def xent(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-token cross-entropy [...] of logits [..., V] against integer labels [...]: against the
+    label alone, or for a location label with location_label_sigma > 0 against a Gaussian over the
+    location bins centred on it (cut at the image border and renormalised)."""
+    if not (self.location_label_sigma > 0 and self.location_bins):
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    n = self.location_bins
+    first = logits.shape[-1] - n  # location ids are the vocabulary's last ids
+    offset = jnp.arange(n) - (labels - first)[..., None]
+    spread = jax.nn.softmax(-0.5 * (offset / self.location_label_sigma) ** 2, axis=-1)
+    target_logit = jnp.where(
+      labels >= first,
+      jnp.einsum("...n,...n->...", spread, logits[..., first:]),
+      jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0],
+    )
+    return jax.nn.logsumexp(logits, axis=-1) - target_logit
 
   def __call__(self, tokens, cond: Conditioning, start: jax.Array | int = 0, decode: bool = False):
     """tokens int32 [B, T] -> logits float32 [B, T, V] for the tokens (prefix positions dropped).

@@ -24,7 +24,6 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from mmjax import registry
 from mmjax.decoders import Decoder
@@ -158,7 +157,7 @@ class VisionLanguageModel(nn.Module):
     for stream, logits in self.stream_logits(batch).items():
       keys = stream_keys(stream)
       labels, weights = batch[keys["target_out"]], batch[keys["target_mask"]]
-      xent += (optax.softmax_cross_entropy_with_integer_labels(logits, labels) * weights).sum()
+      xent += (self.decoder.xent(logits, labels) * weights).sum()
       correct += ((logits.argmax(-1) == labels) * weights).sum()
       weight += weights.sum()
     return xent, {"token_accuracy": correct, "weight": weight}
