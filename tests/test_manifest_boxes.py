@@ -215,7 +215,7 @@ def test_bad_boxes_name_their_line(tmp_path, line, msg):
   with pytest.raises(ValueError) as e:
     tfds_builders.prepare_manifest(str(m), str(data_dir))
   text = str(e.value)
-  assert text.startswith(f"{m} line 3: ") and msg in text, text
+  assert text.startswith(f"{m}:3: ") and msg in text, text
   assert "\n" not in text
   assert not data_dir.exists() or not any(data_dir.rglob("*"))
 

@@ -60,9 +60,8 @@ One JSON object per line (blank lines are ignored)::
 
 Every line is validated (including opening/decoding every image, WAV file and folder frame, and
 checking every .npy header) before anything is written; any problem raises
-``ValueError("<manifest>:<line>: key '<key>': <problem>")``; a bad "boxes" or "box_format" entry
-raises ``ValueError("<manifest> line <line>: ...")`` (a bad box: ``boxes[<i>]: `` and
-``normalize_box``'s message).
+``ValueError("<manifest>:<line>: key '<key>': <problem>")`` (a bad box:
+``"<manifest>:<line>: boxes[<i>]: "`` and ``normalize_box``'s message).
 """
 
 from __future__ import annotations
@@ -285,7 +284,7 @@ def _image_size(path: str) -> tuple[int, int]:
 def _objects(obj, manifest_path, lineno: int, image_size) -> list[tuple[str, Box]]:
   """The (label, normalised box) objects of a line's "boxes"; ``image_size`` () -> (height, width)
   of its image, asked only for pixel boxes. ValueError naming the line otherwise."""
-  where = f"{manifest_path} line {lineno}"
+  where = f"{manifest_path}:{lineno}"  # as _err writes it
   fmt = obj.get("box_format", "pixels")
   if fmt not in BOX_FORMATS:
     raise ValueError(f"{where}: key 'box_format': {fmt!r} is not one of {', '.join(BOX_FORMATS)}.")
