@@ -175,7 +175,7 @@ def main(argv):
 def _detect(t, gen, prompts, rng, audio):
   """--task=detect: asks for boxes, prints them and draws them on each image file as given."""
   from mmjax.sample import boxes_image
-  from mmjax.sample.predict import answer
+  from mmjax.sample.predict import answer, load_image
 
   asked = [boxes_image.detection_prompt(p) for p in prompts]
   outs = [_OUT.value] if _OUT.value else [boxes_image.boxes_path(p) for p in _IMAGE.value]
@@ -184,7 +184,8 @@ def _detect(t, gen, prompts, rng, audio):
       "two --image files share a name stem in one folder, so their <image stem>_boxes.png would be one file: "
       "rename one, or sample them one at a time with --out."
     )
-  originals = [boxes_image.load_original(p) for p in _IMAGE.value]  # before generating: a bad file fails fast
+  # At the files' own sizes, to draw on what was given; read before generating, so a bad file fails fast.
+  originals = [load_image(p, None) for p in _IMAGE.value]
   texts = answer(t, gen, _IMAGE.value, [q for q, _ in asked], rng, audio_paths=audio)
   locations = t.data.tokenizer.locations
   for path, original, (question, labels), text, out in zip(_IMAGE.value, originals, asked, texts, outs):

@@ -102,18 +102,17 @@ def test_references_are_dashed_over_the_predictions():
   assert not a[:16].any()
 
 
-def test_grounded_boxes_per_task():
+def test_grounded_pairs_per_task():
+  from mmjax.data.tasks import grounded_pairs
+
   loc = LocationTokens(num_bins=10, first_id=100)
   det = "<loc0001><loc0002><loc0003><loc0004> circle ; <loc0005><loc0005><loc0009><loc0009> square"
-  assert [label for label, _ in boxes_image.grounded_boxes("detect", det, loc)] == ["circle", "square"]
-  assert boxes_image.grounded_boxes("refer", "<loc0001><loc0002><loc0003><loc0004>", loc) == [
-    ("", (0.15, 0.25, 0.35, 0.45))
-  ]
+  assert [label for label, _ in grounded_pairs("detect", det, loc)] == ["circle", "square"]
+  assert grounded_pairs("refer", "<loc0001><loc0002><loc0003><loc0004>", loc) == [("", (0.15, 0.25, 0.35, 0.45))]
   cap = f"<phrase>a red circle</phrase>{box_markup((0.1, 0.2, 0.3, 0.4))} at the top left"
-  assert boxes_image.grounded_boxes("grounded_caption", cap, loc) == [("a red circle", (0.1, 0.2, 0.3, 0.4))]
-  assert boxes_image.grounded_boxes("grounded_vqa", cap, loc) == [("a red circle", (0.1, 0.2, 0.3, 0.4))]
-  assert boxes_image.grounded_boxes("vqa", det, loc) is None
-  assert boxes_image.grounded_boxes("detect", det, None) is None
+  assert grounded_pairs("grounded_caption", cap, loc) == [("a red circle", (0.1, 0.2, 0.3, 0.4))]
+  assert grounded_pairs("grounded_vqa", cap, loc) == [("a red circle", (0.1, 0.2, 0.3, 0.4))]
+  assert grounded_pairs("vqa", det, loc) is None
 
 
 class _Tokenizer:
@@ -228,22 +227,24 @@ def test_box_lines_in_pixels_of_a_non_square_original():
 
 
 def test_original_image_drawing_and_paths(tmp_path):
+  from mmjax.sample.predict import load_image
+
   path = tmp_path / "scene.final.png"
   rgba = np.zeros((30, 50, 4), np.uint8)
   rgba[..., 3] = 255
   rgba[:, :10, 3] = 0  # transparent: white, as the model's input
   Image.fromarray(rgba, "RGBA").save(path)
-  original = boxes_image.load_original(str(path))
+  original = load_image(str(path), None)
   assert original.shape == (30, 50, 3) and (original[:, :10] == 255).all() and (original[:, 10:] == 0).all()
   assert boxes_image.boxes_path(str(path)) == str(tmp_path / "scene.final_boxes.png")
   assert boxes_image.drawn_scale(30, 50) == 8 and boxes_image.drawn_scale(480, 640) == 1
   canvas = draw_boxes(original, [("x", (0.0, 0.2, 1.0, 1.0))], boxes_image.drawn_scale(30, 50))
   assert canvas.size == (400, 240)
   with pytest.raises(FileNotFoundError, match="--image"):
-    boxes_image.load_original(str(tmp_path / "missing.png"))
+    load_image(str(tmp_path / "missing.png"), None)
   (tmp_path / "bad.png").write_text("not an image")
   with pytest.raises(ValueError, match="bad.png"):
-    boxes_image.load_original(str(tmp_path / "bad.png"))
+    load_image(str(tmp_path / "bad.png"), None)
 
 
 def test_check_detect_config_names_location_bins():

@@ -139,21 +139,21 @@ def manifest_hash(manifest_path: str | os.PathLike) -> str:
     return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
-def load_image(path: str, image_size: int) -> np.ndarray:
-  """Reads any PIL-readable image as uint8 RGB [image_size, image_size, 3]."""
+def load_image(path: str, image_size: int | None) -> np.ndarray:
+  """Reads any PIL-readable image as uint8 RGB [image_size, image_size, 3] (None: at its own size)."""
   with Image.open(path) as im:
     im.load()
     return _rgb(im, image_size)
 
 
-def _rgb(im: Image.Image, image_size: int) -> np.ndarray:
-  """Any PIL image -> uint8 RGB [image_size, image_size, 3] (alpha composited over white)."""
+def _rgb(im: Image.Image, image_size: int | None) -> np.ndarray:
+  """Any PIL image -> uint8 RGB [image_size, image_size, 3] (alpha composited over white; None: its own size)."""
   if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
     im = im.convert("RGBA")
     bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
     im = Image.alpha_composite(bg, im)
   im = im.convert("RGB")
-  if im.size != (image_size, image_size):
+  if image_size is not None and im.size != (image_size, image_size):
     im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
   return np.asarray(im, dtype=np.uint8)
 

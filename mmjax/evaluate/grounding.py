@@ -26,6 +26,7 @@ from typing import Hashable, Sequence
 
 import numpy as np
 
+from mmjax.data import tasks
 from mmjax.evaluate.text import normalize_answer
 from mmjax.location_tokens import as_boxes
 
@@ -163,17 +164,12 @@ def grounded_caption_accuracy(pred: Sequence[Sequence], gt: Sequence[Sequence]) 
   return found / total
 
 
-# The metrics of the grounding tasks (mmjax.data.tasks.GROUNDING_TASKS), as `score_predictions` names
-# them: metrics.jsonl gets "<split>/<name>".
-METRIC_NAMES = ("refer_acc50", "refer_miou", "detect_map50", "grounded_caption_acc", "grounded_vqa_acc")
-
-
 def score_predictions(predictions: Sequence[dict], locations) -> dict[str, float]:
   """The grounding metrics of the evaluator's predictions (dicts with task, prediction, references).
 
   Predictions are parsed from their location tokens (`locations`: the run's LocationTokens), the
-  references from their exact boxes in markup, both by `LocationTokens.parse` (refer, detect) or
-  `.phrases` (grounded_caption, grounded_vqa), so a reference is never quantised:
+  references from their exact boxes in markup, both by `tasks.grounded_pairs`, so a reference is
+  never quantised:
   * refer: the first box of the output against the reference's box: `refer_acc50`, `refer_miou`;
   * detect: every output box with its label against the reference's, `detect_map50`. The decoder
     gives no confidences, so every detection scores 1 (ties ranked in image and output order, as
@@ -182,26 +178,23 @@ def score_predictions(predictions: Sequence[dict], locations) -> dict[str, float
     `grounded_caption_acc`, `grounded_vqa_acc` (for VQA: the answer's object named right and boxed).
   Tasks without predictions (or whose references hold no box) give no metric.
   """
-  by_task: dict[str, list[dict]] = {}
+  parsed: dict[str, list[tuple[list, list]]] = {}  # task -> [(predicted pairs, reference pairs)]
   for p in predictions:
-    by_task.setdefault(p["task"], []).append(p)
+    pred, gt = (tasks.grounded_pairs(p["task"], text, locations) for text in (p["prediction"], p["references"][0]))
+    parsed.setdefault(p["task"], []).append((pred, gt))
   out = {}
-  refer = [(p, locations.parse(p["references"][0])) for p in by_task.get("refer", [])]
-  refer = [(p, gt) for p, gt in refer if gt]
+  refer = [(pred, gt) for pred, gt in parsed.get("refer", []) if gt]
   if refer:
-    preds = [locations.parse(p["prediction"]) for p, _ in refer]
-    r = referring([pred[0][1] if pred else None for pred in preds], [gt[0][1] for _, gt in refer])
+    r = referring([pred[0][1] if pred else None for pred, _ in refer], [gt[0][1] for _, gt in refer])
     out["refer_acc50"], out["refer_miou"] = r["acc50"], r["miou"]
-  detect = by_task.get("detect", [])
-  gts = [[(normalize_answer(label), box) for label, box in locations.parse(p["references"][0])] for p in detect]
-  if any(gts):
-    dets = [[(normalize_answer(label), box, 1.0) for label, box in locations.parse(p["prediction"])] for p in detect]
-    out["detect_map50"] = detection_map50(dets, gts)
-  for task, name in (("grounded_caption", "grounded_caption_acc"), ("grounded_vqa", "grounded_vqa_acc")):
-    items = [(p, locations.phrases(p["references"][0])) for p in by_task.get(task, [])]
-    items = [(p, gt) for p, gt in items if gt]
+  detect = parsed.get("detect", [])
+  if any(gt for _, gt in detect):
+    labelled = lambda pairs, *score: [(normalize_answer(label), box, *score) for label, box in pairs]
+    out["detect_map50"] = detection_map50(
+      [labelled(pred, 1.0) for pred, _ in detect], [labelled(gt) for _, gt in detect]
+    )
+  for task in tasks.PHRASE_TASKS:
+    items = [(pred, gt) for pred, gt in parsed.get(task, []) if gt]
     if items:
-      out[name] = grounded_caption_accuracy(
-        [locations.phrases(p["prediction"]) for p, _ in items], [gt for _, gt in items]
-      )
+      out[f"{task}_acc"] = grounded_caption_accuracy([pred for pred, _ in items], [gt for _, gt in items])
   return out

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mmjax.location_tokens import Box, LocationTokens, detect_prompt
+from mmjax.location_tokens import Box, detect_prompt
 
 # Distinct saturated colours (none black or white, which the references use); consecutive boxes differ.
 PALETTE = (
@@ -42,11 +42,6 @@ MAX_LABEL_CHARS = 60
 # The sample command upscales a small original image until its longer side is at least this, so
 # that labels stay readable next to its boxes.
 MIN_DRAWN_SIDE = 384
-
-# Tasks whose output is detection text ("<loc..>x4 label ; ...") and those whose output is grounded
-# phrases ("<phrase>..</phrase><loc..>x4 ..."): mmjax.data.tasks.GROUNDING_TASKS.
-DETECTION_TASKS = ("refer", "detect")
-PHRASE_TASKS = ("grounded_caption", "grounded_vqa")
 
 
 def draw_boxes(
@@ -148,19 +143,6 @@ def _label(draw, font, label: str, rect, colour, width: int, size: tuple[int, in
   draw.text((left + 1 - x0, top + 1 - y0), label, fill=ink, font=font)
 
 
-def grounded_boxes(task: str, text: str, locations: LocationTokens | None) -> list[tuple[str, Box]] | None:
-  """The boxes of a grounding task's text (a prediction's location tokens or a reference's markup):
-  `locations.parse` for refer / detect, `locations.phrases` for grounded captions and answers; None
-  for other tasks, or without location tokens."""
-  if locations is None:
-    return None
-  if task in DETECTION_TASKS:
-    return locations.parse(text)
-  if task in PHRASE_TASKS:
-    return locations.phrases(text)
-  return None
-
-
 def named(boxes: Sequence[tuple[str, Box]], labels: Sequence[str]) -> list[tuple[str, Box]]:
   """`boxes` with an empty label (a referring answer: a box alone) named after the prompt's one
   label; with several labels there is no telling which, and they stay empty."""
@@ -204,22 +186,6 @@ def check_detect_config(config) -> None:
       f"--task=detect: this model has no location tokens (its config.data.location_bins is {bins}), so it "
       "cannot output boxes; train with config.data.location_bins > 0 (experiments/configs/grounding.py)."
     )
-
-
-def load_original(path: str) -> np.ndarray:
-  """An image file at its own size as uint8 RGB [H, W, 3] (transparency composited on white, as the
-  model's input is), for drawing boxes on what the user gave rather than the model's resized copy."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"--image {path}: no such file.")
-  try:
-    with Image.open(path) as im:
-      im.load()
-      if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
-      return np.asarray(im.convert("RGB"), dtype=np.uint8)
-  except OSError as e:
-    raise ValueError(f"--image {path}: not a readable image ({e}).") from e
 
 
 def pixel_box(box, height: int, width: int) -> tuple[int, int, int, int]:

@@ -14,9 +14,10 @@ from mmjax.models import vlm
 from mmjax.sample import embed
 
 
-def load_image(path: str, image_size: int) -> np.ndarray:
+def load_image(path: str, image_size: int | None) -> np.ndarray:
   """An image file as the model saw training images: manifest.load_image (RGB, alpha composited on
-  white, the training resize), so sampled pixels equal the dataset's for the same file."""
+  white, the training resize), so sampled pixels equal the dataset's for the same file. image_size
+  None: the same at the file's own size (to draw on what the user gave)."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"--image {path}: no such file.")
   try:

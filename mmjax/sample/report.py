@@ -13,6 +13,7 @@ import textwrap
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mmjax.data.tasks import grounded_pairs
 from mmjax.sample import boxes_image
 
 
@@ -62,11 +63,11 @@ def prediction_boxes(prediction: dict, locations) -> tuple[list, list] | None:
   """(predicted, reference) [(label, box)] of a grounding prediction; None for other tasks. A box
   alone (a referring answer) is named after the prompt's expression."""
   task = prediction.get("task", "")
-  predicted = boxes_image.grounded_boxes(task, prediction["prediction"], locations)
+  predicted = None if locations is None else grounded_pairs(task, prediction["prediction"], locations)
   if predicted is None:
     return None
   refs = prediction["references"]
-  reference = boxes_image.grounded_boxes(task, refs[0], locations) if refs else []
+  reference = grounded_pairs(task, refs[0], locations) if refs else []
   labels = boxes_image.prompt_labels(str(prediction.get("prompt", "")))
   return boxes_image.named(predicted, labels), boxes_image.named(reference, labels)
 
