@@ -35,6 +35,11 @@ class Dense(nn.Module):
 
   features may be an int or a tuple (e.g. (heads, head_dim)); in_axes/out_axes name the kernel's
   input and output dims.
+
+  LoRA: when the params hold `lora_a` [*in, r], `lora_b` [r, *features] and `lora_scale` next to
+  the kernel (inserted after init by mmjax.models.lora.add_adapters), the layer adds
+  lora_scale * (x A) B. The module never creates them itself, so a model's structure and init are
+  the same with or without adapters, and which layers are adapted is a config choice.
   """
 
   features: int | tuple[int, ...]
@@ -56,7 +61,13 @@ class Dense(nn.Module):
       jnp.float32,
     )
     contract = tuple(range(x.ndim - n_in, x.ndim))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), ((contract, tuple(range(n_in))), ((), ())))
+    dims = ((contract, tuple(range(n_in))), ((), ()))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), dims)
+    if self.has_variable("params", "lora_a"):
+      a, b = self.get_variable("params", "lora_a"), self.get_variable("params", "lora_b")
+      low = jax.lax.dot_general(x.astype(self.dtype), a.astype(self.dtype), dims)
+      low = jnp.tensordot(low, b.astype(self.dtype), axes=1)
+      y = y + self.get_variable("params", "lora_scale").astype(self.dtype) * low
     if self.use_bias:
       bias = self.param("bias", param_with_axes(nn.initializers.zeros, self.out_axes), features, jnp.float32)
       y = y + bias.astype(self.dtype)
@@ -72,44 +83,106 @@ class Dense(nn.Module):
     return init
 
 
-class LayerNorm(nn.Module):
+NORMS = ("layernorm", "rmsnorm", "rmsnorm_offset")
+
+
+class Norm(nn.Module):
+  """Normalisation over the last dim: "layernorm" (with bias), "rmsnorm" (x / rms * w, Llama) or
+  "rmsnorm_offset" (x / rms * (1 + w) with w starting at 0, Gemma). eps: 1e-6 for mmjax's own
+  models; pretrained families set theirs (CLIP 1e-5, BERT / ViT 1e-12)."""
+
   dtype: Dtype = jnp.float32
+  kind: str = "layernorm"
+  eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x):
-    return nn.LayerNorm(
-      dtype=self.dtype,
-      scale_init=param_with_axes(nn.initializers.ones, ("norm",)),
-      bias_init=param_with_axes(nn.initializers.zeros, ("norm",)),
-    )(x)
+    if self.kind == "layernorm":
+      return nn.LayerNorm(
+        epsilon=self.eps,
+        dtype=self.dtype,
+        scale_init=param_with_axes(nn.initializers.ones, ("norm",)),
+        bias_init=param_with_axes(nn.initializers.zeros, ("norm",)),
+      )(x)
+    if self.kind not in NORMS:
+      raise ValueError(f"norm={self.kind!r}: use one of {NORMS}.")
+    offset = self.kind == "rmsnorm_offset"
+    init = nn.initializers.zeros if offset else nn.initializers.ones
+    scale = self.param("scale", param_with_axes(init, ("norm",)), (x.shape[-1],), jnp.float32)
+    h = x.astype(jnp.float32)
+    h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
+    return (h * (1.0 + scale if offset else scale)).astype(self.dtype)
 
 
-MLP_ACTIVATIONS = ("gelu", "geglu")
+# name -> (activation, gated). Gated variants multiply the activated projection `wi` by a second
+# linear projection `wi_linear` (GeGLU as in Gemma, SwiGLU as in Llama); "gelu" is the tanh
+# approximation (GPT-2's gelu_new), "gelu_exact" the erf form (BERT, ViT), "quick_gelu" CLIP's
+# x * sigmoid(1.702 x).
+MLP_ACTIVATIONS = {
+  "gelu": (lambda x: nn.gelu(x, approximate=True), False),
+  "gelu_exact": (lambda x: nn.gelu(x, approximate=False), False),
+  "quick_gelu": (lambda x: x * jax.nn.sigmoid(1.702 * x), False),
+  "relu": (nn.relu, False),
+  "silu": (nn.silu, False),
+  "geglu": (lambda x: nn.gelu(x, approximate=True), True),
+  "swiglu": (nn.silu, True),
+}
 
 
 class MLP(nn.Module):
-  """Two-layer MLP. activation="geglu" (Shazeer 2020, as in Gemma) multiplies a GELU gate by a second
-  linear projection: the product of two linear functions of the input can express an interaction
-  of two features (e.g. "which side was asked" x "which side the object is on") with a first-order
-  gradient from the start, where a plain GELU MLP has to find it through its curvature."""
+  """Two-layer MLP. A gated activation ("geglu", Shazeer 2020, as in Gemma) multiplies the activated
+  projection by a second linear one: the product of two linear functions of the input can express
+  an interaction of two features (e.g. "which side was asked" x "which side the object is on")
+  with a first-order gradient from the start, where a plain GELU MLP has to find it through its
+  curvature."""
 
   hidden: int
   dtype: Dtype = jnp.float32
-  activation: str = "gelu"
+  activation: str = "gelu"  # a key of MLP_ACTIVATIONS
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x):
     d = x.shape[-1]
     if self.activation not in MLP_ACTIVATIONS:
       raise ValueError(
-        f"mlp_activation={self.activation!r} (config.model.decoder.mlp_activation): use one of {MLP_ACTIVATIONS}."
+        f"mlp_activation={self.activation!r} (config.model.<tower>.mlp_activation): "
+        f"use one of {tuple(MLP_ACTIVATIONS)}."
       )
-    h = Dense(self.hidden, ("embed",), ("mlp",), dtype=self.dtype, name="wi")(x)
-    h = nn.gelu(h)
-    if self.activation == "geglu":
-      h = h * Dense(self.hidden, ("embed",), ("mlp",), dtype=self.dtype, name="wi_linear")(x)
+    act, gated = MLP_ACTIVATIONS[self.activation]
+    dense = lambda n, i, o, name: Dense(n, i, o, use_bias=self.use_bias, dtype=self.dtype, name=name)
+    h = act(dense(self.hidden, ("embed",), ("mlp",), "wi")(x))
+    if gated:
+      h = h * dense(self.hidden, ("embed",), ("mlp",), "wi_linear")(x)
     h = constrain(h, ("act_batch", "act_len", "act_mlp"))
-    return Dense(d, ("mlp",), ("embed",), dtype=self.dtype, name="wo")(h)
+    return dense(d, ("mlp",), ("embed",), "wo")(h)
+
+
+# TransformerBlock fields that pretrained families set differently from mmjax's own models; an
+# encoder or decoder takes them as one `style` mapping (config.model.<tower>.style).
+STYLE_FIELDS = ("norm", "norm_eps", "post_norm", "attention_bias", "mlp_bias", "rope_theta")
+
+
+def block_style(style, where: str) -> dict:
+  """The TransformerBlock fields of a `style` mapping (None: mmjax's defaults), checked by name."""
+  style = dict(style or {})
+  unknown = sorted(set(style) - set(STYLE_FIELDS))
+  if unknown:
+    raise ValueError(f"{where}.style has unknown keys {unknown}; the style keys are {STYLE_FIELDS}.")
+  return style
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding of x [B, S, H, D] at integer positions [B, S] (or [S]), in the
+  "rotate half" layout of Llama / Gemma checkpoints: dims i and i + D/2 form a rotated pair."""
+  d = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+  angle = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, S, D/2]
+  if angle.ndim == 2:
+    angle = angle[None]
+  cos, sin = jnp.cos(angle)[:, :, None, :], jnp.sin(angle)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
 def prefix_segment_ids(positions: jax.Array, prefix_len: jax.Array, n_prefix: int) -> jax.Array:
@@ -132,6 +205,10 @@ class MultiHeadAttention(nn.Module):
   `prefix` = (prefix_len [B], n_prefix) adds the prefix-LM terms over the cache: the valid prefix is
   seen bidirectionally and its padded slots never, so prefill + step-by-step decoding equals the
   full forward with the same prefix mask.
+
+  use_bias: biases on the four projections (CLIP, BERT, GPT-2, ...; mmjax's own models have none).
+  rope_theta > 0: rotary positions (`rope`) on the self-attention's queries and keys, at the
+  sequence index (plus the cache index when decoding; keys enter the cache rotated).
   """
 
   num_heads: int
@@ -139,6 +216,8 @@ class MultiHeadAttention(nn.Module):
   num_kv_heads: Optional[int] = None
   implementation: str = "auto"
   dtype: Dtype = jnp.float32
+  use_bias: bool = False
+  rope_theta: float = 0.0
 
   @nn.compact
   def __call__(self, x, kv=None, mask: MaskSpec | None = None, decode: bool = False, prefix=None):
@@ -148,13 +227,21 @@ class MultiHeadAttention(nn.Module):
       (h, self.head_dim),
       ("embed",),
       (("heads" if h == self.num_heads else "kv_heads"), "head_dim"),
-      use_bias=False,
+      use_bias=self.use_bias,
       dtype=self.dtype,
       name=name,
     )(src)
     q = proj(self.num_heads, "query", x)
     k = proj(kv_heads, "key", kv_in)
     v = proj(kv_heads, "value", kv_in)
+    if self.rope_theta and kv is None:
+      start = (
+        self.get_variable("cache", "cache_index")[:, None]
+        if decode and self.has_variable("cache", "cache_index")
+        else 0
+      )
+      positions = start + jnp.arange(x.shape[1])[None]
+      q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
     if decode:
       if kv is not None:
         raise ValueError("MultiHeadAttention: the KV cache is for self-attention only.")
@@ -177,7 +264,9 @@ class MultiHeadAttention(nn.Module):
     if groups > 1:
       out = out.reshape(x.shape[0], x.shape[1], *out.shape[2:])
     out = constrain(out, ("act_batch", "act_len", "act_heads", "act_head_dim"))
-    return Dense(x.shape[-1], ("heads", "head_dim"), ("embed",), use_bias=False, dtype=self.dtype, name="out")(out)
+    return Dense(x.shape[-1], ("heads", "head_dim"), ("embed",), use_bias=self.use_bias, dtype=self.dtype, name="out")(
+      out
+    )
 
   def _update_cache(self, k, v, prefix=None):
     initialised = self.has_variable("cache", "cached_key")
@@ -209,7 +298,11 @@ class MultiHeadAttention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-  """Pre-norm block: self-attention, optional (gated) cross-attention, MLP."""
+  """Pre-norm block: self-attention, optional (gated) cross-attention, MLP.
+
+  The STYLE_FIELDS let one block class hold the pretrained families too: the norm and its eps,
+  post_norm=True for BERT's x = norm(x + f(x)), biases, rotary positions.
+  """
 
   num_heads: int
   head_dim: int
@@ -220,6 +313,12 @@ class TransformerBlock(nn.Module):
   implementation: str = "auto"
   dtype: Dtype = jnp.float32
   mlp_activation: str = "gelu"  # MLP_ACTIVATIONS
+  norm: str = "layernorm"  # NORMS
+  norm_eps: float = 1e-6
+  post_norm: bool = False
+  attention_bias: bool = False
+  mlp_bias: bool = True
+  rope_theta: float = 0.0
 
   @nn.compact
   def __call__(
@@ -233,24 +332,44 @@ class TransformerBlock(nn.Module):
   ):
     """`prefix` = (prefix_len, n_prefix) for a decoder whose sequence starts with a padded prefix
     (only read by the KV cache: outside decode mode `self_mask` already describes it)."""
-    attn = lambda name: MultiHeadAttention(
-      self.num_heads, self.head_dim, self.num_kv_heads, self.implementation, self.dtype, name=name
+    attn = lambda name, rope_theta=0.0: MultiHeadAttention(
+      self.num_heads,
+      self.head_dim,
+      self.num_kv_heads,
+      self.implementation,
+      self.dtype,
+      use_bias=self.attention_bias,
+      rope_theta=rope_theta,
+      name=name,
     )
-    x = x + attn("self_attention")(
-      LayerNorm(self.dtype, name="norm_self")(x), mask=self_mask, decode=decode, prefix=prefix
+    norm = lambda name: Norm(self.dtype, self.norm, self.norm_eps, name=name)
+
+    def residual(x, f, norm_name):
+      if self.post_norm:
+        return norm(norm_name)(x + f(x))
+      return x + f(norm(norm_name)(x))
+
+    x = residual(
+      x,
+      lambda h: attn("self_attention", self.rope_theta)(h, mask=self_mask, decode=decode, prefix=prefix),
+      "norm_self",
     )
     x = constrain_tokens(x)
     if self.cross_attention:
       if memory is None:
         raise ValueError("TransformerBlock(cross_attention=True) needs `memory`.")
-      y = attn("cross_attention")(LayerNorm(self.dtype, name="norm_cross")(x), kv=memory, mask=memory_mask)
-      if self.gated_cross_attention:
-        # tanh(0) = 0: a new gated layer starts as the identity and opens as it learns (Flamingo).
-        gate = self.param("cross_gate", param_with_axes(nn.initializers.zeros, ("norm",)), (1,), jnp.float32)
-        y = jnp.tanh(gate).astype(y.dtype) * y
-      x = constrain_tokens(x + y)
-    x = x + MLP(self.mlp_dim, self.dtype, self.mlp_activation, name="mlp")(LayerNorm(self.dtype, name="norm_mlp")(x))
-    return constrain_tokens(x)
+
+      def cross(h):
+        y = attn("cross_attention")(h, kv=memory, mask=memory_mask)
+        if self.gated_cross_attention:
+          # tanh(0) = 0: a new gated layer starts as the identity and opens as it learns (Flamingo).
+          gate = self.param("cross_gate", param_with_axes(nn.initializers.zeros, ("norm",)), (1,), jnp.float32)
+          y = jnp.tanh(gate).astype(y.dtype) * y
+        return y
+
+      x = constrain_tokens(residual(x, cross, "norm_cross"))
+    mlp = MLP(self.mlp_dim, self.dtype, self.mlp_activation, self.mlp_bias, name="mlp")
+    return constrain_tokens(residual(x, mlp, "norm_mlp"))
 
 
 REMAT_POLICIES = (

@@ -177,11 +177,11 @@ def test_mlp_activations_match_float64_reference(activation):
 
 
 def test_mlp_unknown_activation_is_an_error():
-  with pytest.raises(ValueError, match="relu.*gelu"):
-    layers.MLP(8, activation="relu").init(jax.random.key(0), jnp.ones((1, 2, 4)))
+  with pytest.raises(ValueError, match="swish.*gelu"):
+    layers.MLP(8, activation="swish").init(jax.random.key(0), jnp.ones((1, 2, 4)))
   # From a config, the error names the key to fix.
   c = tiny_model_config()
-  c.decoder.mlp_activation = "relu"
+  c.decoder.mlp_activation = "swish"
   images, prompt, plen, target = inputs(np.random.default_rng(0))
   with pytest.raises(ValueError, match=r"config\.model\.decoder\.mlp_activation"):
     build_model(c, V).init(jax.random.key(0), images, prompt, plen, target)

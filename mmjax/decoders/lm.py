@@ -44,6 +44,16 @@ class Decoder(nn.Module):
   # > 0: `xent` spreads a location target over the neighbouring bins, a Gaussian of this many bins'
   # standard deviation, so that a near miss costs less than a far one (a bin is ordered, unlike a word).
   location_label_sigma: float = 0.0
+  # Pretrained families (mmjax.pretrained): head_dim (default width // num_heads); posemb "learn"
+  # (GPT-2, mmjax's own) or "none" (rotary positions instead: style rope_theta, Llama / Gemma);
+  # scale_embeddings multiplies token embeddings by sqrt(width) (Gemma); tie_embeddings=False gives
+  # a separate output projection `lm_head` (most Llamas); `style`: layers.STYLE_FIELDS of the blocks
+  # and of the final norm.
+  head_dim: int | None = None
+  posemb: str = "learn"
+  scale_embeddings: bool = False
+  tie_embeddings: bool = True
+  style: dict | None = None
 
   def setup(self):
     if self.location_embedding not in ("random", "sincos"):
@@ -52,16 +62,27 @@ class Decoder(nn.Module):
       )
     ordinal = self.location_bins if self.location_embedding == "sincos" else 0
     self.embed = layers.Embed(self.vocab_size, self.width, self.dtype, ordinal_tail=ordinal)
-    self.posemb = self.param(
-      "posemb",
-      layers.param_with_axes(nn.initializers.normal(0.02), ("pos", "embed")),
-      (self.max_len, self.width),
-      jnp.float32,
-    )
+    if self.mlp_activation not in layers.MLP_ACTIVATIONS:
+      raise ValueError(
+        f"config.model.decoder.mlp_activation={self.mlp_activation!r}: use one of {tuple(layers.MLP_ACTIVATIONS)}."
+      )
+    if self.posemb not in ("learn", "none"):
+      raise ValueError(f"config.model.decoder.posemb={self.posemb!r}: expected 'learn' or 'none'.")
+    if self.posemb == "learn":
+      self.pos_table = self.param(
+        "posemb",
+        layers.param_with_axes(nn.initializers.normal(0.02), ("pos", "embed")),
+        (self.max_len, self.width),
+        jnp.float32,
+      )
+    if not self.tie_embeddings:
+      self.lm_head = layers.Dense(self.vocab_size, ("embed",), ("vocab",), use_bias=False, dtype=self.dtype)
+    style = layers.block_style(self.style, "config.model.decoder")
     every = self.cross_attention_every
     block = lambda i: dict(
+      **style,
       num_heads=self.num_heads,
-      head_dim=self.width // self.num_heads,
+      head_dim=self.head_dim or self.width // self.num_heads,
       mlp_dim=self.mlp_dim,
       num_kv_heads=self.num_kv_heads,
       cross_attention=bool(every) and (i + 1) % every == 0,
@@ -80,7 +101,7 @@ class Decoder(nn.Module):
     else:
       cls = layers.block_class(self.remat)
       self.blocks = [cls(**block(i)) for i in range(self.depth)]
-    self.norm = layers.LayerNorm(self.dtype)
+    self.norm = layers.Norm(self.dtype, style.get("norm", "layernorm"), style.get("norm_eps", 1e-6))
 
   def xent(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Per-token cross-entropy [...] of logits [..., V] against integer labels [...]: against the
@@ -109,14 +130,18 @@ class Decoder(nn.Module):
     their position (prefix included, i.e. the first answer token sits at P = cond.prefix.shape[1]).
     """
     x = self.embed(tokens)
+    if self.scale_embeddings:
+      x = x * jnp.asarray(self.width**0.5, x.dtype)
     n_prefix = 0 if cond.prefix is None else cond.prefix.shape[1]
     prepend = n_prefix and (not decode or (isinstance(start, int) and start == 0))
     if prepend:
       x = jnp.concatenate([cond.prefix.astype(x.dtype), x], axis=1)
     if isinstance(start, int) and start + x.shape[1] > self.max_len:
       raise ValueError(f"Decoder: {start + x.shape[1]} positions exceed max_len={self.max_len}.")
-    positions = start + jnp.arange(x.shape[1])
-    x = layers.constrain_tokens(x + jnp.take(self.posemb, positions, axis=0)[None].astype(x.dtype))
+    if self.posemb == "learn":
+      positions = start + jnp.arange(x.shape[1])
+      x = x + jnp.take(self.pos_table, positions, axis=0)[None].astype(x.dtype)
+    x = layers.constrain_tokens(x)
     prefix_len = None
     if n_prefix:
       prefix_len = (
@@ -137,4 +162,5 @@ class Decoder(nn.Module):
       for block in self.blocks:  # positional: nn.remat's static_argnums counts positions (decode = 5)
         x = block(x, self_mask, cond.memory, memory_mask, decode, prefix)
     x = self.norm(x)[:, n_prefix if prepend else 0 :]
-    return self.embed.attend(x).astype(jnp.float32)
+    logits = self.embed.attend(x) if self.tie_embeddings else self.lm_head(x)
+    return logits.astype(jnp.float32)

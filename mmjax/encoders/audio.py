@@ -177,7 +177,7 @@ class AudioEncoder(nn.Module):
           )(x)
         x = nn.gelu(x)
         n = None if n is None else conv_out_len(n, k, s)
-      x = layers.LayerNorm(self.dtype, name="norm_features")(x)
+      x = layers.Norm(self.dtype, name="norm_features")(x)
       x = layers.Dense(self.width, ("channels",), ("embed",), dtype=self.dtype, name="proj")(x)
     else:
       raise ValueError(f"AudioEncoder: unknown frontend {self.frontend!r}; use 'logmel' or 'wav2vec'.")
@@ -193,4 +193,4 @@ class AudioEncoder(nn.Module):
         dtype=self.dtype,
         name=f"block_{i}",
       )(x, self_mask=mask)
-    return layers.LayerNorm(self.dtype, name="norm")(x), n
+    return layers.Norm(self.dtype, name="norm")(x), n

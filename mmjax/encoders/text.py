@@ -10,6 +10,14 @@ from mmjax.attention import MaskSpec
 
 
 class TextEncoder(nn.Module):
+  """Token + learned position embeddings, transformer blocks, final norm.
+
+  Pretrained towers (mmjax.pretrained) set the rest: causal (CLIP's text tower attends causally),
+  type_embedding (BERT's segment-0 embedding, added to every token), embed_norm (BERT's norm after
+  the embeddings), final_norm (False for BERT, whose post-norm blocks end normalised), head_dim,
+  mlp_activation and the block `style` (layers.STYLE_FIELDS).
+  """
+
   vocab_size: int
   width: int = 128
   depth: int = 2
@@ -20,6 +28,13 @@ class TextEncoder(nn.Module):
   dtype: layers.Dtype = jnp.float32
   remat: str = "none"  # layers.REMAT_POLICIES
   scan_layers: bool = False  # nn.scan over the blocks (parameters stacked on a "layers" axis)
+  head_dim: int | None = None  # default width // num_heads
+  mlp_activation: str = "gelu"  # layers.MLP_ACTIVATIONS
+  style: dict | None = None  # layers.STYLE_FIELDS
+  causal: bool = False
+  type_embedding: bool = False
+  embed_norm: bool = False
+  final_norm: bool = True
 
   @nn.compact
   def __call__(self, tokens, lengths):
@@ -33,14 +48,24 @@ class TextEncoder(nn.Module):
       (self.max_len, self.width),
       jnp.float32,
     )
-    x = layers.constrain_tokens(x + pos[None, : tokens.shape[1]].astype(x.dtype))
-    mask = MaskSpec(kv_valid_len=lengths.astype(jnp.int32))
+    x = x + pos[None, : tokens.shape[1]].astype(x.dtype)
+    if self.type_embedding:
+      typ = self.param("type_embed", layers.param_with_axes(nn.initializers.normal(0.02), ("embed",)), (self.width,))
+      x = x + typ.astype(x.dtype)
+    style = layers.block_style(self.style, "config.model.text")
+    norm = lambda name: layers.Norm(self.dtype, style.get("norm", "layernorm"), style.get("norm_eps", 1e-6), name=name)
+    if self.embed_norm:
+      x = norm("embed_norm")(x)
+    x = layers.constrain_tokens(x)
+    mask = MaskSpec(causal=self.causal, kv_valid_len=lengths.astype(jnp.int32))
     block = dict(
       num_heads=self.num_heads,
-      head_dim=self.width // self.num_heads,
+      head_dim=self.head_dim or self.width // self.num_heads,
       mlp_dim=self.mlp_dim,
       implementation=self.implementation,
       dtype=self.dtype,
+      mlp_activation=self.mlp_activation,
+      **style,
     )
     x = layers.run_blocks(x, depth=self.depth, block=block, remat=self.remat, scan=self.scan_layers, self_mask=mask)
-    return layers.LayerNorm(self.dtype, name="norm")(x)
+    return norm("norm")(x) if self.final_norm else x

@@ -84,4 +84,4 @@ class VideoEncoder(nn.Module):
         dtype=self.dtype,
         name=f"block_{i}",
       )(x, self_mask=mask)
-    return layers.LayerNorm(self.dtype, name="norm")(x)
+    return layers.Norm(self.dtype, name="norm")(x)

@@ -26,6 +26,11 @@ class ViT(nn.Module):
   (CoordConv, Liu et al. 2018): a token then knows where inside its patch an object sits, which
   position embeddings on the token grid cannot say ("is the <named> object on the left?" for an
   object astride the middle).
+
+  Pretrained towers (mmjax.pretrained) set the rest: class_token (CLIP, ViT), patch_bias (False for
+  CLIP), pre_norm (CLIP's norm before the blocks), pixel_mean / pixel_std (the checkpoint's image
+  normalisation of [0, 1] pixels; 0.5 / 0.5 is the [-1, 1] scaling of mmjax's own models),
+  head_dim, mlp_activation and the block `style` (layers.STYLE_FIELDS).
   """
 
   width: int = 128
@@ -41,6 +46,14 @@ class ViT(nn.Module):
   dtype: layers.Dtype = jnp.float32
   remat: str = "none"  # layers.REMAT_POLICIES
   scan_layers: bool = False  # nn.scan over the blocks (parameters stacked on a "layers" axis)
+  head_dim: int | None = None  # default width // num_heads
+  mlp_activation: str = "gelu"  # layers.MLP_ACTIVATIONS
+  style: dict | None = None  # layers.STYLE_FIELDS
+  class_token: bool = False
+  patch_bias: bool = True
+  pre_norm: bool = False
+  pixel_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+  pixel_std: tuple[float, ...] = (0.5, 0.5, 0.5)
 
   @nn.compact
   def __call__(self, images):
@@ -53,7 +66,7 @@ class ViT(nn.Module):
     x = images.astype(jnp.float32)
     if images.dtype == jnp.uint8:
       x = x / 255.0
-    x = x * 2.0 - 1.0
+    x = (x - jnp.asarray(self.pixel_mean, jnp.float32)) / jnp.asarray(self.pixel_std, jnp.float32)
     if self.coord_channels:
       x = jnp.concatenate([x, jnp.broadcast_to(jnp.asarray(layers.pixel_coordinates(h, w)), (x.shape[0], h, w, 2))], -1)
     if self.stem == "conv":
@@ -61,7 +74,13 @@ class ViT(nn.Module):
     elif self.stem != "patch":
       raise ValueError(f"ViT: unknown stem {self.stem!r}; use 'patch' or 'conv'.")
     patches = einops.rearrange(x, "b (gh p) (gw q) c -> b (gh gw) (p q c)", p=p, q=p)
-    x = layers.Dense(self.width, ("patch",), ("embed",), dtype=self.dtype, name="patch_embed")(patches)
+    x = layers.Dense(
+      self.width, ("patch",), ("embed",), use_bias=self.patch_bias, dtype=self.dtype, name="patch_embed"
+    )(patches)
+    style = layers.block_style(self.style, "config.model.vit")
+    if self.class_token:
+      cls = self.param("cls", layers.param_with_axes(nn.initializers.normal(0.02), ("embed",)), (self.width,))
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, self.width)), x], axis=1)
     n = x.shape[1]
     if self.posemb == "learn":
       pos = self.param(
@@ -69,18 +88,25 @@ class ViT(nn.Module):
       )
     elif self.posemb == "sincos2d":
       pos = jnp.asarray(layers.sincos_2d(h // self.patch_size, w // self.patch_size, self.width))
+      if self.class_token:
+        pos = jnp.concatenate([jnp.zeros((1, self.width)), pos])
     else:
       raise ValueError(f"ViT: unknown posemb {self.posemb!r}; use 'learn' or 'sincos2d'.")
     x = layers.constrain_tokens(x + pos.astype(x.dtype)[None])
+    norm = lambda name: layers.Norm(self.dtype, style.get("norm", "layernorm"), style.get("norm_eps", 1e-6), name=name)
+    if self.pre_norm:
+      x = norm("pre_norm")(x)
     block = dict(
       num_heads=self.num_heads,
-      head_dim=self.width // self.num_heads,
+      head_dim=self.head_dim or self.width // self.num_heads,
       mlp_dim=self.mlp_dim,
       implementation=self.implementation,
       dtype=self.dtype,
+      mlp_activation=self.mlp_activation,
+      **style,
     )
     x = layers.run_blocks(x, depth=self.depth, block=block, remat=self.remat, scan=self.scan_layers)
-    return layers.LayerNorm(self.dtype, name="norm")(x)
+    return norm("norm")(x)
 
   def _conv_stem(self, x, p):
     """Returns the feature map and the patch size that keeps one token per p x p pixels."""

@@ -69,5 +69,5 @@ class CrossAttentionFusion(Fusion):
         prefix="fuse",
         self_mask=mask,
       )
-      memory = layers.LayerNorm(self.dtype, name="fuse_norm")(memory)
+      memory = layers.Norm(self.dtype, name="fuse_norm")(memory)
     return Conditioning(memory=memory, memory_len=memory_len, prefix=prefix, prefix_len=prefix_len)

@@ -43,7 +43,7 @@ class PerceiverResampler(nn.Module):
       jnp.float32,
     )
     x = jnp.broadcast_to(latents.astype(self.dtype)[None], (b, self.num_latents, d))
-    media = layers.LayerNorm(self.dtype, name="norm_media")(tokens.astype(self.dtype))
+    media = layers.Norm(self.dtype, name="norm_media")(tokens.astype(self.dtype))
     # Keys are [media ; latents]; padded media keys are masked with segment ids (media then latents).
     mask = None
     if lengths is not None:
@@ -52,16 +52,16 @@ class PerceiverResampler(nn.Module):
       ).astype(jnp.int32)
       mask = MaskSpec(q_segment_ids=jnp.ones((b, self.num_latents), jnp.int32), kv_segment_ids=kv_seg)
     for i in range(self.depth):
-      q = layers.LayerNorm(self.dtype, name=f"norm_latents_{i}")(x)
+      q = layers.Norm(self.dtype, name=f"norm_latents_{i}")(x)
       x = x + layers.MultiHeadAttention(
         self.num_heads, d // self.num_heads, implementation=self.implementation, dtype=self.dtype, name=f"attention_{i}"
       )(q, kv=jnp.concatenate([media, q], axis=1), mask=mask)
       x = layers.constrain_tokens(x)
       x = x + layers.MLP(self.mlp_dim, self.dtype, name=f"mlp_{i}")(
-        layers.LayerNorm(self.dtype, name=f"norm_mlp_{i}")(x)
+        layers.Norm(self.dtype, name=f"norm_mlp_{i}")(x)
       )
       x = layers.constrain_tokens(x)
-    return layers.LayerNorm(self.dtype, name="norm")(x)
+    return layers.Norm(self.dtype, name="norm")(x)
 
 
 class FlamingoFusion(Fusion):

@@ -67,7 +67,7 @@ class QFormerFusion(Fusion):
         dtype=self.dtype,
         name=f"block_{i}",
       )(x, memory=mem, memory_mask=mem_mask)
-    x = layers.LayerNorm(self.dtype, name="norm")(x)
+    x = layers.Norm(self.dtype, name="norm")(x)
     out, out_len = project_sources(self, {"queries": (x, None)}, text, self.width, self.dtype)
     if self.output == "prefix":
       return Conditioning(prefix=out, prefix_len=out_len)

@@ -147,11 +147,11 @@ class KMeansSlots(nn.Module):
       centres = jnp.einsum("bnk,bng->bkg", w, g)
     attn = assign(centres)
     w = attn / (attn.sum(1, keepdims=True) + 1e-6)
-    v = layers.LayerNorm(self.dtype, name="norm_values")(values)
+    v = layers.Norm(self.dtype, name="norm_values")(values)
     pooled = jnp.einsum("bnk,bnf->bkf", w.astype(self.dtype), v)  # [B, K, F]
     slots = layers.Dense(self.width, ("media_embed",), ("embed",), dtype=self.dtype, name="out")(pooled)
     slots = slots + layers.MLP(self.mlp_dim, self.dtype, name="mlp")(
-      layers.LayerNorm(self.dtype, name="norm_mlp")(slots)
+      layers.Norm(self.dtype, name="norm_mlp")(slots)
     )
     if mask_grouping is None:
       return slots, attn
@@ -348,7 +348,7 @@ class ObjectEncoder(nn.Module):
     x = layers.constrain_tokens(slots + layers.MLP(self.mlp_dim, self.dtype, name="geometry_mlp")(nn.gelu(geo)))
     clean = x
     for i in range(self.depth):
-      y = layers.LayerNorm(self.dtype, name=f"relation_{i}_norm")(x)
+      y = layers.Norm(self.dtype, name=f"relation_{i}_norm")(x)
       x = x + GeometricSelfAttention(
         self.num_heads,
         self.width // self.num_heads,
@@ -360,12 +360,12 @@ class ObjectEncoder(nn.Module):
         self.geometric_heads,
         name=f"relation_{i}_attention",
       )(y, centroids, geometry[..., 0])
-      y = layers.LayerNorm(self.dtype, name=f"relation_{i}_norm_mlp")(x)
+      y = layers.Norm(self.dtype, name=f"relation_{i}_norm_mlp")(x)
       x = layers.constrain_tokens(x + layers.MLP(self.mlp_dim, self.dtype, name=f"relation_{i}_mlp")(y))
-    x = layers.LayerNorm(self.dtype, name="norm")(x)
+    x = layers.Norm(self.dtype, name="norm")(x)
     if not (self.clean_tokens or self.neighbour_tokens):
       return x
-    clean = layers.LayerNorm(self.dtype, name="norm_clean")(clean)
+    clean = layers.Norm(self.dtype, name="norm_clean")(clean)
     tokens = [x]
     if self.clean_tokens:
       kinds = self.param(
