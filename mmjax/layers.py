@@ -64,10 +64,11 @@ class Dense(nn.Module):
     dims = ((contract, tuple(range(n_in))), ((), ()))
     y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), dims)
     if self.has_variable("params", "lora_a"):
-      a, b = self.get_variable("params", "lora_a"), self.get_variable("params", "lora_b")
+      # unbox: params straight from init (nn.LogicallyPartitioned) are applied too.
+      a, b, scale = (nn.meta.unbox(self.get_variable("params", n)) for n in ("lora_a", "lora_b", "lora_scale"))
       low = jax.lax.dot_general(x.astype(self.dtype), a.astype(self.dtype), dims)
       low = jnp.tensordot(low, b.astype(self.dtype), axes=1)
-      y = y + self.get_variable("params", "lora_scale").astype(self.dtype) * low
+      y = y + scale.astype(self.dtype) * low
     if self.use_bias:
       bias = self.param("bias", param_with_axes(nn.initializers.zeros, self.out_axes), features, jnp.float32)
       y = y + bias.astype(self.dtype)

@@ -8,6 +8,9 @@
 
 This module sits on the models floor, so it does not import the trainer: `load_params(workdir)`
 is passed in (e.g. `lambda wd: mmjax.train.workdir.load(wd).params`).
+
+LoRA (mmjax.models.lora) reuses both: its adapters are trained through `freeze_by_labels`, and
+`init_from` a base run (which has no adapters) keeps this run's freshly added adapter leaves.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ import optax
 from flax import traverse_util
 
 FROZEN, TRAINABLE = "frozen", "trainable"
+
+# Leaves that mmjax.models.lora.add_adapters puts next to a Dense kernel. They are named here (the
+# lower module) because copying weights from a run without adapters must leave them in place.
+ADAPTER_LEAVES = ("lora_a", "lora_b", "lora_scale")
 
 
 def _split(path: str) -> tuple[str, ...]:
@@ -63,13 +70,25 @@ def freeze(tx: optax.GradientTransformation, frozen: Sequence[str]) -> optax.Gra
   frozen = tuple(frozen or ())
   if not frozen:
     return tx
-  return optax.multi_transform(
-    {TRAINABLE: tx, FROZEN: optax.set_to_zero()}, lambda params: freeze_labels(params, frozen)
-  )
+  return freeze_by_labels(tx, lambda params: freeze_labels(params, frozen))
 
 
-def copy_subtrees(params, source, paths: Sequence[str]):
-  """`params` with the subtrees at `paths` replaced by `source`'s (shapes and dtypes must match)."""
+def freeze_by_labels(tx: optax.GradientTransformation, labels: Callable[[Any], Any]) -> optax.GradientTransformation:
+  """`tx` where `labels(params)` says TRAINABLE, zero updates (and no optimizer state) where FROZEN.
+
+  `labels` returns a pytree like params (a label may stand for a whole subtree or a boxed leaf);
+  it is called on the params at init and on the updates at each step, so it must look at the
+  tree's keys only.
+  """
+  return optax.multi_transform({TRAINABLE: tx, FROZEN: optax.set_to_zero()}, labels)
+
+
+def copy_subtrees(params, source, paths: Sequence[str], optional: Sequence[str] = ADAPTER_LEAVES):
+  """`params` with the subtrees at `paths` replaced by `source`'s (shapes and dtypes must match).
+
+  A leaf named in `optional` (by default the LoRA adapter leaves) that the source lacks keeps this
+  run's value, so a LoRA run can start from a base run's weights.
+  """
   prefixes = _check_paths(params, paths, "model.init_from")
   _check_paths(source, paths, "model.init_from (source)")
   dst = traverse_util.flatten_dict(_plain(params))
@@ -78,6 +97,8 @@ def copy_subtrees(params, source, paths: Sequence[str]):
   for k, v in dst.items():
     if _matches(k, prefixes):
       if k not in src:
+        if k[-1] in optional:
+          continue
         raise KeyError(f"model.init_from: the source has no parameter {'/'.join(k)}.")
       if jnp.shape(src[k]) != jnp.shape(v):
         raise ValueError(
