@@ -130,8 +130,9 @@ def _normalize(s):
 
 
 def independent_scores(report, split):
-  """VQA exact match (overall and per question type), yes/no accuracy and the reference CIDEr-D (pycocoevalcap)
-  of report rows, named as the trainer names its metrics."""
+  """VQA exact match (overall and per question type), yes/no accuracy and the reference CIDEr-D and BLEU-4
+  (pycocoevalcap) of report rows, named as the trainer names its metrics."""
+  from pycocoevalcap.bleu.bleu import Bleu
   from pycocoevalcap.cider.cider import Cider
 
   hit = lambda r: float(_normalize(r["prediction"]) == _normalize(r["references"][0]))
@@ -149,6 +150,7 @@ def independent_scores(report, split):
     refs = {i: [_normalize(x) for x in r["references"]] for i, r in enumerate(caps)}
     cands = {i: [_normalize(r["prediction"])] for i, r in enumerate(caps)}
     out[f"{split}/cider"] = Cider().compute_score(refs, cands)[0]
+    out[f"{split}/bleu4"] = Bleu(4).compute_score(refs, cands, verbose=0)[0][3]
   return {k: float(v) for k, v in out.items()}
 
 

@@ -8,10 +8,19 @@ One JSON object per line (blank lines are ignored)::
   {"image": "clips/c.png", "audio": "clips/c.wav", "video": "clips/c_frames", "caption": "..."}
   {"image": "imgs/a.png", "boxes": [{"label": "cat", "box": [12, 30, 200, 180]}]}  # pixels
   {"image": "imgs/a.png", "boxes": [{"label": "dog", "box": [0.1, 0.5, 0.9, 1.0]}], "box_format": "normalized"}
+  {"image": "imgs/a.png", "question": "what is it?", "answer": "dog", "answers": ["dog", "dog", "puppy"]}  # humans
+  {"image": "imgs/a.png", "refer": [{"expression": "the dog on the left", "box": [12, 30, 200, 180]}]}
 
-* Allowed keys: image (required), question + answer (together), caption, boxes (with box_format
-  optional), split (optional: train, validation or test), audio and video (optional). A line may
-  carry any of a question/answer pair, a caption and boxes, but at least one of them.
+* Allowed keys: image (required), question + answer (together; answers optional with them),
+  caption, boxes and refer (with box_format optional), split (optional: train, validation or
+  test), audio and video (optional). A line may carry any of a question/answer pair, a caption,
+  boxes and referring expressions, but at least one of them.
+* ``answers`` (with a question): the question's human reference answers, a list of at least 2
+  strings (VQAv2: the 10 annotators'), kept exactly as given. ``answer`` stays the training target
+  (VQAv2: its multiple_choice_answer); the evaluator scores a question that has human answers with
+  the official VQA accuracy against them (evaluate/vqa.py), one without by exact match against
+  ``answer``. A prepared dataset stores them only when some line has them (``reference_answers``
+  below), so a manifest without ``answers`` is prepared exactly as before.
 * ``image``, ``audio`` and ``video`` paths are relative to the manifest's folder (absolute paths
   are kept as is).
 * All lines of the same image are grouped into one record (id = the normalised relative path).
@@ -40,6 +49,15 @@ One JSON object per line (blank lines are ignored)::
   (an object listed twice, same label and box, counts once). The stretch to a square image (above)
   scales rows and columns independently, so a box's normalised coordinates are those of the
   prepared image too.
+* ``refer``: referring expressions, a list of ``{"expression": ..., "box": [y0, x0, y1, x1]}``
+  (exactly these two keys; the box as in ``boxes``, in the line's ``box_format``; the expression
+  obeys the label rules). Each distinct (expression, box) of an image is one "refer" question,
+  prompt ``detect_prompt([expression])`` ("detect the dog on the left"), answer the box alone
+  (``box_markup``; PaliGemma's referring answer: repeating a whole expression after its box, as a
+  label's "refer" answer below repeats the label, would make the target many tokens longer for
+  nothing the metric reads), stored after the objects' grounding questions. Independent of
+  ``boxes``: a referring dataset (RefCOCO) annotates only some objects of an image, so its boxes
+  would make an incomplete "detect" answer.
 * A record with objects gets grounding questions (question types "detect" and "refer", stored
   after its VQA questions; examples.py turns their boxes into location tokens, so training them
   needs ``config.data.location_bins`` > 0):
@@ -56,12 +74,16 @@ One JSON object per line (blank lines are ignored)::
   clip keeps the evenly spaced frames ``round(linspace(0, T - 1, video_frames))`` (first and last
   included), a shorter one is padded by repeating its last frame.
 * The dataset has the audio (video) features when any line has an ``audio`` (``video``) key;
-  records without one get an empty clip (0 samples / 0 frames).
+  records without one get an empty clip (0 samples / 0 frames). Likewise the features
+  ``reference_answers`` (every question's human answers, concatenated in question order) and
+  ``reference_answer_counts`` (int32, how many each question has; 0 for none) exist when any line
+  has ``answers``.
 
 Every line is validated (including opening/decoding every image, WAV file and folder frame, and
 checking every .npy header) before anything is written; any problem raises
 ``ValueError("<manifest>:<line>: key '<key>': <problem>")`` (a bad box:
-``"<manifest>:<line>: boxes[<i>]: "`` and ``normalize_box``'s message).
+``"<manifest>:<line>: boxes[<i>]: "`` or ``"<manifest>:<line>: refer[<i>]: "`` and ``normalize_box``'s
+message).
 """
 
 from __future__ import annotations
@@ -78,11 +100,25 @@ from PIL import Image
 
 from mmjax.data import wav
 from mmjax.data.boxes import normalize_box
-from mmjax.location_tokens import Box, detect_prompt, detection_text
+from mmjax.location_tokens import Box, box_markup, detect_prompt, detection_text
 
-ALLOWED_KEYS = ("image", "question", "answer", "caption", "boxes", "box_format", "split", "audio", "video")
+ALLOWED_KEYS = (
+  "image",
+  "question",
+  "answer",
+  "answers",
+  "caption",
+  "boxes",
+  "refer",
+  "box_format",
+  "split",
+  "audio",
+  "video",
+)
 BOX_FORMATS = ("pixels", "normalized")
 OBJECT_KEYS = ("label", "box")
+REFER_KEYS = ("expression", "box")
+MIN_HUMAN_ANSWERS = 2  # the official VQA accuracy leaves one out: one answer alone could never match
 # Characters a label cannot hold: ";" separates objects and "<" / ">" spell boxes and location
 # tokens in grounding text, so such a label would not parse back (location_tokens.LocationTokens.parse).
 LABEL_FORBIDDEN = ";<>"
@@ -103,10 +139,15 @@ class ManifestRecord:
   answers: list = dataclasses.field(default_factory=list)
   captions: list = dataclasses.field(default_factory=list)
   objects: list = dataclasses.field(default_factory=list)  # (label, normalised Box), distinct
+  human_answers: list = dataclasses.field(default_factory=list)  # per question: its "answers" (or [])
+  refers: list = dataclasses.field(default_factory=list)  # (expression, normalised Box), distinct
 
-  def to_example(self, image_size: int) -> dict:
-    grounding = grounding_questions(self.objects)
-    return {
+  def to_example(self, image_size: int, reference_answers: bool = False) -> dict:
+    """The record in the record schema (schema.py); with ``reference_answers`` also the features
+    ``reference_answers`` (every question's human answers, concatenated in question order) and
+    ``reference_answer_counts`` (how many each question has, 0 for none; grounding questions too)."""
+    grounding = grounding_questions(self.objects) + refer_questions(self.refers)
+    example = {
       "image": load_image(self.path, image_size),
       "questions": list(self.questions) + [q for q, _, _ in grounding],
       "answers": list(self.answers) + [a for _, a, _ in grounding],
@@ -114,6 +155,11 @@ class ManifestRecord:
       "captions": list(self.captions),
       "id": self.id,
     }
+    if reference_answers:
+      per_question = list(self.human_answers) + [[] for _ in grounding]
+      example["reference_answers"] = [a for answers in per_question for a in answers]
+      example["reference_answer_counts"] = np.asarray([len(a) for a in per_question], np.int32)
+    return example
 
 
 def grounding_questions(objects: list[tuple[str, Box]]) -> list[tuple[str, str, str]]:
@@ -131,6 +177,12 @@ def grounding_questions(objects: list[tuple[str, Box]]) -> list[tuple[str, str, 
       if counts[label] == 1
     ]
   return out
+
+
+def refer_questions(refers: list[tuple[str, Box]]) -> list[tuple[str, str, str]]:
+  """(question, answer, "refer") of a record's referring expressions, in their order: "detect
+  <expression>" -> the box alone."""
+  return [(detect_prompt([expression]), box_markup(box), "refer") for expression, box in refers]
 
 
 def manifest_hash(manifest_path: str | os.PathLike) -> str:
@@ -239,8 +291,12 @@ def _check_audio(path: str):
 _CHECKS = {"image": _check_image, "audio": _check_audio, "video": _check_video}
 
 
-def used_media(manifest_path: str | os.PathLike) -> set[str]:
-  """Which of MEDIA_KEYS any line of the manifest uses; the dataset's features depend on it.
+# The optional keys the prepared dataset's features depend on (a quick scan finds them: used_keys).
+FEATURE_KEYS = MEDIA_KEYS + ("answers",)
+
+
+def used_keys(manifest_path: str | os.PathLike) -> set[str]:
+  """Which of FEATURE_KEYS any line of the manifest uses; the dataset's features depend on them.
 
   A quick scan: lines that are not JSON objects are skipped here (parse_manifest reports them).
   """
@@ -252,8 +308,13 @@ def used_media(manifest_path: str | os.PathLike) -> set[str]:
       except json.JSONDecodeError:
         continue
       if isinstance(obj, dict):
-        used |= set(MEDIA_KEYS) & set(obj)
+        used |= set(FEATURE_KEYS) & set(obj)
   return used
+
+
+def used_media(manifest_path: str | os.PathLike) -> set[str]:
+  """Which of MEDIA_KEYS any line of the manifest uses (see used_keys)."""
+  return used_keys(manifest_path) & set(MEDIA_KEYS)
 
 
 def _err(path, lineno, key, msg):
@@ -281,38 +342,62 @@ def _image_size(path: str) -> tuple[int, int]:
   return height, width
 
 
-def _objects(obj, manifest_path, lineno: int, image_size) -> list[tuple[str, Box]]:
-  """The (label, normalised box) objects of a line's "boxes"; ``image_size`` () -> (height, width)
-  of its image, asked only for pixel boxes. ValueError naming the line otherwise."""
+def check_label(label, at: str, what: str = "label") -> str:
+  """A box's label or referring expression, whitespace-normalised; ValueError starting with ``at``
+  unless it is a non-empty string without LABEL_FORBIDDEN characters."""
+  if not isinstance(label, str) or not label.strip():
+    raise ValueError(f"{at}: {what} must be a non-empty string, got {label!r}.")
+  label = " ".join(label.split())
+  if any(c in label for c in LABEL_FORBIDDEN):
+    raise ValueError(
+      f"{at}: {what} {label!r} must not contain any of {' '.join(LABEL_FORBIDDEN)} (grounding text syntax)."
+    )
+  return label
+
+
+def _boxed(obj, key: str, keys: tuple[str, str], manifest_path, lineno: int, image_size) -> list[tuple[str, Box]]:
+  """The (text, normalised box) entries of a line's "boxes" (keys label, box) or "refer" (keys
+  expression, box); ``image_size`` () -> (height, width) of its image, asked only for pixel boxes.
+  ValueError naming the line otherwise."""
   where = f"{manifest_path}:{lineno}"  # as _err writes it
   fmt = obj.get("box_format", "pixels")
   if fmt not in BOX_FORMATS:
     raise ValueError(f"{where}: key 'box_format': {fmt!r} is not one of {', '.join(BOX_FORMATS)}.")
-  if "boxes" not in obj:
-    raise ValueError(f"{where}: key 'box_format' without \"boxes\" on the line.")
-  boxes = obj["boxes"]
-  if not isinstance(boxes, list):
+  if key not in obj:
+    return []
+  entries, text_key = obj[key], keys[0]
+  if not isinstance(entries, list):
     raise ValueError(
-      f"{where}: key 'boxes' must be a list of {{\"label\": ..., \"box\": [y0, x0, y1, x1]}} objects, "
-      f"got a {type(boxes).__name__}."
+      f"{where}: key {key!r} must be a list of {{\"{text_key}\": ..., \"box\": [y0, x0, y1, x1]}} objects, "
+      f"got a {type(entries).__name__}."
     )
-  size = image_size() if fmt == "pixels" and boxes else None
+  size = image_size() if fmt == "pixels" and entries else None
   out = []
-  for i, o in enumerate(boxes):
-    at = f"{where}: boxes[{i}]"
-    if not isinstance(o, dict) or set(o) != set(OBJECT_KEYS):
+  for i, o in enumerate(entries):
+    at = f"{where}: {key}[{i}]"
+    if not isinstance(o, dict) or set(o) != set(keys):
       got = f"keys {sorted(o)}" if isinstance(o, dict) else f"a {type(o).__name__}"
-      raise ValueError(f"{at}: must be an object with exactly the keys \"label\" and \"box\", got {got}.")
-    label = o["label"]
-    if not isinstance(label, str) or not label.strip():
-      raise ValueError(f"{at}: label must be a non-empty string, got {label!r}.")
-    label = " ".join(label.split())
-    if any(c in label for c in LABEL_FORBIDDEN):
-      raise ValueError(
-        f"{at}: label {label!r} must not contain any of {' '.join(LABEL_FORBIDDEN)} (grounding text syntax)."
-      )
-    out.append((label, normalize_box(o["box"], image_size=size, where=at)))
+      raise ValueError(f"{at}: must be an object with exactly the keys \"{text_key}\" and \"box\", got {got}.")
+    text = check_label(o[text_key], at, text_key)
+    out.append((text, normalize_box(o["box"], image_size=size, where=at)))
   return out
+
+
+def _human_answers(obj, manifest_path, lineno: int) -> list[str]:
+  """A line's "answers": at least MIN_HUMAN_ANSWERS strings, kept as given (the official VQA
+  evaluation cleans and normalises them itself)."""
+  answers = obj["answers"]
+  if "question" not in obj:
+    raise _err(manifest_path, lineno, "answers", "human answers without a question")
+  if not isinstance(answers, list) or len(answers) < MIN_HUMAN_ANSWERS or not all(isinstance(a, str) for a in answers):
+    got = f"{len(answers)} answers" if isinstance(answers, list) else f"a {type(answers).__name__}"
+    raise _err(
+      manifest_path,
+      lineno,
+      "answers",
+      f"must be a list of at least {MIN_HUMAN_ANSWERS} strings (the question's human answers), got {got}",
+    )
+  return list(answers)
 
 
 def _set_once(rec: ManifestRecord, key: str, value: str, manifest_path, lineno: int):
@@ -392,13 +477,19 @@ def parse_manifest(
       raise _err(manifest_path, lineno, "answer", "question without answer")
     if has_a and not has_q:
       raise _err(manifest_path, lineno, "question", "answer without question")
-    objects = (
-      _objects(obj, manifest_path, lineno, lambda: image_size(abs_path, lineno))
-      if "boxes" in obj or "box_format" in obj
-      else []
-    )
-    if not has_q and not has_c and not objects:
-      raise _err(manifest_path, lineno, "question", "line has neither a question/answer pair, a caption nor boxes")
+    if "box_format" in obj and "boxes" not in obj and "refer" not in obj:
+      raise _err(manifest_path, lineno, "box_format", 'given without "boxes" or "refer" on the line')
+    size = lambda: image_size(abs_path, lineno)
+    objects = _boxed(obj, "boxes", OBJECT_KEYS, manifest_path, lineno, size)
+    refers = _boxed(obj, "refer", REFER_KEYS, manifest_path, lineno, size)
+    human = _human_answers(obj, manifest_path, lineno) if "answers" in obj else []
+    if not has_q and not has_c and not objects and not refers:
+      raise _err(
+        manifest_path,
+        lineno,
+        "question",
+        "line has neither a question/answer pair, a caption, boxes nor referring expressions",
+      )
     rec = records.get(rid)
     if rec is None:
       rec = records[rid] = ManifestRecord(id=rid, path=abs_path)
@@ -412,11 +503,15 @@ def parse_manifest(
     if has_q:
       rec.questions.append(_text(obj, "question", manifest_path, lineno))
       rec.answers.append(_text(obj, "answer", manifest_path, lineno))
+      rec.human_answers.append(human)
     if has_c:
       rec.captions.append(_text(obj, "caption", manifest_path, lineno))
     for o in objects:  # one object listed twice (same label and box) counts once
       if o not in rec.objects:
         rec.objects.append(o)
+    for r in refers:  # likewise one expression of one box
+      if r not in rec.refers:
+        rec.refers.append(r)
   if not records:
     raise ValueError(f"{manifest_path}: manifest has no records")
 

@@ -8,9 +8,12 @@ data does the same).
 * ``mmjax_manifest``: config built by ``manifest_config(path, image_size)``; the config name holds a
   hash of the manifest's content, so a changed manifest is prepared again into a new directory.
   Only the splits that have records are built (a manifest may have no validation or test lines).
-  Records hold VQA questions ("vqa") and, from the manifest's boxes, grounding questions ("detect",
-  "refer"; manifest.py). A manifest without boxes is prepared exactly as before boxes existed (same
-  name, same records), and one with boxes could not be prepared before, so the name needs nothing new.
+  Records hold VQA questions ("vqa") and, from the manifest's boxes and referring expressions,
+  grounding questions ("detect", "refer"; manifest.py). A manifest without boxes is prepared exactly
+  as before boxes existed (same name, same records), and one with boxes could not be prepared
+  before, so the name needs nothing new. The same holds for human answers: a manifest with
+  "answers" lines gets the features ``reference_answers`` / ``reference_answer_counts``
+  (``REFERENCE_ANSWER_FEATURES``), any other has exactly the features it had.
   ``MANIFEST`` is its dataset source (config.data.source "manifest", or any non-empty
   config.data.manifest).
 
@@ -29,6 +32,7 @@ import os
 import shutil
 import tempfile
 
+import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
@@ -105,10 +109,34 @@ class RecordBuilder(tfds.core.GeneratorBasedBuilder):
 # Manifests
 
 
+# Human reference answers (a manifest's "answers", e.g. VQAv2's ten per question), in the layout of
+# the question audio (schema.pack_clips): TFDS cannot store a sequence of variable-length text
+# sequences, so every question's answers are concatenated and ``reference_answer_counts`` says how
+# many each question has (0: none, scored by exact match against its answer).
+REFERENCE_ANSWER_FEATURES = ("reference_answers", "reference_answer_counts")
+
+
+def reference_answer_features() -> dict:
+  return {
+    "reference_answers": tfds.features.Sequence(tfds.features.Text()),
+    "reference_answer_counts": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+  }
+
+
+def unpack_reference_answers(record) -> list[list[str]]:
+  """A record's human answers, one list per question ([] for a question without), from the
+  ``reference_answers`` / ``reference_answer_counts`` features (text as stored: bytes or str)."""
+  counts = np.asarray(record["reference_answer_counts"], np.int64)
+  flat = [a.decode("utf-8") if isinstance(a, (bytes, np.bytes_)) else str(a) for a in record["reference_answers"]]
+  ends = np.cumsum(counts)
+  return [flat[e - c : e] for c, e in zip(counts, ends)]
+
+
 @dataclasses.dataclass(eq=False)
 class ManifestConfig(RecordConfig):
   manifest_path: str = ""
   has_audio: bool = False  # some line has an "audio" file
+  has_reference_answers: bool = False  # some line has human "answers"
 
   @property
   def scene_audio(self) -> bool:
@@ -141,7 +169,7 @@ def manifest_config(
   h = manifest_lib.manifest_hash(path)
   # The manifest's folder matters too: image paths are relative to it.
   h2 = hashlib.sha256(os.path.dirname(path).encode()).hexdigest()[:6]
-  used = manifest_lib.used_media(path)
+  used = manifest_lib.used_keys(path)
   has_audio = "audio" in used
   video_frames = int(video_frames) if "video" in used else 0
   name = f"m{h}-{h2}_s{int(image_size)}_seed{int(seed)}" + media_suffix(
@@ -156,6 +184,7 @@ def manifest_config(
     seed=int(seed),
     spoken_questions=bool(spoken_questions),
     has_audio=has_audio,
+    has_reference_answers="answers" in used,
     video_frames=video_frames,
     audio_sample_rate=int(audio_sample_rate),
   )
@@ -175,6 +204,16 @@ class MmjaxManifest(RecordBuilder):
     self._parsed = parsed
     super().__init__(*args, **kwargs)
 
+  def _info(self) -> tfds.core.DatasetInfo:
+    info = super()._info()
+    if not self.builder_config.has_reference_answers:
+      return info
+    return self.dataset_info_from_configs(
+      features=tfds.features.FeaturesDict({**info.features, **reference_answer_features()}),
+      supervised_keys=None,
+      description=__doc__,
+    )
+
   def _split_generators(self, dl_manager):
     del dl_manager
     cfg = self.builder_config
@@ -193,7 +232,7 @@ class MmjaxManifest(RecordBuilder):
       yield (
         rec.id,
         self._with_media(
-          rec.to_example(cfg.image_size),
+          rec.to_example(cfg.image_size, reference_answers=cfg.has_reference_answers),
           scene_audio=(manifest_lib.load_audio(rec.audio, cfg.audio_sample_rate) if rec.audio else None),
           video=(manifest_lib.load_video(rec.video, cfg.image_size, cfg.video_frames) if rec.video else None),
         ),

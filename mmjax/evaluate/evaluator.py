@@ -1,5 +1,6 @@
-"""Evaluation by generation: VQA exact match per question type, CIDEr-D on captions, yes/no accuracy
-on audio-visual matching, and the grounding metrics (evaluate/grounding.py) on the grounding tasks."""
+"""Evaluation by generation: VQA accuracy per question type (exact match, or the official VQA accuracy
+for questions with several human answers), CIDEr-D and BLEU-4 on captions, yes/no accuracy on
+audio-visual matching, and the grounding metrics (evaluate/grounding.py) on the grounding tasks."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import numpy as np
 
 from mmjax.data.tasks import GROUNDING_TASKS
 from mmjax.evaluate import grounding
+from mmjax.evaluate.bleu import bleu4
 from mmjax.evaluate.cider import cider_d
-from mmjax.evaluate.vqa import accuracy_by_type, vqa_exact_match
+from mmjax.evaluate.vqa import accuracy_by_type, is_official, vqa_exact_match, vqa_scores
 from mmjax.sample.generate import make_generate_fn, options_from_config
 
 
@@ -34,11 +36,9 @@ def evaluate_split(
 ):
   """Generates an answer or caption for every example of `split` and scores it.
 
-  Returns (metrics, predictions): metrics named `<split>/vqa_accuracy`,
-  `<split>/vqa_accuracy_<type>`, `<split>/cider`, `<split>/av_match_accuracy` and the grounding
-  metrics `<split>/refer_acc50`, `refer_miou`, `detect_map50`, `grounded_caption_acc`,
-  `grounded_vqa_acc` (for the tasks the split has); predictions a list of dicts (example_id, task,
-  qtype, prompt, prediction, references) in split order.
+  Returns (metrics, predictions): metrics (for the tasks the split has; see `score`) and
+  predictions, a list of dicts (example_id, task, qtype, prompt, prediction, references) in split
+  order.
   """
   tok = data.tokenizer
   predictions = []
@@ -90,24 +90,45 @@ def gather_rows(batch: dict) -> dict:
 
 
 def score(predictions, split: str, locations=None) -> dict[str, float]:
-  """The metrics of `predictions` (evaluate_split's docstring); `locations`: the run's
-  LocationTokens, needed when there are grounding predictions."""
+  """The metrics of `predictions` (evaluate_split's); `locations`: the run's LocationTokens, needed
+  when there are grounding predictions. Keys, each present when the split has its examples:
+
+    <split>/vqa_accuracy, <split>/vqa_accuracy_<type>
+        VQA questions with one reference answer: exact match after normalize_answer (text.py),
+        overall and per question type.
+    <split>/vqa_official_accuracy, <split>/vqa_official_accuracy_<type>
+        VQA questions whose references are several human answers (a manifest's "answers", e.g.
+        VQAv2's ten): the official VQA accuracy (vqa.vqa_official_accuracy: the challenge's answer
+        normalisation, min(#humans agreeing / 3, 1) averaged over the leave-one-out subsets),
+        overall and per question type. A separate key, so vqa_accuracy keeps its meaning (and is
+        not reported when no question has a single reference).
+    <split>/cider, <split>/bleu4
+        captions: corpus CIDEr-D (cider.py) and corpus BLEU-4 (bleu.py), each equal to coco-caption's
+        (pycocoevalcap) on the same tokens, against all of an image's reference captions.
+    <split>/av_match_accuracy
+        audio-visual matching: yes/no exact match.
+    <split>/refer_acc50, refer_miou, detect_map50, grounded_caption_acc, grounded_vqa_acc
+        the grounding tasks (grounding.score_predictions).
+  """
   metrics = {}
   vqa = [p for p in predictions if p["task"] == "vqa"]
-  if vqa:
-    hits = vqa_exact_match([p["prediction"] for p in vqa], [p["references"][0] for p in vqa])
-    for name, acc in accuracy_by_type(hits, [p["qtype"] for p in vqa]).items():
-      metrics[f"{split}/vqa_accuracy" + ("" if name == "overall" else f"_{name}")] = acc
+  for key, subset in (
+    ("vqa_accuracy", [p for p in vqa if not is_official(p["references"])]),
+    ("vqa_official_accuracy", [p for p in vqa if is_official(p["references"])]),
+  ):
+    if subset:
+      for name, acc in accuracy_by_type(vqa_scores(subset), [p["qtype"] for p in subset]).items():
+        metrics[f"{split}/{key}" + ("" if name == "overall" else f"_{name}")] = acc
   av = [p for p in predictions if p["task"] == "av_match"]
   if av:  # audio-visual matching: yes/no exact match
     hits = vqa_exact_match([p["prediction"] for p in av], [p["references"][0] for p in av])
     metrics[f"{split}/av_match_accuracy"] = sum(hits) / len(hits)
   caps = [p for p in predictions if p["task"] == "caption"]
   if caps:
-    corpus, _ = cider_d(
-      {i: p["prediction"] for i, p in enumerate(caps)}, {i: list(p["references"]) for i, p in enumerate(caps)}
-    )
-    metrics[f"{split}/cider"] = corpus
+    candidates = {i: p["prediction"] for i, p in enumerate(caps)}
+    references = {i: list(p["references"]) for i, p in enumerate(caps)}
+    metrics[f"{split}/cider"], _ = cider_d(candidates, references)
+    metrics[f"{split}/bleu4"] = bleu4(candidates, references)
   grounded = [p for p in predictions if p["task"] in GROUNDING_TASKS]
   if grounded:
     if locations is None:

@@ -9,7 +9,8 @@ normalize_answer(s), exactly:
   4. collapse runs of whitespace to one space and strip both ends.
 Not done (unlike the official VQA script): article removal, number words -> digits, contraction
 repair, and keeping the period in decimals ("2.5" -> "2 5"). Non-ASCII punctuation other than ’
-is kept.
+is kept. The official normalisation is vqa.normalize_vqa_answer, used by the official VQA accuracy
+(questions with several human answers); this one scores exact match and tokenises captions.
 """
 
 from __future__ import annotations
