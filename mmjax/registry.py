@@ -24,6 +24,8 @@ import importlib
 #   models      flax Module class with the model-kind hooks of mmjax.models.kind.ModelKind.
 #   evaluators  fn(setup, data) -> evaluate(params, split, max_examples=0, progress=False).
 #   datasets    mmjax.data.source.DatasetSource: a dataset's builder and hooks (config.data.source).
+#   pretrained  fn(hf_config: dict, tensor_names) -> {part name: mmjax.pretrained.convert.Part}, by the
+#               checkpoint's config.json "model_type" (mmjax.pretrained).
 BUILTIN: dict[str, dict[str, str]] = {
   "attention": {
     "xla": "mmjax.attention.xla:xla_attention",
@@ -57,6 +59,16 @@ BUILTIN: dict[str, dict[str, str]] = {
   },
   "datasets": {
     "manifest": "mmjax.data.tfds_builders:MANIFEST",
+  },
+  "pretrained": {
+    "gpt2": "mmjax.pretrained.gpt2:parts",
+    "llama": "mmjax.pretrained.llama:parts",
+    "gemma": "mmjax.pretrained.llama:parts",
+    "clip": "mmjax.pretrained.clip:parts",
+    "siglip": "mmjax.pretrained.clip:parts",
+    "vit": "mmjax.pretrained.vit:parts",
+    "bert": "mmjax.pretrained.bert:parts",
+    "whisper": "mmjax.pretrained.whisper:parts",
   },
 }
 

@@ -33,6 +33,7 @@ class TextEncoder(nn.Module):
   style: dict | None = None  # layers.STYLE_FIELDS
   causal: bool = False
   type_embedding: bool = False
+  type_vocab_size: int = 1  # rows of BERT's segment table (kept whole for export); every token takes row 0
   embed_norm: bool = False
   final_norm: bool = True
 
@@ -50,8 +51,12 @@ class TextEncoder(nn.Module):
     )
     x = x + pos[None, : tokens.shape[1]].astype(x.dtype)
     if self.type_embedding:
-      typ = self.param("type_embed", layers.param_with_axes(nn.initializers.normal(0.02), ("embed",)), (self.width,))
-      x = x + typ.astype(x.dtype)
+      typ = self.param(
+        "type_embed",
+        layers.param_with_axes(nn.initializers.normal(0.02), (None, "embed")),
+        (self.type_vocab_size, self.width),
+      )
+      x = x + typ[0].astype(x.dtype)
     style = layers.block_style(self.style, "config.model.text")
     norm = lambda name: layers.Norm(self.dtype, style.get("norm", "layernorm"), style.get("norm_eps", 1e-6), name=name)
     if self.embed_norm:

@@ -25,6 +25,7 @@ import ml_collections
 
 from mmjax import layers
 from mmjax.encoders import TextEncoder, ViT
+from mmjax.encoders.pooling import MAPHead, pool_tokens
 from mmjax.sharding import constrain
 
 
@@ -77,12 +78,54 @@ def contrastive_loss(img, txt, logit_scale, logit_bias=None, kind: str = "clip")
   raise ValueError(f"unknown contrastive loss {kind!r}; use 'clip' or 'siglip'.")
 
 
+IMAGE_POOLS = ("mean", "cls", "map")
+TEXT_POOLS = ("mean", "cls", "eos", "last")
+PROJECTIONS = ("linear", "linear_bias", "none")
+
+
+def head_options(config) -> dict:
+  """The pooling and projection keys of a contrastive config (absent: mean pooling and bias-free
+  linear projections, the model's original heads), checked by value."""
+  opts = {
+    "image_pool": config.get("image_pool", None) or "mean",
+    "text_pool": config.get("text_pool", None) or "mean",
+    "image_proj": config.get("image_proj", None) or "linear",
+    "text_proj": config.get("text_proj", None) or "linear",
+  }
+  for key, allowed in (
+    ("image_pool", IMAGE_POOLS),
+    ("text_pool", TEXT_POOLS),
+    ("image_proj", PROJECTIONS),
+    ("text_proj", PROJECTIONS),
+  ):
+    if opts[key] not in allowed:
+      raise ValueError(f"config.model.{key}={opts[key]!r}: use one of {allowed}.")
+  if opts["image_pool"] == "cls" and not config.vit.get("class_token", False):
+    raise ValueError("config.model.image_pool='cls' needs a class token: set config.model.vit.class_token=True.")
+  for key, tower in (("image_proj", "vit"), ("text_proj", "text")):
+    width = int(config[tower].get("width", 128))
+    if opts[key] == "none" and width != int(config.embed_dim):
+      raise ValueError(
+        f"config.model.{key}='none' leaves the {tower} tower's width {width} as the embedding, but "
+        f"config.model.embed_dim={config.embed_dim}: make them equal or project ('linear')."
+      )
+  return opts
+
+
 class ContrastiveModel(nn.Module):
-  """Two towers with mean pooling and linear projections to `embed_dim`, L2-normalised.
+  """Two towers, each pooled to one vector and projected to `embed_dim`, L2-normalised.
 
   config keys: vit, text (as in the VLM), embed_dim, loss ("clip" | "siglip"), dtype,
   attention_implementation, remat and scan_layers (as in the VLM; optional). Learnable
   `logit_scale` = log t (CLIP init log(1/0.07); SigLIP init log 10) and, for SigLIP, `logit_bias` (init -10).
+
+  Optional heads (mmjax.encoders.pooling; the defaults are mmjax's own towers):
+    image_pool  "mean" (default) | "cls" (class token: CLIP) | "map" (attention pooling, parameters
+                `image_map`, sized by the vit block: SigLIP)
+    text_pool   "mean" (default, over the valid tokens) | "cls" | "eos" (token lengths - 1: CLIP, whose
+                texts end with their EOS) | "last" (the final position whatever the lengths: SigLIP)
+    image_proj, text_proj  "linear" (default, no bias) | "linear_bias" (SigLIP's text head) | "none"
+                (the pooled vector is the embedding: SigLIP's image tower; needs width == embed_dim)
   """
 
   config: ml_collections.ConfigDict
@@ -110,6 +153,7 @@ class ContrastiveModel(nn.Module):
         "contrastive text tower reads whole captions (up to max_target_len - 1 tokens); set "
         "config.model.text.max_len to at least max_target_len."
       )
+    head_options(config.model)
     extra = [m for m in ("audio", "video") if config.model[m]]
     if extra:
       raise ValueError(
@@ -152,11 +196,31 @@ class ContrastiveModel(nn.Module):
     txt_tokens = TextEncoder(
       self.vocab_size, **c.text.to_dict(), implementation=impl, dtype=dtype, **knobs, name="text_encoder"
     )(tokens, lengths)
-    img = img_tokens.mean(axis=1)
-    valid = (jnp.arange(tokens.shape[1])[None] < lengths[:, None]).astype(txt_tokens.dtype)
-    txt = (txt_tokens * valid[..., None]).sum(1) / jnp.maximum(valid.sum(1, keepdims=True), 1.0)
-    img = layers.Dense(c.embed_dim, ("embed",), ("media_embed",), use_bias=False, dtype=dtype, name="image_proj")(img)
-    txt = layers.Dense(c.embed_dim, ("embed",), ("media_embed",), use_bias=False, dtype=dtype, name="text_proj")(txt)
+    heads = head_options(c)
+    if heads["image_pool"] == "map":
+      vit = c.vit.to_dict()
+      img = MAPHead(
+        vit.get("num_heads", 4),
+        vit.get("mlp_dim", 512),
+        vit.get("mlp_activation", "gelu"),
+        (vit.get("style") or {}).get("norm_eps", 1e-6),
+        implementation=impl,
+        dtype=dtype,
+        name="image_map",
+      )(img_tokens)
+    else:
+      img = pool_tokens(img_tokens, heads["image_pool"], where="config.model.image_pool")
+    txt = pool_tokens(txt_tokens, heads["text_pool"], lengths, where="config.model.text_pool")
+
+    def project(x, how, name):
+      if how == "none":
+        return x
+      return layers.Dense(
+        c.embed_dim, ("embed",), ("media_embed",), use_bias=how == "linear_bias", dtype=dtype, name=name
+      )(x)
+
+    img = project(img, heads["image_proj"], "image_proj")
+    txt = project(txt, heads["text_proj"], "text_proj")
     img = constrain(_normalize(img), ("act_batch", None))
     txt = constrain(_normalize(txt), ("act_batch", None))
     init_t = math.log(10.0) if kind == "siglip" else math.log(1 / 0.07)
