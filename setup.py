@@ -34,6 +34,7 @@ setuptools.setup(
     "numpy>=1.26",
     "pillow>=10",
     "sentencepiece>=0.2",
+    "tokenizers>=0.20",  # pretrained checkpoints' tokenizer.json (mmjax.pretrained.tokenizers)
     "tqdm>=4.66",
     "tensorboardX>=2.6",
   ],
@@ -55,6 +56,13 @@ setuptools.setup(
       "pycocoevalcap>=1.2",
       "pycocotools>=2.0",  # the reference COCO AP that tests/test_grounding_metrics.py checks mmjax's against
       "ruff==0.17.6",  # pinned: tests/test_style.py checks the tree is formatted as this version formats it
+      # The reference implementations that mmjax.pretrained's checkpoints are checked against (CPU torch;
+      # transformers 5.25 needs a `kernels` release the registry lacks). No torchvision: PyPI's build does
+      # not load beside the CPU torch and makes transformers' CLIP fail to import.
+      "torch==2.13.0",
+      "transformers>=5.24,<5.25",
+      "safetensors>=0.4",
+      "ftfy>=6.1",  # open_clip's reference CLIP tokenizer (open_clip_torch itself: see the README's test command)
     ],
     "gpu": ["jax[cuda12]", "triton>=3.4", "jax-triton>=0.3.1"],
     "notebooks": ["jupyter", "nbclient>=0.10", "nbformat>=5.10", "jupytext>=1.16", "matplotlib>=3.8", "ipykernel"],

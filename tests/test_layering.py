@@ -27,6 +27,7 @@ FLOORS = {
   "mmjax.fusion": 3,
   "mmjax.decoders": 3,
   "mmjax.models": 4,
+  "mmjax.pretrained": 4,  # checkpoints into the encoders / decoders / model kinds
   "mmjax.data": 5,
   "mmjax.sample": 6,
   "mmjax.evaluate": 7,

@@ -21,6 +21,9 @@ Keys (defaults):
   max_prompt_len      16     prompt tokens (longer prompts are cut, with a warning).
   max_target_len      64     target tokens incl. bos/eos (longer targets are cut, with a warning).
   vocab_size          512    SentencePiece vocabulary size (a maximum, incl. 256 byte pieces).
+  tokenizer           ""     a pretrained checkpoint directory (or tokenizer file) whose tokenizer
+                             to use instead of training one (mmjax.pretrained.tokenizers); set by
+                             config.model.init_from_pretrained.decoder when empty.
   location_bins       0      N > 0: N location tokens <loc0000>.. after the SentencePiece pieces
                              (mmjax.location_tokens; boxes quantised to N bins per axis). The
                              tokenizer file is the same for any N: a run's config carries it.
@@ -85,6 +88,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.max_prompt_len = 16
   c.max_target_len = 64
   c.vocab_size = 512
+  c.tokenizer = ""
   c.location_bins = 0
   c.spoken_questions = False
   c.video_frames = 0

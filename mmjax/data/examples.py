@@ -49,7 +49,7 @@ import tensorflow_datasets as tfds
 from mmjax.data import av_matching as av_lib, config as config_lib, schema, tfds_builders
 from mmjax.data.tasks import GROUNDING_TASKS, TASK_AV_MATCH, TASK_CAPTION, TASK_NAMES, TASK_VQA  # noqa: F401 (re-exported)
 from mmjax.location_tokens import has_boxes
-from mmjax.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from mmjax.tokenizer import Tokenizer
 
 CAPTION_PROMPT = "describe the image."
 SPOKEN_PROMPT = "answer the spoken question."
@@ -88,10 +88,12 @@ def read_texts(builder, split: str, sound_keys: bool = False) -> list[dict]:
     idx = list(range(start, min(n, start + chunk)))
     rows.extend(src.__getitems__(idx) if hasattr(src, "__getitems__") else [src[i] for i in idx])
   sound = builder.info.features["scene_audio"] if sound_keys else None
+  humans = "reference_answer_counts" in builder.info.features  # a manifest with "answers" lines
   for r in rows:
     out.append(
       {k: [_decode(v) for v in r[k]] for k in ("questions", "answers", "question_types", "captions")}
       | {"id": _decode(r["id"])}
+      | ({"human_answers": tfds_builders.unpack_reference_answers(r)} if humans else {})
       | ({"sound": av_lib.sound_key(sound.decode_example_np(r["scene_audio"]))} if sound_keys else {})
     )
   return out
@@ -243,13 +245,14 @@ class SplitData:
       self.truncated["target"].add(text)
     ids = ids[: self.max_target_len - 1]
     n, lt = len(ids), self.max_target_len
-    t_in = np.full(lt, PAD_ID, np.int32)
-    t_out = np.full(lt, PAD_ID, np.int32)
+    tok = self.tokenizer  # a pretrained tokenizer has its own special ids
+    t_in = np.full(lt, tok.pad_id, np.int32)
+    t_out = np.full(lt, tok.pad_id, np.int32)
     mask = np.zeros(lt, np.float32)
-    t_in[0] = BOS_ID
+    t_in[0] = tok.bos_id
     t_in[1 : n + 1] = ids
     t_out[:n] = ids
-    t_out[n] = EOS_ID
+    t_out[n] = tok.eos_id
     mask[: n + 1] = 1.0
     return t_in, t_out, mask
 
@@ -262,10 +265,12 @@ class SplitData:
     return min(self.max_target_len, max(lengths, default=1) + 1)
 
   def references(self, example_id: int):
-    """Reference text(s) of an example: the answer (str) for VQA, all captions (list) for
-    captioning."""
+    """Reference text(s) of an example: the answer (str) for VQA, or its human answers (list) when the
+    manifest gave them; all captions (list) for captioning."""
     ri, j = (int(v) for v in self.index[int(example_id)])
     r = self.records[ri]
+    if self.task[example_id] == TASK_VQA and r.get("human_answers") and r["human_answers"][j]:
+      return list(r["human_answers"][j])  # several human answers: the official VQA accuracy scores them
     if self.task[example_id] == TASK_VQA or TASK_NAMES[self.task[example_id]] in GROUNDING_TASKS:
       return r["answers"][j]  # grounding: with its boxes in markup (exact coordinates)
     if self.task[example_id] == TASK_AV_MATCH:

@@ -14,7 +14,6 @@ import numpy as np
 
 from mmjax.data import batching, prepare
 from mmjax.data.examples import SPLITS, TASK_NAMES, SplitData, question_types
-from mmjax.tokenizer import Tokenizer
 
 
 class Data:
@@ -31,9 +30,7 @@ class Data:
     self.builder = prepare.prepare_builder(config)
     bins = int(prepare.data_config(config).location_bins)
     self.tokenizer = (
-      Tokenizer.load(tokenizer_path, location_bins=bins)
-      if tokenizer_path
-      else prepare.load_tokenizer(config, self.builder)
+      prepare.open_tokenizer(tokenizer_path, bins) if tokenizer_path else prepare.load_tokenizer(config, self.builder)
     )
     self._splits: dict[str, SplitData] = {}
 

@@ -21,6 +21,7 @@ from mmjax.data import av_matching as av_lib, config as config_lib, tfds_builder
 from mmjax.data.examples import CAPTION_PROMPT, SPLITS, SPOKEN_PROMPT, SplitData, read_texts
 from mmjax.data.source import DatasetSource
 from mmjax.location_tokens import strip_boxes
+from mmjax.pretrained import tokenizers as pretrained_tokenizers
 from mmjax.tokenizer import Tokenizer
 
 TOKENIZER_FILENAME = "tokenizer.model"
@@ -85,12 +86,22 @@ def tokenizer_training_texts(
   return [strip_boxes(t) for t in texts]
 
 
+def open_tokenizer(path: str, location_bins: int):
+  """A saved tokenizer: mmjax's own SentencePiece file, or a directory of a pretrained one's files."""
+  if os.path.isdir(path):
+    return pretrained_tokenizers.load_tokenizer(path, location_bins=location_bins)
+  return Tokenizer.load(path, location_bins=location_bins)
+
+
 def load_tokenizer(config, builder=None) -> Tokenizer:
   """Loads ``tokenizer.model`` next to the prepared data, training it on the train split if
-  missing (or if it was trained for another vocab_size, recorded in ``tokenizer.model.vocab``)."""
+  missing (or if it was trained for another vocab_size, recorded in ``tokenizer.model.vocab``);
+  or a pretrained checkpoint's tokenizer when ``config.data.tokenizer`` names one."""
+  bins = int(data_config(config).location_bins)
+  if data_config(config).get("tokenizer"):
+    return pretrained_tokenizers.load_tokenizer(data_config(config).tokenizer, location_bins=bins)
   builder = builder or prepare_builder(config)
   vocab_size = int(data_config(config).vocab_size)
-  bins = int(data_config(config).location_bins)
   path = tokenizer_path(builder)
   meta = path + ".vocab_size"
   if os.path.exists(path) and os.path.exists(meta):

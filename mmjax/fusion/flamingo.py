@@ -57,9 +57,7 @@ class PerceiverResampler(nn.Module):
         self.num_heads, d // self.num_heads, implementation=self.implementation, dtype=self.dtype, name=f"attention_{i}"
       )(q, kv=jnp.concatenate([media, q], axis=1), mask=mask)
       x = layers.constrain_tokens(x)
-      x = x + layers.MLP(self.mlp_dim, self.dtype, name=f"mlp_{i}")(
-        layers.Norm(self.dtype, name=f"norm_mlp_{i}")(x)
-      )
+      x = x + layers.MLP(self.mlp_dim, self.dtype, name=f"mlp_{i}")(layers.Norm(self.dtype, name=f"norm_mlp_{i}")(x))
       x = layers.constrain_tokens(x)
     return layers.Norm(self.dtype, name="norm")(x)
 

@@ -48,6 +48,13 @@ def base_model_config() -> ml_collections.ConfigDict:
       freeze=(),  # top-level parameter subtrees that never update, e.g. ("image_encoder",)
       # {"image_encoder": "/path/to/workdir"}: subtrees copied from trained runs at a fresh start.
       init_from=ml_collections.ConfigDict(),
+      # {"image_encoder": "/ckpt/siglip", "decoder": "/ckpt/gemma"}: Hugging Face checkpoints whose
+      # architecture and weights those subtrees take (mmjax.pretrained.compose).
+      init_from_pretrained=ml_collections.ConfigDict(),
+      # LoRA (mmjax.models.lora): rank > 0 adds adapters to the Dense layers matching `targets`
+      # (e.g. ("query", "value") or "decoder/**/query") and trains only them and the subtrees in
+      # `train` (e.g. ("fusion",): new layers around pretrained towers); alpha None = rank.
+      lora=ml_collections.ConfigDict(dict(targets=(), rank=0, alpha=None, train=())),
       # Optional encoders: a block of AudioEncoder / VideoEncoder fields (plus mask_padding) turns one on.
       audio=None,
       video=None,

@@ -201,19 +201,29 @@ def adapted_modules(params) -> list[str]:
   return sorted("/".join(k[:-1]) for k in flat if k[-1] == "lora_a")
 
 
-def trainable_labels(params):
-  """Pytree like `params`: transfer.TRAINABLE at lora_a / lora_b, transfer.FROZEN elsewhere (base
-  weights, biases, norms, embeddings and lora_scale). A boxed leaf gets one label."""
+def trainable_labels(params, train: Sequence[str] = ()):
+  """Pytree like `params`: transfer.TRAINABLE at lora_a / lora_b and under the subtrees that the
+  patterns `train` match (the target syntax, on any ancestor's path: "fusion", "cross_attention",
+  "decoder/*/cross_gate": new layers a composed model trains in full, peft's modules_to_save),
+  transfer.FROZEN elsewhere (base weights, biases, norms, embeddings and lora_scale). A boxed leaf
+  gets one label."""
   flat = traverse_util.flatten_dict(flax.core.unfreeze(params))
   if not any(k[-1] in TRAINED_LEAVES for k in flat):
     raise ValueError("lora: the params hold no adapters (add_adapters first); training them would change nothing.")
-  labels = {k: transfer.TRAINABLE if k[-1] in TRAINED_LEAVES else transfer.FROZEN for k in flat}
+  under = lambda pattern, k: any(matches(pattern, "/".join(k[:i])) for i in range(1, len(k) + 1))
+  for pattern in train:
+    if not any(under(pattern, k) for k in flat):
+      raise ValueError(
+        f"config.model.lora.train: {pattern!r} matches no parameters; top-level: {sorted({k[0] for k in flat})}."
+      )
+  trained = lambda k: k[-1] in TRAINED_LEAVES or (k[-1] != "lora_scale" and any(under(p, k) for p in train))
+  labels = {k: transfer.TRAINABLE if trained(k) else transfer.FROZEN for k in flat}
   return traverse_util.unflatten_dict(labels)
 
 
-def train_adapters_only(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-  """`tx` on the adapters; zero updates and no optimizer state for everything else."""
-  return transfer.freeze_by_labels(tx, trainable_labels)
+def train_adapters_only(tx: optax.GradientTransformation, train: Sequence[str] = ()) -> optax.GradientTransformation:
+  """`tx` on the adapters (and the subtrees `train`); zero updates and no optimizer state elsewhere."""
+  return transfer.freeze_by_labels(tx, lambda params: trainable_labels(params, train))
 
 
 def merge(params):
@@ -241,16 +251,17 @@ def merge(params):
 
 
 def add_adapters_from_config(params, lora: Mapping[str, Any] | None, rng: jax.Array):
-  """add_adapters with config.model.lora = {targets: (...), rank: r, alpha: a} (alpha defaults to r,
-  a scale of 1); params unchanged when `lora` is None or empty (LoRA off)."""
+  """add_adapters with config.model.lora = {targets: (...), rank: r, alpha: a, train: (...)} (alpha
+  defaults to r, a scale of 1; `train` is for train_adapters_only); params unchanged when `lora` is
+  None or empty (LoRA off)."""
   if not lora:
     return params
   lora = dict(lora)
-  unknown = sorted(set(lora) - {"targets", "rank", "alpha"})
+  unknown = sorted(set(lora) - {"targets", "rank", "alpha", "train"})
   missing = sorted({"targets", "rank"} - set(lora))
   if unknown or missing:
     raise ValueError(
-      f"config.model.lora: unknown keys {unknown}, missing keys {missing}; it takes targets, rank and alpha."
+      f"config.model.lora: unknown keys {unknown}, missing keys {missing}; it takes targets, rank, alpha and train."
     )
   rank = lora["rank"]
   return add_adapters(params, lora["targets"], rank, lora.get("alpha", rank), rng)

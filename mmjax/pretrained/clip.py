@@ -205,7 +205,10 @@ def parts(cfg: dict, names=()) -> dict[str, Part]:
   te += _layers("text_model", text["depth"], text["num_heads"], text["head_dim"])
   te += norm("norm", "text_model.final_layer_norm")
 
-  out = {"image_encoder": Part("vit", vit, tuple(ve)), "text_encoder": Part("text", text, tuple(te))}
+  out = {
+    "image_encoder": Part("vit", vit, tuple(ve), data=dict(image_size=int(vc["image_size"]))),
+    "text_encoder": Part("text", text, tuple(te)),
+  }
 
   # -- the whole contrastive model
   heads = _prefixed(ve, "image_encoder") + _prefixed(te, "text_encoder")

@@ -62,6 +62,8 @@ def configure(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if subtree == "audio_encoder":
       fields["mask_padding"] = bool((config.model.get("audio") or {}).get("mask_padding", True))
     config.model[block_of(config.model)] = ml_collections.ConfigDict(fields)
+    for key, value in part.data.items():  # e.g. the image size a learned position table was trained at
+      config.data[key] = value
   tokenizer_from = wanted.get("decoder") or wanted.get("text_encoder")
   if tokenizer_from and not config.data.get("tokenizer"):
     config.data.tokenizer = tokenizer_from

@@ -46,11 +46,15 @@ class Part:
   module: the registry name of the module class ("vit", "text", "decoder", "audio", or a model kind)
   fields: its constructor fields (what a config block holds: width, depth, style, ...)
   entries: the tensor mapping, mm paths relative to the module's own parameters
+  data: the config.data values the module's inputs must have
   """
 
   module: str
   fields: dict
   entries: tuple[Entry, ...]
+  # config.data values the part needs, e.g. {"image_size": 224} for a tower with a learned position
+  # per patch (mmjax.pretrained.compose sets them).
+  data: dict = dataclasses.field(default_factory=dict)
 
   def hf_names(self) -> list[str]:
     return [n for e in self.entries for n in e.hf]

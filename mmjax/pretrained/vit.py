@@ -131,7 +131,7 @@ def parts(cfg: dict, names=()) -> dict[str, Part]:
     e += norm(f"{mm}/norm_mlp", f"{hf}.layernorm_after")
     e += linear(f"{mm}/mlp/wi", f"{hf}.intermediate.dense")
     e += linear(f"{mm}/mlp/wo", f"{hf}.output.dense")
-  out = {"image_encoder": Part("vit", fields, tuple(e))}
+  out = {"image_encoder": Part("vit", fields, tuple(e), data=dict(image_size=int(cfg["image_size"])))}
   head = "mmjax.encoders.pooling:TokenHead"
   if classifier:
     labels = len(cfg.get("id2label") or {}) or int(cfg.get("num_labels", 2))

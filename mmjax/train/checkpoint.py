@@ -17,7 +17,7 @@ from mmjax.train import config as train_config
 # Config keys whose change makes a checkpoint unusable (shapes or meaning of the parameters).
 # Compute dtype and attention implementation may change between runs: they do not touch parameters.
 # config.model keys that do not change the parameters: a checkpoint may be restored under others.
-_FREE_MODEL_KEYS = ("dtype", "attention_implementation", "remat", "init_from")
+_FREE_MODEL_KEYS = ("dtype", "attention_implementation", "remat", "init_from", "init_from_pretrained")
 
 
 class CheckpointMismatch(ValueError):

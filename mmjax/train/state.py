@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 from mmjax import registry, sharding
 from mmjax.data.config import questions_per_image
-from mmjax.models import model_class, transfer
+from mmjax.models import lora, model_class, transfer
 from mmjax.train.batches import dummy_batch
 from mmjax.train.optim import make_optimizer
 
@@ -97,12 +97,15 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int, devices=None)
   tx = make_optimizer(config.optim, config.total_steps)
   # Frozen subtrees get zero updates and no optimizer state (config.model.freeze).
   tx = transfer.freeze(tx, tuple(config.model.freeze))
+  adapters = lora_config(config.model)
+  if adapters:  # LoRA: only the adapters and lora.train train (and none under config.model.freeze)
+    tx = lora.train_adapters_only(tx, tuple(adapters.get("train", ())))
   batch = dummy_batch(config, 1)
 
   def init(rng):
     args, kwargs = kind.init_inputs(config.model, batch)
     variables = model.init(rng, *args, **kwargs)
-    params = variables["params"]
+    params = lora.add_adapters_from_config(variables["params"], adapters, jax.random.fold_in(rng, 1))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   with _mesh_and_rules(mesh, rules):
@@ -113,6 +116,14 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int, devices=None)
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.meta.unbox(boxed), state_sharding
   )
   return Setup(config, model, mesh, rules, tx, state_sharding, abstract, init)
+
+
+def lora_config(model_config) -> dict | None:
+  """config.model.lora as add_adapters_from_config takes it; None when LoRA is off (rank 0)."""
+  section = model_config.get("lora")
+  if not section or not section.get("rank"):
+    return None
+  return {k: v for k, v in section.to_dict().items() if v is not None}
 
 
 def init_state(setup: Setup, rng) -> TrainState:

@@ -23,6 +23,7 @@ import tqdm
 
 from mmjax.data import prepare
 from mmjax.models import transfer
+from mmjax.pretrained import compose
 from mmjax.sample.report import write_report
 from mmjax.train import batches as batches_lib, state as state_lib, step as step_lib, workdir as workdir_lib
 from mmjax.train.checkpoint import Checkpointer
@@ -65,6 +66,7 @@ def train_and_evaluate(
   bad batch. Returns the final test metrics, or {"stopped_at": step} after a stop request.
   """
   validate_config(config)
+  config = compose.configure(config)  # pretrained towers' architectures and tokenizer
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   data = workdir_lib.load_data(config, workdir)
@@ -81,6 +83,7 @@ def train_and_evaluate(
   if restored is None:
     state = state_lib.init_state(setup, jax.random.key(config.seed))
     state = _init_from(state, setup, config)
+    state = state.replace(params=compose.load_into(state.params, config))
     start = 0
   else:
     start, state, data_state = restored

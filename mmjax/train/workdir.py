@@ -16,17 +16,22 @@ from mmjax.train import batches as batches_lib, config as train_config, state as
 from mmjax.train.checkpoint import Checkpointer
 
 TOKENIZER_FILENAME = prepare.TOKENIZER_FILENAME  # the tokenizer a run keeps beside its checkpoints
+PRETRAINED_TOKENIZER_DIR = "tokenizer"  # ... or, for config.data.tokenizer, the checkpoint's tokenizer files
 
 
 def load_data(config, workdir: str):
   """Prepares the dataset and the tokenizer; a workdir's own tokenizer wins (resume / sample).
   Fails when the model reads media (config.model.audio / video) the dataset does not carry."""
   batches_lib.check_data_media(config, prepare.dataset_media(config))  # before building the dataset
-  tok_path = os.path.join(workdir, TOKENIZER_FILENAME)
+  name = PRETRAINED_TOKENIZER_DIR if config.data.get("tokenizer") else TOKENIZER_FILENAME
+  tok_path = os.path.join(workdir, name)
   data = pipeline.Data(config, tokenizer_path=tok_path if os.path.exists(tok_path) else None)
   if jax.process_index() == 0 and not os.path.exists(tok_path):
     os.makedirs(workdir, exist_ok=True)
-    shutil.copyfile(data.tokenizer.path, tok_path)
+    if config.data.get("tokenizer"):
+      data.tokenizer.save(tok_path)
+    else:
+      shutil.copyfile(data.tokenizer.path, tok_path)
   return data
 
 

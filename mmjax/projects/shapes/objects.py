@@ -150,9 +150,7 @@ class KMeansSlots(nn.Module):
     v = layers.Norm(self.dtype, name="norm_values")(values)
     pooled = jnp.einsum("bnk,bnf->bkf", w.astype(self.dtype), v)  # [B, K, F]
     slots = layers.Dense(self.width, ("media_embed",), ("embed",), dtype=self.dtype, name="out")(pooled)
-    slots = slots + layers.MLP(self.mlp_dim, self.dtype, name="mlp")(
-      layers.Norm(self.dtype, name="norm_mlp")(slots)
-    )
+    slots = slots + layers.MLP(self.mlp_dim, self.dtype, name="mlp")(layers.Norm(self.dtype, name="norm_mlp")(slots))
     if mask_grouping is None:
       return slots, attn
     return slots, assign(centres, mask_grouping.astype(jnp.float32))
