@@ -4,14 +4,20 @@ manifest with LoRA through the one trainer."""
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
 from PIL import Image
 
 from mmjax import config_files, pretrained
+from mmjax.decoders.lm import Decoder
+from mmjax.fusion.base import Conditioning
+from mmjax.models import lora
 from mmjax.pretrained import compose
 from mmjax.train import trainer, workdir as workdir_lib
 
@@ -148,3 +154,24 @@ def test_fine_tuning_composed_towers_lowers_the_loss(fusion, checkpoints, manife
     np.testing.assert_array_equal(got, v, err_msg="/".join(k))
   adapters = [k for k in flat if k.endswith("lora_b")]
   assert adapters and all(np.any(flat[k] != 0) for k in adapters)
+  if fusion == "prefix_lm":
+    _check_export(wd, trained, tmp_path)
+
+
+def _check_export(wd, trained, tmp_path):
+  """experiments/export.py writes the fine-tuned decoder (adapters merged) as a Gemma checkpoint that
+  transformers loads and runs to the logits of mmjax's merged decoder."""
+  out = tmp_path / "exported"
+  script = os.path.join(os.path.dirname(CONFIG), "..", "export.py")
+  done = subprocess.run(
+    [sys.executable, script, f"--workdir={wd}", "--subtree=decoder", f"--out={out}"], capture_output=True, text=True
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  merged = lora.merge(jax.device_get(trained))["decoder"]
+  fields = pretrained.part(str(out), "decoder").fields
+  tokens = np.random.default_rng(0).integers(3, fields["vocab_size"], (2, 7))
+  ours = Decoder(**fields).apply({"params": merged}, jnp.asarray(tokens), Conditioning())
+  ref = transformers.GemmaForCausalLM.from_pretrained(str(out)).eval()
+  with torch.no_grad():
+    theirs = ref(torch.as_tensor(tokens)).logits.numpy()
+  assert np.linalg.norm(np.asarray(ours) - theirs) / np.linalg.norm(theirs) < 1e-5

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import numpy as np
+
 from mmjax import registry
 from mmjax.pretrained import checkpoint
 from mmjax.pretrained.convert import Part, export_part, load_part
@@ -61,10 +63,13 @@ def load(path: str, name: str, target: Mapping | None = None, fresh: tuple[str, 
   return load_part(part(path, name), checkpoint.Reader(path), f"{path} ({name})", target, fresh=fresh)
 
 
-def export(out: str, params: Mapping[str, Mapping], source: str, max_shard_bytes: int = 5 << 30) -> list[str]:
+def export(
+  out: str, params: Mapping[str, Mapping], source: str, max_shard_bytes: int = 5 << 30, copy_rest: bool = False
+) -> list[str]:
   """Writes `params` ({part name: that module's parameters}) as a checkpoint of `source`'s family
   into the directory `out`: `source`'s config.json, each tensor in `source`'s dtype. Every tensor
-  of the source must come from some part (else the exported checkpoint would lack it): loading all
+  of the source must come from some part (else the exported checkpoint would lack it), unless
+  copy_rest: then the tensors no given part maps are copied from `source` unchanged. Loading all
   of a checkpoint's parts and exporting them reproduces its tensors bit for bit."""
   reader = checkpoint.Reader(source)
   found = parts(source)
@@ -77,6 +82,9 @@ def export(out: str, params: Mapping[str, Mapping], source: str, max_shard_bytes
   for name, tree in params.items():
     tensors.update(export_part(found[name], tree, dtypes, rows))
   missing = sorted(set(reader.names()) - set(tensors))
+  if copy_rest:
+    tensors.update({n: np.asarray(reader.get(n)) for n in missing})
+    missing = []
   if missing:
     raise KeyError(
       f"export: no parameters given for {missing[:5]} ({len(missing)} tensors of {source}); pass all parts."

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mmjax import layers
-from mmjax.pretrained.convert import Part, copy, linear, norm
+from mmjax.pretrained.convert import Part, block, copy, linear, norm
 
 # HF hidden_act -> layers.MLP_ACTIVATIONS ("gelu" is the exact erf GELU in BERT).
 ACTIVATIONS = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu", "silu": "silu"}
@@ -91,18 +91,12 @@ def parts(cfg: dict, names=()) -> dict[str, Part]:
     *norm("embed_norm", f"{e}.LayerNorm"),
   ]
   qkv = (heads, head_dim)
+  # Post-norm: each sublayer's norm sits after its residual sum (style post_norm), named with its output.
+  names = {r: f"attention.self.{r}" for r in ("query", "key", "value")} | dict(out="attention.output.dense")
+  names |= dict(norm_self="attention.output.LayerNorm", wi="intermediate.dense", wo="output.dense")
+  names |= dict(norm_mlp="output.LayerNorm")
   for i in range(depth):
-    b, h = f"block_{i}", f"{p}encoder.layer.{i}"
-    entries += [
-      *linear(f"{b}/self_attention/query", f"{h}.attention.self.query", out_shape=qkv),
-      *linear(f"{b}/self_attention/key", f"{h}.attention.self.key", out_shape=qkv),
-      *linear(f"{b}/self_attention/value", f"{h}.attention.self.value", out_shape=qkv),
-      *linear(f"{b}/self_attention/out", f"{h}.attention.output.dense", in_shape=qkv),
-      *norm(f"{b}/norm_self", f"{h}.attention.output.LayerNorm"),
-      *linear(f"{b}/mlp/wi", f"{h}.intermediate.dense"),
-      *linear(f"{b}/mlp/wo", f"{h}.output.dense"),
-      *norm(f"{b}/norm_mlp", f"{h}.output.LayerNorm"),
-    ]
+    entries += block(f"block_{i}", f"{p}encoder.layer.{i}", names, *qkv)
   found = {"text_encoder": Part("text", fields, tuple(entries))}
   if not any(a in NO_POOLER for a in architectures):
     found["text_pooler"] = Part(

@@ -40,7 +40,7 @@ import dataclasses
 
 import numpy as np
 
-from mmjax.pretrained.convert import Entry, Part, copy, linear, norm
+from mmjax.pretrained.convert import Entry, Part, block, copy, linear, norm
 from mmjax.pretrained.vit import activation, patch_embedding, reshaped
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -131,17 +131,11 @@ def in_proj(mm: str, hf: str, heads: int, head_dim: int) -> list[Entry]:
 
 def _layers(hf_prefix: str, depth: int, heads: int, head_dim: int) -> list[Entry]:
   """The encoder layers shared by both towers of CLIP and SigLIP, as pre-norm TransformerBlocks."""
-  e = []
-  for i in range(depth):
-    mm, hf = f"block_{i}", f"{hf_prefix}.encoder.layers.{i}"
-    e += norm(f"{mm}/norm_self", f"{hf}.layer_norm1")
-    for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
-      e += linear(f"{mm}/self_attention/{ours}", f"{hf}.self_attn.{theirs}", out_shape=(heads, head_dim))
-    e += linear(f"{mm}/self_attention/out", f"{hf}.self_attn.out_proj", in_shape=(heads, head_dim))
-    e += norm(f"{mm}/norm_mlp", f"{hf}.layer_norm2")
-    e += linear(f"{mm}/mlp/wi", f"{hf}.mlp.fc1")
-    e += linear(f"{mm}/mlp/wo", f"{hf}.mlp.fc2")
-  return e
+  names = dict(norm_self="layer_norm1", norm_mlp="layer_norm2", wi="mlp.fc1", wo="mlp.fc2")
+  names |= dict(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj", out="self_attn.out_proj")
+  return [
+    e for i in range(depth) for e in block(f"block_{i}", f"{hf_prefix}.encoder.layers.{i}", names, heads, head_dim)
+  ]
 
 
 def _sub(cfg: dict, family: str, tower: str) -> dict:
@@ -206,7 +200,7 @@ def parts(cfg: dict, names=()) -> dict[str, Part]:
   te += norm("norm", "text_model.final_layer_norm")
 
   out = {
-    "image_encoder": Part("vit", vit, tuple(ve), data=dict(image_size=int(vc["image_size"]))),
+    "image_encoder": Part("vit", vit, tuple(ve), data=dict(image_size=int(vc.get("image_size", 224)))),
     "text_encoder": Part("text", text, tuple(te)),
   }
 

@@ -172,6 +172,48 @@ def conv1d(mm: str, hf: str, in_shape: tuple = (), out_shape: tuple = (), bias: 
   return entries
 
 
+# The roles of a layers.TransformerBlock's parameters, by their mmjax paths within the block.
+BLOCK_ROLES = {
+  "norm_self": "norm_self",
+  "query": "self_attention/query",
+  "key": "self_attention/key",
+  "value": "self_attention/value",
+  "out": "self_attention/out",
+  "norm_mlp": "norm_mlp",
+  "wi": "mlp/wi",
+  "wi_linear": "mlp/wi_linear",
+  "wo": "mlp/wo",
+}
+
+
+def block(
+  mm: str,
+  hf: str,
+  names: dict,
+  heads: int,
+  head_dim: int,
+  kv_heads: int | None = None,
+  norm_kind: str = "layernorm",
+  attention_bias: bool = True,
+  mlp_bias: bool = True,
+) -> list[Entry]:
+  """A layers.TransformerBlock `mm` from a checkpoint layer `hf`, given each role's tensor prefix
+  within the layer (`names`: BLOCK_ROLES key -> e.g. "self_attn.q_proj"; "wi_linear" only for a
+  gated MLP). Torch Linear projections, norms of `norm_kind`."""
+  kv = kv_heads or heads
+  shapes = {"query": dict(out_shape=(heads, head_dim)), "key": dict(out_shape=(kv, head_dim))}
+  shapes |= {"value": dict(out_shape=(kv, head_dim)), "out": dict(in_shape=(heads, head_dim))}
+  e = []
+  for role, theirs in names.items():
+    ours, theirs = f"{mm}/{BLOCK_ROLES[role]}", f"{hf}.{theirs}"
+    if role.startswith("norm"):
+      e += norm(ours, theirs, norm_kind)
+    else:
+      bias = attention_bias if role in shapes else mlp_bias
+      e += linear(ours, theirs, bias=bias, **shapes.get(role, {}))
+  return e
+
+
 # -- running a mapping ----------------------------------------------------------------------------
 
 

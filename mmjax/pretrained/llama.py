@@ -22,7 +22,7 @@ the model standalone (a composed model passes vocab_size itself, mmjax.pretraine
 
 from __future__ import annotations
 
-from mmjax.pretrained.convert import Part, copy, linear, norm
+from mmjax.pretrained.convert import Part, block, copy, linear, norm
 
 # hidden_act -> layers.MLP_ACTIVATIONS (gated). transformers reads Gemma's legacy "gelu" as the
 # tanh approximation (GemmaConfig rewrites it to gelu_pytorch_tanh), so it is geglu for Gemma only.
@@ -87,18 +87,11 @@ def parts(cfg: dict, names=()) -> dict[str, Part]:
   )
   kind = fields["style"]["norm"]
   e = [copy("embed/embedding", "model.embed_tokens.weight"), *norm("norm", "model.norm", kind)]
+  names = dict(norm_self="input_layernorm", norm_mlp="post_attention_layernorm")
+  names |= dict(query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj", out="self_attn.o_proj")
+  names |= dict(wi="mlp.gate_proj", wi_linear="mlp.up_proj", wo="mlp.down_proj")
   for i in range(depth):
-    mm, hf = f"blocks_{i}", f"model.layers.{i}"
-    att = f"{mm}/self_attention"
-    e += norm(f"{mm}/norm_self", f"{hf}.input_layernorm", kind)
-    e += linear(f"{att}/query", f"{hf}.self_attn.q_proj", out_shape=(heads, hd), bias=attention_bias)
-    e += linear(f"{att}/key", f"{hf}.self_attn.k_proj", out_shape=(kv_heads, hd), bias=attention_bias)
-    e += linear(f"{att}/value", f"{hf}.self_attn.v_proj", out_shape=(kv_heads, hd), bias=attention_bias)
-    e += linear(f"{att}/out", f"{hf}.self_attn.o_proj", in_shape=(heads, hd), bias=attention_bias)
-    e += norm(f"{mm}/norm_mlp", f"{hf}.post_attention_layernorm", kind)
-    e += linear(f"{mm}/mlp/wi", f"{hf}.mlp.gate_proj", bias=mlp_bias)
-    e += linear(f"{mm}/mlp/wi_linear", f"{hf}.mlp.up_proj", bias=mlp_bias)
-    e += linear(f"{mm}/mlp/wo", f"{hf}.mlp.down_proj", bias=mlp_bias)
+    e += block(f"blocks_{i}", f"model.layers.{i}", names, heads, hd, kv_heads, kind, attention_bias, mlp_bias)
   if not tied:
     e += linear("lm_head", "lm_head", bias=False)
   return {"decoder": Part("decoder", fields, tuple(e))}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmjax.pretrained.convert import Entry, Part, copy, linear, norm
+from mmjax.pretrained.convert import Entry, Part, block, copy, linear, norm
 
 # Hugging Face hidden_act -> layers.MLP_ACTIVATIONS: transformers' "gelu" is the erf form,
 # "gelu_new" / "gelu_pytorch_tanh" the tanh approximation.
@@ -122,16 +122,11 @@ def parts(cfg: dict, names=()) -> dict[str, Part]:
     reshaped("posemb", f"{pre}embeddings.position_embeddings", (1,), ()),
     *norm("norm", f"{pre}layernorm"),
   ]
+  names = dict(norm_self="layernorm_before", norm_mlp="layernorm_after", wi="intermediate.dense", wo="output.dense")
+  names |= {r: f"attention.attention.{r}" for r in ("query", "key", "value")} | dict(out="attention.output.dense")
   for i in range(depth):
-    mm, hf = f"block_{i}", f"{pre}encoder.layer.{i}"
-    e += norm(f"{mm}/norm_self", f"{hf}.layernorm_before")
-    for ours, theirs in (("query", "query"), ("key", "key"), ("value", "value")):
-      e += linear(f"{mm}/self_attention/{ours}", f"{hf}.attention.attention.{theirs}", out_shape=(heads, hd))
-    e += linear(f"{mm}/self_attention/out", f"{hf}.attention.output.dense", in_shape=(heads, hd))
-    e += norm(f"{mm}/norm_mlp", f"{hf}.layernorm_after")
-    e += linear(f"{mm}/mlp/wi", f"{hf}.intermediate.dense")
-    e += linear(f"{mm}/mlp/wo", f"{hf}.output.dense")
-  out = {"image_encoder": Part("vit", fields, tuple(e), data=dict(image_size=int(cfg["image_size"])))}
+    e += block(f"block_{i}", f"{pre}encoder.layer.{i}", names, heads, hd)
+  out = {"image_encoder": Part("vit", fields, tuple(e), data=dict(image_size=int(cfg.get("image_size", 224))))}
   head = "mmjax.encoders.pooling:TokenHead"
   if classifier:
     labels = len(cfg.get("id2label") or {}) or int(cfg.get("num_labels", 2))
