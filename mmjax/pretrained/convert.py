@@ -67,25 +67,29 @@ def copy(mm: str, hf: str) -> Entry:
   return Entry((mm,), (hf,), lambda t: [np.asarray(t[0])], lambda p: [np.asarray(p[0])], lambda s: [s[0]])
 
 
-def linear(mm: str, hf: str, in_shape: tuple = (), out_shape: tuple = (), bias: bool = True) -> list[Entry]:
-  """A torch Linear `hf` (weight [out, in]) as a layers.Dense `mm` (kernel [*in_shape, *out_shape]:
-  e.g. out_shape (heads, head_dim) for a query projection, in_shape (heads, head_dim) for the output
-  projection). Empty shapes keep the torch dims as they are."""
+def linear(
+  mm: str, hf: str, in_shape: tuple = (), out_shape: tuple = (), bias: bool = True, stored: str = "out_in"
+) -> list[Entry]:
+  """A linear layer `hf` as a layers.Dense `mm` (kernel [*in_shape, *out_shape]: e.g. out_shape
+  (heads, head_dim) for a query projection, in_shape (heads, head_dim) for the output projection;
+  empty shapes keep the checkpoint's dims). stored: "out_in" for a torch Linear's weight [out, in],
+  "in_out" for GPT-2's Conv1D, which stores it in Dense's order."""
+  flip = stored == "out_in"
+
+  def shape(s):
+    inp, out = s[::-1] if flip else s
+    return tuple(in_shape or (inp,)) + tuple(out_shape or (out,))
 
   def to_mm(t):
-    w = np.asarray(t[0]).T
-    return [w.reshape(tuple(in_shape or w.shape[:1]) + tuple(out_shape or w.shape[1:]))]
+    w = np.asarray(t[0])
+    return [(w.T if flip else w).reshape(shape(w.shape))]
 
   def to_hf(p):
     k = np.asarray(p[0])
-    n_in = len(in_shape) or 1
-    return [k.reshape(int(np.prod(k.shape[:n_in])), -1).T]
+    k = k.reshape(int(np.prod(k.shape[: len(in_shape) or 1])), -1)
+    return [k.T if flip else k]
 
-  def mm_shapes(s):
-    out, inp = s[0]
-    return [tuple(in_shape or (inp,)) + tuple(out_shape or (out,))]
-
-  entries = [Entry((f"{mm}/kernel",), (f"{hf}.weight",), to_mm, to_hf, mm_shapes)]
+  entries = [Entry((f"{mm}/kernel",), (f"{hf}.weight",), to_mm, to_hf, lambda s: [shape(s[0])])]
   if bias:
     entries.append(
       Entry(
@@ -141,35 +145,6 @@ def constant(mm: str, shape: tuple, value: float = 0.0) -> Entry:
   e.g. the key bias of Whisper's attention (mmjax's attention_bias puts a bias on every projection;
   a key bias adds q.b to every logit of a query, which softmax ignores, so it keeps its gradient 0)."""
   return Entry((mm,), (), lambda t: [np.full(shape, value, np.float32)], lambda p: [], lambda s: [tuple(shape)])
-
-
-def conv1d(mm: str, hf: str, in_shape: tuple = (), out_shape: tuple = (), bias: bool = True) -> list[Entry]:
-  """A GPT-2 style `Conv1D` `hf` (a linear layer stored as weight [in, out], i.e. already in
-  layers.Dense's order) as a Dense `mm` with kernel [*in_shape, *out_shape] (e.g. in_shape
-  (heads, head_dim) for the attention's output projection). Empty shapes keep the dims."""
-
-  def shape(s):
-    inp, out = s
-    return tuple(in_shape or (inp,)) + tuple(out_shape or (out,))
-
-  def to_hf(p):
-    k = np.asarray(p[0])
-    n_in = len(in_shape) or 1
-    return [k.reshape(int(np.prod(k.shape[:n_in])), -1)]
-
-  to_mm = lambda t: [np.asarray(t[0]).reshape(shape(np.shape(t[0])))]
-  entries = [Entry((f"{mm}/kernel",), (f"{hf}.weight",), to_mm, to_hf, lambda s: [shape(s[0])])]
-  if bias:
-    entries.append(
-      Entry(
-        (f"{mm}/bias",),
-        (f"{hf}.bias",),
-        lambda t: [np.asarray(t[0]).reshape(tuple(out_shape) or np.shape(t[0]))],
-        lambda p: [np.asarray(p[0]).reshape(-1)],
-        lambda s: [tuple(out_shape) or s[0]],
-      )
-    )
-  return entries
 
 
 # The roles of a layers.TransformerBlock's parameters, by their mmjax paths within the block.

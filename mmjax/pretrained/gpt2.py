@@ -21,7 +21,7 @@ when the caller has them; without them it assumes save_pretrained's layout.
 
 from __future__ import annotations
 
-from mmjax.pretrained.convert import Part, conv1d, copy, linear, norm, split
+from mmjax.pretrained.convert import Part, copy, linear, norm, split
 from mmjax.pretrained.vit import ACTIVATIONS
 
 PREFIX = "transformer."
@@ -88,10 +88,10 @@ def parts(cfg: dict, names=None) -> dict[str, Part]:
     e += norm(f"{mm}/norm_self", f"{hf}.ln_1")
     e.append(split([f"{mm}/{p}/kernel" for p in qkv], f"{hf}.attn.c_attn.weight", (d, d), [(d, heads, hd)] * 3))
     e.append(split([f"{mm}/{p}/bias" for p in qkv], f"{hf}.attn.c_attn.bias", (d,), [(heads, hd)] * 3))
-    e += conv1d(f"{mm}/self_attention/out", f"{hf}.attn.c_proj", in_shape=(heads, hd))
+    e += linear(f"{mm}/self_attention/out", f"{hf}.attn.c_proj", in_shape=(heads, hd), stored="in_out")
     e += norm(f"{mm}/norm_mlp", f"{hf}.ln_2")
-    e += conv1d(f"{mm}/mlp/wi", f"{hf}.mlp.c_fc")
-    e += conv1d(f"{mm}/mlp/wo", f"{hf}.mlp.c_proj")
+    e += linear(f"{mm}/mlp/wi", f"{hf}.mlp.c_fc", stored="in_out")
+    e += linear(f"{mm}/mlp/wo", f"{hf}.mlp.c_proj", stored="in_out")
   if not tied:
     e += linear("lm_head", "lm_head", bias=False)
   return {"decoder": Part("decoder", fields, tuple(e))}
