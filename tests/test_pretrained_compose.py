@@ -175,3 +175,37 @@ def _check_export(wd, trained, tmp_path):
   with torch.no_grad():
     theirs = ref(torch.as_tensor(tokens)).logits.numpy()
   assert np.linalg.norm(np.asarray(ours) - theirs) / np.linalg.norm(theirs) < 1e-5
+
+
+def test_a_whole_clip_checkpoint_becomes_a_contrastive_model(tmp_path):
+  """init_from_pretrained.contrastive: the kind's config (towers, pooling, projections) and all its
+  parameters come from a CLIP checkpoint."""
+  from mmjax.train import state as state_lib
+
+  torch.manual_seed(1)
+  small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+  clip = transformers.CLIPModel(
+    transformers.CLIPConfig(
+      text_config=dict(
+        small, vocab_size=99, bos_token_id=1, eos_token_id=2, pad_token_id=0, max_position_embeddings=64
+      ),
+      vision_config=dict(small, image_size=32, patch_size=8),
+      projection_dim=24,
+    )
+  )
+  clip.save_pretrained(tmp_path / "clip")
+  c = config_files.load(os.path.join(os.path.dirname(CONFIG), "contrastive.py"), "tiny")
+  with c.unlocked():
+    c.model.init_from_pretrained.contrastive = str(tmp_path / "clip")
+  c = compose.configure(c)
+  assert (c.model.image_pool, c.model.text_pool, c.model.embed_dim, c.model.loss) == ("cls", "eos", 24, "clip")
+  assert c.model.vit.pre_norm and not c.model.vit.patch_bias and c.model.vit.mlp_activation == "quick_gelu"
+  assert "stem" not in c.model.vit  # the block is the checkpoint's, not merged into the experiment's
+  assert c.data.image_size == 32
+  setup = state_lib.make_setup(c, 99)
+  params = compose.load_into(state_lib.init_state(setup, jax.random.key(0)).params, c)
+  want = traverse_util.flatten_dict(pretrained.load(str(tmp_path / "clip"), "contrastive"))
+  got = traverse_util.flatten_dict(jax.device_get(params))
+  assert set(got) == set(want)
+  for k, v in want.items():
+    np.testing.assert_array_equal(got[k], v)

@@ -31,6 +31,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.kind = "contrastive"
   m.loss = "siglip"  # siglip (pairwise sigmoid) | clip (softmax cross-entropy)
   m.embed_dim = 2 * m.vit.width  # joint embedding width (both towers are projected to it)
+  # Heads (mmjax.models.contrastive): pooling per tower and projection kind; CLIP / SigLIP
+  # checkpoints set their own (config.model.init_from_pretrained.contrastive).
+  m.image_pool, m.text_pool, m.image_proj, m.text_proj = "mean", "mean", "linear", "linear"
   del m["fusion"], m["decoder"]  # the VLM's parts; a contrastive model has none
   m.text.max_len = c.data.max_target_len  # the text tower reads whole captions
   c.data.questions_per_image = 1  # (image, caption) pairs: one image per example

@@ -1,6 +1,7 @@
 """Pretrained towers in an mmjax model: `config.model.init_from_pretrained.<subtree> = checkpoint dir`.
 
   config.model.init_from_pretrained = {"image_encoder": "/ckpt/siglip", "decoder": "/ckpt/gemma"}
+  config.model.init_from_pretrained = {"contrastive": "/ckpt/clip"}   # a whole CLIP / SigLIP model
 
 `configure(config)` fills each named subtree's config block with the checkpoint's architecture
 (config.model.vit for the image encoder, .text, .decoder, .audio), and the data's tokenizer with the
@@ -26,6 +27,9 @@ SUBTREES = {
   "decoder": (lambda m: "decoder", "decoder"),
   "audio_encoder": (lambda m: "audio", "audio"),
 }
+# The whole-model part: a CLIP / SigLIP checkpoint as a config.model.kind="contrastive" model (its
+# towers, pooling, projections and logit scale), filling all of config.model and of the params.
+WHOLE = "contrastive"
 # Fields the model passes itself (the vocabulary comes from the tokenizer).
 _MODEL_GIVEN = ("vocab_size",)
 # Layers a composed model adds inside a pretrained tower, which keep their fresh initialisation:
@@ -44,10 +48,16 @@ def configure(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
   config = ml_collections.ConfigDict(config.to_dict())
   for subtree, path in wanted.items():
+    if subtree == WHOLE:
+      for key, value in pretrained.part(path, WHOLE).fields["config"].items():  # blocks replaced whole
+        config.model[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+      config.data.update(pretrained.part(path, "image_encoder").data)
+      config.data.tokenizer = config.data.get("tokenizer") or path
+      continue
     if subtree not in SUBTREES:
       raise ValueError(
         f"config.model.init_from_pretrained.{subtree}: not a subtree a checkpoint can fill; "
-        f"use one of {sorted(SUBTREES)}."
+        f"use one of {sorted(SUBTREES) + [WHOLE]}."
       )
     if config.model.get("scan_layers"):
       raise ValueError(
@@ -76,6 +86,9 @@ def load_into(params, config) -> dict:
   if not wanted:
     return params
   params = dict(params)
+  if WHOLE in wanted:
+    target = {"/".join(k): v for k, v in traverse_util.flatten_dict(params).items()}
+    return pretrained.load(wanted[WHOLE], WHOLE, target=target, fresh=FRESH)
   for subtree, path in wanted.items():
     if subtree not in params:
       raise KeyError(f"config.model.init_from_pretrained.{subtree}: the model has no such subtree ({sorted(params)}).")
