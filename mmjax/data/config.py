@@ -5,6 +5,15 @@ Keys (defaults):
                              a project's, e.g. the embedded data's); a non-empty manifest
                              is always the data.
   manifest            ""     JSONL manifest path (the data when set).
+  tfds_name           ""     a TFDS catalog dataset mmjax converts (the data when set; not with manifest):
+                             "coco_captions" or "ref_coco", optionally with a builder config,
+                             "ref_coco/refcocog_umd". TFDS must have prepared it in data_dir (mmjax
+                             never downloads it); the first run converts it once into a manifest and
+                             image files under data_dir/mmjax_from_tfds/, an ordinary manifest
+                             dataset from then on. Splits: coco_captions (Karpathy's) train + restval
+                             -> train, val -> validation, test; ref_coco train, validation, and
+                             test / testA / testB -> test. ref_coco's "refer" questions need
+                             location_bins > 0 (mmjax.data.formats).
   data_dir            $MMJAX_DATA_DIR or "~/.cache/mmjax/tensorflow_datasets" (TFDS data dir).
   image_size          64     square image side (images are resized to it).
   seed                0      seeds the manifest's 80/10/10 split (and a procedural dataset's scenes).
@@ -71,6 +80,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.source = "manifest"
   c.manifest = ""
+  c.tfds_name = ""
   c.data_dir = default_data_dir()
   c.image_size = 64
   c.seed = 0

@@ -36,6 +36,16 @@ the manifest's seeded 80/10/10). RefCOCO's refs carry their own split, mapped by
 be the test split, ``split_map`` changes the mapping, e.g. ``{"testB": None}`` drops testB so that
 test is testA alone (one manifest per test split reports each official number).
 
+The TFDS catalog's ``coco_captions`` and ``ref_coco`` (what ``config.data.tfds_name`` trains on, once TFDS
+has prepared them: mmjax never downloads them) are converted from their TFDS examples by
+``tfds_manifest(name, data_dir)``, once, into ``data_dir/mmjax_from_tfds/<dataset>/<config>/<version>/``
+(manifest.jsonl and the images as TFDS stores them). ``tfds_coco_captions`` and ``tfds_ref_coco`` turn
+examples (numpy dicts in TFDS's feature layout) into lines as above: one caption line per caption; one
+line per image with every expression of every object, the boxes TFDS's normalised [ymin, xmin, ymax,
+xmax] (``"box_format": "normalized"``). Splits (``TFDS_SPLITS``): coco_captions (Karpathy and Li's) train
+and restval -> train, val -> validation, test -> test; ref_coco train, validation, and test / testA /
+testB all -> test.
+
 Images must exist (checked here, so a wrong image folder fails at once, not at preparation); the
 manifest's paths are relative to its folder. Problems are one-line ValueErrors naming the file and
 the record: ``"<file>: annotations[12] (id 4567): image_id 99 has no entry in "images""``.
@@ -47,15 +57,21 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import math
 import numbers
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from typing import Any, Sequence
 
-from mmjax.data.manifest import MIN_HUMAN_ANSWERS, SPLITS, check_label
+import numpy as np
+from PIL import Image
+
+from mmjax.data.boxes import normalize_box
+from mmjax.data.manifest import LABEL_FORBIDDEN, MIN_HUMAN_ANSWERS, SPLITS, check_label
 
 FORMATS = ("coco_captions", "vqav2", "refcoco")
 REFCOCO_SPLITS = {"train": "train", "val": "validation", "test": "test", "testA": "test", "testB": "test"}
@@ -480,3 +496,157 @@ def convert(
   for line in lines:
     split_of.setdefault(line["image"], line.get("split", "auto"))
   return {"path": path, "lines": len(lines), "images": dict(sorted(collections.Counter(split_of.values()).items()))}
+
+
+# ----------------------------------------------------------------------------------------------
+# The TFDS catalog's coco_captions and ref_coco, read from a prepared TFDS data dir
+
+# TFDS split -> manifest split. coco_captions has Karpathy and Li's splits: "restval" (the ~30k COCO
+# val images outside their val and test) is trained on, as in the standard Karpathy train set.
+# ref_coco's test splits are all one test split, as REFCOCO_SPLITS does for the refer toolkit's
+# files (its builder configs have test, or testA and testB).
+TFDS_SPLITS = {
+  "coco_captions": {"train": "train", "restval": "train", "val": "validation", "test": "test"},
+  "ref_coco": {"train": "train", "validation": "validation", "test": "test", "testA": "test", "testB": "test"},
+}
+TFDS_MANIFESTS = "mmjax_from_tfds"  # the folder of the converted datasets in the TFDS data dir
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _tfds_text(v) -> str:
+  """A TFDS text value (bytes from tfds.as_numpy, or str) as str."""
+  return v.decode("utf-8") if isinstance(v, (bytes, np.bytes_)) else str(v)
+
+
+def _listed(v) -> list:
+  # Nested sequences come out of tfds.as_numpy as tf.RaggedTensor: to_list() without naming TF.
+  return v.to_list() if hasattr(v, "to_list") else list(v)
+
+
+def _tfds_image(image, images_dir: str, image_id: int) -> str:
+  """Writes an example's image to ``images_dir`` (once per id) and returns its path. Encoded bytes
+  (TFDS's SkipDecoding) are written as they are, with no loss; a decoded uint8 array as PNG."""
+  os.makedirs(images_dir, exist_ok=True)
+  encoded = isinstance(image, (bytes, np.bytes_))
+  ext = ".png" if not encoded or bytes(image[:8]) == _PNG else ".jpg"
+  path = os.path.join(images_dir, f"{image_id}{ext}")
+  if not os.path.exists(path):
+    if encoded:
+      with open(path, "wb") as f:
+        f.write(bytes(image))
+    else:
+      Image.fromarray(np.asarray(image, np.uint8)).save(path)
+  return path
+
+
+def tfds_coco_captions(examples, images_dir, *, split: str) -> list[dict]:
+  """Manifest lines of TFDS coco_captions examples (numpy dicts with "image", "image/id" and
+  "captions": {"text": [...]}): one {"image", "caption", "split"} per caption, every caption kept
+  (module doc). Images are written to ``images_dir``; empty captions are skipped."""
+  extra = _split(split)
+  lines = []
+  for ex in examples:
+    captions = [c for c in (_tfds_text(t).strip() for t in ex["captions"]["text"]) if c]
+    if captions:
+      image = _tfds_image(ex["image"], os.fspath(images_dir), int(ex["image/id"]))
+      lines += [{"image": image, "caption": c} | extra for c in captions]
+  return lines
+
+
+def tfds_ref_coco(examples, images_dir, *, split: str) -> list[dict]:
+  """Manifest lines of TFDS ref_coco examples (numpy dicts with "image", "image/id" and "objects":
+  {"bbox": [n, 4] normalised [ymin, xmin, ymax, xmax], "refexp": {"raw": n lists of expressions}}):
+  one {"image", "refer", "box_format": "normalized", "split"} per image with every expression of
+  every object. TFDS keeps zero-area boxes and any text, which a manifest rejects: such boxes and
+  expressions are skipped, with a warning counting them. Images are written to ``images_dir``."""
+  extra = _split(split)
+  lines, skipped = [], collections.Counter()
+  for ex in examples:
+    objects = ex["objects"]
+    refer = []
+    for box, raws in zip(
+      np.asarray(objects["bbox"], np.float64).reshape(-1, 4), _listed(objects["refexp"]["raw"]), strict=True
+    ):
+      # 6 decimals keep a float32 coordinate to far below a pixel, and the manifest readable.
+      box = [round(float(v), 6) for v in box]
+      try:
+        normalize_box(box)
+      except ValueError:
+        skipped["box"] += 1
+        continue
+      for raw in raws:
+        try:
+          refer.append({"expression": check_label(_tfds_text(raw), "", "expression"), "box": box})
+        except ValueError:
+          skipped["expression"] += 1
+    if refer:
+      image = _tfds_image(ex["image"], os.fspath(images_dir), int(ex["image/id"]))
+      lines.append({"image": image, "refer": refer, "box_format": "normalized"} | extra)
+  if skipped:
+    logging.warning(
+      "ref_coco %s: skipped %d objects with a zero-area box and %d expressions that are empty or hold one of %s.",
+      split,
+      skipped["box"],
+      skipped["expression"],
+      " ".join(LABEL_FORBIDDEN),
+    )
+  return lines
+
+
+TFDS_CONVERTERS = {"coco_captions": tfds_coco_captions, "ref_coco": tfds_ref_coco}
+
+
+def tfds_manifest(name: str, data_dir) -> str:
+  """The manifest of the TFDS catalog dataset ``name`` ("coco_captions", "ref_coco", or with a
+  builder config or version, "ref_coco/refcocog_umd") prepared in ``data_dir``, converted on the
+  first call: every split (``TFDS_SPLITS``) read once, images written as stored, into
+  ``data_dir/mmjax_from_tfds/<dataset>/<config>/<version>/`` (manifest.jsonl, images/<TFDS split>/).
+  Written to a temporary folder renamed at the end, so a failed conversion leaves nothing. Nothing
+  is downloaded: a dataset TFDS has not prepared is a ValueError saying how to prepare it."""
+  import tensorflow_datasets as tfds  # only this reader needs TFDS
+
+  base = name.split("/")[0].split(":")[0]
+  if base not in TFDS_SPLITS:
+    raise ValueError(f"TFDS dataset {name!r} has no converter; the ones mmjax reads: {', '.join(TFDS_SPLITS)}.")
+  data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # TFDS raises several kinds, with messages of many lines
+    raise ValueError(f"TFDS cannot open {name!r}: {str(e).strip().splitlines()[0]}") from e
+  out = os.path.join(data_dir, TFDS_MANIFESTS, *builder.info.full_name.split("/"))
+  manifest_path = os.path.join(out, "manifest.jsonl")
+  if os.path.isfile(manifest_path):
+    return manifest_path
+  if not builder.is_prepared():
+    manual = ""
+    if base == "ref_coco":
+      manual = " --manual_dir=DIR (ref_coco is a manual download: see its page in the TFDS catalog)"
+    raise ValueError(
+      f"TFDS has not prepared {builder.info.full_name} in {data_dir}, and mmjax never downloads it: prepare it "
+      f"once with `tfds build {name} --data_dir={data_dir}{manual}`, or set the data dir where it is prepared."
+    )
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=f".{os.path.basename(out)}.", suffix=".tmp")
+  try:
+    decoders = {"image": tfds.decode.SkipDecoding()}  # the stored JPEG bytes, copied not re-encoded
+    if base == "ref_coco":
+      decoders["objects"] = {"mask": tfds.decode.SkipDecoding()}  # masks are not used: not decoded
+    lines = []
+    for tfds_split in builder.info.splits:
+      split = TFDS_SPLITS[base].get(tfds_split)
+      if split is None:
+        logging.warning("%s: TFDS split %r has no manifest split (TFDS_SPLITS): left out.", name, tfds_split)
+        continue
+      logging.info("converting %s split %s -> %s", builder.info.full_name, tfds_split, split)
+      examples = tfds.as_numpy(builder.as_dataset(split=tfds_split, decoders=decoders, shuffle_files=False))
+      lines += TFDS_CONVERTERS[base](examples, os.path.join(tmp, "images", tfds_split), split=split)
+    write_manifest(lines, os.path.join(tmp, "manifest.jsonl"))
+    try:
+      os.rename(tmp, out)
+    except OSError:
+      if not os.path.isfile(manifest_path):  # else another process converted it meanwhile: use theirs
+        raise
+  finally:
+    if os.path.isdir(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+  return manifest_path

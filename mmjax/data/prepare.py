@@ -2,7 +2,8 @@
 on its train split, and its splits' examples (``load_split``).
 
 Config keys (``config.data.*``; defaults in ``mmjax.data.config.default_data_config``):
-  source ("manifest"), manifest (""; when set, the data), data_dir, image_size (64), seed (0),
+  source ("manifest"), manifest (""; when set, the data), tfds_name (""; when set, the data: a TFDS
+  catalog dataset converted to a manifest, formats.tfds_manifest), data_dir, image_size (64), seed (0),
   captions (True), max_prompt_len (16), max_target_len (64), vocab_size (512), spoken_questions
   (False), video_frames (0), audio_sample_rate (16000), max_audio_seconds (4.0), spoken_prompt
   (False), av_matching (False), av_mismatch_fraction (0.5), plus what the source reads (its own
@@ -17,7 +18,7 @@ import os
 import tensorflow_datasets as tfds
 
 from mmjax import registry
-from mmjax.data import av_matching as av_lib, config as config_lib, tfds_builders
+from mmjax.data import av_matching as av_lib, config as config_lib, formats, tfds_builders
 from mmjax.data.examples import CAPTION_PROMPT, SPLITS, SPOKEN_PROMPT, SplitData, read_texts
 from mmjax.data.source import DatasetSource
 from mmjax.location_tokens import strip_boxes
@@ -38,10 +39,39 @@ def data_dir(config) -> str:
 
 
 def source(config) -> DatasetSource:
-  """The dataset config.data names: the manifest when config.data.manifest is set, else the
-  source config.data.source names (mmjax.registry floor "datasets")."""
+  """The dataset config.data names: the manifest when config.data.manifest is set, a TFDS catalog
+  dataset converted to one when config.data.tfds_name is (``TFDS_CATALOG``), else the source
+  config.data.source names (mmjax.registry floor "datasets")."""
   d = data_config(config)
+  if d.get("tfds_name"):
+    if d.manifest:
+      raise ValueError(
+        f"config.data.tfds_name={d.tfds_name!r} and config.data.manifest={d.manifest!r} both name the data: "
+        "set only one."
+      )
+    return TFDS_CATALOG
   return registry.get("datasets", "manifest" if d.manifest else d.source, "config.data.source")
+
+
+def _tfds_builder_config(data) -> tfds_builders.ManifestConfig:
+  """The manifest config of config.data.tfds_name's dataset, converted to a manifest (in the data dir)
+  first if it is not yet: the config is named by the manifest's content, so it needs the manifest."""
+  try:
+    path = formats.tfds_manifest(data.tfds_name, data_dir(data))
+  except ValueError as e:
+    raise ValueError(f"config.data.tfds_name={data.tfds_name!r}: {e}") from e
+  return tfds_builders.manifest_config(
+    path,
+    image_size=data.image_size,
+    seed=data.seed,
+    spoken_questions=data.spoken_questions,
+    video_frames=data.video_frames,
+    audio_sample_rate=data.audio_sample_rate,
+  )
+
+
+# config.data.tfds_name: a TFDS catalog dataset, once converted, is an ordinary manifest dataset.
+TFDS_CATALOG = DatasetSource(builder_config=_tfds_builder_config, prepare=tfds_builders.MANIFEST.prepare)
 
 
 def builder_config(config) -> tfds_builders.RecordConfig:
