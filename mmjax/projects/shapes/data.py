@@ -9,6 +9,9 @@ independent seeds (``scenes.scene_seed``) and the build asserts that no scene la
 repeats across splits. Optional media: spoken questions (mmjax.data.speech), object sounds
 (sounds.py) and clips of the objects moving (video.py). Optional grounding questions (refer, detect,
 grounded_caption, grounded_vqa; scenes.py) train and score the library's grounding tasks.
+The text-to-image variant (``config.data.shapes.t2i.enabled``; t2i.py) replaces the scenes by 1 to
+``max_objects`` objects whose captions state a relation, with held-out combinations in the test split
+alone; its records hold the image and its caption (the prompt), no questions.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from mmjax.data import config as data_config_lib, tfds_builders
 from mmjax.data.source import DatasetSource
 from mmjax.data.tasks import GROUNDING_TASKS
 from mmjax.data.tfds_builders import RecordConfig, media_suffix
-from mmjax.projects.shapes import scenes as shapes, sounds, video as video_lib
+from mmjax.projects.shapes import scenes as shapes, sounds, t2i as t2i_lib, video as video_lib
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -55,6 +58,15 @@ def data_config() -> ml_collections.ConfigDict:
                      grounded_caption has one prompt, so a count above 1 still asks it once.
   object_sounds      False  also store a 1 s clip per scene in which each object plays a tone
                      (pitch from colour, timbre from shape, left to right; sounds.py).
+  t2i                {enabled: False, max_objects: 3, relations: t2i.RELATIONS, held_out_pairs: 2,
+                     held_out_relations: 20, test_held_out_fraction: 0.5}: with enabled, the
+                     text-to-image scenes of t2i.py instead (1 to max_objects objects, a relation from
+                     `relations` between two of them; that many (colour, shape) pairs and relational
+                     facts, drawn from config.data.seed, never in train or validation captions, and
+                     shown by that fraction of the test scenes). Records then hold the image and its
+                     caption only: questions_per_type is not used (its templates presume one object of
+                     every colour), and training-only questions, grounding, object sounds, video and
+                     spoken questions are errors.
   """
   return ml_collections.ConfigDict(
     dict(
@@ -66,6 +78,14 @@ def data_config() -> ml_collections.ConfigDict:
       train_auxiliary_questions={k: 0 for k in shapes.AUXILIARY_KINDS},
       grounding_per_type={k: 0 for k in GROUNDING_TASKS},
       object_sounds=False,
+      t2i=dict(
+        enabled=False,
+        max_objects=3,
+        relations=t2i_lib.RELATIONS,
+        held_out_pairs=2,
+        held_out_relations=20,
+        test_held_out_fraction=0.5,
+      ),
     )
   )
 
@@ -90,6 +110,24 @@ class ShapesConfig(RecordConfig):
   grounded_caption_questions: int = 0
   grounded_vqa_questions: int = 0
   object_sounds: bool = False
+  # The text-to-image variant (t2i.T2IOptions; t2i_max_objects 0: off).
+  t2i_max_objects: int = 0
+  t2i_relations: tuple[str, ...] = ()
+  t2i_held_out_pairs: int = 0
+  t2i_held_out_relations: int = 0
+  t2i_test_held_out_fraction: float = 0.0
+
+  @property
+  def t2i(self) -> t2i_lib.T2IOptions | None:
+    if not self.t2i_max_objects:
+      return None
+    return t2i_lib.T2IOptions(
+      self.t2i_max_objects,
+      self.t2i_relations,
+      self.t2i_held_out_pairs,
+      self.t2i_held_out_relations,
+      self.t2i_test_held_out_fraction,
+    )
 
   @property
   def scene_audio(self) -> bool:
@@ -157,13 +195,15 @@ def shapes_config(
   audio_sample_rate: int = 16000,
   train_auxiliary_questions=None,
   grounding_per_type=None,
+  t2i: t2i_lib.T2IOptions | None = None,
 ) -> ShapesConfig:
   """A ShapesConfig whose name encodes all of its parameters.
 
   train_auxiliary_questions: {kind: count} of training-only questions per train scene
   (shapes.AUXILIARY_KINDS; kinds left out: 0).
   grounding_per_type: {task: count} of grounding questions per scene of every split
-  (GROUNDING_TASKS; tasks left out: 0)."""
+  (GROUNDING_TASKS; tasks left out: 0).
+  t2i: the text-to-image scenes instead (``data_config``); questions_per_type is then not used."""
   q = dict(shapes.DEFAULT_QUESTIONS_PER_TYPE)
   if questions_per_type is not None:
     unknown = set(dict(questions_per_type)) - set(q)
@@ -186,6 +226,25 @@ def shapes_config(
     f"{int(test_scenes)}_q{q['attribute']}-{q['spatial']}-{q['relational']}{aux_suffix}_seed{int(seed)}"
     + media_suffix(spoken_questions, object_sounds, video_frames, audio_sample_rate)
   )
+  if t2i is not None:
+    others = {
+      "train_auxiliary_questions": any(aux.values()),
+      "grounding_per_type": any(grounding.values()),
+      "object_sounds": object_sounds,
+      "video_frames": video_frames,
+      "spoken_questions": spoken_questions,
+    }
+    if any(others.values()):
+      on = [k for k, v in others.items() if v]
+      raise ValueError(f"config.data.shapes.t2i: its records hold no questions and no media; turn off {on}.")
+    q = {k: 0 for k in q}  # the records hold none (data_config)
+    # The relations by their first letters (l, r, a, b), in their order: it is the order they are drawn in.
+    rels = "".join(r[0] for r in t2i.relations)
+    frac = f"{t2i.test_held_out_fraction:g}".replace(".", "p")
+    name = (
+      f"s{int(image_size)}_k{int(num_shapes)}_n{int(train_scenes)}-{int(validation_scenes)}-{int(test_scenes)}"
+      f"_t2i{t2i.max_objects}-{rels}-h{t2i.held_out_pairs}-{t2i.held_out_relations}-f{frac}_seed{int(seed)}"
+    )
   return ShapesConfig(
     name=name,
     version="1.0.0",
@@ -205,6 +264,17 @@ def shapes_config(
     object_sounds=bool(object_sounds),
     video_frames=int(video_frames),
     audio_sample_rate=int(audio_sample_rate),
+    **(
+      {}
+      if t2i is None
+      else dict(
+        t2i_max_objects=t2i.max_objects,
+        t2i_relations=t2i.relations,
+        t2i_held_out_pairs=t2i.held_out_pairs,
+        t2i_held_out_relations=t2i.held_out_relations,
+        t2i_test_held_out_fraction=float(t2i.test_held_out_fraction),
+      )
+    ),
   )
 
 
@@ -222,6 +292,9 @@ class MmjaxShapes(tfds_builders.RecordBuilder):
     del dl_manager
     cfg = self.builder_config
     self._check_media_tools()
+    if cfg.t2i is not None:  # t2i.dataset_scenes keeps layouts unique across splits itself
+      scenes = t2i_lib.dataset_scenes(cfg.t2i, cfg.seed, cfg.split_sizes, cfg.image_size, cfg.num_shapes)
+      return {split: self._t2i_examples(split, s) for split, s in scenes.items()}
     # Layouts are cheap: check across-split uniqueness up front (identical layouts <=> identical
     # images, since rendering is a deterministic function of the layout).
     seen = {}
@@ -267,6 +340,24 @@ class MmjaxShapes(tfds_builders.RecordBuilder):
         ),
       )
 
+  def _t2i_examples(self, split: str, scenes):
+    size = self.builder_config.image_size
+    for i, (objects, caption, _) in enumerate(scenes):
+      rid = f"{split}_{i:06d}"
+      yield (
+        rid,
+        self._with_media(
+          {
+            "image": shapes.render(objects, size),
+            "questions": [],
+            "answers": [],
+            "question_types": [],
+            "captions": [caption],
+            "id": rid,
+          }
+        ),
+      )
+
 
 def prepare_shapes(data_dir: str, config: ShapesConfig | None = None) -> MmjaxShapes:
   """Builds (if missing) and returns the shapes builder for ``config``."""
@@ -302,6 +393,18 @@ def builder_config(data: ml_collections.ConfigDict) -> ShapesConfig:
     train_auxiliary_questions=dict(s.train_auxiliary_questions),
     # Configs saved before grounding existed have no such key: no grounding questions.
     grounding_per_type=dict(s.grounding_per_type) if "grounding_per_type" in s else None,
+    # Likewise configs saved before the text-to-image variant: the question scenes.
+    t2i=_t2i_options(s.t2i) if "t2i" in s and s.t2i.enabled else None,
+  )
+
+
+def _t2i_options(block) -> t2i_lib.T2IOptions:
+  return t2i_lib.T2IOptions(
+    max_objects=int(block.max_objects),
+    relations=tuple(block.relations),
+    held_out_pairs=int(block.held_out_pairs),
+    held_out_relations=int(block.held_out_relations),
+    test_held_out_fraction=float(block.test_held_out_fraction),
   )
 
 
@@ -313,8 +416,10 @@ def zero_shot_trials(cfg: ShapesConfig, captions: list[str]):
   kinds = shapes.SHAPES[: cfg.num_shapes]
   prompts = [shapes.object_phrase(c, s) for c in shapes.COLORS for s in kinds]
   trial_image, candidates, labels = [], [], []
+  # A t2i caption names distinct colours too, so "the <color> object" is still one object.
+  objects_of = (lambda text: t2i_lib.parse_prompt(text).objects) if cfg.t2i is not None else shapes.caption_objects
   for i, text in enumerate(captions):
-    for color, shape in shapes.caption_objects(text):
+    for color, shape in objects_of(text):
       trial_image.append(i)
       c = shapes.COLORS.index(color)
       candidates.append([c * len(kinds) + k for k in range(len(kinds))])
@@ -325,7 +430,10 @@ def zero_shot_trials(cfg: ShapesConfig, captions: list[str]):
 SOURCE = DatasetSource(
   builder_config=builder_config,
   prepare=lambda cfg, data_dir: prepare_shapes(data_dir, cfg),
-  vocabulary_texts=lambda cfg: shapes.vocabulary_texts(cfg.num_shapes, grounding=cfg.grounding),
+  vocabulary_texts=lambda cfg: (
+    shapes.vocabulary_texts(cfg.num_shapes, grounding=cfg.grounding)
+    + (t2i_lib.vocabulary_texts(cfg.t2i.relations) if cfg.t2i is not None else [])
+  ),
   zero_shot_trials=zero_shot_trials,
   question_template=shapes.question_template,
 )
