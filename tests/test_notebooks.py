@@ -3,7 +3,10 @@ what it computed against independent expectations: a cell appended to each noteb
 (as `MMJAX_CHECK <json>`), and the test compares them with references computed here."""
 
 import json
+import math
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -17,7 +20,7 @@ NOTEBOOKS = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "notebooks")) i
 def test_notebooks_are_paired():
   import jupytext
 
-  assert NOTEBOOKS == ["01_quickstart", "02_fusion_prototyping", "03_attention_and_masks"]
+  assert NOTEBOOKS == ["01_quickstart", "02_fusion_prototyping", "03_attention_and_masks", "05_pretrained_towers"]
   for name in NOTEBOOKS:
     ipynb = os.path.join(ROOT, "notebooks", name + ".ipynb")
     assert os.path.exists(ipynb), f"{name}.ipynb is missing: run `jupytext --to ipynb notebooks/{name}.py`."
@@ -69,6 +72,16 @@ print("MMJAX_CHECK " + json.dumps(dict(
     masks={k: dict(dense=np.asarray(spec.dense(1, sq, skv)[0]).astype(int).tolist(),
                    tiles=np.asarray(tile_map(spec, 1, sq, skv, BLOCK, BLOCK)[0]).tolist())
            for k, (spec, sq, skv) in masks.items()})))
+""",
+  # The checkpoints' directories, mmjax's logits of the source and of the fine-tuned (merged) decoder on
+  # fixed tokens, the logged loss curve, and the generated captions.
+  "05_pretrained_towers": """
+import json
+print("MMJAX_CHECK " + json.dumps(dict(
+    work=work, source=GEMMA, exported=EXPORTED, tokens=tokens.tolist(),
+    source_logits=np.asarray(ours).tolist(), tuned_logits=np.asarray(merged_logits).tolist(),
+    total_steps=int(config.total_steps), steps=steps, losses=losses,
+    answers=np.asarray(answers).tolist(), captions=captions, eos=int(tok.eos_id), pad=int(tok.pad_id))))
 """,
 }
 
@@ -144,3 +157,62 @@ def test_notebook_03_attention_and_masks(shared_data_dir, monkeypatch):
   # Every implementation that ran here matches the XLA reference, and more than XLA itself ran.
   assert all(err < 1e-4 for _, _, err in out["results"]), out["results"]
   assert {impl for _, impl, _ in out["results"]} - {"xla"}, out["results"]
+
+
+def test_notebook_05_pretrained_towers(shared_data_dir, monkeypatch):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from safetensors.numpy import load_file
+
+  out = run_notebook("05_pretrained_towers", shared_data_dir, monkeypatch)
+  try:
+    tokens = torch.as_tensor(out["tokens"])
+    logits = {}
+    for key in ("source", "exported"):
+      # transformers itself runs the source and the exported checkpoint: mmjax's decoder loaded from
+      # the source, and its fine-tuned (LoRA-merged) decoder, compute the same logits.
+      with torch.no_grad():
+        logits[key] = transformers.GemmaForCausalLM.from_pretrained(out[key]).eval()(tokens).logits.numpy()
+    rel = lambda a, b: np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b)
+    assert rel(out["source_logits"], logits["source"]) < 1e-5
+    assert rel(out["tuned_logits"], logits["exported"]) < 1e-5
+    assert rel(logits["exported"], logits["source"]) > 0.1  # fine-tuning changed the decoder
+
+    # The exported checkpoint is the source's layout (same config, tensor names, shapes and dtypes);
+    # only the projections that carried LoRA adapters (every attention and MLP projection of the LM)
+    # moved, the frozen rest (embeddings, norms) is the source's bit for bit.
+    with open(os.path.join(out["source"], "config.json")) as f, open(os.path.join(out["exported"], "config.json")) as g:
+      assert json.load(f) == json.load(g)
+    files = lambda d: sorted(n for n in os.listdir(d) if n.endswith(".safetensors"))
+    src = {k: v for n in files(out["source"]) for k, v in load_file(os.path.join(out["source"], n)).items()}
+    exp = {k: v for n in files(out["exported"]) for k, v in load_file(os.path.join(out["exported"], n)).items()}
+    assert sorted(src) == sorted(exp)
+    adapted = re.compile(r"model\.layers\.\d+\.(self_attn\.[qkvo]|mlp\.(gate|up|down))_proj\.weight")
+    assert sum(bool(adapted.fullmatch(k)) for k in src) == 2 * 7, sorted(src)
+    for k in src:
+      assert exp[k].dtype == src[k].dtype and exp[k].shape == src[k].shape, k
+      if adapted.fullmatch(k):
+        assert np.any(exp[k] != src[k]), k
+      else:
+        np.testing.assert_array_equal(exp[k], src[k], err_msg=k)
+
+    # Fine-tuning (fast mode: 12 steps, every one logged) lowered the loss well below where it started
+    # and below the uniform guess over the vocabulary.
+    vocab = json.load(open(os.path.join(out["source"], "config.json")))["vocab_size"]
+    losses = np.asarray(out["losses"])
+    assert out["total_steps"] == 12 and out["steps"] == list(range(1, 13)), out["steps"]
+    assert np.all(np.isfinite(losses)), losses
+    assert losses[-1] < 0.5 * losses[0] and losses[-3:].mean() < 0.5 * losses[:3].mean(), losses
+    assert losses[-1] < math.log(vocab), (losses, vocab)
+
+    # Each caption: pad after the first EOS, and the text transformers' tokenizer (saved beside the
+    # exported checkpoint) decodes from the ids up to it.
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out["exported"])
+    for ids, caption in zip(out["answers"], out["captions"]):
+      ids = np.asarray(ids)
+      eos = np.flatnonzero(ids == out["eos"])
+      n = eos[0] if len(eos) else len(ids)
+      assert (ids[n + 1 :] == out["pad"]).all(), ids
+      assert tokenizer.decode(ids[:n].tolist(), skip_special_tokens=True).strip() == caption.strip(), (ids, caption)
+  finally:
+    shutil.rmtree(out["work"], ignore_errors=True)
