@@ -185,8 +185,10 @@ def test_clip(tmp_path, eos_token_id):
 
   whole = contrastive_module(parts["contrastive"])
   assert parts["contrastive"].fields["config"]["text_pool"] == "eos"
-  p_all = load(path, "contrastive", whole, x, tokens, lengths)
-  img, txt_emb, scale, bias = whole.apply({"params": p_all}, x, tokens, lengths)
+  # The whole model frames a caption itself, as the pipeline gives it (no BOS / EOS): the same ids.
+  caption, n = tokens[:, 1:], lengths - 2
+  p_all = load(path, "contrastive", whole, x, caption, n)
+  img, txt_emb, scale, bias = whole.apply({"params": p_all}, x, caption, n)
   assert bias is None
   assert rel(img, out.image_embeds) < TOL
   assert rel(txt_emb, out.text_embeds) < TOL
@@ -218,15 +220,12 @@ def test_siglip(tmp_path):
   x, pix = images_and_pixels(vf["pixel_mean"], vf["pixel_std"], seed=1)
   rng = np.random.default_rng(1)
   tokens = rng.integers(1, V, (B, L)).astype(np.int32)
-  full = np.full((B,), L, np.int32)  # SigLIP reads its padded texts in full (no attention mask)
   lengths = np.array([L, 4, 7], np.int32)
   mask = torch.from_numpy((np.arange(L)[None] < lengths[:, None]).astype(np.int64))
   ids = torch.from_numpy(tokens.astype(np.int64))
   with torch.no_grad():
     vis = model.vision_model(pixel_values=pix)
     txt = model.text_model(input_ids=ids, attention_mask=mask)
-    out = model(input_ids=ids, pixel_values=pix)
-    masked = model(input_ids=ids, pixel_values=pix, attention_mask=mask)
 
   vit = ViT(**vf, implementation="xla")
   ours = vit.apply({"params": load(path, "image_encoder", vit, x)}, x)
@@ -241,14 +240,18 @@ def test_siglip(tmp_path):
   whole = contrastive_module(parts["contrastive"])
   c = parts["contrastive"].fields["config"]
   assert (c["image_pool"], c["text_pool"], c["image_proj"], c["text_proj"]) == ("map", "last", "none", "linear_bias")
-  p_all = load(path, "contrastive", whole, x, tokens, full)
-  img, txt_emb, scale, bias = whole.apply({"params": p_all}, x, tokens, full)
-  assert rel(img, out.image_embeds) < TOL  # the MAP head's pooled output, unprojected
-  assert rel(txt_emb, out.text_embeds) < TOL
-  assert rel(pairwise_logits(img, txt_emb, scale, bias), out.logits_per_image) < TOL
-  # With a padding mask HF still pools the final position (a padded one): "last", not lengths - 1.
-  _, txt_emb, _, _ = whole.apply({"params": p_all}, x, tokens, lengths)
-  assert rel(txt_emb, masked.text_embeds) < TOL
+  # A caption as the pipeline gives it (tokens and lengths) is read as SigLIP's processor writes it:
+  # padded with the pad id to the tower's full length, no mask, pooled at the last (a padded) position.
+  pad = c["text_ids"]["pad"]
+  padded = np.full((B, 16), pad, np.int64)
+  padded[:, :L] = np.where(np.arange(L)[None] < lengths[:, None], tokens, pad)
+  with torch.no_grad():
+    ref = model(input_ids=torch.from_numpy(padded), pixel_values=pix)
+  p_all = load(path, "contrastive", whole, x, tokens, lengths)
+  img, txt_emb, scale, bias = whole.apply({"params": p_all}, x, tokens, lengths)
+  assert rel(img, ref.image_embeds) < TOL  # the MAP head's pooled output, unprojected
+  assert rel(txt_emb, ref.text_embeds) < TOL
+  assert rel(pairwise_logits(img, txt_emb, scale, bias), ref.logits_per_image) < TOL
 
   assert_round_trip(path, {"contrastive": p_all}, str(tmp_path / "out"))
 

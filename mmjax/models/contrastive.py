@@ -112,6 +112,29 @@ def head_options(config) -> dict:
   return opts
 
 
+def frame_text(tokens, lengths, text_pool: str, ids, max_len: int):
+  """A caption (tokens without specials, as the pipeline gives it) in the layout a pretrained text
+  tower was trained on, from the checkpoint's special ids `ids` ({bos, eos, pad}; -1 = none):
+  "eos" pooling (CLIP) reads [BOS, t1..tn, EOS] and pools at its EOS (lengths n + 2); "last"
+  pooling (SigLIP) reads the caption padded with its pad id to the full max_len and attends to
+  every position (its tower never saw a padding mask). mmjax's own towers (no ids) read the
+  caption as it is."""
+  bos, eos, pad = (int((ids or {}).get(k, -1)) for k in ("bos", "eos", "pad"))
+  b, n = tokens.shape
+  rows = jnp.arange(b)
+  if text_pool == "eos" and eos >= 0:
+    if bos >= 0:
+      tokens, lengths = jnp.concatenate([jnp.full((b, 1), bos, tokens.dtype), tokens], axis=1), lengths + 1
+    tokens = jnp.concatenate([tokens, jnp.zeros((b, 1), tokens.dtype)], axis=1).at[rows, lengths].set(eos)
+    return tokens[:, :max_len], jnp.minimum(lengths + 1, max_len)
+  if text_pool == "last" and pad >= 0:
+    full = jnp.full((b, max_len), pad, tokens.dtype)
+    keep = jnp.arange(min(n, max_len))[None] < lengths[:, None]
+    full = full.at[:, : min(n, max_len)].set(jnp.where(keep, tokens[:, :max_len], pad))
+    return full, jnp.full_like(lengths, max_len)
+  return tokens, lengths
+
+
 class ContrastiveModel(nn.Module):
   """Two towers, each pooled to one vector and projected to `embed_dim`, L2-normalised.
 
@@ -126,6 +149,8 @@ class ContrastiveModel(nn.Module):
                 texts end with their EOS) | "last" (the final position whatever the lengths: SigLIP)
     image_proj, text_proj  "linear" (default, no bias) | "linear_bias" (SigLIP's text head) | "none"
                 (the pooled vector is the embedding: SigLIP's image tower; needs width == embed_dim)
+    text_ids    {bos, eos, pad}: a pretrained text tower's special ids, to frame captions as it was
+                trained (`frame_text`); absent for mmjax's own towers
   """
 
   config: ml_collections.ConfigDict
@@ -193,10 +218,12 @@ class ContrastiveModel(nn.Module):
     kind = c.loss
     knobs = dict(remat=str(c.remat), scan_layers=bool(c.scan_layers))
     img_tokens = ViT(**c.vit.to_dict(), implementation=impl, dtype=dtype, **knobs, name="image_encoder")(images)
-    txt_tokens = TextEncoder(
-      self.vocab_size, **c.text.to_dict(), implementation=impl, dtype=dtype, **knobs, name="text_encoder"
-    )(tokens, lengths)
     heads = head_options(c)
+    text = TextEncoder(
+      self.vocab_size, **c.text.to_dict(), implementation=impl, dtype=dtype, **knobs, name="text_encoder"
+    )
+    tokens, lengths = frame_text(tokens, lengths, heads["text_pool"], c.get("text_ids"), text.max_len)
+    txt_tokens = text(tokens, lengths)
     if heads["image_pool"] == "map":
       vit = c.vit.to_dict()
       img = MAPHead(

@@ -227,8 +227,21 @@ def parts(cfg: dict, names=()) -> dict[str, Part]:
     heads += [reshaped("logit_scale", "logit_scale", (), (1,))]  # a 0-d tensor in CLIP checkpoints
     pools = dict(image_pool="cls", text_pool="eos", image_proj="linear", text_proj="linear")
   text_block = {k: v for k, v in text.items() if k != "vocab_size"}  # the model passes it itself
+  # The text tower's special ids, so that mmjax frames captions as the tower was trained
+  # (models.contrastive.frame_text: CLIP's [BOS .. EOS], SigLIP's padding to its full length).
+  text_ids = {k: int(tc[f"{k}_token_id"]) if tc.get(f"{k}_token_id") is not None else -1 for k in ("bos", "eos", "pad")}
+  if not siglip and text_ids["eos"] == 2:
+    # Legacy OpenAI configs say eos 2 (bos 0); their texts' BOS and EOS are the two highest ids,
+    # which is why transformers pools them at the argmax of the ids.
+    text_ids["bos"], text_ids["eos"] = text["vocab_size"] - 2, text["vocab_size"] - 1
   config = dict(
-    kind="contrastive", embed_dim=embed_dim, loss="siglip" if siglip else "clip", vit=vit, text=text_block, **pools
+    kind="contrastive",
+    embed_dim=embed_dim,
+    loss="siglip" if siglip else "clip",
+    vit=vit,
+    text=text_block,
+    text_ids=text_ids,
+    **pools,
   )
   out["contrastive"] = Part("contrastive", dict(config=config, vocab_size=text["vocab_size"]), tuple(heads))
   return out
