@@ -52,10 +52,12 @@ BUILTIN: dict[str, dict[str, str]] = {
   "models": {
     "vlm": "mmjax.models.vlm:VisionLanguageModel",
     "contrastive": "mmjax.models.contrastive:ContrastiveModel",
+    "t2i_flow": "mmjax.models.text_to_image:TextToImageFlow",
   },
   "evaluators": {
     "generative": "mmjax.evaluate.evaluator:make_evaluator",
     "contrastive": "mmjax.evaluate.contrastive:make_evaluator",
+    "t2i": "mmjax.evaluate.text_to_image:make_evaluator",
   },
   "datasets": {
     "manifest": "mmjax.data.tfds_builders:MANIFEST",

@@ -22,6 +22,11 @@ class DatasetSource:
       has no such labels and the metric is skipped.
   question_template(question) -> the template a question was made from, for per-template
       accuracy; None when the dataset has no templates.
+  image_scorer(cfg, prompts, images) -> {metric: value} scoring generated images (uint8
+      [N, H, W, 3]) against the prompts (texts) they were generated from, e.g. whether "a dog left
+      of a cat" shows both, in that order; None: the dataset cannot score images and a
+      text-to-image evaluation reports no such metrics. It raises ValueError on a prompt it
+      cannot read (a silent {} would look like a model that scores nothing).
   """
 
   builder_config: Callable[[Any], Any]
@@ -29,3 +34,4 @@ class DatasetSource:
   vocabulary_texts: Callable[[Any], list[str]] = lambda cfg: []
   zero_shot_trials: Callable[[Any, list[str]], Any] | None = None
   question_template: Callable[[str], str] | None = None
+  image_scorer: Callable[[Any, list[str], Any], dict] | None = None

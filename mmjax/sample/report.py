@@ -37,7 +37,8 @@ def write_report(
     f.write("\n".join(lines) + "\n")
   png_path = os.path.join(out_dir, f"{split}_samples.png")
   if chosen:
-    images = [data.image(split, p["example_id"]) for p in chosen]
+    # A generated image (text-to-image) is shown instead of the dataset's.
+    images = [p["image"] if "image" in p else data.image(split, p["example_id"]) for p in chosen]
     texts = [f"Q: {p['prompt']}\nA: {p['prediction']}\nref: {p['references'][0]}" for p in chosen]
     locations = getattr(getattr(data, "tokenizer", None), "locations", None)
     boxes = [prediction_boxes(p, locations) for p in chosen]

@@ -43,7 +43,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.dcn_mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, sequence=1))
   c.sharding = ml_collections.ConfigDict(dict(rules=()))  # overrides of mmjax.sharding's rules table
   c.sampler = ml_collections.ConfigDict(
-    dict(name="greedy", temperature=1.0, top_k=0, top_p=1.0, beam_size=1, max_new_tokens=0)  # 0 = data.max_target_len
+    dict(
+      name="greedy",
+      temperature=1.0,
+      top_k=0,
+      top_p=1.0,
+      beam_size=1,
+      max_new_tokens=0,  # 0 = data.max_target_len
+      # Image generation (flow-matching kinds, mmjax.sample.flow): classifier-free guidance scale
+      # (1 = the conditional sampler), ODE steps and solver ("euler" | "heun"). Text kinds ignore them.
+      guidance=3.0,
+      steps=24,
+      method="heun",
+    )
   )
   return c
 

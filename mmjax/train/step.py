@@ -31,31 +31,37 @@ def _microbatches(batch, k: int):
   return jax.tree.map(split, batch)
 
 
-def grads_and_metrics(model, params, batch, grad_accum_steps: int = 1):
+def grads_and_metrics(model, params, batch, grad_accum_steps: int = 1, rng: jax.Array | None = None):
   """Gradient of the model's loss over the whole batch (its kind's loss_sums: the objective summed
   over the batch, divided by the summed weight), summed over `grad_accum_steps` microbatches inside
   one lax.scan (activation memory of one microbatch). Returns (grads, metrics): "loss" and every
-  other sum of loss_sums divided by the weight."""
+  other sum of loss_sums divided by the weight.
 
-  def sums_fn(p, b):
-    objective, sums = model.apply({"params": p}, b, method="loss_sums")
+  rng: the step's key, given to loss_sums as the flax rng stream "sample" (a kind whose loss draws
+  noise, e.g. flow matching's times and noise; microbatch j gets fold_in(rng, j)). Kinds that draw
+  nothing ignore it."""
+  rng = jax.random.key(0) if rng is None else rng
+
+  def sums_fn(p, b, r):
+    objective, sums = model.apply({"params": p}, b, method="loss_sums", rngs={"sample": r})
     return objective, dict(sums, loss=objective)
 
   grad_fn = jax.grad(sums_fn, has_aux=True)
   if grad_accum_steps <= 1:
-    grads, sums = grad_fn(params, batch)
+    grads, sums = grad_fn(params, batch, rng)
   else:
     micro = _microbatches(batch, grad_accum_steps)
-    _, sums_shape = jax.eval_shape(sums_fn, params, jax.tree.map(lambda x: x[0], micro))
+    _, sums_shape = jax.eval_shape(sums_fn, params, jax.tree.map(lambda x: x[0], micro), rng)
 
-    def body(carry, mb):
+    def body(carry, xs):
+      j, mb = xs
       mb = {k: sharding.constrain(v, ("act_batch",) + (None,) * (v.ndim - 1)) for k, v in mb.items()}
-      g, s = grad_fn(params, mb)
+      g, s = grad_fn(params, mb, jax.random.fold_in(rng, j))
       acc_g, acc_s = carry
       return (jax.tree.map(jnp.add, acc_g, g), jax.tree.map(jnp.add, acc_s, s)), None
 
     zeros = (jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), sums_shape))
-    (grads, sums), _ = jax.lax.scan(body, zeros, micro)
+    (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
   # Token-mean (VLM) semantics: an all-padding batch has weight 0 and must not divide by it.
   denom = jnp.maximum(sums["weight"], 1.0)
   grads = jax.tree.map(lambda g: g / denom, grads)
@@ -73,8 +79,11 @@ def make_train_step(
   model, tx = setup.model, setup.tx
   accum = int(grad_accum_steps or setup.config.grad_accum_steps)
 
+  seed_key = jax.random.key(int(setup.config.seed))
+
   def step(state: TrainState, batch):
-    grads, metrics = grads_and_metrics(model, state.params, batch, accum)
+    # One key per step from the seed: a resumed run draws what the uninterrupted one would have.
+    grads, metrics = grads_and_metrics(model, state.params, batch, accum, jax.random.fold_in(seed_key, state.step))
     loss = metrics["loss"]
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

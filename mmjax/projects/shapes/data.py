@@ -427,6 +427,21 @@ def zero_shot_trials(cfg: ShapesConfig, captions: list[str]):
   return prompts, np.asarray(trial_image, np.int64), np.asarray(candidates, np.int64), np.asarray(labels, np.int64)
 
 
+def image_scorer(cfg: ShapesConfig, prompts: list[str], images) -> dict[str, float]:
+  """The t2i metrics (parse.evaluate: t2i_object_accuracy, t2i_scene_accuracy, t2i_relation_accuracy)
+  of images generated from t2i prompts. Only the t2i variant's prompts are scored: the six-object
+  captions name objects without the exact-parse guarantees (distinct colours) the scorer relies on,
+  so other data is an error rather than a number that looks like a score."""
+  if cfg.t2i is None:
+    raise ValueError(
+      "the shapes data scores generated images only in its text-to-image variant: "
+      "set config.data.shapes.t2i.enabled=True."
+    )
+  from mmjax.projects.shapes import parse  # scipy: only when images are scored
+
+  return parse.evaluate(prompts, list(images))
+
+
 SOURCE = DatasetSource(
   builder_config=builder_config,
   prepare=lambda cfg, data_dir: prepare_shapes(data_dir, cfg),
@@ -436,4 +451,5 @@ SOURCE = DatasetSource(
   ),
   zero_shot_trials=zero_shot_trials,
   question_template=shapes.question_template,
+  image_scorer=image_scorer,
 )
