@@ -24,39 +24,20 @@ from __future__ import annotations
 
 import logging
 
-import jax
 import numpy as np
 
-from mmjax.data.examples import TASK_CAPTION
 from mmjax.evaluate import retrieval
-from mmjax.models.contrastive import caption_tokens
-from mmjax.sample.embed import embed_texts, global_batch, local_rows, make_embed_fn
+from mmjax.sample.embed import caption_batches, embed_texts, global_batch, make_embed_fn
 from mmjax.sample.predict import encode_prompts
 
 
 def embed_split(data, split: str, embed_fn, params, batch_size: int, max_examples: int = 0, progress: bool = False):
   """Embeds the (image, caption) pairs of `split`. Returns (ids [M] captioning example ids,
   image_emb [M, D], text_emb [M, D]) in split order."""
-  sd = data.split(split)
-  ids = np.flatnonzero(sd.task == TASK_CAPTION)
-  if max_examples > 0:
-    ids = ids[:max_examples]
-  if len(ids) == 0:
-    raise ValueError(
-      f"split {split!r} has no captions: a contrastive model is evaluated (and trained) on "
-      "(image, caption) pairs; set config.data.captions=True."
-    )
-  gb = global_batch(batch_size, embed_fn.multiple)
-  rows = list(local_rows(len(ids), gb))
-  if progress:
-    import tqdm
-
-    rows = tqdm.tqdm(rows, desc=f"embed {split}", leave=False, disable=jax.process_index() != 0)
+  ids, batches = caption_batches(data, split, batch_size, embed_fn.multiple, "contrastive", max_examples, progress)
   images, texts = [], []
-  for lo, hi in rows:
-    examples = [sd.example(int(ids[i]) if i < len(ids) else -1) for i in range(lo, hi)]
-    batch = {k: np.stack([e[k] for e in examples]) for k in ("image", "target_out", "target_mask")}
-    img, txt = embed_fn(params, batch["image"], *caption_tokens(batch["target_out"], batch["target_mask"]))
+  for batch in batches:
+    img, txt = embed_fn(params, batch["image"], batch["tokens"], batch["lengths"])
     images.append(img)
     texts.append(txt)
   return ids, np.concatenate(images)[: len(ids)], np.concatenate(texts)[: len(ids)]

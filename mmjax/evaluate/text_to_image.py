@@ -32,11 +32,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax import sharding
-from mmjax.data.examples import TASK_CAPTION
 from mmjax.evaluate.contrastive import caption_text
-from mmjax.models.contrastive import caption_tokens
 from mmjax.sample import flow
-from mmjax.sample.embed import global_batch, local_rows
+from mmjax.sample.embed import caption_batches
 
 NO_GUIDANCE = "_noguidance"
 
@@ -125,24 +123,10 @@ def generate_split(data, split, generate_fn, params, batch_size, seed, guidance,
   """(ids [M] captioning example ids, prompts [M], guided images [M, S, S, 3], unguided images) of
   `split` in split order (module docstring)."""
   sd = data.split(split)
-  ids = np.flatnonzero(sd.task == TASK_CAPTION)
-  if max_examples > 0:
-    ids = ids[:max_examples]
-  if len(ids) == 0:
-    raise ValueError(
-      f"split {split!r} has no captions: a text-to-image model is evaluated (and trained) on "
-      "(image, caption) pairs; set config.data.captions=True."
-    )
-  gb = global_batch(batch_size, generate_fn.multiple)
-  rows = list(local_rows(len(ids), gb))
-  if progress:
-    import tqdm
-
-    rows = tqdm.tqdm(rows, desc=f"generate {split}", leave=False, disable=jax.process_index() != 0)
+  ids, batches = caption_batches(data, split, batch_size, generate_fn.multiple, "text-to-image", max_examples, progress)
   guided, plain = [], []
-  for i, (lo, hi) in enumerate(rows):
-    examples = [sd.example(int(ids[r]) if r < len(ids) else -1) for r in range(lo, hi)]
-    tokens, lengths = caption_tokens(*(np.stack([e[k] for e in examples]) for k in ("target_out", "target_mask")))
+  for i, batch in enumerate(batches):
+    tokens, lengths = batch["tokens"], batch["lengths"]
     # One key per global batch, shared by both samplers: the two images of a prompt start from the
     # same noise, so their scores differ by guidance alone.
     rng = jax.random.fold_in(jax.random.key(seed), i)

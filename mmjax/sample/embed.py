@@ -10,6 +10,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mmjax import sharding
+from mmjax.data.examples import TASK_CAPTION
+from mmjax.models.contrastive import caption_tokens
 
 
 def make_embed_fn(setup):
@@ -80,3 +82,32 @@ def embed_texts(
   """Text embeddings [N, D] of token rows (every process passes all N rows; images are zeros)."""
   images = np.zeros((len(tokens), image_size, image_size, 3), np.uint8)
   return embed_rows(embed_fn, params, images, tokens, lengths, rows_per_batch)[1]
+
+
+def caption_batches(data, split: str, batch_size: int, multiple: int, kind: str, max_examples=0, progress=False):
+  """The (image, caption) pairs of `split` for a model of `kind` that reads them (a contrastive or
+  text-to-image model): (ids [M] captioning example ids in split order, an iterator of global
+  batches {image, tokens, lengths} padded to a multiple of `multiple` rows, this process's rows)."""
+  sd = data.split(split)
+  ids = np.flatnonzero(sd.task == TASK_CAPTION)
+  if max_examples > 0:
+    ids = ids[:max_examples]
+  if len(ids) == 0:
+    raise ValueError(
+      f"split {split!r} has no captions: a {kind} model is evaluated (and trained) on "
+      "(image, caption) pairs; set config.data.captions=True."
+    )
+  rows = list(local_rows(len(ids), global_batch(batch_size, multiple)))
+  if progress:
+    import tqdm
+
+    rows = tqdm.tqdm(rows, desc=f"{kind} {split}", leave=False, disable=jax.process_index() != 0)
+
+  def batches():
+    for lo, hi in rows:
+      examples = [sd.example(int(ids[i]) if i < len(ids) else -1) for i in range(lo, hi)]
+      stack = {k: np.stack([e[k] for e in examples]) for k in ("image", "target_out", "target_mask")}
+      tokens, lengths = caption_tokens(stack["target_out"], stack["target_mask"])
+      yield {"image": stack["image"], "tokens": tokens, "lengths": lengths}
+
+  return ids, batches()
