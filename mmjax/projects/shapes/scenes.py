@@ -174,26 +174,32 @@ def _check_args(image_size: int, num_shapes: int):
     raise ValueError(f"num_shapes must be 2 or 3, got {num_shapes}")
 
 
+def place_centres(rng: np.random.Generator, n: int, image_size: int) -> list[tuple[int, int]] | None:
+  """Centre pixels (x, y) of n objects whose boxes are >= 1 background pixel apart, or None when a
+  draw gets stuck (each object tries 200 positions; the caller starts over)."""
+  half = object_size(image_size) // 2
+  lo, hi = centre_range(image_size)
+  min_sep = 2 * half + 2  # boxes [x-half, x+half] separated by >= 1 background pixel
+  placed: list[tuple[int, int]] = []
+  for _ in range(n):
+    for _ in range(200):
+      x, y = (int(v) for v in rng.integers(lo, hi + 1, size=2))
+      if all(max(abs(x - px), abs(y - py)) >= min_sep for px, py in placed):
+        placed.append((x, y))
+        break
+    else:
+      return None
+  return placed
+
+
 def sample_objects(seed, image_size: int = 64, num_shapes: int = 3) -> tuple[SceneObject, ...]:
   """Samples the six objects (one per colour, in COLORS order) with non-overlapping boxes."""
   _check_args(image_size, num_shapes)
   rng = _as_rng(seed)
-  half = object_size(image_size) // 2
-  lo, hi = centre_range(image_size)
-  min_sep = 2 * half + 2  # boxes [x-half, x+half] separated by >= 1 background pixel
   shapes = SHAPES[:num_shapes]
-  while True:
-    placed: list[tuple[int, int]] = []
-    for _ in range(len(COLORS)):
-      for _ in range(200):
-        x, y = (int(v) for v in rng.integers(lo, hi + 1, size=2))
-        if all(max(abs(x - px), abs(y - py)) >= min_sep for px, py in placed):
-          placed.append((x, y))
-          break
-      else:
-        break
-    if len(placed) == len(COLORS):
-      break
+  placed = None
+  while placed is None:
+    placed = place_centres(rng, len(COLORS), image_size)
   shape_idx = rng.integers(0, num_shapes, size=len(COLORS))
   return tuple(SceneObject(color=c, shape=shapes[int(s)], x=x, y=y) for c, s, (x, y) in zip(COLORS, shape_idx, placed))
 

@@ -46,10 +46,10 @@ from mmjax.projects.shapes.scenes import (
   SceneObject,
   _as_rng,
   _check_args,
-  centre_range,
   object_mask,
   object_phrase,
   object_size,
+  place_centres,
   scene_seed,
 )
 
@@ -265,24 +265,6 @@ def _held_out(seed: int, num_shapes: int, relations: tuple[str, ...], pairs: int
 # Scenes
 
 
-def _place(rng: np.random.Generator, shapes_: Sequence[str], image_size: int) -> list[tuple[int, int]] | None:
-  """Centre pixels (x, y) for objects of these shapes with boxes >= 1 background pixel apart (the rule
-  of scenes.sample_objects), or None when a draw gets stuck."""
-  half = object_size(image_size) // 2
-  lo, hi = centre_range(image_size)
-  min_sep = 2 * half + 2
-  placed: list[tuple[int, int]] = []
-  for _ in shapes_:
-    for _ in range(200):
-      x, y = (int(v) for v in rng.integers(lo, hi + 1, size=2))
-      if all(max(abs(x - px), abs(y - py)) >= min_sep for px, py in placed):
-        placed.append((x, y))
-        break
-    else:
-      return None
-  return placed
-
-
 def _draw_spec(rng, num_shapes: int, max_objects: int, relations, held_out: HeldOut | None, require) -> Spec:
   """The objects and relation of a scene. ``require``: None, a Pair that must be one of the objects,
   or a Triple that must be the relation. With ``held_out``, nothing else of it may appear."""
@@ -330,7 +312,7 @@ def t2i_scene(
   spec = _draw_spec(rng, num_shapes, max_objects, relations, held_out, require)
   margin = relation_margin(image_size)
   for _ in range(_MAX_DRAWS):
-    placed = _place(rng, [s for _, s in spec.objects], image_size)
+    placed = place_centres(rng, len(spec.objects), image_size)
     if placed is None:
       continue
     objects = tuple(SceneObject(c, s, x, y) for (c, s), (x, y) in zip(spec.objects, placed))
