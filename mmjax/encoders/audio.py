@@ -68,6 +68,18 @@ def num_stft_frames(num_samples: int, n_fft: int, hop: int) -> int:
   return num_samples // hop + 1  # centred frames (reflect padding of n_fft // 2 on both sides)
 
 
+def power_spectrogram(wave: jax.Array, n_fft: int = 400, hop: int = 160) -> jax.Array:
+  """float [B, T] waveform -> float32 [B, T // hop + 1, n_fft // 2 + 1]: centred frames (reflect
+  padding), periodic Hann window, power |rfft|^2."""
+  wave = jnp.asarray(wave, jnp.float32)
+  pad = n_fft // 2
+  x = jnp.pad(wave, ((0, 0), (pad, pad)), mode="reflect")
+  frames = frame(x, n_fft, hop)  # [B, N, n_fft]
+  window = jnp.asarray(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft), jnp.float32)
+  spec = jnp.fft.rfft(frames * window, axis=-1)
+  return jnp.real(spec) ** 2 + jnp.imag(spec) ** 2
+
+
 def log_mel_spectrogram(
   wave: jax.Array,
   sample_rate: int = 16_000,
@@ -83,13 +95,7 @@ def log_mel_spectrogram(
   Centred frames (reflect padding), periodic Hann window, power |rfft|^2, mel filterbank,
   log(max(mel, floor)).
   """
-  wave = jnp.asarray(wave, jnp.float32)
-  pad = n_fft // 2
-  x = jnp.pad(wave, ((0, 0), (pad, pad)), mode="reflect")
-  frames = frame(x, n_fft, hop)  # [B, N, n_fft]
-  window = jnp.asarray(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft), jnp.float32)
-  spec = jnp.fft.rfft(frames * window, axis=-1)
-  power = jnp.real(spec) ** 2 + jnp.imag(spec) ** 2
+  power = power_spectrogram(wave, n_fft, hop)
   mel = power @ jnp.asarray(mel_filterbank(n_fft, n_mels, sample_rate, fmin, fmax))
   return jnp.log(jnp.maximum(mel, floor))
 
@@ -128,13 +134,7 @@ def whisper_log_mel(
   Slaney mel filters up to 8 kHz, log10(max(mel, 1e-10)), clamped to 8 decades below the clip's
   maximum, then (x + 4) / 4.
   """
-  wave = jnp.asarray(wave, jnp.float32)
-  pad = n_fft // 2
-  x = jnp.pad(wave, ((0, 0), (pad, pad)), mode="reflect")
-  frames = frame(x, n_fft, hop)[:, :-1]  # [B, T // hop, n_fft]
-  window = jnp.asarray(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft), jnp.float32)
-  spec = jnp.fft.rfft(frames * window, axis=-1)
-  power = jnp.real(spec) ** 2 + jnp.imag(spec) ** 2
+  power = power_spectrogram(wave, n_fft, hop)[:, :-1]  # [B, T // hop, n_fft // 2 + 1]
   filters = jnp.asarray(mel_filterbank_slaney(n_fft, n_mels, sample_rate, 0.0, min(8000.0, sample_rate / 2)))
   # HIGHEST: features are inputs; a TF32 / bf16-pass matmul on an accelerator would move every
   # log-mel value by ~1e-3 relative.

@@ -31,8 +31,9 @@ def hf_config(path: str) -> dict:
   return checkpoint.read_config(path)
 
 
-def parts(path: str) -> dict[str, Part]:
-  """The parts of the checkpoint at `path` (its family from config.json's model_type)."""
+def parts(path: str, reader: checkpoint.Reader | None = None) -> dict[str, Part]:
+  """The parts of the checkpoint at `path` (its family from config.json's model_type); `reader`:
+  the checkpoint's tensors when the caller has them open already."""
   cfg = checkpoint.read_config(path)
   model_type = cfg.get("model_type")
   if model_type not in registry.names("pretrained"):
@@ -43,14 +44,14 @@ def parts(path: str) -> dict[str, Part]:
   # The tensor names too: one family saves under several layouts (GPT-2 with or without "transformer.").
   # Without weights (a config alone), the architecture is still checked; loading then names the files.
   try:
-    names = checkpoint.Reader(path).names()
+    names = (reader or checkpoint.Reader(path)).names()
   except FileNotFoundError:
     names = []
   return registry.get("pretrained", model_type, f"{path}/config.json model_type")(cfg, names)
 
 
-def part(path: str, name: str) -> Part:
-  found = parts(path)
+def part(path: str, name: str, reader: checkpoint.Reader | None = None) -> Part:
+  found = parts(path, reader)
   if name not in found:
     raise KeyError(f"{path}: the checkpoint has no part {name!r}; it has {sorted(found)}.")
   return found[name]
@@ -60,7 +61,8 @@ def load(path: str, name: str, target: Mapping | None = None, fresh: tuple[str, 
   """Part `name`'s parameters (mmjax's nested dict). target: {"/"-joined param path: abstract array
   with a sharding, or the initialised array} (convert.load_part): then every array is created in
   its sharding, and shapes are checked against the model's; `fresh` names layers the model adds."""
-  return load_part(part(path, name), checkpoint.Reader(path), f"{path} ({name})", target, fresh=fresh)
+  reader = checkpoint.Reader(path)
+  return load_part(part(path, name, reader), reader, f"{path} ({name})", target, fresh=fresh)
 
 
 def export(
@@ -72,7 +74,7 @@ def export(
   copy_rest: then the tensors no given part maps are copied from `source` unchanged. Loading all
   of a checkpoint's parts and exporting them reproduces its tensors bit for bit."""
   reader = checkpoint.Reader(source)
-  found = parts(source)
+  found = parts(source, reader)
   unknown = sorted(set(params) - set(found))
   if unknown:
     raise KeyError(f"export: {source} has no parts {unknown}; it has {sorted(found)}.")

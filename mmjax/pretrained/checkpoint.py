@@ -14,7 +14,7 @@ import json
 import os
 import struct
 import tempfile
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import ml_dtypes
 import numpy as np
@@ -184,8 +184,3 @@ def _atomic(file: str, write_fn) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
-
-
-def unused(reader: Reader, used: Iterable[str]) -> list[str]:
-  """Tensors of the checkpoint that a mapping did not read (reported, so a missed tensor shows)."""
-  return sorted(set(reader.names()) - set(used))

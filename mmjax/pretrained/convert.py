@@ -56,9 +56,6 @@ class Part:
   # per patch (mmjax.pretrained.compose sets them).
   data: dict = dataclasses.field(default_factory=dict)
 
-  def hf_names(self) -> list[str]:
-    return [n for e in self.entries for n in e.hf]
-
 
 # -- builders -------------------------------------------------------------------------------------
 
