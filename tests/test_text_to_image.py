@@ -11,11 +11,11 @@ import pytest
 
 from mmjax import config_files
 from mmjax.data.examples import TASK_CAPTION
-from mmjax.evaluate import text_to_image as t2i_eval
 from mmjax.evaluate.contrastive import caption_text
 from mmjax.models import model_class
 from mmjax.models.contrastive import caption_tokens
 from mmjax.models.text_to_image import TextToImageFlow
+from mmjax.sample import text_to_image as t2i_sample
 from mmjax.train import state as state_lib, trainer, workdir as workdir_lib
 from mmjax.train.metrics_writer import read_metrics
 from tests.conftest import CONFIGS
@@ -94,7 +94,7 @@ def test_generation_deterministic_and_guidance_one_is_conditional(trained):
   ids = np.resize(np.flatnonzero(sd.task == TASK_CAPTION), 8)
   ex = [sd.example(int(i)) for i in ids]
   tokens, lengths = caption_tokens(*(np.stack([e[k] for e in ex]) for k in ("target_out", "target_mask")))
-  run = t2i_eval.make_generate_fn(t.setup, 32, steps=4, method="heun")
+  run = t2i_sample.make_generate_fn(t.setup, dict(steps=4, method="heun"))
   key = jax.random.key(3)
   a, b = run(t.params, tokens, lengths, key), run(t.params, tokens, lengths, key)
   assert a.dtype == np.uint8 and a.shape == (8, 32, 32, 3)

@@ -4,7 +4,7 @@
   v = model.apply(params, x_t, t, tokens, lengths)     # velocity [B, H, W, 3] in model space
 
 Sampling (noise -> image with mmjax.sample.flow, with or without classifier-free guidance) is
-mmjax.evaluate.text_to_image.generate: the sampler sits on a higher floor than the models.
+mmjax.sample.text_to_image: the sampler sits on a higher floor than the models.
 
 Model space: uint8 pixels scaled to [-1, 1] (x0 = image / 127.5 - 1). Training (`loss_sums`) draws per
 example a time t (config.model.t_sampling: "logit_normal" with t_mean / t_std, or "uniform") and noise

@@ -124,6 +124,14 @@ def _parameter_config(config: dict) -> dict:
 
 def _check_compatible(saved: dict, current: dict, directory: str) -> None:
   a, b = _parameter_config(saved), _parameter_config(current)
+  # An EMA in the state or not changes what the checkpoint holds (its value may change freely).
+  has_ema = [float(train_config.upgrade(c).ema_decay) > 0 for c in (saved, current)]
+  if has_ema[0] != has_ema[1]:
+    raise CheckpointMismatch(
+      f"the checkpoint in {directory} was trained {'with' if has_ema[0] else 'without'} parameter EMA "
+      f"(config.ema_decay > 0) and this config is {'with' if has_ema[1] else 'without'}. Use a new --workdir, "
+      "or set config.ema_decay as it was trained."
+    )
   if a != b:
     diffs = _diff(a, b, "model")
     raise CheckpointMismatch(

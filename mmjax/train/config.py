@@ -32,6 +32,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample_examples = 8  # examples written to the sample report at the end
   c.skip_nonfinite = False  # True: skip updates whose loss/grads are NaN/Inf instead of stopping
   c.grad_accum_steps = 1  # microbatches per step (summed inside the jitted step with lax.scan)
+  # > 0: the state also keeps an exponential moving average of the parameters (decay per step,
+  # warmed up as min(decay, (1 + step) / (10 + step))), and evaluation, sampling and other runs'
+  # init_from read it instead of the raw parameters. Generative image models need it most.
+  c.ema_decay = 0.0
   c.data = default_data_config()
   c.model = base_model_config()
   c.optim = ml_collections.ConfigDict(

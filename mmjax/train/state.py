@@ -27,6 +27,31 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+  # The parameters' exponential moving average (config.ema_decay > 0), sharded like them; None when off.
+  ema: Any = None
+
+  @property
+  def model_params(self):
+    """The parameters a trained model is used with: the EMA when the run keeps one."""
+    return self.params if self.ema is None else self.ema
+
+  def with_params(self, params) -> "TrainState":
+    """New parameters at a fresh start (pretrained or copied subtrees): the EMA starts from them too."""
+    # A copy, not the same buffers: the train step donates the state, and one buffer may not be
+    # donated twice.
+    return self.replace(params=params, ema=None if self.ema is None else jax.tree.map(jnp.copy, params))
+
+
+def ema_decay_at(decay: float, step: jax.Array) -> jax.Array:
+  """The EMA's decay for the update after `step` updates: min(decay, (1 + step) / (10 + step)), so that
+  the average forgets its random initialisation within the first few hundred steps."""
+  step = step.astype(jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def ema_update(ema, params, decay: jax.Array):
+  """ema <- decay * ema + (1 - decay) * params, leaf by leaf in the EMA's dtype."""
+  return jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), ema, params)
 
 
 @dataclasses.dataclass
@@ -106,7 +131,8 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int, devices=None)
     args, kwargs = kind.init_inputs(config.model, batch)
     variables = model.init(rng, *args, **kwargs)
     params = lora.add_adapters_from_config(variables["params"], adapters, jax.random.fold_in(rng, 1))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    ema = params if float(config.ema_decay) > 0 else None
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema=ema)
 
   with _mesh_and_rules(mesh, rules):
     boxed = jax.eval_shape(init, jax.random.key(0))

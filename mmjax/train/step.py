@@ -10,7 +10,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax import sharding
 from mmjax.train.batches import batch_keys
-from mmjax.train.state import Setup, TrainState
+from mmjax.train.state import Setup, TrainState, ema_decay_at, ema_update
 
 
 def _microbatches(batch, k: int):
@@ -87,14 +87,19 @@ def make_train_step(
     loss = metrics["loss"]
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    ema = state.ema
+    if ema is not None:
+      ema = ema_update(ema, params, ema_decay_at(float(setup.config.ema_decay), state.step))
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if skip_nonfinite:
       # Keep the old parameters and optimizer state: a bad batch must not poison the run.
       params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), params, state.params)
       opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state, state.opt_state)
+      if ema is not None:
+        ema = jax.tree.map(lambda new, old: jnp.where(finite, new, old), ema, state.ema)
     metrics = dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
 
   batch_sharding = {k: setup.batch_sharding(batch_example)[k] for k in batch_keys(setup.config)}
   replicated = NamedSharding(setup.mesh, P())

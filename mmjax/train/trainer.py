@@ -83,7 +83,7 @@ def train_and_evaluate(
   if restored is None:
     state = state_lib.init_state(setup, jax.random.key(config.seed))
     state = _init_from(state, setup, config)
-    state = state.replace(params=compose.load_into(state.params, config))
+    state = state.with_params(compose.load_into(state.params, config))
     start = 0
   else:
     start, state, data_state = restored
@@ -107,7 +107,7 @@ def train_and_evaluate(
     ckpt.save(step, state, data_state_before_next, config, force=force)
 
   def evaluate(split, step, max_examples):
-    metrics, preds = evaluator(state.params, split, max_examples=max_examples, progress=progress)
+    metrics, preds = evaluator(state.model_params, split, max_examples=max_examples, progress=progress)
     writer.write(step, metrics)
     return metrics, preds
 
@@ -188,7 +188,7 @@ def _init_from(state, setup, config):
   if not init_from:
     return state
   params = transfer.init_from_workdirs(state.params, init_from, lambda wd: workdir_lib.load(wd).params)
-  return state.replace(params=jax.device_put(params, setup.state_sharding.params))
+  return state.with_params(jax.device_put(params, setup.state_sharding.params))
 
 
 def _check_finite(pending, step, config):

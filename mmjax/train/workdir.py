@@ -40,7 +40,7 @@ class Trained:
   config: ml_collections.ConfigDict
   data: object
   setup: state_lib.Setup
-  params: object
+  params: object  # the EMA when the run keeps one (TrainState.model_params)
   step: int
 
 
@@ -81,4 +81,4 @@ def load(workdir: str, overrides: dict | None = None) -> Trained:
   if restored is None:
     raise FileNotFoundError(f"{workdir}/checkpoints holds no readable checkpoint.")
   step, state, _ = restored
-  return Trained(config, data, setup, state.params, step)
+  return Trained(config, data, setup, state.model_params, step)
