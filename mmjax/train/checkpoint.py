@@ -3,6 +3,7 @@ config, so a run restarted on the same workdir resumes by itself where it stoppe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ class Checkpointer:
 
   def save(self, step: int, state, data_state: dict, config: ml_collections.ConfigDict, force: bool = False) -> bool:
     args = ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
+      state=ocp.args.StandardSave(_fields(state)),
       data=ocp.args.JsonSave(data_state),
       config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
     )
@@ -60,9 +61,11 @@ class Checkpointer:
       _check_compatible(saved_config, json.loads(config.to_json_best_effort()), self.directory)
       try:
         restored = self._manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardRestore(_fields(abstract_state)), data=ocp.args.JsonRestore()),
         )
-        _check_finite_state(restored["state"], step)
+        state = type(abstract_state)(**restored["state"])
+        _check_finite_state(state, step)
       except Exception as e:  # noqa: BLE001
         if isinstance(e, CheckpointMismatch):
           raise
@@ -70,7 +73,7 @@ class Checkpointer:
         unreadable.append(step)
         continue
       self._set_aside(unreadable)
-      return step, restored["state"], restored["data"]
+      return step, state, restored["data"]
     self._set_aside(unreadable)
     return None
 
@@ -100,6 +103,13 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _fields(state) -> dict:
+  """The train state as the dict a checkpoint holds: its fields, without those that are None (an
+  optional part, like the EMA, is absent on disk rather than a None leaf: checkpoints written before
+  such a field existed stay readable)."""
+  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if getattr(state, f.name) is not None}
 
 
 def _check_finite_state(state, step: int) -> None:
