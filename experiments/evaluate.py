@@ -41,8 +41,9 @@ def main(argv):
       f"--by_template: the dataset of {_WORKDIR.value} ({t.data.builder.name}) defines no question "
       "templates (its source has no question_template)."
     )
-  # The evaluation of the workdir's model kind: generation (VLM) or retrieval + zero-shot (contrastive).
-  evaluate = t.setup.make_evaluator(t.data)
+  # The evaluation of the workdir's model kind (generation, retrieval, text-to-image), with what it reads
+  # from other runs (config.evaluate.frechet_features).
+  evaluate = workdir_lib.make_evaluator(t.setup, t.data)
   metrics, preds = evaluate(t.params, _SPLIT.value, max_examples=_MAX.value, progress=True)
   writer = MetricWriter(_WORKDIR.value)
   writer.write(t.step, metrics)

@@ -33,6 +33,7 @@ from mmjax import layers, sharding
 from mmjax.decoders.dit import DiT
 from mmjax.models import flow_matching as fm
 from mmjax.sample import flow
+from mmjax.train.state import ema_update
 
 MODES = ("cross_attention", "joint")
 
@@ -213,7 +214,7 @@ def test_drop_condition_and_ema():
   # k updates towards fixed params: ema_k = p + decay^k (ema_0 - p).
   ema, params = {"w": jnp.full((2,), 4.0)}, {"w": jnp.array([1.0, -1.0])}
   for _ in range(5):
-    ema = fm.ema_update(ema, params, 0.9)
+    ema = ema_update(ema, params, 0.9)
   np.testing.assert_allclose(ema["w"], params["w"] + 0.9**5 * (4.0 - params["w"]), rtol=1e-6)
 
 
@@ -392,7 +393,7 @@ def test_dit_training_lowers_the_loss(mode):
     value, grads = jax.value_and_grad(batch_loss)(params, x0, eps, t, dropped_lengths)
     updates, opt_state = opt.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return (params, opt_state, fm.ema_update(ema, params, 0.9)), evaluation
+    return (params, opt_state, ema_update(ema, params, 0.9)), evaluation
 
   state = (params, opt.init(params), params)
   evaluations = []

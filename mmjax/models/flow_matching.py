@@ -80,9 +80,3 @@ def guided(v_cond: jax.Array, v_uncond: jax.Array, scale: float | jax.Array) -> 
   """Classifier-free guidance: v_uncond + scale (v_cond - v_uncond). scale 1 is the conditional
   velocity, 0 the unconditional one, > 1 extrapolates away from the unconditional one."""
   return v_uncond + scale * (v_cond - v_uncond)
-
-
-def ema_update(ema, params, decay: float | jax.Array):
-  """Exponential moving average of weights: decay * ema + (1 - decay) * params, leaf by leaf (any
-  pytree of matching structure; logical-axis boxes are kept), in each leaf's dtype of `ema`."""
-  return jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), ema, params)

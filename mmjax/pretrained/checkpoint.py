@@ -78,13 +78,16 @@ def _header(file: str) -> tuple[dict, int]:
 
 
 class Reader:
-  """The tensors of a checkpoint directory, by name: shapes and dtypes from the headers, data
-  memory-mapped on demand."""
+  """The tensors of a checkpoint directory (or of one .safetensors file), by name: shapes and dtypes
+  from the headers, data memory-mapped on demand."""
 
   def __init__(self, path: str):
     self.path = path
     index = os.path.join(path, INDEX)
-    if os.path.isfile(index):
+    if os.path.isfile(path) and path.endswith(".safetensors"):
+      path, files = os.path.split(path)
+      files = [files]
+    elif os.path.isfile(index):
       with open(index, encoding="utf-8") as f:
         weight_map = json.load(f)["weight_map"]
       files = sorted(set(weight_map.values()))

@@ -46,6 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, sequence=1))
   c.dcn_mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, sequence=1))
   c.sharding = ml_collections.ConfigDict(dict(rules=()))  # overrides of mmjax.sharding's rules table
+  # Evaluation options. frechet_features: the feature space of <split>/t2i_frechet for text-to-image
+  # kinds (mmjax.evaluate.frechet): "" = none, a contrastive run's workdir (its image encoder, trained
+  # on the same data), or "inception_v3:/path/weights.safetensors".
+  c.evaluate = ml_collections.ConfigDict(dict(frechet_features=""))
   c.sampler = ml_collections.ConfigDict(
     dict(
       name="greedy",

@@ -79,10 +79,12 @@ class Setup:
     """The model's class, with the model-kind hooks (mmjax.models.kind)."""
     return type(self.model)
 
-  def make_evaluator(self, data):
+  def make_evaluator(self, data, **options):
     """The evaluation of this model kind: evaluate(params, split, max_examples=0, progress=False)
-    -> (metrics named "<split>/<metric>", predictions for sample.report.write_report)."""
-    return registry.get("evaluators", self.kind.evaluator, "the model kind's evaluator")(self, data)
+    -> (metrics named "<split>/<metric>", predictions for sample.report.write_report). `options`: what
+    a kind's evaluator takes beyond (setup, data), e.g. the text-to-image one's features_fn
+    (mmjax.train.workdir.make_evaluator builds them)."""
+    return registry.get("evaluators", self.kind.evaluator, "the model kind's evaluator")(self, data, **options)
 
 
 @contextlib.contextmanager

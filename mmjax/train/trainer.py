@@ -95,7 +95,7 @@ def train_and_evaluate(
   shardings = setup.batch_sharding(first)
   keys = batches_lib.batch_keys(config)
   writer = MetricWriter(workdir)
-  evaluator = setup.make_evaluator(data)
+  evaluator = workdir_lib.make_evaluator(setup, data)
   stop = StopRequest()
 
   def put(batch, step):

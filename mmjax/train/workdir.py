@@ -1,4 +1,5 @@
-"""A run's workdir: its data and tokenizer (load_data), and loading a trained one back (load)."""
+"""A run's workdir: its data and tokenizer (load_data), loading a trained one back (load), and the
+evaluator of a run (make_evaluator: the one place that may load other runs for it)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import ml_collections
 
 from mmjax import config_files
 from mmjax.data import pipeline, prepare
+from mmjax.evaluate.frechet import make_features_fn
 from mmjax.train import batches as batches_lib, config as train_config, state as state_lib
 from mmjax.train.checkpoint import Checkpointer
 
@@ -82,3 +84,18 @@ def load(workdir: str, overrides: dict | None = None) -> Trained:
     raise FileNotFoundError(f"{workdir}/checkpoints holds no readable checkpoint.")
   step, state, _ = restored
   return Trained(config, data, setup, state.model_params, step)
+
+
+def make_evaluator(setup, data):
+  """setup.make_evaluator(data) with what only this floor can build from the config: the Frechet
+  feature space of config.evaluate.frechet_features (mmjax.evaluate.frechet), which may be another
+  run's workdir. What the trainer, experiments/evaluate.py and experiments/sample.py evaluate with."""
+  spec = str(setup.config.evaluate.frechet_features)
+  if not spec:
+    return setup.make_evaluator(data)
+  if setup.kind.evaluator != "t2i":
+    raise ValueError(
+      f"config.evaluate.frechet_features={spec!r} measures generated images, but config.model.kind="
+      f"{setup.config.model.kind!r} generates none; set it to ''."
+    )
+  return setup.make_evaluator(data, features_fn=make_features_fn(spec, load))
