@@ -2,6 +2,8 @@
 against a float64 numpy recomputation from the parameters of every step; the trained model is used
 with it (workdir.load, evaluation); a resume that turns it on or off is refused."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -72,3 +74,25 @@ def test_trained_model_is_the_average_and_resume_must_agree(tiny_config, tmp_pat
   tiny_config.total_steps = 3
   with pytest.raises(CheckpointMismatch, match="config.ema_decay"):
     trainer.train_and_evaluate(tiny_config, wd, progress=False)
+
+
+def test_checkpoint_of_another_state_structure_is_kept(tiny_config, tmp_path):
+  """A readable checkpoint whose train state differs from the one this code builds (here: restored into
+  a state with an EMA, under the config it was written with) is an error, and is not set aside as if
+  it were corrupt."""
+  from mmjax.train.checkpoint import Checkpointer
+
+  wd = str(tmp_path / "run")
+  tiny_config.total_steps = 1
+  tiny_config.eval_every = 0
+  tiny_config.eval_max_examples = 8
+  tiny_config.sample_examples = 0
+  trainer.train_and_evaluate(tiny_config, wd, progress=False)
+  with_ema = tiny_config.copy_and_resolve_references()
+  with_ema.ema_decay = DECAY
+  abstract = state_lib.make_setup(with_ema, workdir_lib.load(wd).data.tokenizer.vocab_size).abstract_state
+  ckpt = Checkpointer(wd, keep=3, save_interval_steps=1)
+  with pytest.raises(CheckpointMismatch, match="another structure"):
+    ckpt.restore(abstract, tiny_config)
+  ckpt.close()
+  assert ckpt.latest_step() == 1 and not os.path.exists(os.path.join(wd, "checkpoints_unreadable"))

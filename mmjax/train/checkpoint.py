@@ -69,6 +69,13 @@ class Checkpointer:
       except Exception as e:  # noqa: BLE001
         if isinstance(e, CheckpointMismatch):
           raise
+        if "tree structures do not match" in str(e):
+          # Readable, but not the state this code builds (another mmjax version's train state): keep it.
+          raise CheckpointMismatch(
+            f"checkpoint {step} in {self.directory} holds a train state of another structure than this "
+            f"code builds ({str(e).splitlines()[0]}); it is left in place. Use the mmjax version that wrote "
+            "it, or a new --workdir."
+          ) from None
         logging.warning("checkpoint %d in %s is unreadable (%s); trying an older one.", step, self.directory, e)
         unreadable.append(step)
         continue
