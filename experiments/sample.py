@@ -40,6 +40,22 @@ given (upscaled when small) into --out, by default <image stem>_boxes.png beside
 
 A --split report draws every grounding example's boxes on its image: predicted ones solid with
 their labels, the reference's dashed.
+
+A text-to-image workdir (an evaluator "t2i" kind: experiments/configs/t2i_flow.py, t2i_tokens.py)
+draws instead of reading: --num images (default 4) for every --prompt, written as one PNG grid with
+one row per prompt (in flag order) and --num columns, 2-pixel white gaps between cells, each image
+upscaled by nearest neighbour to at least 128 pixels a side (a 32x32 sample shows 4x). The grid goes
+to --out, by default t2i_grid.png in the current directory, and the path is printed. --guidance and
+--steps override config.sampler (as do --sampler, --temperature, --top_k and --top_p for a kind whose
+sampler takes them; a flag the kind's sampler does not take is an error). The same --seed, prompts,
+--num and flags give the same images. A prompt is tokenized as the training captions were; an empty
+one, one longer than the model's text input (config.model.text.max_len for t2i_flow) or one with words
+the tokenizer only knows as its unknown token is an error naming it. --image is an error: such a
+model draws images, it does not read them. --split writes the evaluator's report (each caption's
+generated image with its scores, guided and unguided) to <workdir>/samples and prints the metrics.
+
+  python experiments/sample.py --workdir=DIR --prompt="a red circle to the left of a blue square" --num=8 \
+      --prompt="a green triangle above a red square" --guidance=3 --steps=32 --seed=0 --out=grid.png
 """
 
 import os
@@ -64,10 +80,15 @@ _TASK = flags.DEFINE_enum(
   "label); print and draw the boxes found (needs config.data.location_bins > 0).",
 )
 _OUT = flags.DEFINE_string(
-  "out", None, "--task=detect with one --image: the PNG to draw the boxes in (default <image stem>_boxes.png)."
+  "out",
+  None,
+  "--task=detect with one --image: the PNG to draw the boxes in (default <image stem>_boxes.png). A "
+  "text-to-image workdir: the PNG grid of the images drawn for --prompt (default t2i_grid.png).",
 )
 _SPLIT = flags.DEFINE_enum("split", None, ["train", "validation", "test"], "Write a report for a split instead.")
-_NUM = flags.DEFINE_integer("num", 16, "Examples in a split report.")
+_NUM = flags.DEFINE_integer(
+  "num", None, "Examples in a split report (default 16); a text-to-image workdir: images per --prompt (default 4)."
+)
 _SAMPLER = flags.DEFINE_enum(
   "sampler", None, ["greedy", "temperature", "top_k", "top_p", "beam"], "Overrides the config's sampler."
 )
@@ -76,11 +97,27 @@ _TOP_K = flags.DEFINE_integer("top_k", None, "k for top_k.")
 _TOP_P = flags.DEFINE_float("top_p", None, "p for top_p.")
 _BEAM = flags.DEFINE_integer("beam_size", None, "Beams for beam search.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_GUIDANCE = flags.DEFINE_float(
+  "guidance", None, "A text-to-image workdir: classifier-free guidance scale (1 = none); default config.sampler's."
+)
+_STEPS = flags.DEFINE_integer("steps", None, "A text-to-image workdir: sampler steps; default config.sampler's.")
+
+T2I_GRID = "t2i_grid.png"  # --out of a text-to-image workdir
+T2I_IMAGES = 4  # --num of a text-to-image workdir: images per prompt
+REPORT_EXAMPLES = 16  # --num of a --split report
+T2I_CELL = 128  # the least pixels a side of a grid cell: small samples are upscaled to it
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  t2i_config = _text_to_image_config()
+  if t2i_config is not None:
+    _text_to_image(t2i_config)
+    return
+  given = [f"--{f.name}" for f in (_GUIDANCE, _STEPS) if f.value is not None]
+  if given:
+    raise app.UsageError(f"{' '.join(given)}: these go with a text-to-image workdir; this one's model draws no images.")
   if _SPLIT.value is None and not _IMAGE.value:
     raise app.UsageError("give --image (with --prompt) or --split.")
   if _TASK.value == "detect" and _SPLIT.value:
@@ -148,7 +185,7 @@ def main(argv):
     from mmjax.evaluate.evaluator import evaluate_split
 
     metrics, preds = evaluate_split(
-      t.data, _SPLIT.value, gen, t.params, t.config.eval_batch_size, rng, max_examples=_NUM.value
+      t.data, _SPLIT.value, gen, t.params, t.config.eval_batch_size, rng, max_examples=_num(REPORT_EXAMPLES)
     )
     _report(t, preds)
     return
@@ -203,7 +240,9 @@ def _report(t, predictions):
   """Writes and prints the sample report of --split (its first --num predictions)."""
   from mmjax.sample.report import write_report
 
-  png, txt = write_report(os.path.join(_WORKDIR.value, "samples"), t.data, _SPLIT.value, predictions, _NUM.value)
+  png, txt = write_report(
+    os.path.join(_WORKDIR.value, "samples"), t.data, _SPLIT.value, predictions, _num(REPORT_EXAMPLES)
+  )
   print(open(txt).read())
   print(f"wrote {png} and {txt}")
 
@@ -219,7 +258,7 @@ def _contrastive(t):
       "of generating them; drop the sampler flags."
     )
   if _SPLIT.value:
-    metrics, preds = t.setup.make_evaluator(t.data)(t.params, _SPLIT.value, max_examples=_NUM.value)
+    metrics, preds = t.setup.make_evaluator(t.data)(t.params, _SPLIT.value, max_examples=_num(REPORT_EXAMPLES))
     _report(t, preds)
     return
   if not _PROMPT.value:
@@ -231,6 +270,141 @@ def _contrastive(t):
     print(image)
     for text, similarity in ranked:
       print(f"  {similarity:+.4f}\t{text}")
+
+
+def _num(default: int) -> int:
+  """--num, or the default of the path that reads it (unset: None)."""
+  return default if _NUM.value is None else _NUM.value
+
+
+def _text_to_image_config():
+  """The workdir's config when its model draws images (evaluator "t2i"), else None; read from the config
+  alone, so that this path's flag errors come before the model is loaded."""
+  from mmjax.models import model_class
+  from mmjax.train import workdir as workdir_lib
+
+  if not os.path.exists(os.path.join(_WORKDIR.value, "config.json")):
+    return None  # not a workdir: the other paths name what is missing
+  config = workdir_lib.load_config(_WORKDIR.value)
+  return config if getattr(model_class(config.model), "evaluator", None) == "t2i" else None
+
+
+def _text_to_image(config):
+  """A text-to-image workdir: --num images per --prompt as one PNG grid, or the evaluator's --split report."""
+  if _IMAGE.value:
+    raise app.UsageError(
+      "--image: this workdir holds a text-to-image model, which draws images from --prompt instead of reading "
+      "them; drop --image."
+    )
+  if _AUDIO.value:
+    raise app.UsageError("--audio: this workdir holds a text-to-image model, which reads captions only; drop --audio.")
+  if _TASK.value == "detect":
+    raise app.UsageError("--task=detect: this workdir holds a text-to-image model, which outputs no boxes.")
+  if _SPLIT.value and (_PROMPT.value or _OUT.value):
+    raise app.UsageError(
+      f"{'--prompt' if _PROMPT.value else '--out'} goes without --split: a --split report draws the split's own "
+      "captions into <workdir>/samples."
+    )
+  if not _SPLIT.value and not _PROMPT.value:
+    raise app.UsageError(
+      "this workdir holds a text-to-image model: give the captions to draw as --prompt (one or more), e.g. "
+      "--prompt='a red circle above a blue square', or --split for the evaluator's report."
+    )
+  num = _num(REPORT_EXAMPLES if _SPLIT.value else T2I_IMAGES)
+  if num < 1:
+    raise app.UsageError(f"--num={num} must be >= 1.")
+  out = _OUT.value or T2I_GRID
+  if not _SPLIT.value:
+    if not out.lower().endswith(".png"):
+      raise app.UsageError(f"--out={out}: the grid is written as a PNG; name it *.png.")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+      raise app.UsageError(f"--out={out}: the directory {os.path.dirname(os.path.abspath(out))} does not exist.")
+  import jax
+  import numpy as np
+
+  from mmjax.sample.text_to_image import sampler_options
+  from mmjax.train import workdir as workdir_lib
+
+  logging.set_verbosity(logging.WARNING)
+  # The flags as config.sampler keys; which of them the kind's sampler takes is what sampler_options returns.
+  flag_keys = dict(
+    name=_SAMPLER,
+    temperature=_TEMPERATURE,
+    top_k=_TOP_K,
+    top_p=_TOP_P,
+    beam_size=_BEAM,
+    steps=_STEPS,
+    guidance=_GUIDANCE,
+  )
+  given = {k: f.value for k, f in flag_keys.items() if f.value is not None}
+  try:
+    opts = sampler_options(config, **given)
+  except ValueError as e:
+    named = " ".join(f"--{flag_keys[k].name}={v}" for k, v in given.items())
+    raise app.UsageError(f"{named}: {e}" if named else str(e)) from None
+  unused = [f"--{flag_keys[k].name}" for k in given if k not in opts]
+  if unused:
+    takes = [f"--{f.name}" for k, f in flag_keys.items() if k in opts]
+    raise app.UsageError(
+      f"{' '.join(unused)}: this workdir's text-to-image sampler (config.model.kind={config.model.kind!r}) does not "
+      f"take {'it' if len(unused) == 1 else 'them'}; it takes {', '.join(takes)}."
+    )
+  if _SPLIT.value:
+    overrides = {f"sampler.{k}": v for k, v in given.items()}
+    if flags.FLAGS["seed"].present:
+      overrides["seed"] = _SEED.value  # the evaluator draws its noise from config.seed
+    t = workdir_lib.load(_WORKDIR.value, overrides)
+    metrics, preds = workdir_lib.make_evaluator(t.setup, t.data)(t.params, _SPLIT.value, max_examples=num)
+    _report(t, preds)
+    for k in sorted(metrics):
+      print(f"{k}: {metrics[k]:.4f}")
+    return
+  from mmjax.sample.text_to_image import encode_prompts, image_grid, make_generate_fn
+
+  t = workdir_lib.load(_WORKDIR.value)
+  try:
+    tokens, lengths = encode_prompts(t.data.tokenizer, _PROMPT.value, _prompt_limit(config))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  run = make_generate_fn(t.setup, opts)
+  # Guidance 1 is the conditional sampler exactly (as the evaluator has it): skip the doubled batch.
+  guidance = None if opts["guidance"] == 1.0 else opts["guidance"]
+  images = _draw(run, t, np.repeat(tokens, num, 0), np.repeat(lengths, num, 0), jax.random.key(_SEED.value), guidance)
+  size = images.shape[1]
+  scale = -(-T2I_CELL // size)
+  grid = image_grid(images.reshape((len(tokens), num) + images.shape[1:]), scale)
+  from PIL import Image
+
+  Image.fromarray(grid).save(out)
+  shown = f", shown {scale}x" if scale > 1 else ""
+  print(f"wrote {out}: {len(tokens)} prompt(s) x {num} images of {size}x{size} pixels{shown}")
+  for i, prompt in enumerate(_PROMPT.value):
+    print(f"  row {i}: {prompt}")
+
+
+def _prompt_limit(config) -> int:
+  """The most caption tokens the workdir's model reads (its kind's max_prompt_len hook)."""
+  from mmjax.models import model_class
+
+  return int(model_class(config.model).max_prompt_len(config.model))
+
+
+def _draw(run, t, tokens, lengths, rng, guidance):
+  """Images [N, S, S, 3] of N caption rows, in global batches of config.eval_batch_size rounded up to the
+  mesh's batch shards (the last one zero-padded, the padding dropped), batch i drawn with fold_in(rng, i):
+  a function of the seed and the rows alone."""
+  import jax
+  import numpy as np
+
+  from mmjax.sample.embed import global_batch, local_rows
+
+  n, out = len(tokens), []
+  for i, (lo, hi) in enumerate(local_rows(n, global_batch(int(t.config.eval_batch_size), run.multiple))):
+    rows = [np.zeros((hi - lo,) + x.shape[1:], x.dtype) for x in (tokens, lengths)]
+    for r, x in zip(rows, (tokens, lengths)):
+      r[: max(0, min(hi, n) - lo)] = x[lo : min(hi, n)]
+    out.append(run(t.params, *rows, jax.random.fold_in(rng, i), guidance))
+  return np.concatenate(out)[:n]
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ BUILTIN: dict[str, dict[str, str]] = {
     "vlm": "mmjax.models.vlm:VisionLanguageModel",
     "contrastive": "mmjax.models.contrastive:ContrastiveModel",
     "t2i_flow": "mmjax.models.text_to_image:TextToImageFlow",
+    "t2i_tokens": "mmjax.models.image_tokens:TextToImageTokens",
   },
   "evaluators": {
     "generative": "mmjax.evaluate.evaluator:make_evaluator",

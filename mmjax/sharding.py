@@ -47,6 +47,8 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
   ("pos", None),
   ("channels", None),
   ("conv_window", None),
+  ("conv_height", None),
+  ("conv_width", None),
   ("conv_out", None),
   ("layers", None),
   ("norm", None),

@@ -20,7 +20,13 @@ NOTEBOOKS = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "notebooks")) i
 def test_notebooks_are_paired():
   import jupytext
 
-  assert NOTEBOOKS == ["01_quickstart", "02_fusion_prototyping", "03_attention_and_masks", "05_pretrained_towers"]
+  assert NOTEBOOKS == [
+    "01_quickstart",
+    "02_fusion_prototyping",
+    "03_attention_and_masks",
+    "04_text_to_image",
+    "05_pretrained_towers",
+  ]
   for name in NOTEBOOKS:
     ipynb = os.path.join(ROOT, "notebooks", name + ".ipynb")
     assert os.path.exists(ipynb), f"{name}.ipynb is missing: run `jupytext --to ipynb notebooks/{name}.py`."
@@ -72,6 +78,17 @@ print("MMJAX_CHECK " + json.dumps(dict(
     masks={k: dict(dense=np.asarray(spec.dense(1, sq, skv)[0]).astype(int).tolist(),
                    tiles=np.asarray(tile_map(spec, 1, sq, skv, BLOCK, BLOCK)[0]).tolist())
            for k, (spec, sq, skv) in masks.items()})))
+""",
+  # The workdir, the prompts' tokens, the drawn images (guided, and guidance 1 / 3 on the same noise), the grid's
+  # shape and bytes, the evaluator's metrics and the trainer's final ones.
+  "04_text_to_image": """
+import hashlib
+import json
+print("MMJAX_CHECK " + json.dumps(dict(
+    workdir=workdir, step=int(trained.step), total_steps=int(config.total_steps), prompts=prompts, columns=COLUMNS,
+    scale=SCALE, tokens=tokens.tolist(), lengths=lengths.tolist(), images=images.tolist(), plain=plain.tolist(),
+    guided=guided.tolist(), grid_shape=list(grid.shape), grid_sha=hashlib.sha256(grid.tobytes()).hexdigest(),
+    metrics=metrics, final={k: float(v) for k, v in final.items()})))
 """,
   # The checkpoints' directories, mmjax's logits of the source and of the fine-tuned (merged) decoder on
   # fixed tokens, the logged loss curve, and the generated captions.
@@ -157,6 +174,44 @@ def test_notebook_03_attention_and_masks(shared_data_dir, monkeypatch):
   # Every implementation that ran here matches the XLA reference, and more than XLA itself ran.
   assert all(err < 1e-4 for _, _, err in out["results"]), out["results"]
   assert {impl for _, impl, _ in out["results"]} - {"xla"}, out["results"]
+
+
+def test_notebook_04_text_to_image(shared_data_dir, monkeypatch):
+  import hashlib
+
+  from mmjax.tokenizer import Tokenizer
+
+  out = run_notebook("04_text_to_image", shared_data_dir, monkeypatch)
+  try:
+    assert out["step"] == out["total_steps"] == 8  # the loaded run is the one the notebook trained (fast mode)
+    # The prompts as the run's own tokenizer encodes them: no BOS / EOS, padded to text.max_len (24).
+    tok = Tokenizer.load(os.path.join(out["workdir"], "tokenizer.model"))
+    for p, row, n in zip(out["prompts"], out["tokens"], out["lengths"]):
+      assert n == len(tok.encode(p)) and row == tok.encode(p) + [tok.pad_id] * (24 - n), (p, row)
+    # One image per (prompt, column), prompt-major; the grid is each upscaled `scale` times with nearest
+    # neighbour (32 -> 128 px), 2-pixel white gaps between cells and none around them.
+    images, rows, cols, scale = np.asarray(out["images"], np.uint8), len(out["prompts"]), out["columns"], out["scale"]
+    assert images.shape == (rows * cols, 32, 32, 3) and scale == 4
+    cell = 32 * scale
+    want = np.full((rows * cell + (rows - 1) * 2, cols * cell + (cols - 1) * 2, 3), 255, np.uint8)
+    for i, image in enumerate(images):
+      r, c = divmod(i, cols)
+      want[r * (cell + 2) : r * (cell + 2) + cell, c * (cell + 2) : c * (cell + 2) + cell] = np.kron(
+        image, np.ones((scale, scale, 1), np.uint8)
+      )
+    assert out["grid_shape"] == list(want.shape) and out["grid_sha"] == hashlib.sha256(want.tobytes()).hexdigest()
+    # The same noise: guidance 3 again is the grid's images exactly (config.sampler.guidance = 3), and guidance 1
+    # draws other images (the two conditions already differ after 8 steps).
+    plain, guided = np.asarray(out["plain"]), np.asarray(out["guided"])
+    np.testing.assert_array_equal(guided, images)
+    assert plain.shape == guided.shape and not np.array_equal(plain, guided)
+    # The evaluator repeats the trainer's final test evaluation: the six t2i metrics, each in [0, 1].
+    keys = sorted(f"test/t2i_{m}_accuracy{s}" for m in ("object", "scene", "relation") for s in ("", "_noguidance"))
+    assert sorted(out["metrics"]) == sorted(out["final"]) == keys
+    for k in keys:
+      assert 0.0 <= out["metrics"][k] <= 1.0 and out["metrics"][k] == pytest.approx(out["final"][k]), k
+  finally:
+    shutil.rmtree(out["workdir"], ignore_errors=True)
 
 
 def test_notebook_05_pretrained_towers(shared_data_dir, monkeypatch):

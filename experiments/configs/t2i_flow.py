@@ -59,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.cond_dropout = 0.1  # the null-condition rows classifier-free guidance needs
 
   c.sampler.update(dict(guidance=3.0, steps=24, method="heun"))
+  c.ema_decay = 0.995  # evaluation and sampling read the average of the last ~200 steps' weights
 
   if arg == "tiny":
     c.total_steps = 8

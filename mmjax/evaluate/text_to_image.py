@@ -78,9 +78,11 @@ def evaluate_split(data, split, generate_fn, params, config, max_examples=0, pro
   cfg = data.builder.builder_config
   metrics = {}
   if scorer is None:
-    if data.builder.name not in _skip_noted:
-      _skip_noted.add(data.builder.name)
-      logging.warning("%s defines no image_scorer: text-to-image metrics are skipped.", data.builder.name)
+    # Once per dataset: every manifest shares the builder's name, its config names the data.
+    name = (data.builder.name, data.builder.builder_config.name)
+    if name not in _skip_noted:
+      _skip_noted.add(name)
+      logging.warning("%s (%s) defines no image_scorer: text-to-image metrics are skipped.", *name)
   else:
     for suffix, images in (("", guided), (NO_GUIDANCE, plain)):
       metrics |= {f"{split}/{k}{suffix}": float(v) for k, v in scorer(cfg, prompts, images).items()}

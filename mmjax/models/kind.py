@@ -14,6 +14,10 @@ trainer does differently per kind is asked of the class, so a new kind is one ne
   loss_sums(self, batch) -> (objective, sums): a bound method (model.apply(..., method="loss_sums"))
       returning the objective summed over the batch and a dict of metric sums with its "weight";
       the trainer reports objective / weight as the loss and every other sum / weight.
+
+Text-to-image kinds (evaluator "t2i") also name how they draw and what prompt they read:
+  image_sampler          "flow" | "tokens" (mmjax.sample.text_to_image).
+  max_prompt_len(model_config) -> the most caption tokens a prompt may have.
 """
 
 from __future__ import annotations

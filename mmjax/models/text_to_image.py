@@ -16,8 +16,7 @@ Trained through the one trainer with config.model.kind = "t2i_flow" on the capti
 hooks of mmjax.models.kind): the caption of an image is its prompt (mmjax.models.contrastive.caption_tokens),
 and evaluation generates an image per caption (mmjax.evaluate.text_to_image).
 
-Not here: EMA weights (the train state holds none, so sampling uses the trained weights themselves;
-flow_matching.ema_update is ready for a state that keeps them).
+EMA weights: config.ema_decay (the train state keeps the average; evaluation and sampling use it).
 """
 
 from __future__ import annotations
@@ -57,6 +56,7 @@ class TextToImageFlow(nn.Module):
 
   # Model-kind hooks (mmjax.models.kind).
   evaluator = "t2i"  # generated images scored by the dataset's image_scorer
+  image_sampler = "flow"  # mmjax.sample.text_to_image: the velocity ODE from noise
   train_tasks = ("caption",)  # (image, caption) pairs: the caption is the prompt
   progress_metric = "x0_mse"
   # The loss is a sum over examples with weight = their count: microbatches add up exactly.
@@ -87,6 +87,11 @@ class TextToImageFlow(nn.Module):
     extra = [k for k in ("audio", "video") if m[k]]
     if extra:
       raise ValueError(f"config.model.kind='t2i_flow' reads images and captions only; remove config.model.{extra[0]}.")
+
+  @staticmethod
+  def max_prompt_len(model_config) -> int:
+    """The most caption tokens a prompt may have: what the text encoder reads."""
+    return int(model_config.text.max_len)
 
   @staticmethod
   def batch_keys(model_config) -> tuple[str, ...]:

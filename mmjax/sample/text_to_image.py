@@ -5,7 +5,8 @@
   images = run(params, tokens, lengths, rng, guidance)  # uint8 [B, S, S, 3]; guidance None = conditional
 
 The model kind says how it draws (its `image_sampler` hook): "flow" integrates the velocity ODE of a
-flow-matching model from noise (mmjax.sample.flow).
+flow-matching model from noise (mmjax.sample.flow); "tokens" samples a decoder's image codes and
+decodes them (mmjax.sample.image_tokens).
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax import sharding
+from mmjax.models import model_class
 from mmjax.models.text_to_image import to_pixels
-from mmjax.sample import flow
+from mmjax.sample import flow, image_tokens
+from mmjax.sample.samplers import sampler_from_config
+
+IMAGE_SAMPLERS = ("flow", "tokens")
 
 
 def generate(
@@ -56,15 +61,49 @@ def generate(
 
 
 def sampler_options(config, **overrides) -> dict:
-  """The sampling options of config.sampler (with `overrides`, e.g. from command-line flags), checked:
-  errors name the key. Flow models: steps, method, guidance."""
+  """The sampling options of config.sampler for the config's model kind (with `overrides`, e.g. from
+  command-line flags), checked: errors name the key. Flow kinds ("flow"): steps, method (euler |
+  heun), guidance. Token kinds ("tokens"): name (greedy | temperature | top_k | top_p), temperature,
+  top_k, top_p, guidance."""
   s = dict(config.sampler.to_dict(), **{k: v for k, v in overrides.items() if v is not None})
-  steps, method, guidance = int(s["steps"]), str(s["method"]), float(s["guidance"])
+  guidance = float(s["guidance"])
+  if image_sampler(config) == "tokens":
+    sampler_from_config(str(s["name"]), float(s["temperature"]), int(s["top_k"]) or None, float(s["top_p"]))
+    keys = ("name", "temperature", "top_k", "top_p")
+    return dict({k: s[k] for k in keys}, guidance=guidance)
+  steps, method = int(s["steps"]), str(s["method"])
   if steps < 1:
     raise ValueError(f"config.sampler.steps={steps} must be >= 1.")
   if method not in flow.METHODS:
     raise ValueError(f"config.sampler.method={method!r}: use one of {flow.METHODS}.")
   return dict(steps=steps, method=method, guidance=guidance)
+
+
+def image_sampler(config) -> str:
+  """How the config's model kind draws: its `image_sampler` hook ("flow" | "tokens")."""
+  kind = model_class(config.model)
+  how = getattr(kind, "image_sampler", None)
+  if how not in IMAGE_SAMPLERS:
+    raise ValueError(
+      f"config.model.kind={config.model.kind!r} does not generate images (its image_sampler is {how!r}; "
+      f"a text-to-image kind sets one of {IMAGE_SAMPLERS})."
+    )
+  return how
+
+
+def _draw_fn(setup, opts: dict):
+  """(params, tokens, lengths, rng, guidance) -> uint8 images, for the setup's model kind."""
+  model, image_size = setup.model, int(setup.config.data.image_size)
+  if image_sampler(setup.config) == "tokens":
+    sampler = sampler_from_config(
+      opts["name"], float(opts["temperature"]), int(opts["top_k"]) or None, float(opts["top_p"])
+    )
+    return lambda p, tok, ln, rng, guidance: image_tokens.draw(
+      model, p, tok, ln, rng, image_size=image_size, sampler=sampler, guidance=guidance
+    )
+  return lambda p, tok, ln, rng, guidance: generate(
+    model, p, tok, ln, rng, image_size=image_size, steps=opts["steps"], method=opts["method"], guidance=guidance
+  )
 
 
 def make_generate_fn(setup, options: dict | None = None):
@@ -74,10 +113,7 @@ def make_generate_fn(setup, options: dict | None = None):
   `options`: sampler_options (default: config.sampler's); its guidance is not used here, the caller
   passes the one it wants. Every process passes its share of a global batch whose size is a multiple
   of `run.multiple`."""
-  model, config = setup.model, setup.config
-  opts = dict(options or sampler_options(config))
-  opts.pop("guidance", None)
-  image_size = int(config.data.image_size)
+  draw = _draw_fn(setup, dict(options or sampler_options(setup.config)))
   image_s, mat_s, vec_s = (sharding.batch_sharding(setup.mesh, r) for r in (4, 2, 1))
   replicated = NamedSharding(setup.mesh, P())
   compiled = {}
@@ -85,7 +121,7 @@ def make_generate_fn(setup, options: dict | None = None):
   def fn(guidance):
     if guidance not in compiled:
       compiled[guidance] = jax.jit(
-        lambda p, tok, ln, rng: generate(model, p, tok, ln, rng, image_size=image_size, guidance=guidance, **opts),
+        lambda p, tok, ln, rng: draw(p, tok, ln, rng, guidance),
         in_shardings=(setup.state_sharding.params, mat_s, vec_s, replicated),
         out_shardings=image_s,
       )
@@ -101,3 +137,59 @@ def make_generate_fn(setup, options: dict | None = None):
 
   run.multiple = setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]
   return run
+
+
+def encode_prompts(tokenizer, prompts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """Caption tokens of prompts to draw, as the model reads its training captions: (tokens int32 [N, max_len]
+  without BOS / EOS, padded with the tokenizer's pad id; lengths int32 [N]).
+
+  Runs of whitespace become one space (the training captions are single-spaced). ValueError, naming the
+  prompt, for an empty one, one longer than `max_len` tokens (what the text encoder takes: e.g.
+  config.model.text.max_len), and one with words the tokenizer cannot encode: mmjax's own SentencePiece
+  tokenizer has byte fallback, but an imported one may map a word to its unk_id, and the model would then
+  draw from an <unk> it never learned. `tokenizer` needs encode(text) -> ids and unk_id (None: none)."""
+  if not prompts:
+    raise ValueError("no prompts: give at least one caption of the image to draw.")
+  unk = getattr(tokenizer, "unk_id", None)
+  tokens = np.full((len(prompts), max_len), getattr(tokenizer, "pad_id", 0), np.int32)
+  lengths = np.zeros((len(prompts),), np.int32)
+  for i, p in enumerate(prompts):
+    text = " ".join(str(p).split())
+    if not text:
+      raise ValueError(f"prompt {i} is empty: describe the image to draw.")
+    ids = [int(t) for t in tokenizer.encode(text)]
+    if unk is not None and unk in ids:
+      # Word by word, to name what is unknown (a word alone encodes as it does inside the text).
+      words = [w for w in dict.fromkeys(text.split()) if unk in tokenizer.encode(w)]
+      what = f"no pieces for {', '.join(map(repr, words))}" if words else f"{ids.count(unk)} unknown piece(s) in it"
+      raise ValueError(
+        f"prompt {p!r}: the tokenizer has {what} (encoded as its unknown token, id {unk}), which the model "
+        "never learned to draw; rephrase with words of its vocabulary."
+      )
+    if len(ids) > max_len:
+      raise ValueError(f"prompt {p!r} is {len(ids)} tokens; this model's text encoder reads at most {max_len}.")
+    tokens[i, : len(ids)] = ids
+    lengths[i] = len(ids)
+  return tokens, lengths
+
+
+def image_grid(images: np.ndarray, scale: int = 1, gap: int = 2, background: int = 255) -> np.ndarray:
+  """One uint8 image [R * H * scale + (R - 1) * gap, C * W * scale + (C - 1) * gap, 3] of images
+  [R, C, H, W, 3]: row r, column c at (r * (H * scale + gap), c * (W * scale + gap)), each pixel repeated
+  scale x scale times (nearest neighbour, so that 32x32 samples stay crisp when shown large), the `gap`
+  pixels between cells (none around the border) filled with `background`."""
+  images = np.asarray(images)
+  if images.ndim != 5 or images.dtype != np.uint8 or 0 in images.shape[:2]:
+    raise ValueError(f"image_grid takes uint8 images [rows, columns, H, W, C]; got {images.dtype} {images.shape}.")
+  if int(scale) < 1 or int(gap) < 0:
+    raise ValueError(f"image_grid: scale={scale} must be >= 1 and gap={gap} >= 0.")
+  scale, gap = int(scale), int(gap)
+  rows, cols, h, w, ch = images.shape
+  big = images.repeat(scale, axis=2).repeat(scale, axis=3)
+  hs, ws = h * scale, w * scale
+  out = np.full((rows * hs + (rows - 1) * gap, cols * ws + (cols - 1) * gap, ch), background, np.uint8)
+  for r in range(rows):
+    for c in range(cols):
+      y, x = r * (hs + gap), c * (ws + gap)
+      out[y : y + hs, x : x + ws] = big[r, c]
+  return out

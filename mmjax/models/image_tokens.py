@@ -1,0 +1,246 @@
+"""Text-to-image through the causal decoder (Parti / Chameleon style): images become discrete tokens of
+a VQ tokenizer trained here, appended to the decoder's vocabulary, so that one decoder both draws an
+image from a caption and captions an image.
+
+  model = TextToImageTokens(config.model, vocab_size)   # config.model: image_tokenizer, decoder, ...
+
+Vocabulary: the text tokenizer's `vocab_size` ids, then the K = image_tokenizer.codebook_size image
+codes (id = vocab_size + code), then BOI (begin of image, vocab_size + K), padded to a multiple of 128.
+The decoder is mmjax.decoders.lm.Decoder over all of them.
+
+Sequences (Conditioning.prefix is the decoder's own embedding of [BOS, caption], read bidirectionally
+as in PaliGemma's prefix-LM; its padding, past 1 + caption length, is masked out):
+  draw     prefix [BOS, c_1 .. c_n]  tokens [BOI, i_1 .. i_N]       -> predicts i_1 .. i_N
+  caption  prefix [BOS]              tokens [BOI, i_1 .. i_N, c_1 .. c_n, EOS] -> also the caption
+The draw rows whose caption is dropped (config.model.cond_dropout, for classifier-free guidance) and
+the caption rows share the null condition [BOS]: the unconditional image model is the start of the
+captioning sequence. config.model.caption_fraction of the rows train the captioning direction; at 0
+the sequences stop after the image.
+
+Training (`loss_sums`) fits the VQ tokenizer and the decoder together, in one objective: the decoder
+reads the tokenizer's current codes as fixed targets (no gradient flows from the decoder into the
+tokenizer), and the tokenizer its reconstruction, codebook and commitment losses (weighted by
+config.model.vq_weight). On simple images the codes settle within a few hundred steps, so one run of
+the one trainer trains both, with no stage to orchestrate. Sampling (mmjax.sample.image_tokens)
+generates the N codes autoregressively with a KV cache and decodes them with the tokenizer.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mmjax.decoders.lm import Decoder
+from mmjax.encoders.vq import VQTokenizer, codebook_usage, grid_shape
+from mmjax.fusion.base import Conditioning
+from mmjax.models import flow_matching
+from mmjax.models.contrastive import caption_tokens
+from mmjax.models.text_to_image import to_model_space
+from mmjax.tokenizer import BOS_ID, PAD_ID
+
+VOCAB_MULTIPLE = 128
+
+
+def num_codes(model_config, image_size: int) -> int:
+  """N, the codes of one image: (image_size / patch_size)^2."""
+  h, w = grid_shape(image_size, int(model_config.image_tokenizer.get("patch_size", VQTokenizer.patch_size)))
+  return h * w
+
+
+def positions_needed(model_config, image_size: int) -> int:
+  """Decoder positions of the longest sequence: the prefix (1 + caption_len) + BOI + N codes (+ the
+  caption and EOS when caption_fraction > 0)."""
+  caption_len = int(model_config.caption_len)
+  tail = caption_len + 1 if float(model_config.caption_fraction) > 0 else 0
+  return 1 + caption_len + 1 + num_codes(model_config, image_size) + tail
+
+
+class TextToImageTokens(nn.Module):
+  """VQ tokenizer (config.model.image_tokenizer: VQTokenizer fields) + Decoder (config.model.decoder).
+
+  config keys: image_tokenizer, decoder, caption_len (the prefix's caption slots: every prompt is
+  padded to it, so that the image codes sit at the same positions in training and sampling),
+  cond_dropout, caption_fraction, vq_weight, dtype, attention_implementation, remat, scan_layers.
+  """
+
+  config: ml_collections.ConfigDict
+  vocab_size: int  # the text tokenizer's
+
+  # Model-kind hooks (mmjax.models.kind).
+  evaluator = "t2i"
+  image_sampler = "tokens"  # mmjax.sample.text_to_image: autoregressive codes, then the VQ decoder
+  train_tasks = ("caption",)
+  progress_metric = "image_token_accuracy"
+  accumulates_gradients = True
+
+  @staticmethod
+  def check_config(config: ml_collections.ConfigDict) -> None:
+    m = config.model
+    if not config.data.captions:
+      raise ValueError(
+        "config.model.kind='t2i_tokens' trains on (image, caption) pairs, but config.data.captions=False: "
+        "set config.data.captions=True."
+      )
+    patch = int(m.image_tokenizer.get("patch_size", VQTokenizer.patch_size))
+    if int(config.data.image_size) % patch:
+      raise ValueError(
+        f"config.data.image_size={config.data.image_size} is not a multiple of "
+        f"config.model.image_tokenizer.patch_size={patch}."
+      )
+    caption_len = int(config.data.max_target_len)
+    if int(m.caption_len) < caption_len:
+      raise ValueError(
+        f"config.model.caption_len={m.caption_len} < config.data.max_target_len={caption_len}: the prefix holds "
+        "whole captions; set config.model.caption_len to at least max_target_len."
+      )
+    needed = positions_needed(m, int(config.data.image_size))
+    if int(m.decoder.max_len) < needed:
+      raise ValueError(
+        f"config.model.decoder.max_len={m.decoder.max_len} < {needed} positions: [BOS, caption] "
+        f"({1 + int(m.caption_len)}) + BOI + the image's codes"
+        + (" + caption and EOS (caption_fraction > 0)" if float(m.caption_fraction) > 0 else "")
+        + f"; set config.model.decoder.max_len to at least {needed}."
+      )
+    for key in ("cond_dropout", "caption_fraction"):
+      if not 0.0 <= float(m[key]) < 1.0:
+        raise ValueError(f"config.model.{key}={m[key]} must be in [0, 1).")
+    extra = [k for k in ("audio", "video") if m[k]]
+    if extra:
+      raise ValueError(
+        f"config.model.kind='t2i_tokens' reads images and captions only; remove config.model.{extra[0]}."
+      )
+
+  @staticmethod
+  def batch_keys(model_config) -> tuple[str, ...]:
+    return ("image", "target_out", "target_mask")
+
+  @staticmethod
+  def init_inputs(model_config, batch) -> tuple[tuple, dict]:
+    return (to_model_space(batch["image"]), *caption_tokens(batch["target_out"], batch["target_mask"])), {}
+
+  def setup(self):
+    c = self.config
+    dtype = jnp.dtype(c.dtype)
+    self.image_tokenizer = VQTokenizer(**c.image_tokenizer.to_dict(), dtype=dtype)
+    self.decoder = Decoder(
+      self.total_vocab,
+      **c.decoder.to_dict(),
+      implementation=c.attention_implementation,
+      dtype=dtype,
+      remat=str(c.remat),
+      scan_layers=bool(c.scan_layers),
+    )
+
+  @staticmethod
+  def max_prompt_len(model_config) -> int:
+    """The most caption tokens a prompt may have."""
+    return int(model_config.caption_len)
+
+  def num_codes(self, image_size: int) -> int:
+    return num_codes(self.config, image_size)
+
+  @property
+  def codebook_size(self) -> int:
+    return int(self.config.image_tokenizer.get("codebook_size", VQTokenizer.codebook_size))
+
+  @property
+  def first_image_id(self) -> int:
+    return self.vocab_size
+
+  @property
+  def boi_id(self) -> int:
+    return self.vocab_size + self.codebook_size
+
+  @property
+  def total_vocab(self) -> int:
+    """The decoder's vocabulary: text, codes and BOI, rounded up to a multiple of VOCAB_MULTIPLE so that
+    its table splits over the mesh's tensor axis (the unused ids are never targets: training pushes
+    their logits down, and drawing reads the code ids alone)."""
+    used = self.vocab_size + self.codebook_size + 1
+    return -(-used // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+  def condition(self, tokens, lengths) -> Conditioning:
+    """Caption tokens [B, L] (no BOS / EOS; L <= caption_len) with lengths [B] (0: the null condition)
+    -> the prefix [BOS, caption] embedded by the decoder's own table: P = 1 + caption_len slots, the
+    first 1 + length of them valid. BOS is only a start marker here (the table is trained here)."""
+    b, n = tokens.shape
+    slots = int(self.config.caption_len)
+    if n > slots:
+      raise ValueError(f"{n} caption tokens exceed config.model.caption_len={slots}.")
+    tokens = jnp.pad(tokens.astype(jnp.int32), ((0, 0), (0, slots - n)), constant_values=PAD_ID)
+    ids = jnp.concatenate([jnp.full((b, 1), BOS_ID, jnp.int32), tokens], axis=1)
+    emb = self.decoder.embed(ids)
+    if self.decoder.scale_embeddings:
+      emb = emb * jnp.asarray(self.decoder.width**0.5, emb.dtype)
+    return Conditioning(prefix=emb, prefix_len=1 + lengths.astype(jnp.int32))
+
+  def decode(self, tokens, cond: Conditioning, start):
+    """One KV-cache decoding call of the decoder (mmjax.sample.image_tokens)."""
+    return self.decoder(tokens, cond, start=start, decode=True)
+
+  def decode_image(self, codes, image_size: int):
+    """Codes [B, N] -> float32 images [B, S, S, 3] in model space ([-1, 1])."""
+    return self.image_tokenizer.decode(codes, grid_shape(image_size, self.image_tokenizer.patch_size))
+
+  def encode_image(self, x):
+    """Model-space images [B, S, S, 3] -> codes int32 [B, N]."""
+    return self.image_tokenizer.encode(x)
+
+  def __call__(self, x, tokens, lengths):
+    """The draw direction's logits [B, 1 + N, V] for images x (model space) and their captions (the
+    tokenizer's whole forward runs, so that init creates its decoder too)."""
+    _, codes, _ = self.image_tokenizer(x)
+    seq = jnp.concatenate([jnp.full((x.shape[0], 1), self.boi_id, jnp.int32), self.first_image_id + codes], axis=1)
+    return self.decoder(seq[:, :-1], self.condition(tokens, lengths))
+
+  def loss_sums(self, batch) -> tuple:
+    """Per example: the mean cross-entropy of its image codes (+ of its caption tokens and EOS on
+    captioning rows) + vq_weight x (reconstruction MSE + codebook + commitment terms), summed over the
+    examples that have a caption, weight = their count. Also the codes' next-token accuracy on the
+    conditioned draw rows, the tokenizer's terms and its codebook usage over the batch."""
+    c = self.config
+    x0 = to_model_space(batch["image"])
+    tokens, lengths = caption_tokens(batch["target_out"], batch["target_mask"])
+    b = x0.shape[0]
+    valid = (lengths > 0).astype(jnp.float32)
+    recon, codes, vq = self.image_tokenizer(x0)
+    codes = jax.lax.stop_gradient(codes)
+    n = codes.shape[1]
+    k_dir, k_drop = jax.random.split(self.make_rng("sample"))
+    captioning = jax.random.bernoulli(k_dir, float(c.caption_fraction), (b,))
+    cond_len, dropped = flow_matching.drop_condition(k_drop, lengths, float(c.cond_dropout))
+    cond_len = jnp.where(captioning, 0, cond_len)
+
+    image_seq = jnp.concatenate([jnp.full((b, 1), self.boi_id, jnp.int32), self.first_image_id + codes], axis=1)
+    if float(c.caption_fraction) > 0:
+      # [BOI, i_1..i_N, c_1..c_n, EOS, pad..]; target_out already holds [c_1..c_n, EOS, pad..].
+      text = jnp.where(captioning[:, None], batch["target_out"], PAD_ID).astype(jnp.int32)
+      seq = jnp.concatenate([image_seq, text], axis=1)
+      text_w = jnp.where(captioning[:, None], batch["target_mask"], 0.0).astype(jnp.float32)
+    else:
+      seq, text_w = image_seq, jnp.zeros((b, 0), jnp.float32)
+    logits = self.decoder(seq[:, :-1], self.condition(tokens, cond_len))
+    xent = self.decoder.xent(logits, seq[:, 1:])
+    image_xent = jnp.mean(xent[:, :n], axis=-1)
+    text_count = jnp.sum(text_w, axis=-1)
+    text_xent = jnp.sum(xent[:, n:] * text_w, axis=-1) / jnp.maximum(text_count, 1.0)
+    vq_loss = vq["recon_mse"] + vq["codebook"] + vq["commitment"]
+    per = image_xent + text_xent + float(c.vq_weight) * vq_loss
+    correct = (jnp.argmax(logits[:, :n], axis=-1) == seq[:, 1 : n + 1]).astype(jnp.float32)
+    drawn = valid * (1.0 - captioning) * (1.0 - dropped)
+    usage = codebook_usage(codes, self.codebook_size)
+    weight = jnp.sum(valid)
+    sums = {
+      "image_token_accuracy": jnp.sum(drawn * jnp.mean(correct, axis=-1)) * weight / jnp.maximum(jnp.sum(drawn), 1.0),
+      "image_xent": jnp.sum(valid * image_xent),
+      "caption_xent": jnp.sum(valid * captioning * text_xent) * weight / jnp.maximum(jnp.sum(valid * captioning), 1.0),
+      "vq_recon_mse": jnp.sum(valid * vq["recon_mse"]),
+      "vq_commitment": jnp.sum(valid * vq["commitment"]),
+      "codebook_used_fraction": usage["used_fraction"] * weight,
+      "codebook_perplexity": usage["perplexity"] * weight,
+      "weight": weight,
+    }
+    del recon  # the reconstruction's error is in vq; the image itself is for sampling
+    return jnp.sum(valid * per), sums

@@ -1,0 +1,100 @@
+"""Drawing and captioning with a TextToImageTokens model (mmjax.models.image_tokens): its decoder's KV
+cache driven by the samplers of mmjax.sample.samplers.
+
+  images = draw(model, params, tokens, lengths, rng, image_size=32, sampler=TopK(16), guidance=3.0)
+  captions = caption(model, params, images, max_new_tokens=24)   # greedy; EOS then pad
+
+Drawing prefills the prefix [BOS, caption], then samples the N image codes one by one after BOI; the
+logits are restricted to the K code ids, so whatever the sampler (greedy, temperature, top-k, top-p),
+every drawn token is a code. Classifier-free guidance runs the batch twice, [caption; null condition]
+(the prefix [BOS] alone), and samples from l_null + g (l_caption - l_null): the same token is fed back
+to both halves. Then the tokenizer decodes the codes to pixels.
+
+Captioning prefills [BOS] | [BOI, the image's codes but the last] and decodes the caption greedily
+from the last code onwards (the decoder's captioning direction).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mmjax.models.text_to_image import to_model_space, to_pixels
+from mmjax.sample.samplers import Greedy, Sampler, decode
+from mmjax.tokenizer import EOS_ID, PAD_ID
+
+
+def _empty_cache(model, params, tokens, cond, length: int):
+  """Zeroed KV-cache variables for `length` decoder positions past the prefix (eval_shape of an
+  init-mode decode call: shapes for free)."""
+  b = tokens.shape[0]
+  shapes = jax.eval_shape(
+    lambda: model.apply(
+      {"params": params}, jnp.zeros((b, length), jnp.int32), cond, 0, method="decode", mutable=["cache"]
+    )[1]["cache"]
+  )
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _prefill(model, params, kv, tokens, cond):
+  """Writes the prefix and `tokens` [B, T] into the cache; returns (logits [B, T, V], cache)."""
+  logits, mutated = model.apply({"params": params, "cache": kv}, tokens, cond, 0, method="decode", mutable=["cache"])
+  return logits, mutated["cache"]
+
+
+def draw_codes(model, params, tokens, lengths, rng, *, n_codes: int, sampler: Sampler, guidance=None) -> jax.Array:
+  """Codes int32 [B, n_codes] for caption tokens [B, L] (no BOS / EOS) with lengths [B]."""
+  first, k = model.first_image_id, model.codebook_size
+  b = tokens.shape[0]
+  if guidance is not None:
+    tokens = jnp.concatenate([tokens, tokens])
+    lengths = jnp.concatenate([lengths, jnp.zeros_like(lengths)])
+  cond = model.apply({"params": params}, tokens, lengths, method="condition")
+  p = cond.prefix.shape[1]
+  kv = _empty_cache(model, params, tokens, cond, n_codes)
+  _, kv = _prefill(model, params, kv, jnp.zeros((tokens.shape[0], 0), jnp.int32), cond)
+
+  def step_fn(code, kv, index):
+    # `code` in [0, K]: a sampled code, or K for BOI (boi = first + K), so the id is first + code.
+    ids = first + code
+    if guidance is not None:
+      ids = jnp.concatenate([ids, ids])
+    logits, mutated = model.apply(
+      {"params": params, "cache": kv}, ids[:, None], cond, index, method="decode", mutable=["cache"]
+    )
+    logits = logits[:, 0, first : first + k]
+    if guidance is not None:
+      logits = logits[b:] + guidance * (logits[:b] - logits[b:])
+    return logits, mutated["cache"]
+
+  start = jnp.full((b,), k, jnp.int32)  # BOI = first + k
+  return decode(step_fn, kv, start, p, n_codes, sampler, rng, eos_id=None, pad_id=0)
+
+
+def draw(model, params, tokens, lengths, rng, *, image_size: int, sampler: Sampler, guidance=None) -> jax.Array:
+  """uint8 images [B, image_size, image_size, 3] for caption tokens [B, L] with lengths [B]: codes
+  sampled by `sampler` (with classifier-free guidance at scale `guidance`; None: the conditional
+  model), decoded by the model's VQ tokenizer. A deterministic function of rng."""
+  n_codes = model.num_codes(image_size)
+  codes = draw_codes(model, params, tokens, lengths, rng, n_codes=n_codes, sampler=sampler, guidance=guidance)
+  return to_pixels(model.apply({"params": params}, codes, image_size, method="decode_image"))
+
+
+def caption(model, params, images, *, max_new_tokens: int) -> jax.Array:
+  """Greedy captions int32 [B, max_new_tokens] (EOS kept, pad after it) of uint8 images [B, S, S, 3]."""
+  codes = model.apply({"params": params}, to_model_space(images), method="encode_image")
+  b, n = codes.shape
+  null = jnp.zeros((b, 0), jnp.int32)  # the null condition: the prefix [BOS] (padded to its slots)
+  cond = model.apply({"params": params}, null, jnp.zeros((b,), jnp.int32), method="condition")
+  p = cond.prefix.shape[1]
+  ids = jnp.concatenate([jnp.full((b, 1), model.boi_id, jnp.int32), model.first_image_id + codes], axis=1)
+  kv = _empty_cache(model, params, null, cond, n + max_new_tokens)
+  _, kv = _prefill(model, params, kv, ids[:, :-1], cond)
+
+  def step_fn(token, kv, index):
+    logits, mutated = model.apply(
+      {"params": params, "cache": kv}, token[:, None], cond, index, method="decode", mutable=["cache"]
+    )
+    return logits[:, 0], mutated["cache"]
+
+  return decode(step_fn, kv, ids[:, -1], p + n, max_new_tokens, Greedy(), jax.random.key(0), EOS_ID, PAD_ID)
