@@ -1,9 +1,12 @@
 r"""Evaluates the newest checkpoint of a workdir on a split and appends the metrics.
 
 A VLM workdir is scored by generation (VQA accuracy, CIDEr); a contrastive one
-(config.model.kind="contrastive") by retrieval recall@1/5/10 and zero-shot accuracy.
+(config.model.kind="contrastive") by retrieval recall@1/5/10 and zero-shot accuracy; a text-to-image
+one by its images (the dataset's image scorer, and with --frechet_features the Frechet distance to the
+real images in that feature space: a contrastive run's workdir or inception_v3:<weights.safetensors>).
 
   python experiments/evaluate.py --workdir=DIR [--split=test] [--max_examples=0] [--by_template]
+  python experiments/evaluate.py --workdir=T2I_DIR --frechet_features=CONTRASTIVE_DIR
 
 --by_template also prints the VQA accuracy of every question template (the dataset source's
 question_template, e.g. the shapes data's question with its colour, shape and position words
@@ -21,6 +24,9 @@ _MAX = flags.DEFINE_integer(
   "max_examples", 0, "Evaluate at most this many examples (0 = all; contrastive models: captions)."
 )
 _BY_TEMPLATE = flags.DEFINE_bool("by_template", False, "Also report VQA accuracy per question template.")
+_FRECHET = flags.DEFINE_string(
+  "frechet_features", None, "Text-to-image workdirs: config.evaluate.frechet_features for this evaluation."
+)
 _REPORT = flags.DEFINE_integer("report_examples", 16, "Examples written to DIR/samples/<split>_samples.*")
 
 
@@ -34,7 +40,8 @@ def main(argv):
   from mmjax.train.metrics_writer import MetricWriter
 
   logging.set_verbosity(logging.WARNING)
-  t = workdir_lib.load(_WORKDIR.value)
+  overrides = {} if _FRECHET.value is None else {"evaluate.frechet_features": _FRECHET.value}
+  t = workdir_lib.load(_WORKDIR.value, overrides)
   template = t.data.source.question_template
   if _BY_TEMPLATE.value and template is None:
     raise ValueError(

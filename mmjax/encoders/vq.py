@@ -18,7 +18,7 @@ The pieces (VQ-VAE, van den Oord et al. 2017, with ViT-VQGAN's factorised codes,
   decoder   the mirror image: a projection up to `width`, `depth` residual blocks on the grid, a
             depth-to-space upsampling (a Dense to patch_size^2 x width/2 features per grid cell,
             rearranged into the patch: a transposed conv with kernel = stride = patch_size) and a
-            3x3 conv to the 3 channels at full resolution.
+            3x3 conv to the 3 channels at full resolution (after `refine` residual blocks there).
 
 Losses, each per example ([B]); the caller sums them:
   recon_mse    mean over pixels and channels of (recon - x)^2.
@@ -177,6 +177,7 @@ class Decoder(nn.Module):
   patch_size: int
   width: int
   depth: int
+  refine: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -188,6 +189,8 @@ class Decoder(nn.Module):
     h = nn.silu(layers.Norm(self.dtype, name="norm")(h))
     h = layers.Dense(p * p * up, ("channels",), ("conv_out",), dtype=self.dtype, name="up")(h)
     h = _constrain_map(einops.rearrange(h, "b h w (p q c) -> b (h p) (w q) c", p=p, q=p))
+    for i in range(self.refine):
+      h = ResBlock(self.dtype, name=f"refine_{i}")(h)
     out = Conv(3, 3, dtype=self.dtype, name="to_rgb")(nn.silu(h))
     return constrain(out.astype(jnp.float32), ("act_batch", None, None, None))
 
@@ -203,6 +206,9 @@ class VQTokenizer(nn.Module):
   patch_size: int = 4  # image side / patch_size = code grid side
   width: int = 64  # conv channels
   depth: int = 2  # residual conv blocks on each side
+  # Residual conv blocks at full resolution after the decoder's upsampling (width / 2 channels): what
+  # sharpens the edges of small objects, which a patch's code alone places only approximately.
+  refine: int = 0
   commitment: float = 0.25  # beta of the commitment term
   # The mean colour of the data in model space (e.g. the per-channel mean over a few training batches):
   # the networks see and predict x - pixel_mean. Module docstring, "Why pixel_mean".
@@ -211,7 +217,7 @@ class VQTokenizer(nn.Module):
 
   def setup(self):
     self.encoder = Encoder(self.code_dim, self.patch_size, self.width, self.depth, self.dtype)
-    self.decoder = Decoder(self.patch_size, self.width, self.depth, self.dtype)
+    self.decoder = Decoder(self.patch_size, self.width, self.depth, self.refine, self.dtype)
     self.codebook = self.param(
       "codebook",
       layers.param_with_axes(nn.initializers.normal(1.0), ("vocab", "channels")),
