@@ -53,3 +53,11 @@ def test_train_benchmark_reports_model_flops_and_mfu():
     "--config.batch_size=4",
   )
   assert "model FLOPs per step per device" in out and "MFU" in out, out
+
+
+@pytest.mark.parametrize("config", ["t2i_flow.py:tiny", "t2i.py:tiny"])
+def test_t2i_benchmark_cpu_rows(config):
+  out = _run("experiments/benchmark_t2i.py", f"--config=experiments/configs/{config}", "--batch=4", "--repeats=1")
+  rates = {line.split(":")[0]: float(line.split()[-2]) for line in out.splitlines() if line.endswith("images/s")}
+  assert set(rates) == {"unguided", "guided"} and all(r > 0 for r in rates.values()), out
+  assert "guided / unguided throughput:" in out

@@ -37,7 +37,7 @@ from mmjax.encoders.vq import VQTokenizer, codebook_usage, grid_shape
 from mmjax.fusion.base import Conditioning
 from mmjax.models import flow_matching
 from mmjax.models.contrastive import caption_tokens
-from mmjax.models.text_to_image import to_model_space
+from mmjax.models.text_to_image import check_caption_config, to_model_space
 from mmjax.tokenizer import BOS_ID, PAD_ID
 
 VOCAB_MULTIPLE = 128
@@ -78,11 +78,7 @@ class TextToImageTokens(nn.Module):
   @staticmethod
   def check_config(config: ml_collections.ConfigDict) -> None:
     m = config.model
-    if not config.data.captions:
-      raise ValueError(
-        "config.model.kind='t2i_tokens' trains on (image, caption) pairs, but config.data.captions=False: "
-        "set config.data.captions=True."
-      )
+    check_caption_config(config)
     patch = int(m.image_tokenizer.get("patch_size", VQTokenizer.patch_size))
     if int(config.data.image_size) % patch:
       raise ValueError(
@@ -103,14 +99,8 @@ class TextToImageTokens(nn.Module):
         + (" + caption and EOS (caption_fraction > 0)" if float(m.caption_fraction) > 0 else "")
         + f"; set config.model.decoder.max_len to at least {needed}."
       )
-    for key in ("cond_dropout", "caption_fraction"):
-      if not 0.0 <= float(m[key]) < 1.0:
-        raise ValueError(f"config.model.{key}={m[key]} must be in [0, 1).")
-    extra = [k for k in ("audio", "video") if m[k]]
-    if extra:
-      raise ValueError(
-        f"config.model.kind='t2i_tokens' reads images and captions only; remove config.model.{extra[0]}."
-      )
+    if not 0.0 <= float(m.caption_fraction) < 1.0:
+      raise ValueError(f"config.model.caption_fraction={m.caption_fraction} must be in [0, 1).")
 
   @staticmethod
   def batch_keys(model_config) -> tuple[str, ...]:

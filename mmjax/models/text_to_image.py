@@ -42,6 +42,22 @@ def to_pixels(x: jax.Array) -> jax.Array:
   return jnp.clip(jnp.round((x.astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
+def check_caption_config(config: ml_collections.ConfigDict) -> None:
+  """The start-up errors every text-to-image kind shares: it trains on (image, caption) pairs, reads no
+  other media, and drops captions (config.model.cond_dropout) with a probability in [0, 1)."""
+  m, kind = config.model, config.model.kind
+  if not config.data.captions:
+    raise ValueError(
+      f"config.model.kind={kind!r} trains on (image, caption) pairs, but config.data.captions=False: "
+      "set config.data.captions=True."
+    )
+  if not 0.0 <= float(m.cond_dropout) < 1.0:
+    raise ValueError(f"config.model.cond_dropout={m.cond_dropout} must be in [0, 1).")
+  extra = [k for k in ("audio", "video") if m[k]]
+  if extra:
+    raise ValueError(f"config.model.kind={kind!r} reads images and captions only; remove config.model.{extra[0]}.")
+
+
 class TextToImageFlow(nn.Module):
   """Caption tokens -> TextEncoder (config.model.text) -> DiT (config.model.dit) velocity.
 
@@ -66,11 +82,7 @@ class TextToImageFlow(nn.Module):
   def check_config(config: ml_collections.ConfigDict) -> None:
     """Start-up errors of a text-to-image config, naming the keys to change."""
     m = config.model
-    if not config.data.captions:
-      raise ValueError(
-        "config.model.kind='t2i_flow' trains on (image, caption) pairs, but config.data.captions=False: "
-        "set config.data.captions=True."
-      )
+    check_caption_config(config)
     text_len, caption_len = int(m.text.max_len), int(config.data.max_target_len)
     if text_len < caption_len:
       raise ValueError(
@@ -82,11 +94,6 @@ class TextToImageFlow(nn.Module):
       raise ValueError(f"config.data.image_size={size} is not a multiple of config.model.dit.patch_size={patch}.")
     if m.t_sampling not in flow_matching.T_KINDS:
       raise ValueError(f"config.model.t_sampling={m.t_sampling!r}: use one of {flow_matching.T_KINDS}.")
-    if not 0.0 <= float(m.cond_dropout) < 1.0:
-      raise ValueError(f"config.model.cond_dropout={m.cond_dropout} must be in [0, 1).")
-    extra = [k for k in ("audio", "video") if m[k]]
-    if extra:
-      raise ValueError(f"config.model.kind='t2i_flow' reads images and captions only; remove config.model.{extra[0]}.")
 
   @staticmethod
   def max_prompt_len(model_config) -> int:
