@@ -48,20 +48,24 @@ def test_vocabulary_layout(model_and_params):
 
 
 def _full_forward_greedy(model, params, tokens, lengths, n, guidance=None):
-  """Greedy codes by re-running the whole sequence each step (no cache): the reference."""
+  """Greedy codes by running the whole sequence each step (no cache): the reference. The sequence is
+  held at its final length n, not yet drawn slots filled with BOI: the decoder is causal, so the logits
+  at position i see only the tokens before it, and one compiled forward serves every step."""
+  forward = jax.jit(lambda s, c: model.apply({"params": params}, s, c, method=lambda m, s, c: m.decoder(s, c)))
   cond = model.apply({"params": params}, tokens, lengths, method="condition")
   null = model.apply({"params": params}, tokens, jnp.zeros_like(lengths), method="condition")
   first, k = model.first_image_id, model.codebook_size
-  seq = jnp.full((tokens.shape[0], 1), model.boi_id, jnp.int32)
-  for _ in range(n):
-    logits = model.apply({"params": params}, seq, cond, method=lambda m, s, c: m.decoder(s, c))[
-      :, -1, first : first + k
-    ]
+  seq = jnp.full((tokens.shape[0], n), model.boi_id, jnp.int32)
+  for i in range(n):
+    logits = forward(seq, cond)[:, i, first : first + k]
     if guidance is not None:
-      lu = model.apply({"params": params}, seq, null, method=lambda m, s, c: m.decoder(s, c))[:, -1, first : first + k]
+      lu = forward(seq, null)[:, i, first : first + k]
       logits = lu + guidance * (logits - lu)
-    seq = jnp.concatenate([seq, (first + jnp.argmax(logits, -1))[:, None].astype(jnp.int32)], axis=1)
-  return np.asarray(seq[:, 1:] - first)
+    if i + 1 < n:
+      seq = seq.at[:, i + 1].set(first + jnp.argmax(logits, -1).astype(jnp.int32))
+    else:
+      last = first + jnp.argmax(logits, -1).astype(jnp.int32)
+  return np.asarray(jnp.concatenate([seq[:, 1:], last[:, None]], axis=1) - first)
 
 
 @pytest.mark.parametrize("guidance", [None, 2.5])

@@ -101,12 +101,16 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   return max(value, 0.0)
 
 
+def moments(features_fn, images, where: str = "") -> tuple[np.ndarray, np.ndarray]:
+  """gaussian_moments of features_fn's features of uint8 images [N, H, W, 3] (N >= 2): computed once
+  for a set compared with several others (the real images against guided and unguided samples)."""
+  return gaussian_moments(features_fn(_check_images(images, where or "the")))
+
+
 def frechet_between(features_fn, generated, real) -> float:
   """The Fréchet distance between the Gaussians of features_fn's features of the generated images
   (uint8 [N, H, W, 3]) and of the real ones (uint8 [M, H', W', 3]); N, M >= 2."""
-  g = gaussian_moments(features_fn(_check_images(generated, "generated")))
-  r = gaussian_moments(features_fn(_check_images(real, "real")))
-  return frechet_distance(*g, *r)
+  return frechet_distance(*moments(features_fn, generated, "generated"), *moments(features_fn, real, "real"))
 
 
 # ---- feature spaces ------------------------------------------------------------------------------

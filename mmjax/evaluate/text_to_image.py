@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from mmjax.evaluate.contrastive import caption_text
-from mmjax.evaluate.frechet import frechet_between
+from mmjax.evaluate.frechet import frechet_distance, moments
 from mmjax.sample.embed import caption_batches
 from mmjax.sample.text_to_image import make_generate_fn, sampler_options
 
@@ -87,8 +87,9 @@ def evaluate_split(data, split, generate_fn, params, config, max_examples=0, pro
     for suffix, images in (("", guided), (NO_GUIDANCE, plain)):
       metrics |= {f"{split}/{k}{suffix}": float(v) for k, v in scorer(cfg, prompts, images).items()}
   if features_fn is not None and len(ids) >= 2:
+    real_moments = moments(features_fn, real)  # once for both samplers' images
     for suffix, images in (("", guided), (NO_GUIDANCE, plain)):
-      metrics[f"{split}/t2i_frechet{suffix}"] = frechet_between(features_fn, images, real)
+      metrics[f"{split}/t2i_frechet{suffix}"] = frechet_distance(*moments(features_fn, images), *real_moments)
   predictions = []
   for i, example_id in enumerate(ids):
     if scorer is None:
