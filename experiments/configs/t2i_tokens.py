@@ -32,6 +32,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     dict(codebook_size=512, code_dim=16, patch_size=4, width=64, depth=2, refine=2, commitment=0.25)
   )
   m.decoder = ml_collections.ConfigDict(dict(width=128, depth=4, num_heads=4, mlp_dim=512, max_len=128))
+  # "causal": codes drawn one by one in raster order (KV cache); "masked": MaskGIT, the image block read
+  # bidirectionally and filled in config.sampler.steps parallel steps, the surest codes first.
+  m.image_decoding = "causal"
   m.cond_dropout = 0.1
   m.caption_fraction = 0.2  # rows that learn to caption (image codes, then the caption)
   m.vq_weight = 1.0

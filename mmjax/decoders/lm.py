@@ -120,11 +120,15 @@ class Decoder(nn.Module):
     )
     return jax.nn.logsumexp(logits, axis=-1) - target_logit
 
-  def __call__(self, tokens, cond: Conditioning, start: jax.Array | int = 0, decode: bool = False):
+  def __call__(
+    self, tokens, cond: Conditioning, start: jax.Array | int = 0, decode: bool = False, bidirectional=None
+  ):
     """tokens int32 [B, T] -> logits float32 [B, T, V] for the tokens (prefix positions dropped).
 
     Training: start=0, decode=False; a `cond.prefix` is prepended and attended bidirectionally
-    (its padding, past `cond.prefix_len`, is masked out).
+    (its padding, past `cond.prefix_len`, is masked out). `bidirectional` int32 [B] (training-mode
+    forwards only): the first that many tokens are read bidirectionally too, as if part of the
+    prefix (MaskGIT's image block, mmjax.models.image_tokens); the rest stay causal.
     Decoding: decode=True; the first call (prefill: `start` the Python int 0) passes the prefix (if
     any) followed by `tokens` (which may be empty, [B, 0]); later calls pass tokens with `start` =
     their position (prefix included, i.e. the first answer token sits at P = cond.prefix.shape[1]).
@@ -147,11 +151,17 @@ class Decoder(nn.Module):
       prefix_len = (
         jnp.full((x.shape[0],), n_prefix, jnp.int32) if cond.prefix_len is None else cond.prefix_len.astype(jnp.int32)
       )
+    if decode and bidirectional is not None:
+      raise ValueError("Decoder: `bidirectional` is for training-mode forwards; the KV cache decodes causally.")
     if decode:
       self_mask = None  # the cache builds its own causal mask (offset = cache index) + prefix terms
     elif n_prefix:
       seg = prefix_segment_ids(jnp.arange(x.shape[1]), prefix_len, n_prefix)
-      self_mask = MaskSpec(causal=True, prefix_len=prefix_len, q_segment_ids=seg, kv_segment_ids=seg)
+      # The padded prefix slots are excluded by the segments, so the bidirectional span may cover them.
+      span = prefix_len if bidirectional is None else n_prefix + bidirectional.astype(jnp.int32)
+      self_mask = MaskSpec(causal=True, prefix_len=span, q_segment_ids=seg, kv_segment_ids=seg)
+    elif bidirectional is not None:
+      self_mask = MaskSpec(causal=True, prefix_len=bidirectional.astype(jnp.int32))
     else:
       self_mask = MaskSpec(causal=True)
     prefix = (prefix_len, n_prefix) if n_prefix else None

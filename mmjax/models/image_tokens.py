@@ -12,6 +12,11 @@ Sequences (Conditioning.prefix is the decoder's own embedding of [BOS, caption],
 as in PaliGemma's prefix-LM; its padding, past 1 + caption length, is masked out):
   draw     prefix [BOS, c_1 .. c_n]  tokens [BOI, i_1 .. i_N]       -> predicts i_1 .. i_N
   caption  prefix [BOS]              tokens [BOI, i_1 .. i_N, c_1 .. c_n, EOS] -> also the caption
+With config.model.image_decoding = "masked" (MaskGIT, Chang et al. 2022; Show-o's mixed attention) the
+draw rows read their image block bidirectionally instead: tokens [BOI, m_1 .. m_N], where a cosine-
+scheduled random share of the codes is replaced by MASK (one more id, after BOI), and the logits at
+the masked positions predict their codes; sampling then fills all N codes in a few parallel steps,
+the surest first (mmjax.sample.image_tokens.fill_codes). The captioning rows stay causal.
 The draw rows whose caption is dropped (config.model.cond_dropout, for classifier-free guidance) and
 the caption rows share the null condition [BOS]: the unconditional image model is the start of the
 captioning sequence. config.model.caption_fraction of the rows train the captioning direction; at 0
@@ -41,6 +46,19 @@ from mmjax.models.text_to_image import check_caption_config, to_model_space
 from mmjax.tokenizer import BOS_ID, PAD_ID
 
 VOCAB_MULTIPLE = 128
+IMAGE_DECODINGS = ("causal", "masked")
+
+
+def is_masked(model_config) -> bool:
+  """Whether the model draws MaskGIT-style (config.model.image_decoding "masked"; saved configs from
+  before the key draw causally)."""
+  return str(model_config.get("image_decoding", "causal")) == "masked"
+
+
+def masked_fraction(r: jax.Array) -> jax.Array:
+  """MaskGIT's cosine schedule: the share of the codes still masked at progress r in [0, 1] (1 at the
+  start of drawing, 0 at its end); training masks the share at a uniform random r."""
+  return jnp.cos(0.5 * jnp.pi * r)
 
 
 def num_codes(model_config, image_size: int) -> int:
@@ -62,7 +80,8 @@ class TextToImageTokens(nn.Module):
 
   config keys: image_tokenizer, decoder, caption_len (the prefix's caption slots: every prompt is
   padded to it, so that the image codes sit at the same positions in training and sampling),
-  cond_dropout, caption_fraction, vq_weight, dtype, attention_implementation, remat, scan_layers.
+  image_decoding (IMAGE_DECODINGS: "causal" raster order, "masked" MaskGIT), cond_dropout,
+  caption_fraction, vq_weight, dtype, attention_implementation, remat, scan_layers.
   """
 
   config: ml_collections.ConfigDict
@@ -99,6 +118,9 @@ class TextToImageTokens(nn.Module):
         + (" + caption and EOS (caption_fraction > 0)" if float(m.caption_fraction) > 0 else "")
         + f"; set config.model.decoder.max_len to at least {needed}."
       )
+    decoding = str(m.get("image_decoding", "causal"))
+    if decoding not in IMAGE_DECODINGS:
+      raise ValueError(f"config.model.image_decoding={decoding!r}: use one of {IMAGE_DECODINGS}.")
     if not 0.0 <= float(m.caption_fraction) < 1.0:
       raise ValueError(f"config.model.caption_fraction={m.caption_fraction} must be in [0, 1).")
 
@@ -144,11 +166,16 @@ class TextToImageTokens(nn.Module):
     return self.vocab_size + self.codebook_size
 
   @property
+  def mask_id(self) -> int:
+    """MASK, the id of a code not drawn yet (masked decoding only)."""
+    return self.boi_id + 1
+
+  @property
   def total_vocab(self) -> int:
-    """The decoder's vocabulary: text, codes and BOI, rounded up to a multiple of VOCAB_MULTIPLE so that
-    its table splits over the mesh's tensor axis (the unused ids are never targets: training pushes
-    their logits down, and drawing reads the code ids alone)."""
-    used = self.vocab_size + self.codebook_size + 1
+    """The decoder's vocabulary: text, codes, BOI (and MASK when masked), rounded up to a multiple of
+    VOCAB_MULTIPLE so that its table splits over the mesh's tensor axis (the unused ids are never
+    targets: training pushes their logits down, and drawing reads the code ids alone)."""
+    used = self.vocab_size + self.codebook_size + 1 + int(is_masked(self.config))
     return -(-used // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
   def condition(self, tokens, lengths) -> Conditioning:
@@ -170,6 +197,14 @@ class TextToImageTokens(nn.Module):
     """One KV-cache decoding call of the decoder (mmjax.sample.image_tokens)."""
     return self.decoder(tokens, cond, start=start, decode=True)
 
+  def fill_logits(self, ids, cond: Conditioning):
+    """Masked decoding's forward: ids [B, N] (decoder ids: first_image_id + code, or mask_id where the
+    code is not drawn yet) -> logits [B, N, V] at the image's positions, [BOI, ids] read bidirectionally
+    after the prefix."""
+    b, n = ids.shape
+    seq = jnp.concatenate([jnp.full((b, 1), self.boi_id, jnp.int32), ids.astype(jnp.int32)], axis=1)
+    return self.decoder(seq, cond, bidirectional=jnp.full((b,), n + 1, jnp.int32))[:, 1:]
+
   def decode_image(self, codes, image_size: int):
     """Codes [B, N] -> float32 images [B, S, S, 3] in model space ([-1, 1])."""
     return self.image_tokenizer.decode(codes, grid_shape(image_size, self.image_tokenizer.patch_size))
@@ -186,24 +221,27 @@ class TextToImageTokens(nn.Module):
     return self.decoder(seq[:, :-1], self.condition(tokens, lengths))
 
   def loss_sums(self, batch) -> tuple:
-    """Per example: the mean cross-entropy of its image codes (+ of its caption tokens and EOS on
-    captioning rows) + vq_weight x (reconstruction MSE + codebook + commitment terms), summed over the
-    examples that have a caption, weight = their count. Also the codes' next-token accuracy on the
-    conditioned draw rows, the tokenizer's terms and its codebook usage over the batch."""
+    """Per example: the mean cross-entropy of its image codes (causal: every code; masked: the masked
+    ones, on draw rows only) + of its caption tokens and EOS on captioning rows + vq_weight x
+    (reconstruction MSE + codebook + commitment terms), summed over the examples that have a caption,
+    weight = their count. Also the codes' accuracy on the conditioned draw rows, the tokenizer's terms
+    and its codebook usage over the batch."""
     c = self.config
     x0 = to_model_space(batch["image"])
     tokens, lengths = caption_tokens(batch["target_out"], batch["target_mask"])
     b = x0.shape[0]
     valid = (lengths > 0).astype(jnp.float32)
-    recon, codes, vq = self.image_tokenizer(x0)
+    _, codes, vq = self.image_tokenizer(x0)
     codes = jax.lax.stop_gradient(codes)
     n = codes.shape[1]
-    k_dir, k_drop = jax.random.split(self.make_rng("sample"))
+    rng = self.make_rng("sample")
+    k_dir, k_drop = jax.random.split(rng)
     captioning = jax.random.bernoulli(k_dir, float(c.caption_fraction), (b,))
     cond_len, dropped = flow_matching.drop_condition(k_drop, lengths, float(c.cond_dropout))
     cond_len = jnp.where(captioning, 0, cond_len)
 
-    image_seq = jnp.concatenate([jnp.full((b, 1), self.boi_id, jnp.int32), self.first_image_id + codes], axis=1)
+    code_ids = self.first_image_id + codes
+    image_seq = jnp.concatenate([jnp.full((b, 1), self.boi_id, jnp.int32), code_ids], axis=1)
     if float(c.caption_fraction) > 0:
       # [BOI, i_1..i_N, c_1..c_n, EOS, pad..]; target_out already holds [c_1..c_n, EOS, pad..].
       text = jnp.where(captioning[:, None], batch["target_out"], PAD_ID).astype(jnp.int32)
@@ -211,19 +249,39 @@ class TextToImageTokens(nn.Module):
       text_w = jnp.where(captioning[:, None], batch["target_mask"], 0.0).astype(jnp.float32)
     else:
       seq, text_w = image_seq, jnp.zeros((b, 0), jnp.float32)
-    logits = self.decoder(seq[:, :-1], self.condition(tokens, cond_len))
-    xent = self.decoder.xent(logits, seq[:, 1:])
-    image_xent = jnp.mean(xent[:, :n], axis=-1)
+    # Causal rows read seq[:, :-1] and predict seq[:, 1:]: the codes at positions 0..N-1.
+    inputs, targets = seq[:, :-1], seq[:, 1:]
+    image_pos, image_w, bidirectional = slice(0, n), jnp.ones((b, n), jnp.float32), None
+    if is_masked(c):
+      # Draw rows read [BOI, codes with a share masked] bidirectionally and predict the masked codes
+      # where they stand (positions 1..N); the captioning rows keep their causal sequence.
+      hidden = _random_mask(jax.random.fold_in(rng, 2), b, n)
+      draw_in = jnp.concatenate([image_seq[:, :1], jnp.where(hidden, self.mask_id, code_ids)], axis=1)
+      draw_out = jnp.concatenate([jnp.full((b, 1), PAD_ID, jnp.int32), code_ids], axis=1)
+      if inputs.shape[1] > n + 1:  # caption rows are longer: pad the draw rows to their length
+        pad = ((0, 0), (0, inputs.shape[1] - n - 1))
+        draw_in, draw_out = (jnp.pad(a, pad, constant_values=PAD_ID) for a in (draw_in, draw_out))
+      else:
+        inputs, targets = draw_in, draw_out  # no caption rows: [BOI, codes] is the whole sequence
+      inputs = jnp.where(captioning[:, None], inputs, draw_in)
+      targets = jnp.where(captioning[:, None], targets, draw_out)
+      image_pos = slice(1, n + 1)
+      image_w = hidden * (1.0 - captioning[:, None])
+      bidirectional = jnp.where(captioning, 0, n + 1).astype(jnp.int32)
+    logits = self.decoder(inputs, self.condition(tokens, cond_len), bidirectional=bidirectional)
+    xent = self.decoder.xent(logits, targets)
+    image_xent = jnp.sum(xent[:, image_pos] * image_w, axis=-1) / jnp.maximum(jnp.sum(image_w, axis=-1), 1.0)
     text_count = jnp.sum(text_w, axis=-1)
     text_xent = jnp.sum(xent[:, n:] * text_w, axis=-1) / jnp.maximum(text_count, 1.0)
     vq_loss = vq["recon_mse"] + vq["codebook"] + vq["commitment"]
     per = image_xent + text_xent + float(c.vq_weight) * vq_loss
-    correct = (jnp.argmax(logits[:, :n], axis=-1) == seq[:, 1 : n + 1]).astype(jnp.float32)
+    correct = (jnp.argmax(logits[:, image_pos], axis=-1) == code_ids).astype(jnp.float32)
+    accuracy = jnp.sum(correct * image_w, axis=-1) / jnp.maximum(jnp.sum(image_w, axis=-1), 1.0)
     drawn = valid * (1.0 - captioning) * (1.0 - dropped)
     usage = codebook_usage(codes, self.codebook_size)
     weight = jnp.sum(valid)
     sums = {
-      "image_token_accuracy": jnp.sum(drawn * jnp.mean(correct, axis=-1)) * weight / jnp.maximum(jnp.sum(drawn), 1.0),
+      "image_token_accuracy": jnp.sum(drawn * accuracy) * weight / jnp.maximum(jnp.sum(drawn), 1.0),
       "image_xent": jnp.sum(valid * image_xent),
       "caption_xent": jnp.sum(valid * captioning * text_xent) * weight / jnp.maximum(jnp.sum(valid * captioning), 1.0),
       "vq_recon_mse": jnp.sum(valid * vq["recon_mse"]),
@@ -232,5 +290,13 @@ class TextToImageTokens(nn.Module):
       "codebook_perplexity": usage["perplexity"] * weight,
       "weight": weight,
     }
-    del recon  # the reconstruction's error is in vq; the image itself is for sampling
     return jnp.sum(valid * per), sums
+
+
+def _random_mask(rng, b: int, n: int) -> jax.Array:
+  """bool [B, N]: per row, ceil(masked_fraction(r) * N) codes (at least one) at random positions, r
+  uniform in [0, 1): every stage of drawing, from all masked to one left, is trained."""
+  k_r, k_pos = jax.random.split(rng)
+  count = jnp.clip(jnp.ceil(masked_fraction(jax.random.uniform(k_r, (b,))) * n), 1, n)
+  rank = jnp.argsort(jnp.argsort(jax.random.uniform(k_pos, (b, n)), axis=-1), axis=-1)
+  return rank < count[:, None]

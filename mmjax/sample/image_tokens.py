@@ -10,6 +10,12 @@ every drawn token is a code. Classifier-free guidance runs the batch twice, [cap
 (the prefix [BOS] alone), and samples from l_null + g (l_caption - l_null): the same token is fed back
 to both halves. Then the tokenizer decodes the codes to pixels.
 
+A masked model (config.model.image_decoding "masked") is drawn by `fill_codes` instead, MaskGIT's
+parallel decoding: all N codes start masked; each of `steps` full forwards samples every masked code
+(the same samplers, guidance on the logits) and keeps the surest, its log-probability plus Gumbel
+noise at a temperature falling linearly to 0 (`choice_temperature`), until the cosine schedule's share
+is left masked (none after the last step).
+
 Captioning prefills [BOS] | [BOI, the image's codes but the last] and decodes the caption greedily
 from the last code onwards (the decoder's captioning direction).
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mmjax.models.image_tokens import is_masked, masked_fraction
 from mmjax.models.text_to_image import to_model_space, to_pixels
 from mmjax.sample.samplers import Greedy, Sampler, decode
 from mmjax.tokenizer import EOS_ID, PAD_ID
@@ -71,12 +78,65 @@ def draw_codes(model, params, tokens, lengths, rng, *, n_codes: int, sampler: Sa
   return decode(step_fn, kv, start, p, n_codes, sampler, rng, eos_id=None, pad_id=0)
 
 
-def draw(model, params, tokens, lengths, rng, *, image_size: int, sampler: Sampler, guidance=None) -> jax.Array:
+def fill_codes(
+  model, params, tokens, lengths, rng, *, n_codes: int, sampler: Sampler, steps: int, choice_temperature: float,
+  guidance=None,
+) -> jax.Array:
+  """Codes int32 [B, n_codes] of a masked model for caption tokens [B, L] with lengths [B], in `steps`
+  parallel steps (MaskGIT). After step s (1-based) floor(n_codes * masked_fraction(s / steps)) codes
+  stay masked, but each step fixes at least one new code."""
+  if steps < 1:
+    raise ValueError(f"fill_codes: steps={steps} must be >= 1.")
+  first, k = model.first_image_id, model.codebook_size
+  b = tokens.shape[0]
+  if guidance is not None:
+    tokens = jnp.concatenate([tokens, tokens])
+    lengths = jnp.concatenate([lengths, jnp.zeros_like(lengths)])
+  cond = model.apply({"params": params}, tokens, lengths, method="condition")
+
+  def step(s, carry):
+    codes, hidden, rng = carry  # hidden: bool [B, N], the codes not fixed yet
+    rng, k_draw, k_choice = jax.random.split(rng, 3)
+    ids = jnp.where(hidden, model.mask_id, first + codes)
+    if guidance is not None:
+      ids = jnp.concatenate([ids, ids])
+    logits = model.apply({"params": params}, ids, cond, method="fill_logits")[..., first : first + k]
+    logits = logits.astype(jnp.float32)
+    if guidance is not None:
+      logits = logits[b:] + guidance * (logits[:b] - logits[b:])
+    drawn = sampler(logits.reshape(b * n_codes, k), k_draw).reshape(b, n_codes)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), drawn[..., None], axis=-1)[..., 0]
+    codes = jnp.where(hidden, drawn, codes)
+    progress = (s + 1) / steps
+    keep_hidden = jnp.floor(n_codes * masked_fraction(progress)).astype(jnp.int32)
+    keep_hidden = jnp.clip(keep_hidden, 0, jnp.maximum(jnp.sum(hidden, axis=-1) - 1, 0))
+    # The surest codes are fixed first; the noise lets less likely ones through early on (MaskGIT).
+    noise = choice_temperature * (1.0 - progress) * jax.random.gumbel(k_choice, (b, n_codes))
+    confidence = jnp.where(hidden, logp + noise, jnp.inf)
+    rank = jnp.argsort(jnp.argsort(confidence, axis=-1), axis=-1)
+    return codes, rank < keep_hidden[:, None], rng
+
+  start = (jnp.zeros((b, n_codes), jnp.int32), jnp.ones((b, n_codes), bool), rng)
+  codes, _, _ = jax.lax.fori_loop(0, steps, step, start)
+  return codes
+
+
+def draw(
+  model, params, tokens, lengths, rng, *, image_size: int, sampler: Sampler, guidance=None, steps: int = 0,
+  choice_temperature: float = 0.0,
+) -> jax.Array:
   """uint8 images [B, image_size, image_size, 3] for caption tokens [B, L] with lengths [B]: codes
   sampled by `sampler` (with classifier-free guidance at scale `guidance`; None: the conditional
-  model), decoded by the model's VQ tokenizer. A deterministic function of rng."""
+  model), one by one, or for a masked model by `fill_codes` in `steps` steps at `choice_temperature`;
+  then decoded by the model's VQ tokenizer. A deterministic function of rng."""
   n_codes = model.num_codes(image_size)
-  codes = draw_codes(model, params, tokens, lengths, rng, n_codes=n_codes, sampler=sampler, guidance=guidance)
+  if is_masked(model.config):
+    codes = fill_codes(
+      model, params, tokens, lengths, rng, n_codes=n_codes, sampler=sampler, steps=steps,
+      choice_temperature=choice_temperature, guidance=guidance,
+    )
+  else:
+    codes = draw_codes(model, params, tokens, lengths, rng, n_codes=n_codes, sampler=sampler, guidance=guidance)
   return to_pixels(model.apply({"params": params}, codes, image_size, method="decode_image"))
 
 

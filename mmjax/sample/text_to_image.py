@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax import sharding
 from mmjax.models import model_class
+from mmjax.models.image_tokens import is_masked
 from mmjax.models.text_to_image import to_pixels
 from mmjax.sample import flow, image_tokens
 from mmjax.sample.samplers import sampler_from_config
@@ -64,16 +65,21 @@ def sampler_options(config, **overrides) -> dict:
   """The sampling options of config.sampler for the config's model kind (with `overrides`, e.g. from
   command-line flags), checked: errors name the key. Flow kinds ("flow"): steps, method (euler |
   heun), guidance. Token kinds ("tokens"): name (greedy | temperature | top_k | top_p), temperature,
-  top_k, top_p, guidance."""
+  top_k, top_p, guidance, and for a masked model (MaskGIT) steps and choice_temperature."""
   s = dict(config.sampler.to_dict(), **{k: v for k, v in overrides.items() if v is not None})
   guidance = float(s["guidance"])
+  steps = int(s["steps"])
+  if steps < 1:
+    raise ValueError(f"config.sampler.steps={steps} must be >= 1.")
   if image_sampler(config) == "tokens":
     sampler_from_config(str(s["name"]), float(s["temperature"]), int(s["top_k"]) or None, float(s["top_p"]))
     keys = ("name", "temperature", "top_k", "top_p")
+    if is_masked(config.model):
+      if not float(s["choice_temperature"]) >= 0:
+        raise ValueError(f"config.sampler.choice_temperature={s['choice_temperature']} must be >= 0.")
+      keys += ("steps", "choice_temperature")
     return dict({k: s[k] for k in keys}, guidance=guidance)
-  steps, method = int(s["steps"]), str(s["method"])
-  if steps < 1:
-    raise ValueError(f"config.sampler.steps={steps} must be >= 1.")
+  method = str(s["method"])
   if method not in flow.METHODS:
     raise ValueError(f"config.sampler.method={method!r}: use one of {flow.METHODS}.")
   return dict(steps=steps, method=method, guidance=guidance)
@@ -98,8 +104,9 @@ def _draw_fn(setup, opts: dict):
     sampler = sampler_from_config(
       opts["name"], float(opts["temperature"]), int(opts["top_k"]) or None, float(opts["top_p"])
     )
+    masked = dict(steps=int(opts["steps"]), choice_temperature=float(opts["choice_temperature"])) if "steps" in opts else {}
     return lambda p, tok, ln, rng, guidance: image_tokens.draw(
-      model, p, tok, ln, rng, image_size=image_size, sampler=sampler, guidance=guidance
+      model, p, tok, ln, rng, image_size=image_size, sampler=sampler, guidance=guidance, **masked
     )
   return lambda p, tok, ln, rng, guidance: generate(
     model, p, tok, ln, rng, image_size=image_size, steps=opts["steps"], method=opts["method"], guidance=guidance

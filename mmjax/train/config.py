@@ -60,9 +60,12 @@ def base_config() -> ml_collections.ConfigDict:
       max_new_tokens=0,  # 0 = data.max_target_len
       # Image generation (flow-matching kinds, mmjax.sample.flow): classifier-free guidance scale
       # (1 = the conditional sampler), ODE steps and solver ("euler" | "heun"). Text kinds ignore them.
+      # Masked image-token models (MaskGIT, mmjax.sample.image_tokens.fill_codes) take `steps` as their
+      # parallel steps and choice_temperature as the start of the noise on which codes are fixed first.
       guidance=3.0,
       steps=24,
       method="heun",
+      choice_temperature=4.5,
     )
   )
   return c
