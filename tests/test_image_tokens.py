@@ -1,7 +1,9 @@
 """The discrete text-to-image kind (config.model.kind "t2i_tokens"): the KV-cache drawing and captioning
 against a plain full-sequence forward (greedy, token by token), guidance 1 and 0 against the
 conditional and the null-condition models, the vocabulary layout, config errors, and a tiny run
-through the one trainer with the six t2i metrics and a resume."""
+through the one trainer with the six t2i metrics and a resume. Masked decoding (MaskGIT): the image
+block's attention, the training masks' share against its closed form, the parallel drawing's
+schedule and order on a hand-built model, guidance, and a tiny run."""
 
 import os
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 from mmjax import config_files
-from mmjax.models import model_class
+from mmjax.models import image_tokens as image_tokens_model, model_class
 from mmjax.models.text_to_image import to_model_space
 from mmjax.sample import image_tokens
 from mmjax.sample.samplers import Greedy
@@ -26,9 +28,9 @@ VOCAB = 40  # a made-up text vocabulary: the layout below must follow it
 S = 32
 
 
-@pytest.fixture(scope="module")
-def model_and_params():
+def _model_and_params(decoding):
   c = config_files.load(CONFIG, "tiny")
+  c.model.image_decoding = decoding
   model = model_class(c.model)(c.model, VOCAB)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (4, S, S, 3), dtype=np.uint8)
@@ -36,6 +38,16 @@ def model_and_params():
   lengths = jnp.asarray([6, 3, 1, 0], jnp.int32)
   params = nn.meta.unbox(model.init(jax.random.key(0), to_model_space(images), tokens, lengths)["params"])
   return model, params, images, tokens, lengths
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+  return _model_and_params("causal")
+
+
+@pytest.fixture(scope="module")
+def masked_model_and_params():
+  return _model_and_params("masked")
 
 
 def test_vocabulary_layout(model_and_params):
@@ -121,6 +133,7 @@ def test_cached_captioning_equals_full_forward(model_and_params):
     ("model.decoder.max_len", 20, "config.model.decoder.max_len=20 <"),
     ("model.image_tokenizer.patch_size", 5, "patch_size=5"),
     ("model.caption_fraction", 1.0, "caption_fraction"),
+    ("model.image_decoding", "diffusion", "config.model.image_decoding='diffusion'"),
   ],
 )
 def test_config_errors(shared_data_dir, key, value, match):
@@ -149,3 +162,122 @@ def test_trains_evaluates_and_resumes(shared_data_dir, tmp_path):
     c.total_steps += 2
   trainer.train_and_evaluate(c, wd, progress=False)
   assert workdir_lib.load(wd).step == first.step + 2
+
+
+def test_masked_vocabulary_adds_mask_after_boi(masked_model_and_params):
+  model, params, *_ = masked_model_and_params
+  assert model.mask_id == model.boi_id + 1 == VOCAB + 32 + 1
+  assert model.total_vocab == 128 and params["decoder"]["embed"]["embedding"].shape[0] == 128
+
+
+def test_masked_image_block_reads_both_ways(masked_model_and_params):
+  """fill_logits: a code's logits depend on the codes after it (they would not if the block were
+  causal) and on the caption, but not on the caption's padded slots; the causal decoder's do not
+  depend on later codes (the same parameters, the control)."""
+  model, params, _, tokens, lengths = masked_model_and_params
+  n = model.num_codes(S)
+  rng = np.random.default_rng(1)
+  ids = jnp.asarray(model.first_image_id + rng.integers(0, model.codebook_size, (4, n)), jnp.int32)
+  cond = model.apply({"params": params}, tokens, lengths, method="condition")
+  fill = lambda i, c: np.asarray(model.apply({"params": params}, i, c, method="fill_logits"))
+  base = fill(ids, cond)
+  assert base.shape == (4, n, model.total_vocab) and np.isfinite(base).all()
+  later = ids.at[:, -1].set(model.mask_id)
+  assert np.abs(fill(later, cond)[:, 0] - base[:, 0]).max() > 1e-4
+  # Row 1 has 3 caption tokens: its slots 3.. are padding and must not matter; its words must.
+  padded = model.apply({"params": params}, tokens.at[1, 4].set(7), lengths, method="condition")
+  np.testing.assert_array_equal(fill(ids, padded)[1], base[1])
+  worded = model.apply({"params": params}, tokens.at[1, 0].set(7), lengths, method="condition")
+  assert np.abs(fill(ids, worded)[1] - base[1]).max() > 1e-4
+  seq = jnp.concatenate([jnp.full((4, 1), model.boi_id, jnp.int32), ids], axis=1)
+  causal = lambda q: np.asarray(model.apply({"params": params}, q, cond, method=lambda m, q, c: m.decoder(q, c)))
+  np.testing.assert_allclose(causal(seq.at[:, -1].set(model.mask_id))[:, 1], causal(seq)[:, 1], rtol=1e-6, atol=1e-6)
+
+
+def test_training_masks_follow_the_cosine_schedule():
+  """A row masks ceil(N cos(pi r / 2)) codes at r ~ U[0, 1), so P(count >= k) = P(cos(pi r / 2) > (k - 1) / N)
+  = (2 / pi) acos((k - 1) / N): the mean count is the sum of those over k = 1..N, and a share
+  (2 / pi) acos(55 / 64) of the rows masks 56 codes or more. Every row masks at least one code, and
+  every position is masked equally often."""
+  b, n = 20000, 64
+  hidden = np.asarray(image_tokens_model._random_mask(jax.random.key(0), b, n))
+  per_row = hidden.sum(1)
+  assert per_row.min() >= 1 and per_row.max() <= n
+  at_least = lambda k: 2 / np.pi * np.arccos((k - 1) / n)
+  mean = sum(at_least(k) for k in range(1, n + 1))
+  assert abs(per_row.mean() - mean) < 0.4, (per_row.mean(), mean)  # std of the mean: 20 / sqrt(b) = 0.14
+  assert abs((per_row >= 56).mean() - at_least(56)) < 0.012, ((per_row >= 56).mean(), at_least(56))
+  assert np.abs(hidden.mean(0) - hidden.mean()).max() < 0.02
+
+
+class _HandModel:
+  """A stand-in for a masked TextToImageTokens with hand-set logits: position j's logits peak at code
+  (the number of masked inputs when called) mod K, with strength j + 1, so that a code records the
+  step that fixed it and the surest positions are the last ones. The condition is ignored."""
+
+  first_image_id, codebook_size, boi_id, mask_id = 3, 20, 23, 24
+
+  def apply(self, variables, *args, method):
+    if method == "condition":
+      return None
+    ids = args[0]
+    b, n = ids.shape
+    still = jnp.sum(ids == self.mask_id, axis=-1)
+    peak = jax.nn.one_hot(self.first_image_id + still % self.codebook_size, 32)  # [B, 32]
+    return peak[:, None, :] * (1.0 + jnp.arange(n, dtype=jnp.float32))[None, :, None]
+
+
+def test_fill_codes_schedule_and_order_by_hand():
+  """N = 16 codes in 4 greedy steps without choice noise. Masked before each step: 16, then
+  floor(16 cos(pi/8)) = 14, floor(16 cos(pi/4)) = 11, floor(16 cos(3 pi/8)) = 6; the surest
+  (last) positions are fixed first, each taking the count of masked inputs of its step."""
+  codes = image_tokens.fill_codes(
+    _HandModel(), {}, jnp.zeros((2, 3), jnp.int32), jnp.asarray([3, 0]), jax.random.key(0),
+    n_codes=16, sampler=Greedy(), steps=4, choice_temperature=0.0,
+  )
+  want = [6] * 6 + [11] * 5 + [14] * 3 + [16] * 2
+  np.testing.assert_array_equal(np.asarray(codes), np.asarray([want, want]))
+  # One step fixes everything at once; more steps than codes still fix at least one code per step.
+  one = image_tokens.fill_codes(
+    _HandModel(), {}, jnp.zeros((1, 3), jnp.int32), jnp.asarray([3]), jax.random.key(0),
+    n_codes=16, sampler=Greedy(), steps=1, choice_temperature=0.0,
+  )
+  np.testing.assert_array_equal(np.asarray(one), [[16] * 16])
+  many = image_tokens.fill_codes(
+    _HandModel(), {}, jnp.zeros((1, 3), jnp.int32), jnp.asarray([3]), jax.random.key(0),
+    n_codes=4, sampler=Greedy(), steps=6, choice_temperature=0.0,
+  )
+  np.testing.assert_array_equal(np.asarray(many), [[1, 2, 3, 4]])
+
+
+def test_masked_guidance_one_is_conditional_and_zero_is_null(masked_model_and_params):
+  model, params, _, tokens, lengths = masked_model_and_params
+  n = model.num_codes(S)
+  draw = lambda ln, g: np.asarray(
+    image_tokens.fill_codes(
+      model, params, tokens, ln, jax.random.key(1), n_codes=n, sampler=Greedy(), steps=4, choice_temperature=1.0,
+      guidance=g,
+    )
+  )
+  cond = draw(lengths, None)
+  assert cond.shape == (4, n) and cond.min() >= 0 and cond.max() < model.codebook_size
+  np.testing.assert_array_equal(draw(lengths, 1.0), cond)
+  null = draw(jnp.zeros_like(lengths), None)
+  np.testing.assert_array_equal(draw(lengths, 0.0), null)
+  assert not np.array_equal(cond[:3], null[:3])
+
+
+def test_masked_model_trains_and_draws(shared_data_dir, tmp_path):
+  c = config_files.load(CONFIG, "tiny")
+  c.data.data_dir = shared_data_dir
+  c.model.image_decoding = "masked"
+  c.sampler.steps = 4
+  wd = str(tmp_path / "run")
+  trainer.train_and_evaluate(c, wd, progress=False)
+  rows = read_metrics(wd)
+  train = [r for r in rows if "train/loss" in r]
+  assert all(np.isfinite(r["train/loss"]) for r in train)
+  assert train[-1]["train/loss"] < train[0]["train/loss"]
+  final = [r for r in rows if "test/t2i_object_accuracy" in r][-1]
+  for key in T2I_KEYS:
+    assert 0.0 <= final[f"test/{key}"] <= 1.0

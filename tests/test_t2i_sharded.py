@@ -27,9 +27,10 @@ ONE = dict(data=1, fsdp=1, tensor=1)
 MIXED = dict(data=2, fsdp=2, tensor=2)
 
 
-def tiny_config(mesh, name="t2i_flow"):
+def tiny_config(mesh, name="t2i_flow", **model):
   c = config_files.load(f"{CONFIGS}/{name}.py", "tiny")
   c.model.attention_implementation = "xla"  # the same kernel on 1 and 8 devices
+  c.model.update(model)
   c.mesh = ml_collections.ConfigDict(dict(mesh, sequence=1))
   return c
 
@@ -52,8 +53,8 @@ def random_batches(config, n=3, seed=0):
   return out
 
 
-def train(mesh, devices, data, name="t2i_flow"):
-  setup = state_lib.make_setup(tiny_config(mesh, name), V, devices=devices)
+def train(mesh, devices, data, name="t2i_flow", **model):
+  setup = state_lib.make_setup(tiny_config(mesh, name, **model), V, devices=devices)
   state = state_lib.init_state(setup, jax.random.key(0))
   init = jax.device_get(state.params)  # a host copy: the step donates the state
   step = step_lib.make_train_step(setup, data[0])
@@ -217,23 +218,24 @@ def test_sampling_on_mesh_matches_one_device():
 
 
 @pytest.mark.devices(8)
-def test_tokens_kind_on_mesh_matches_one_device():
+@pytest.mark.parametrize("decoding", ["causal", "masked"])
+def test_tokens_kind_on_mesh_matches_one_device(decoding):
   """t2i_tokens: training (VQ tokenizer and decoder together) and drawing (top-k sampling of the codes with
-  guidance, the same key) on the mesh give the 1-device losses, parameters and images. The drawn codes are
-  discrete, so equal logits up to rounding give equal codes, and the tokenizer's decoder then differs by
-  rounding only (the tolerance of the flow sampling above)."""
+  guidance, the same key; one by one, or MaskGIT's parallel steps) on the mesh give the 1-device losses,
+  parameters and images. The drawn codes are discrete, so equal logits up to rounding give equal codes,
+  and the tokenizer's decoder then differs by rounding only (the tolerance of the flow sampling above)."""
   assert jax.device_count() == 8, jax.devices()
-  name = "t2i_tokens"
-  data = random_batches(tiny_config(ONE, name))
-  _, init, ref_state, ref_losses = train(ONE, jax.devices()[:1], data, name)
-  setup, _, state, losses = train(MIXED, jax.devices(), data, name)
+  name, model = "t2i_tokens", dict(image_decoding=decoding)
+  data = random_batches(tiny_config(ONE, name, **model))
+  _, init, ref_state, ref_losses = train(ONE, jax.devices()[:1], data, name, **model)
+  setup, _, state, losses = train(MIXED, jax.devices(), data, name, **model)
   assert np.isfinite(ref_losses).all() and len(set(ref_losses)) == 3, ref_losses
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   assert rel_err(state.params, ref_state.params) < 1e-5
   assert rel_err(init, ref_state.params) > 2e-3
   decoder_kernel = by_path(state.params)["['decoder']['blocks_0']['mlp']['wi']['kernel']"]
   assert tuple(decoder_kernel.sharding.spec) == ("fsdp", "tensor")
-  ref_setup = state_lib.make_setup(tiny_config(ONE, name), V, devices=jax.devices()[:1])
+  ref_setup = state_lib.make_setup(tiny_config(ONE, name, **model), V, devices=jax.devices()[:1])
   opts = t2i_sample.sampler_options(ref_setup.config)
   run_one, run_mesh = t2i_sample.make_generate_fn(ref_setup, opts), t2i_sample.make_generate_fn(setup, opts)
   tokens, lengths = data[0]["target_out"][:8], (data[0]["target_mask"][:8].sum(-1) - 1).astype(np.int32)
