@@ -5,7 +5,9 @@ sampler's determinism and its guidance-1 identity; the dataset's image-scorer ho
 import os
 import shutil
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -127,3 +129,60 @@ def test_image_scorer_hook(trained, tiny_config):
     scorer(shapes_data.builder_config(tiny_config.data), prompts, images)
   with pytest.raises(ValueError, match="cannot parse prompt"):
     scorer(t.data.builder.builder_config, ["a dog next to a cat"], images[:1])
+
+
+LATENT_CONFIG = os.path.join(CONFIGS, "t2i_flow_latent.py")
+
+
+def test_latent_flow_reads_the_autoencoders_latents_as_fixed_targets(shared_data_dir):
+  """Latent flow matching: the flow's loss gives the autoencoder no gradient (its latents are fixed
+  targets; without the stop-gradient the encoder could shrink them to ease the flow), the
+  reconstruction loss gives it one, and the DiT runs on the latent grid."""
+  c = config_files.load(LATENT_CONFIG, "tiny")
+  model = model_class(c.model)(c.model, 64)
+  assert model.sample_shape(32) == (4, 4, 4)
+  rng = np.random.default_rng(0)
+  mask = (np.arange(24)[None] < rng.integers(3, 12, (4, 1))).astype(np.float32)
+  batch = dict(
+    image=rng.integers(0, 256, (4, 32, 32, 3)).astype(np.uint8),
+    target_out=(rng.integers(4, 64, (4, 24)) * mask).astype(np.int32),
+    target_mask=mask,
+  )
+  params = nn.meta.unbox(model.init(jax.random.key(0), *model.init_inputs(c.model, batch)[0]))["params"]
+  assert "autoencoder" in params and params["dit"]["patch_embed"]["kernel"].shape[0] == 1 * 1 * 4  # 1x1 patches of 4 latent channels
+
+  def grads(weight):
+    with c.unlocked():
+      c.model.autoencoder_weight = weight
+    m = model_class(c.model)(c.model, 64)
+    loss = lambda p: m.apply({"params": p}, batch, method="loss_sums", rngs={"sample": jax.random.key(1)})[0]
+    return jax.grad(loss)(params)
+
+  norm = lambda tree: float(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+  flow_only = grads(0.0)
+  assert norm(flow_only["autoencoder"]) == 0.0 and norm(flow_only["dit"]) > 0.0
+  assert norm(grads(1.0)["autoencoder"]) > 0.0
+
+
+def test_latent_flow_trains_evaluates_and_draws(shared_data_dir, tmp_path):
+  c = config_files.load(LATENT_CONFIG, "tiny")
+  c.data.data_dir = shared_data_dir
+  wd = str(tmp_path / "run")
+  final = trainer.train_and_evaluate(c, wd, progress=False)
+  rows = read_metrics(wd)
+  train = [r for r in rows if "train/loss" in r]
+  assert np.isfinite([r["train/loss"] for r in train]).all() and "train/autoencoder_recon_mse" in train[-1]
+  assert train[-1]["train/autoencoder_recon_mse"] < train[0]["train/autoencoder_recon_mse"]
+  assert sorted(final) == sorted(f"test/{k}" for k in T2I_KEYS)
+  t = workdir_lib.load(wd)
+  tokens, lengths = np.full((8, 5), 7, np.int32), np.full((8,), 5, np.int32)
+  images = t2i_sample.make_generate_fn(t.setup, dict(steps=2, method="euler"))(t.params, tokens, lengths, jax.random.key(0))
+  assert images.dtype == np.uint8 and images.shape == (8, 32, 32, 3)
+
+
+def test_latent_grid_must_tile_into_dit_patches(shared_data_dir):
+  c = config_files.load(LATENT_CONFIG, "tiny")
+  c.data.data_dir = shared_data_dir
+  c.model.dit.patch_size = 8  # 32 / 8 = a 4x4 latent grid: not a multiple of 8
+  with pytest.raises(ValueError, match="autoencoder.patch_size x config.model.dit.patch_size = 8 x 8"):
+    state_lib.make_setup(c, 64)

@@ -57,6 +57,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.t_sampling = "logit_normal"  # SD3: most steps at intermediate noise levels
   m.t_mean, m.t_std = 0.0, 1.0
   m.cond_dropout = 0.1  # the null-condition rows classifier-free guidance needs
+  # Latent flow matching: the fields of mmjax.encoders.autoencoder.ImageAutoencoder (trained in the same
+  # run, its reconstruction loss weighted by autoencoder_weight); None: the DiT runs on pixels.
+  # experiments/configs/t2i_flow_latent.py sets one.
+  m.autoencoder = None
+  m.autoencoder_weight = 1.0
 
   c.sampler.update(dict(guidance=3.0, steps=24, method="heun"))
   c.ema_decay = 0.995  # evaluation and sampling read the average of the last ~200 steps' weights

@@ -17,6 +17,13 @@ hooks of mmjax.models.kind): the caption of an image is its prompt (mmjax.models
 and evaluation generates an image per caption (mmjax.evaluate.text_to_image).
 
 EMA weights: config.ema_decay (the train state keeps the average; evaluation and sampling use it).
+
+Latent flow matching (config.model.autoencoder, the fields of mmjax.encoders.autoencoder.ImageAutoencoder;
+absent or None: pixels): the DiT runs on the latents of an autoencoder trained in the same run. The
+flow's data are the autoencoder's current latents, read as fixed targets (no gradient flows from the
+flow into the autoencoder); the autoencoder learns from its reconstruction loss alone (weighted by
+config.model.autoencoder_weight), as the VQ tokenizer of mmjax.models.image_tokens does. Its latents
+have a fixed scale (unit root-mean-square per coordinate), the noise's, however far it has trained.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import ml_collections
 
 from mmjax.decoders.dit import DiT
 from mmjax.encoders import TextEncoder
+from mmjax.encoders.autoencoder import ImageAutoencoder
+from mmjax.encoders.vq import grid_shape
 from mmjax.models import flow_matching
 from mmjax.models.contrastive import caption_tokens
 
@@ -63,8 +72,9 @@ class TextToImageFlow(nn.Module):
 
   config keys: text (TextEncoder fields), dit (DiT fields), t_sampling ("logit_normal" | "uniform"),
   t_mean / t_std (the logit-normal's location and scale), cond_dropout (the probability of training
-  a row on the null condition), dtype, attention_implementation, remat and scan_layers (the text
-  encoder's; as in the other kinds).
+  a row on the null condition), autoencoder (ImageAutoencoder fields: latent flow; None: pixels) and
+  autoencoder_weight, dtype, attention_implementation, remat and scan_layers (the text encoder's; as
+  in the other kinds).
   """
 
   config: ml_collections.ConfigDict
@@ -90,7 +100,15 @@ class TextToImageFlow(nn.Module):
         "encoder reads whole captions; set config.model.text.max_len to at least max_target_len."
       )
     patch, size = int(m.dit.get("patch_size", DiT.patch_size)), int(config.data.image_size)
-    if size % patch:
+    ae = m.get("autoencoder")
+    if ae:
+      ae_patch = int(ae.get("patch_size", ImageAutoencoder.patch_size))
+      if size % (ae_patch * patch):
+        raise ValueError(
+          f"config.data.image_size={size} is not a multiple of config.model.autoencoder.patch_size x "
+          f"config.model.dit.patch_size = {ae_patch} x {patch}: the DiT's patches tile the latent grid."
+        )
+    elif size % patch:
       raise ValueError(f"config.data.image_size={size} is not a multiple of config.model.dit.patch_size={patch}.")
     if m.t_sampling not in flow_matching.T_KINDS:
       raise ValueError(f"config.model.t_sampling={m.t_sampling!r}: use one of {flow_matching.T_KINDS}.")
@@ -117,6 +135,28 @@ class TextToImageFlow(nn.Module):
     knobs = dict(remat=str(c.remat), scan_layers=bool(c.scan_layers))
     self.text_encoder = TextEncoder(self.vocab_size, **c.text.to_dict(), implementation=impl, dtype=dtype, **knobs)
     self.dit = DiT(**c.dit.to_dict(), implementation=impl, dtype=dtype)
+    ae = c.get("autoencoder")
+    self.autoencoder = ImageAutoencoder(**ae.to_dict(), dtype=dtype) if ae else None
+
+  def sample_shape(self, image_size: int) -> tuple[int, int, int]:
+    """(H, W, C) of what the flow generates for square images of side image_size: the image itself,
+    or its latent grid."""
+    ae = self.config.get("autoencoder")
+    if not ae:
+      return (image_size, image_size, 3)
+    h, w = grid_shape(image_size, int(ae.get("patch_size", ImageAutoencoder.patch_size)))
+    return (h, w, int(ae.get("latent_dim", ImageAutoencoder.latent_dim)))
+
+  def to_image(self, x):
+    """What the flow generated -> model-space images [B, S, S, 3] (the autoencoder's decoder, if any)."""
+    return x if self.autoencoder is None else self.autoencoder.decode(x)
+
+  def _flow_data(self, images):
+    """Model-space images -> (the flow's data x0, per-example autoencoder reconstruction MSE or None)."""
+    if self.autoencoder is None:
+      return images, None
+    _, z, losses = self.autoencoder(images)
+    return jax.lax.stop_gradient(z), losses["recon_mse"]
 
   def encode_text(self, tokens, lengths):
     """Caption tokens [B, L] (no BOS / EOS) -> features [B, L, D]. An empty row (padding) reads one
@@ -128,14 +168,16 @@ class TextToImageFlow(nn.Module):
     return self.dit(x, t, text, text_len)
 
   def __call__(self, x, t, tokens, lengths):
-    return self.velocity(x, t, self.encode_text(tokens, lengths), lengths)
+    """The velocity at the noised data of images x (model space) at t; init runs it to create every part."""
+    x0, _ = self._flow_data(x)
+    return self.velocity(x0, t, self.encode_text(tokens, lengths), lengths)
 
   def loss_sums(self, batch) -> tuple:
     """The velocity MSE summed over the examples that have a caption, with weight = their count
     (the trainer divides by it: the mean per example). Also x0_mse (the implied clean-image error
     t^2 |v - v*|^2, comparable across t), the mean time and the fraction of null-conditioned rows."""
     c = self.config
-    x0 = to_model_space(batch["image"])
+    x0, ae_mse = self._flow_data(to_model_space(batch["image"]))
     tokens, lengths = caption_tokens(batch["target_out"], batch["target_mask"])
     b = x0.shape[0]
     valid = (lengths > 0).astype(jnp.float32)
@@ -154,4 +196,8 @@ class TextToImageFlow(nn.Module):
       "null_condition_fraction": jnp.sum(valid * dropped),
       "weight": jnp.sum(valid),
     }
-    return jnp.sum(valid * per), sums
+    total = per
+    if ae_mse is not None:
+      sums["autoencoder_recon_mse"] = jnp.sum(valid * ae_mse)
+      total = per + float(c.get("autoencoder_weight", 1.0)) * ae_mse
+    return jnp.sum(valid * total), sums

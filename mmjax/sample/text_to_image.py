@@ -38,17 +38,17 @@ def generate(
   steps: int,
   method: str = "heun",
   guidance: float | None = None,
-  channels: int = 3,
 ) -> jax.Array:
-  """uint8 images [B, image_size, image_size, channels] of a TextToImageFlow `model` for caption tokens
-  [B, L] (no BOS / EOS) with `lengths` [B].
+  """uint8 images [B, image_size, image_size, 3] of a TextToImageFlow `model` for caption tokens
+  [B, L] (no BOS / EOS) with `lengths` [B]: the ODE runs in pixel space, or in the latent space of the
+  model's autoencoder, whose decoder then makes the images.
 
   guidance None: the conditional sampler (B rows per velocity evaluation). A number: classifier-free
   guidance on the doubled batch [conditional; null condition] (scale 1 gives the conditional sampler's
   images up to float rounding, at twice the cost). A deterministic function of rng (the starting
   noise). steps, method and guidance are static under jit."""
   text = model.apply({"params": params}, tokens, lengths, method="encode_text")
-  shape = (tokens.shape[0], image_size, image_size, channels)
+  shape = (tokens.shape[0], *model.sample_shape(image_size))
 
   def vel(x, t, txt, ln):
     return model.apply({"params": params}, x, t, txt, ln, method="velocity")
@@ -58,7 +58,8 @@ def generate(
   else:
     text2, len2 = jnp.concatenate([text, text]), jnp.concatenate([lengths, jnp.zeros_like(lengths)])
     v = lambda x2, t2: vel(x2, t2, text2, len2)
-  return to_pixels(flow.sample(v, rng, shape, steps=steps, method=method, guidance_scale=guidance))
+  x = flow.sample(v, rng, shape, steps=steps, method=method, guidance_scale=guidance)
+  return to_pixels(model.apply({"params": params}, x, method="to_image"))
 
 
 def sampler_options(config, **overrides) -> dict:
