@@ -49,14 +49,20 @@ def _prefill(model, params, kv, tokens, cond):
   return logits, mutated["cache"]
 
 
+def _conditions(model, params, tokens, lengths, guidance):
+  """(tokens, the decoder's Conditioning) of the rows to run: the captions, and with guidance (not None)
+  also the null condition after them, [caption; null]."""
+  if guidance is not None:
+    tokens = jnp.concatenate([tokens, tokens])
+    lengths = jnp.concatenate([lengths, jnp.zeros_like(lengths)])
+  return tokens, model.apply({"params": params}, tokens, lengths, method="condition")
+
+
 def draw_codes(model, params, tokens, lengths, rng, *, n_codes: int, sampler: Sampler, guidance=None) -> jax.Array:
   """Codes int32 [B, n_codes] for caption tokens [B, L] (no BOS / EOS) with lengths [B]."""
   first, k = model.first_image_id, model.codebook_size
   b = tokens.shape[0]
-  if guidance is not None:
-    tokens = jnp.concatenate([tokens, tokens])
-    lengths = jnp.concatenate([lengths, jnp.zeros_like(lengths)])
-  cond = model.apply({"params": params}, tokens, lengths, method="condition")
+  tokens, cond = _conditions(model, params, tokens, lengths, guidance)
   p = cond.prefix.shape[1]
   kv = _empty_cache(model, params, tokens, cond, n_codes)
   _, kv = _prefill(model, params, kv, jnp.zeros((tokens.shape[0], 0), jnp.int32), cond)
@@ -89,10 +95,7 @@ def fill_codes(
     raise ValueError(f"fill_codes: steps={steps} must be >= 1.")
   first, k = model.first_image_id, model.codebook_size
   b = tokens.shape[0]
-  if guidance is not None:
-    tokens = jnp.concatenate([tokens, tokens])
-    lengths = jnp.concatenate([lengths, jnp.zeros_like(lengths)])
-  cond = model.apply({"params": params}, tokens, lengths, method="condition")
+  _, cond = _conditions(model, params, tokens, lengths, guidance)
 
   def step(s, carry):
     codes, hidden, rng = carry  # hidden: bool [B, N], the codes not fixed yet
