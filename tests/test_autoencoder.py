@@ -30,7 +30,9 @@ def test_latents_lie_on_the_sphere_of_radius_sqrt_dim():
   want = np.mean((np.asarray(recon, np.float64) - np.asarray(x, np.float64)) ** 2, axis=(1, 2, 3))
   np.testing.assert_allclose(np.asarray(losses["recon_mse"]), want, rtol=1e-5)
   # decode clips what the training forward does not.
-  np.testing.assert_allclose(np.asarray(ae.apply(v, z2, method=ae.decode)), np.clip(np.asarray(recon), -1, 1), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(ae.apply(v, z2, method=ae.decode)), np.clip(np.asarray(recon), -1, 1), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_errors_name_the_shape():
@@ -48,7 +50,7 @@ def test_fit_round_trip_on_shapes_scenes():
   """The default autoencoder (8x8x8 latents of 32x32 images), trained with Adam (lr 1e-3, batch 32, 250
   steps) on 2048 shapes scenes with pixel_mean the training mean: on 128 held-out scenes encode ->
   decode reaches a mean PSNR >= MIN_PSNR_DB = 28 dB (the VQ tokenizer's test asks 25 dB of its codes).
-  Measured: 31.5 dB."""
+  Measured: 30.6 dB (this seed; the threshold leaves the VQ test's margin)."""
   train = shapes_images(1, 2048)
   test = jnp.asarray(shapes_images(2, 128))
   ae = ImageAutoencoder(pixel_mean=tuple(float(m) for m in train.mean((0, 1, 2))))

@@ -232,20 +232,41 @@ def test_fill_codes_schedule_and_order_by_hand():
   floor(16 cos(pi/8)) = 14, floor(16 cos(pi/4)) = 11, floor(16 cos(3 pi/8)) = 6; the surest
   (last) positions are fixed first, each taking the count of masked inputs of its step."""
   codes = image_tokens.fill_codes(
-    _HandModel(), {}, jnp.zeros((2, 3), jnp.int32), jnp.asarray([3, 0]), jax.random.key(0),
-    n_codes=16, sampler=Greedy(), steps=4, choice_temperature=0.0,
+    _HandModel(),
+    {},
+    jnp.zeros((2, 3), jnp.int32),
+    jnp.asarray([3, 0]),
+    jax.random.key(0),
+    n_codes=16,
+    sampler=Greedy(),
+    steps=4,
+    choice_temperature=0.0,
   )
   want = [6] * 6 + [11] * 5 + [14] * 3 + [16] * 2
   np.testing.assert_array_equal(np.asarray(codes), np.asarray([want, want]))
   # One step fixes everything at once; more steps than codes still fix at least one code per step.
   one = image_tokens.fill_codes(
-    _HandModel(), {}, jnp.zeros((1, 3), jnp.int32), jnp.asarray([3]), jax.random.key(0),
-    n_codes=16, sampler=Greedy(), steps=1, choice_temperature=0.0,
+    _HandModel(),
+    {},
+    jnp.zeros((1, 3), jnp.int32),
+    jnp.asarray([3]),
+    jax.random.key(0),
+    n_codes=16,
+    sampler=Greedy(),
+    steps=1,
+    choice_temperature=0.0,
   )
   np.testing.assert_array_equal(np.asarray(one), [[16] * 16])
   many = image_tokens.fill_codes(
-    _HandModel(), {}, jnp.zeros((1, 3), jnp.int32), jnp.asarray([3]), jax.random.key(0),
-    n_codes=4, sampler=Greedy(), steps=6, choice_temperature=0.0,
+    _HandModel(),
+    {},
+    jnp.zeros((1, 3), jnp.int32),
+    jnp.asarray([3]),
+    jax.random.key(0),
+    n_codes=4,
+    sampler=Greedy(),
+    steps=6,
+    choice_temperature=0.0,
   )
   np.testing.assert_array_equal(np.asarray(many), [[1, 2, 3, 4]])
 
@@ -255,7 +276,15 @@ def test_masked_guidance_one_is_conditional_and_zero_is_null(masked_model_and_pa
   n = model.num_codes(S)
   draw = lambda ln, g: np.asarray(
     image_tokens.fill_codes(
-      model, params, tokens, ln, jax.random.key(1), n_codes=n, sampler=Greedy(), steps=4, choice_temperature=1.0,
+      model,
+      params,
+      tokens,
+      ln,
+      jax.random.key(1),
+      n_codes=n,
+      sampler=Greedy(),
+      steps=4,
+      choice_temperature=1.0,
       guidance=g,
     )
   )

@@ -149,14 +149,16 @@ def test_latent_flow_reads_the_autoencoders_latents_as_fixed_targets(shared_data
     target_mask=mask,
   )
   params = nn.meta.unbox(model.init(jax.random.key(0), *model.init_inputs(c.model, batch)[0]))["params"]
-  assert "autoencoder" in params and params["dit"]["patch_embed"]["kernel"].shape[0] == 1 * 1 * 4  # 1x1 patches of 4 latent channels
+  assert (
+    "autoencoder" in params and params["dit"]["patch_embed"]["kernel"].shape[0] == 1 * 1 * 4
+  )  # 1x1 patches of 4 latent channels
 
   def grads(weight):
     with c.unlocked():
       c.model.autoencoder_weight = weight
     m = model_class(c.model)(c.model, 64)
     loss = lambda p: m.apply({"params": p}, batch, method="loss_sums", rngs={"sample": jax.random.key(1)})[0]
-    return jax.grad(loss)(params)
+    return jax.jit(jax.grad(loss))(params)  # one compiled step: eager op-by-op costs minutes
 
   norm = lambda tree: float(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
   flow_only = grads(0.0)
@@ -176,7 +178,9 @@ def test_latent_flow_trains_evaluates_and_draws(shared_data_dir, tmp_path):
   assert sorted(final) == sorted(f"test/{k}" for k in T2I_KEYS)
   t = workdir_lib.load(wd)
   tokens, lengths = np.full((8, 5), 7, np.int32), np.full((8,), 5, np.int32)
-  images = t2i_sample.make_generate_fn(t.setup, dict(steps=2, method="euler"))(t.params, tokens, lengths, jax.random.key(0))
+  images = t2i_sample.make_generate_fn(t.setup, dict(steps=2, method="euler"))(
+    t.params, tokens, lengths, jax.random.key(0)
+  )
   assert images.dtype == np.uint8 and images.shape == (8, 32, 32, 3)
 
 

@@ -120,9 +120,7 @@ class Decoder(nn.Module):
     )
     return jax.nn.logsumexp(logits, axis=-1) - target_logit
 
-  def __call__(
-    self, tokens, cond: Conditioning, start: jax.Array | int = 0, decode: bool = False, bidirectional=None
-  ):
+  def __call__(self, tokens, cond: Conditioning, start: jax.Array | int = 0, decode: bool = False, bidirectional=None):
     """tokens int32 [B, T] -> logits float32 [B, T, V] for the tokens (prefix positions dropped).
 
     Training: start=0, decode=False; a `cond.prefix` is prepended and attended bidirectionally

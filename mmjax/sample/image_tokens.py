@@ -85,7 +85,16 @@ def draw_codes(model, params, tokens, lengths, rng, *, n_codes: int, sampler: Sa
 
 
 def fill_codes(
-  model, params, tokens, lengths, rng, *, n_codes: int, sampler: Sampler, steps: int, choice_temperature: float,
+  model,
+  params,
+  tokens,
+  lengths,
+  rng,
+  *,
+  n_codes: int,
+  sampler: Sampler,
+  steps: int,
+  choice_temperature: float,
   guidance=None,
 ) -> jax.Array:
   """Codes int32 [B, n_codes] of a masked model for caption tokens [B, L] with lengths [B], in `steps`
@@ -125,7 +134,16 @@ def fill_codes(
 
 
 def draw(
-  model, params, tokens, lengths, rng, *, image_size: int, sampler: Sampler, guidance=None, steps: int = 0,
+  model,
+  params,
+  tokens,
+  lengths,
+  rng,
+  *,
+  image_size: int,
+  sampler: Sampler,
+  guidance=None,
+  steps: int = 0,
   choice_temperature: float = 0.0,
 ) -> jax.Array:
   """uint8 images [B, image_size, image_size, 3] for caption tokens [B, L] with lengths [B]: codes
@@ -135,8 +153,16 @@ def draw(
   n_codes = model.num_codes(image_size)
   if is_masked(model.config):
     codes = fill_codes(
-      model, params, tokens, lengths, rng, n_codes=n_codes, sampler=sampler, steps=steps,
-      choice_temperature=choice_temperature, guidance=guidance,
+      model,
+      params,
+      tokens,
+      lengths,
+      rng,
+      n_codes=n_codes,
+      sampler=sampler,
+      steps=steps,
+      choice_temperature=choice_temperature,
+      guidance=guidance,
     )
   else:
     codes = draw_codes(model, params, tokens, lengths, rng, n_codes=n_codes, sampler=sampler, guidance=guidance)

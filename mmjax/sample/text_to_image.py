@@ -105,7 +105,9 @@ def _draw_fn(setup, opts: dict):
     sampler = sampler_from_config(
       opts["name"], float(opts["temperature"]), int(opts["top_k"]) or None, float(opts["top_p"])
     )
-    masked = dict(steps=int(opts["steps"]), choice_temperature=float(opts["choice_temperature"])) if "steps" in opts else {}
+    masked = (
+      dict(steps=int(opts["steps"]), choice_temperature=float(opts["choice_temperature"])) if "steps" in opts else {}
+    )
     return lambda p, tok, ln, rng, guidance: image_tokens.draw(
       model, p, tok, ln, rng, image_size=image_size, sampler=sampler, guidance=guidance, **masked
     )
