@@ -7,7 +7,8 @@ autoencoder trained in the same run (mmjax.encoders.autoencoder: 4x4-pixel patch
 
 Training adds the autoencoder's reconstruction loss to the flow's (model.autoencoder_weight); the flow
 reads the autoencoder's current latents as fixed targets. Sampling integrates the ODE on the latent
-grid and decodes it; evaluation and sample.py are the same as for the pixel model.
+grid and decodes it; evaluation and sample.py are the same as for the pixel model. Measured against
+the pixel DiT at the same steps in docs/results.md ("The flow-matching family").
 """
 
 import ml_collections

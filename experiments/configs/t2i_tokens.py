@@ -33,7 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   m.decoder = ml_collections.ConfigDict(dict(width=128, depth=4, num_heads=4, mlp_dim=512, max_len=128))
   # "causal": codes drawn one by one in raster order (KV cache); "masked": MaskGIT, the image block read
-  # bidirectionally and filled in config.sampler.steps parallel steps, the surest codes first.
+  # bidirectionally and filled in config.sampler.steps parallel steps, the surest codes first (on the
+  # main job's CPU budget it learns far less than causal: docs/results.md).
   m.image_decoding = "causal"
   m.cond_dropout = 0.1
   m.caption_fraction = 0.2  # rows that learn to caption (image codes, then the caption)
