@@ -227,48 +227,33 @@ class _HandModel:
     return peak[:, None, :] * (1.0 + jnp.arange(n, dtype=jnp.float32))[None, :, None]
 
 
+def _fill_by_hand(rows: int, n_codes: int, steps: int) -> np.ndarray:
+  """fill_codes of _HandModel: greedy, without choice noise."""
+  tokens, lengths = jnp.zeros((rows, 3), jnp.int32), jnp.full((rows,), 3, jnp.int32)
+  return np.asarray(
+    image_tokens.fill_codes(
+      _HandModel(),
+      {},
+      tokens,
+      lengths,
+      jax.random.key(0),
+      n_codes=n_codes,
+      sampler=Greedy(),
+      steps=steps,
+      choice_temperature=0.0,
+    )
+  )
+
+
 def test_fill_codes_schedule_and_order_by_hand():
   """N = 16 codes in 4 greedy steps without choice noise. Masked before each step: 16, then
   floor(16 cos(pi/8)) = 14, floor(16 cos(pi/4)) = 11, floor(16 cos(3 pi/8)) = 6; the surest
   (last) positions are fixed first, each taking the count of masked inputs of its step."""
-  codes = image_tokens.fill_codes(
-    _HandModel(),
-    {},
-    jnp.zeros((2, 3), jnp.int32),
-    jnp.asarray([3, 0]),
-    jax.random.key(0),
-    n_codes=16,
-    sampler=Greedy(),
-    steps=4,
-    choice_temperature=0.0,
-  )
   want = [6] * 6 + [11] * 5 + [14] * 3 + [16] * 2
-  np.testing.assert_array_equal(np.asarray(codes), np.asarray([want, want]))
+  np.testing.assert_array_equal(_fill_by_hand(2, 16, 4), np.asarray([want, want]))
   # One step fixes everything at once; more steps than codes still fix at least one code per step.
-  one = image_tokens.fill_codes(
-    _HandModel(),
-    {},
-    jnp.zeros((1, 3), jnp.int32),
-    jnp.asarray([3]),
-    jax.random.key(0),
-    n_codes=16,
-    sampler=Greedy(),
-    steps=1,
-    choice_temperature=0.0,
-  )
-  np.testing.assert_array_equal(np.asarray(one), [[16] * 16])
-  many = image_tokens.fill_codes(
-    _HandModel(),
-    {},
-    jnp.zeros((1, 3), jnp.int32),
-    jnp.asarray([3]),
-    jax.random.key(0),
-    n_codes=4,
-    sampler=Greedy(),
-    steps=6,
-    choice_temperature=0.0,
-  )
-  np.testing.assert_array_equal(np.asarray(many), [[1, 2, 3, 4]])
+  np.testing.assert_array_equal(_fill_by_hand(1, 16, 1), [[16] * 16])
+  np.testing.assert_array_equal(_fill_by_hand(1, 4, 6), [[1, 2, 3, 4]])
 
 
 def test_masked_guidance_one_is_conditional_and_zero_is_null(masked_model_and_params):

@@ -133,39 +133,17 @@ def fill_codes(
   return codes
 
 
-def draw(
-  model,
-  params,
-  tokens,
-  lengths,
-  rng,
-  *,
-  image_size: int,
-  sampler: Sampler,
-  guidance=None,
-  steps: int = 0,
-  choice_temperature: float = 0.0,
-) -> jax.Array:
+def draw(model, params, tokens, lengths, rng, *, image_size: int, sampler: Sampler, guidance=None, **masked):
   """uint8 images [B, image_size, image_size, 3] for caption tokens [B, L] with lengths [B]: codes
   sampled by `sampler` (with classifier-free guidance at scale `guidance`; None: the conditional
-  model), one by one, or for a masked model by `fill_codes` in `steps` steps at `choice_temperature`;
-  then decoded by the model's VQ tokenizer. A deterministic function of rng."""
+  model), one by one, or for a masked model by `fill_codes` (`masked`: its steps and
+  choice_temperature); then decoded by the model's VQ tokenizer. A deterministic function of rng."""
   n_codes = model.num_codes(image_size)
+  kw = dict(n_codes=n_codes, sampler=sampler, guidance=guidance)
   if is_masked(model.config):
-    codes = fill_codes(
-      model,
-      params,
-      tokens,
-      lengths,
-      rng,
-      n_codes=n_codes,
-      sampler=sampler,
-      steps=steps,
-      choice_temperature=choice_temperature,
-      guidance=guidance,
-    )
+    codes = fill_codes(model, params, tokens, lengths, rng, **kw, **masked)
   else:
-    codes = draw_codes(model, params, tokens, lengths, rng, n_codes=n_codes, sampler=sampler, guidance=guidance)
+    codes = draw_codes(model, params, tokens, lengths, rng, **kw)
   return to_pixels(model.apply({"params": params}, codes, image_size, method="decode_image"))
 
 
