@@ -258,13 +258,13 @@ class TextToImageTokens(nn.Module):
       hidden = _random_mask(jax.random.fold_in(rng, 2), b, n)
       draw_in = jnp.concatenate([image_seq[:, :1], jnp.where(hidden, self.mask_id, code_ids)], axis=1)
       draw_out = jnp.concatenate([jnp.full((b, 1), PAD_ID, jnp.int32), code_ids], axis=1)
-      if inputs.shape[1] > n + 1:  # caption rows are longer: pad the draw rows to their length
+      if float(c.caption_fraction) > 0:  # caption rows are N + L long (L >= 1): pad the draw rows to it
         pad = ((0, 0), (0, inputs.shape[1] - n - 1))
         draw_in, draw_out = (jnp.pad(a, pad, constant_values=PAD_ID) for a in (draw_in, draw_out))
-      else:
-        inputs, targets = draw_in, draw_out  # no caption rows: [BOI, codes] is the whole sequence
-      inputs = jnp.where(captioning[:, None], inputs, draw_in)
-      targets = jnp.where(captioning[:, None], targets, draw_out)
+        inputs = jnp.where(captioning[:, None], inputs, draw_in)
+        targets = jnp.where(captioning[:, None], targets, draw_out)
+      else:  # no caption rows: [BOI, codes] is the whole sequence
+        inputs, targets = draw_in, draw_out
       image_pos = slice(1, n + 1)
       image_w = hidden * (1.0 - captioning[:, None])
       bidirectional = jnp.where(captioning, 0, n + 1).astype(jnp.int32)

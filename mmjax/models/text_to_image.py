@@ -36,7 +36,6 @@ import ml_collections
 from mmjax.decoders.dit import DiT
 from mmjax.encoders import TextEncoder
 from mmjax.encoders.autoencoder import ImageAutoencoder
-from mmjax.encoders.vq import grid_shape
 from mmjax.models import flow_matching
 from mmjax.models.contrastive import caption_tokens
 
@@ -144,8 +143,7 @@ class TextToImageFlow(nn.Module):
     ae = self.config.get("autoencoder")
     if not ae:
       return (image_size, image_size, 3)
-    h, w = grid_shape(image_size, int(ae.get("patch_size", ImageAutoencoder.patch_size)))
-    return (h, w, int(ae.get("latent_dim", ImageAutoencoder.latent_dim)))
+    return ImageAutoencoder(**ae.to_dict(), parent=None).latent_shape(image_size)
 
   def to_image(self, x):
     """What the flow generated -> model-space images [B, S, S, 3] (the autoencoder's decoder, if any)."""
