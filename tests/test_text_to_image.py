@@ -131,6 +131,44 @@ def test_image_scorer_hook(trained, tiny_config):
     scorer(t.data.builder.builder_config, ["a dog next to a cat"], images[:1])
 
 
+def test_frechet_in_the_features_of_a_t2i_features_run(trained, shared_data_dir, tmp_path):
+  """experiments/configs/t2i_features.py trains the contrastive feature space; the evaluator's
+  t2i_frechet is the distance between the generated images and the split's images of the same prompts
+  in it: recomputed here from the features in float64 with scipy's matrix square root."""
+  import scipy.linalg
+
+  from mmjax.evaluate import frechet
+  from mmjax.evaluate.text_to_image import evaluate_split
+  from mmjax.sample.text_to_image import make_generate_fn
+
+  c = config_files.load(os.path.join(CONFIGS, "t2i_features.py"), "tiny")
+  c.data.data_dir = shared_data_dir
+  c.update(dict(total_steps=2, eval_every=0, checkpoint_every=2, sample_examples=0))
+  assert c.model.kind == "contrastive" and c.data.shapes.t2i.enabled and c.data.image_size == 32
+  features_wd = str(tmp_path / "features")
+  trainer.train_and_evaluate(c, features_wd, progress=False)
+  features_fn = frechet.make_features_fn(features_wd, workdir_lib.load)
+
+  _, wd, _ = trained
+  t = workdir_lib.load(wd)
+  metrics, predictions = evaluate_split(
+    t.data, "test", make_generate_fn(t.setup), t.params, t.config, max_examples=8, features_fn=features_fn
+  )
+  real = np.stack([t.data.image("test", p["example_id"]) for p in predictions])
+  assert len(predictions) == 8
+
+  def distance(images):
+    a, b = (np.asarray(features_fn(x), np.float64) for x in (images, real))
+    mu1, mu2, s1, s2 = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2) - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2).real))
+
+  for suffix, key in (("", "image"), ("_noguidance", "image_noguidance")):
+    want = distance(np.stack([p[key] for p in predictions]))
+    got = metrics[f"test/t2i_frechet{suffix}"]
+    assert want > 1e-3 and np.isfinite(got)  # an 8-step model's images are not the data's
+    np.testing.assert_allclose(got, want, rtol=1e-3)
+
+
 LATENT_CONFIG = os.path.join(CONFIGS, "t2i_flow_latent.py")
 
 
