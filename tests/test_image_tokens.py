@@ -106,6 +106,34 @@ def test_guidance_one_is_conditional_and_zero_is_null(model_and_params):
   assert not np.array_equal(draw(lengths, None)[:3], null[:3])
 
 
+def test_recon_every_weights_the_decoded_rows(model_and_params):
+  """image_tokenizer.recon_every=2: the tokenizer decodes rows 0 and 2 of 4; their reconstruction
+  errors (the full forward's, same parameters) count twice in vq_recon_mse and in the loss, the
+  captionless row 3 not at all, and nothing else in the loss moves."""
+  model, params, images, tokens, lengths = model_and_params
+  n = tokens.shape[1]
+  target_out = np.concatenate([np.asarray(tokens), np.zeros((4, 1), np.int32)], 1)
+  target_out[np.arange(4), np.asarray(lengths)] = 2  # EOS after each caption
+  mask = (np.arange(n + 1)[None] <= np.asarray(lengths)[:, None]).astype(np.float32)
+  mask[3] = 0  # the captionless row
+  batch = dict(image=images, target_out=target_out, target_mask=mask)
+  key = {"sample": jax.random.key(7)}
+  loss1, sums1 = model.apply({"params": params}, batch, rngs=key, method="loss_sums")
+  halved = model_class(model.config)(model.config.copy_and_resolve_references(), model.vocab_size)
+  halved.config.image_tokenizer.recon_every = 2
+  loss2, sums2 = halved.apply({"params": params}, batch, rngs=key, method="loss_sums")
+  recon = model.apply(
+    {"params": params}, to_model_space(images), method=lambda m, x: m.image_tokenizer(x)[2]["recon_mse"]
+  )
+  recon = np.asarray(recon, np.float64)
+  want = 2 * (recon[0] + recon[2])
+  np.testing.assert_allclose(float(sums2["vq_recon_mse"]), want, rtol=1e-5)
+  np.testing.assert_allclose(float(sums1["vq_recon_mse"]), recon[:3].sum(), rtol=1e-5)
+  vq_weight = float(model.config.vq_weight)
+  np.testing.assert_allclose(float(loss2 - loss1), vq_weight * (want - recon[:3].sum()), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(float(sums2["image_xent"]), float(sums1["image_xent"]), rtol=1e-6)
+
+
 def test_cached_captioning_equals_full_forward(model_and_params):
   model, params, images, *_ = model_and_params
   m = 5

@@ -202,6 +202,38 @@ def test_shapes_row_major_codes_and_per_example_losses():
     model.apply(variables, codes, (4, 5), method=model.decode)
 
 
+def test_recon_every_decodes_one_row_in_k():
+  """recon_every=k: the reconstruction of rows 0, k, 2k, ... is the full forward's at those rows (the
+  same parameters), whether k divides the batch (reshape) or not (strided slice); codes and the
+  codebook terms still cover every row; the decoder's gradient comes from those rows alone."""
+  full = vq.VQTokenizer(codebook_size=32, code_dim=8, width=16, depth=1, refine=1)
+  x = jax.random.uniform(jax.random.key(5), (8, 16, 16, 3), minval=-1.0, maxval=1.0)
+  variables = full.init(jax.random.key(2), x)
+  recon, codes, losses = full.apply(variables, x)
+  for k, b in ((4, 8), (3, 8), (1, 8), (4, 1)):
+    model = full.clone(recon_every=k)
+    r, c, lo = model.apply(variables, x[:b])
+    rows = np.arange(0, b, k)
+    assert r.shape == (len(rows), 16, 16, 3) and lo["recon_mse"].shape == (len(rows),)
+    np.testing.assert_allclose(np.asarray(r), np.asarray(recon)[rows], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(lo["recon_mse"]), np.asarray(losses["recon_mse"])[rows], rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(c), np.asarray(codes)[:b])
+    for key in ("codebook", "commitment"):
+      np.testing.assert_allclose(np.asarray(lo[key]), np.asarray(losses[key])[:b], rtol=1e-6)
+
+  params = variables["params"]
+  model = full.clone(recon_every=4)
+  # Zeroing every row the strided forward skips leaves its decoder gradient unchanged.
+  keep = jnp.zeros((8, 1, 1, 1)).at[::4].set(1.0)
+  g = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x)[2]["recon_mse"]))(params)
+  g_kept = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x * keep)[2]["recon_mse"]))(params)
+  for a, b in zip(jax.tree.leaves(g["decoder"]), jax.tree.leaves(g_kept["decoder"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+  assert any(float(jnp.abs(a).max()) > 0 for a in jax.tree.leaves(g["decoder"]))
+  with pytest.raises(ValueError, match="recon_every=0"):
+    full.clone(recon_every=0).apply(variables, x)
+
+
 def test_codebook_usage_hand_computed():
   usage = jax.jit(vq.codebook_usage, static_argnums=1)(jnp.array([0, 0, 1, 3]), 4)
   p = np.array([0.5, 0.25, 0.25])

@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del m["text"], m["dit"], m["t_sampling"], m["t_mean"], m["t_std"]
   m.caption_len = c.data.max_target_len
   m.image_tokenizer = ml_collections.ConfigDict(
-    dict(codebook_size=512, code_dim=16, patch_size=4, width=64, depth=2, refine=2, commitment=0.25)
+    dict(codebook_size=512, code_dim=16, patch_size=4, width=64, depth=2, refine=2, commitment=0.25, recon_every=1)
   )
   m.decoder = ml_collections.ConfigDict(dict(width=128, depth=4, num_heads=4, mlp_dim=512, max_len=128))
   # "causal": codes drawn one by one in raster order (KV cache); "masked": MaskGIT, the image block read

@@ -210,6 +210,13 @@ class VQTokenizer(nn.Module):
   # sharpens the edges of small objects, which a patch's code alone places only approximately.
   refine: int = 0
   commitment: float = 0.25  # beta of the commitment term
+  # Training forward only: decode (and score the reconstruction of) one row in every recon_every,
+  # rows 0, k, 2k, ..., while the codes and the codebook terms cover the whole batch. The decoder's
+  # full-resolution refinement blocks are most of the tokenizer's FLOPs, and a row's 64 patches teach
+  # it as much as the next row's. The rows are taken as [B/k, k] -> [:, 0], so that a batch split in
+  # contiguous blocks over the mesh keeps each device's share local (B/k divisible by the devices; a
+  # batch k does not divide, such as init's single row, is sliced [::k]: the same rows).
+  recon_every: int = 1
   # The mean colour of the data in model space (e.g. the per-channel mean over a few training batches):
   # the networks see and predict x - pixel_mean. Module docstring, "Why pixel_mean".
   pixel_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -251,16 +258,23 @@ class VQTokenizer(nn.Module):
     return jnp.clip(self.decoder(e.reshape(codes.shape[0], h, w, self.code_dim)) + self._mean(), -1.0, 1.0)
 
   def __call__(self, x: jax.Array):
-    """(recon [B, H, W, 3] unclipped, codes [B, h*w], per-example losses {recon_mse, codebook, commitment})."""
+    """(recon [B / recon_every, H, W, 3] unclipped, codes [B, h*w], per-example losses {recon_mse
+    [B / recon_every], codebook [B], commitment [B]}); recon_every: the field's docstring."""
     q, codes, losses = self._quantize(x)
-    recon = self.decoder(q) + self._mean()
     b = x.shape[0]
-    per_example = lambda v: jnp.mean(v.reshape(b, -1), axis=-1)
+    k = int(self.recon_every)
+    if k < 1:
+      raise ValueError(f"VQTokenizer: recon_every={k} must be >= 1.")
+    # The same rows either way; the reshape keeps a block-sharded batch local (field comment).
+    every = lambda v: v.reshape(b // k, k, *v.shape[1:])[:, 0] if b % k == 0 else v[::k]
+    x_r = every(x)
+    recon = self.decoder(every(q)) + self._mean()
+    per_example = lambda v: jnp.mean(v.reshape(v.shape[0], -1), axis=-1)
     return (
       recon,
       codes,
       {
-        "recon_mse": per_example(jnp.square(recon - x.astype(jnp.float32))),
+        "recon_mse": per_example(jnp.square(recon - x_r.astype(jnp.float32))),
         "codebook": per_example(losses["codebook"]),
         "commitment": self.commitment * per_example(losses["commitment"]),
       },
