@@ -37,10 +37,14 @@ def test_fsq_against_float64_and_by_hand():
   want_q, want_codes = reference(z, LEVELS)
   np.testing.assert_array_equal(np.asarray(codes), want_codes)
   np.testing.assert_allclose(np.asarray(q), want_q, atol=1e-6)
-  # Every level of every dim is reached, and nothing else: 8 x 5 x 5 x 3 = 600 codes.
-  digits = (want_codes[:, None] // np.cumprod((1,) + LEVELS[:-1])) % np.array(LEVELS)
+  # Every level of every dim is reached, and nothing else: 8 x 5 x 5 x 3 = 600 codes; along each dim
+  # the level never falls as z grows.
+  codes = np.asarray(codes)
+  digits = (codes[:, None] // np.cumprod((1,) + LEVELS[:-1])) % np.array(LEVELS)
   assert all(set(digits[:, d]) == set(range(n)) for d, n in enumerate(LEVELS))
-  assert 0 <= want_codes.min() and want_codes.max() < 600
+  assert 0 <= codes.min() and codes.max() < 600
+  for d in range(len(LEVELS)):
+    assert (np.diff(digits[np.argsort(np.asarray(z)[:, d]), d]) >= 0).all()
   # By hand: z = 0 is the middle level of each dim (8 levels: 4 of 0..7, the offset's rounding), so
   # code 4 + 2*8 + 2*40 + 1*200 = 300; a large z is the top level of each, 7 + 4*8 + 4*40 + 2*200 = 599.
   assert int(tc.fsq(jnp.zeros((1, 4)), LEVELS)[1][0]) == 300

@@ -204,8 +204,9 @@ def test_shapes_row_major_codes_and_per_example_losses():
 
 def test_recon_every_decodes_one_row_in_k():
   """recon_every=k: the reconstruction of rows 0, k, 2k, ... is the full forward's at those rows (the
-  same parameters), whether k divides the batch (reshape) or not (strided slice); codes and the
-  codebook terms still cover every row; the decoder's gradient comes from those rows alone."""
+  same parameters), whether k divides the batch (reshape) or not (strided slice), and their error
+  counts k times (0 on the other rows); codes and the codebook terms still cover every row; the
+  decoder's gradient comes from those rows alone."""
   full = vq.VQTokenizer(codebook_size=32, code_dim=8, width=16, depth=1, refine=1)
   x = jax.random.uniform(jax.random.key(5), (8, 16, 16, 3), minval=-1.0, maxval=1.0)
   variables = full.init(jax.random.key(2), x)
@@ -214,9 +215,11 @@ def test_recon_every_decodes_one_row_in_k():
     model = full.clone(recon_every=k)
     r, c, lo = model.apply(variables, x[:b])
     rows = np.arange(0, b, k)
-    assert r.shape == (len(rows), 16, 16, 3) and lo["recon_mse"].shape == (len(rows),)
+    assert r.shape == (len(rows), 16, 16, 3) and lo["recon_mse"].shape == (b,)
     np.testing.assert_allclose(np.asarray(r), np.asarray(recon)[rows], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(lo["recon_mse"]), np.asarray(losses["recon_mse"])[rows], rtol=1e-5)
+    want = np.zeros(b)
+    want[rows] = k * np.asarray(losses["recon_mse"], np.float64)[rows]
+    np.testing.assert_allclose(np.asarray(lo["recon_mse"]), want, rtol=1e-5)
     np.testing.assert_array_equal(np.asarray(c), np.asarray(codes)[:b])
     for key in ("codebook", "commitment"):
       np.testing.assert_allclose(np.asarray(lo[key]), np.asarray(losses[key])[:b], rtol=1e-6)

@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   t2i = config_files.sibling(__file__, "t2i", arg)
   c.data = t2i.data
   c.model.text.max_len = c.data.max_target_len
-  for key in ("batch_size", "eval_batch_size", "eval_max_examples", "sample_examples", "log_every"):
+  for key in ("batch_size", "eval_batch_size", "sample_examples", "log_every"):
     c[key] = t2i[key]
   c.eval_max_examples = 0  # embedding is cheap: score the whole split
   if arg == "tiny":

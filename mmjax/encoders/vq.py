@@ -210,10 +210,11 @@ class VQTokenizer(nn.Module):
   # sharpens the edges of small objects, which a patch's code alone places only approximately.
   refine: int = 0
   commitment: float = 0.25  # beta of the commitment term
-  # Training forward only: decode (and score the reconstruction of) one row in every recon_every,
-  # rows 0, k, 2k, ..., while the codes and the codebook terms cover the whole batch. The decoder's
-  # full-resolution refinement blocks are most of the tokenizer's FLOPs, and a row's 64 patches teach
-  # it as much as the next row's. The rows are taken as [B/k, k] -> [:, 0], so that a batch split in
+  # Training forward only: decode one row in every recon_every (rows 0, k, 2k, ...), while the codes
+  # and the codebook terms cover the whole batch. The decoder's full-resolution refinement blocks are
+  # most of the tokenizer's FLOPs, and one image's patches teach it nearly as much as its neighbour's.
+  # recon_mse stays per example: k x the error on a decoded row, 0 on the others, so that its batch sum
+  # estimates the full one. The rows are taken as [B/k, k] -> [:, 0], so that a batch split in
   # contiguous blocks over the mesh keeps each device's share local (B/k divisible by the devices; a
   # batch k does not divide, such as init's single row, is sliced [::k]: the same rows).
   recon_every: int = 1
@@ -258,8 +259,8 @@ class VQTokenizer(nn.Module):
     return jnp.clip(self.decoder(e.reshape(codes.shape[0], h, w, self.code_dim)) + self._mean(), -1.0, 1.0)
 
   def __call__(self, x: jax.Array):
-    """(recon [B / recon_every, H, W, 3] unclipped, codes [B, h*w], per-example losses {recon_mse
-    [B / recon_every], codebook [B], commitment [B]}); recon_every: the field's docstring."""
+    """(recon [ceil(B / recon_every), H, W, 3] unclipped, codes [B, h*w], per-example losses [B]
+    {recon_mse, codebook, commitment}); recon_every: the field's comment."""
     q, codes, losses = self._quantize(x)
     b = x.shape[0]
     k = int(self.recon_every)
@@ -270,11 +271,14 @@ class VQTokenizer(nn.Module):
     x_r = every(x)
     recon = self.decoder(every(q)) + self._mean()
     per_example = lambda v: jnp.mean(v.reshape(v.shape[0], -1), axis=-1)
+    recon_mse = per_example(jnp.square(recon - x_r.astype(jnp.float32)))
+    if k > 1:
+      recon_mse = jnp.zeros((b,), jnp.float32).at[::k].set(k * recon_mse)
     return (
       recon,
       codes,
       {
-        "recon_mse": per_example(jnp.square(recon - x_r.astype(jnp.float32))),
+        "recon_mse": recon_mse,
         "codebook": per_example(losses["codebook"]),
         "commitment": self.commitment * per_example(losses["commitment"]),
       },

@@ -273,11 +273,7 @@ class TextToImageTokens(nn.Module):
     image_xent = jnp.sum(xent[:, image_pos] * image_w, axis=-1) / jnp.maximum(jnp.sum(image_w, axis=-1), 1.0)
     text_count = jnp.sum(text_w, axis=-1)
     text_xent = jnp.sum(xent[:, n:] * text_w, axis=-1) / jnp.maximum(text_count, 1.0)
-    # The rows the tokenizer decoded (image_tokenizer.recon_every: 0, k, 2k, ...) carry k times their
-    # reconstruction error, so that the batch's sum estimates the whole batch's.
-    k = int(self.image_tokenizer.recon_every)
-    recon_mse = jnp.zeros((b,), jnp.float32).at[::k].set(k * vq["recon_mse"])
-    vq_loss = recon_mse + vq["codebook"] + vq["commitment"]
+    vq_loss = vq["recon_mse"] + vq["codebook"] + vq["commitment"]
     per = image_xent + text_xent + float(c.vq_weight) * vq_loss
     correct = (jnp.argmax(logits[:, image_pos], axis=-1) == code_ids).astype(jnp.float32)
     accuracy = jnp.sum(correct * image_w, axis=-1) / jnp.maximum(jnp.sum(image_w, axis=-1), 1.0)
@@ -288,7 +284,7 @@ class TextToImageTokens(nn.Module):
       "image_token_accuracy": jnp.sum(drawn * accuracy) * weight / jnp.maximum(jnp.sum(drawn), 1.0),
       "image_xent": jnp.sum(valid * image_xent),
       "caption_xent": jnp.sum(valid * captioning * text_xent) * weight / jnp.maximum(jnp.sum(valid * captioning), 1.0),
-      "vq_recon_mse": jnp.sum(valid * recon_mse),
+      "vq_recon_mse": jnp.sum(valid * vq["recon_mse"]),
       "vq_commitment": jnp.sum(valid * vq["commitment"]),
       "codebook_used_fraction": usage["used_fraction"] * weight,
       "codebook_perplexity": usage["perplexity"] * weight,
