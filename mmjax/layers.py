@@ -7,6 +7,7 @@ axes). Every attention goes through `mmjax.attention.attention`.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -494,6 +495,13 @@ def sincos_1d(n: int, dim: int) -> np.ndarray:
   return np.pad(code, ((0, 0), (0, dim - 2 * half))).astype(np.float32)
 
 
+def mixed_radix_digits(ids: jax.Array, levels: tuple[int, ...]) -> jax.Array:
+  """ids int [...] in [0, prod(levels)) -> their digits int32 [..., len(levels)] in the mixed radix of
+  `levels`, digit 0 the lowest: id = sum_d digit_d * prod(levels[:d])."""
+  basis = np.cumprod((1,) + tuple(int(v) for v in levels[:-1]))
+  return (ids.astype(jnp.int32)[..., None] // jnp.asarray(basis, jnp.int32)) % jnp.asarray(levels, jnp.int32)
+
+
 class Embed(nn.Module):
   """Token embedding whose table doubles as the output projection (`attend`).
 
@@ -501,16 +509,43 @@ class Embed(nn.Module):
   and start from `sincos_1d` codes instead of random vectors (scaled to the same 0.02 per entry), so
   that neighbouring values start with similar embeddings and, the table being the output projection
   too, similar logits: what the model learns for one bin carries over to its neighbours.
+
+  factored_levels=(L_0, .., L_{n-1}): the K = prod(L) ids from factored_start on are mixed-radix
+  numbers (mixed_radix_digits; an FSQ image code is one digit per code dimension), and the row of id
+  k is the sum of one learned vector per digit, sum_d digit_table_d[digit_d(k)] (parameter
+  "digit_embedding", sum(L) rows). The table being the output projection too, the logit of k is
+  sum_d <x, digit_table_d[digit_d(k)]>, so a softmax restricted to the block is the product of one
+  softmax per digit: every combination of digits seen apart gets its embedding and its probability,
+  including combinations never seen as a whole (the plain table's rows for those ids would only ever
+  be pushed down). The plain table's rows of the block are then unused (they get no gradient).
   """
 
   vocab_size: int
   features: int
   dtype: Dtype = jnp.float32
   ordinal_tail: int = 0
+  factored_start: int = 0
+  factored_levels: tuple[int, ...] = ()
 
   def setup(self):
     if not 0 <= self.ordinal_tail <= self.vocab_size:
       raise ValueError(f"Embed: ordinal_tail={self.ordinal_tail} must be in [0, vocab_size={self.vocab_size}].")
+    if self.factored_levels:
+      levels = tuple(int(v) for v in self.factored_levels)
+      end = self.factored_start + math.prod(levels)
+      if min(levels) < 1 or self.factored_start < 0 or end > self.vocab_size - self.ordinal_tail:
+        raise ValueError(
+          f"Embed: the factored block [{self.factored_start}, {end}) of levels {levels} does not fit in "
+          f"vocab_size={self.vocab_size} before the ordinal tail ({self.ordinal_tail})."
+        )
+      # Each row of the block is a sum of len(levels) vectors: init them at 0.02 / sqrt(n) so that
+      # the sum starts at the scale of the other rows.
+      self.digit_embedding = self.param(
+        "digit_embedding",
+        param_with_axes(nn.initializers.normal(0.02 / math.sqrt(len(levels))), (None, "embed")),
+        (sum(levels), self.features),
+        jnp.float32,
+      )
 
     def init(key, shape, dtype=jnp.float32):
       table = nn.initializers.normal(0.02)(key, shape, dtype)
@@ -526,9 +561,20 @@ class Embed(nn.Module):
       jnp.float32,
     )
 
+  @property
+  def table(self) -> jax.Array:
+    """The [vocab_size, features] table, the factored block's rows composed from their digits."""
+    if not self.factored_levels:
+      return self.embedding
+    levels = tuple(int(v) for v in self.factored_levels)
+    k = math.prod(levels)
+    offsets = jnp.asarray(np.cumsum((0,) + levels[:-1]), jnp.int32)
+    rows = jnp.take(self.digit_embedding, mixed_radix_digits(jnp.arange(k), levels) + offsets, axis=0).sum(axis=1)
+    return jax.lax.dynamic_update_slice_in_dim(self.embedding, rows, self.factored_start, axis=0)
+
   def __call__(self, tokens):
-    return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+    return jnp.take(self.table, tokens, axis=0).astype(self.dtype)
 
   def attend(self, x):
-    logits = jnp.einsum("...d,vd->...v", x, self.embedding.astype(self.dtype))
+    logits = jnp.einsum("...d,vd->...v", x, self.table.astype(self.dtype))
     return constrain(logits, ("act_batch", "act_len", "act_vocab"))

@@ -28,9 +28,12 @@ VOCAB = 40  # a made-up text vocabulary: the layout below must follow it
 S = 32
 
 
-def _model_and_params(decoding):
+def _model_and_params(decoding, factored=False):
   c = config_files.load(CONFIG, "tiny")
   c.model.image_decoding = decoding
+  if factored:  # FSQ codes (levels 4, 4, 2: the tiny config's 32 codes) factored over their digits
+    c.model.image_tokenizer.quantizer = "fsq"
+    c.model.factored_codes = True
   model = model_class(c.model)(c.model, VOCAB)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (4, S, S, 3), dtype=np.uint8)
@@ -48,6 +51,11 @@ def model_and_params():
 @pytest.fixture(scope="module")
 def masked_model_and_params():
   return _model_and_params("masked")
+
+
+@pytest.fixture(scope="module")
+def factored_model_and_params():
+  return _model_and_params("causal", factored=True)
 
 
 def test_vocabulary_layout(model_and_params):
@@ -90,6 +98,25 @@ def test_cached_drawing_equals_full_forward(model_and_params, guidance):
   want = _full_forward_greedy(model, params, tokens, lengths, n, guidance)
   assert got.shape == (4, n) and int(got.min()) >= 0 and int(got.max()) < model.codebook_size
   np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_factored_codes_draw_from_digit_embeddings(factored_model_and_params):
+  """config.model.factored_codes with FSQ codes: the decoder's code ids embed (and score) as sums of
+  one vector per FSQ digit, and its cached drawing equals the full forward's (guided too)."""
+  model, params, _, tokens, lengths = factored_model_and_params
+  embed = params["decoder"]["embed"]
+  assert embed["digit_embedding"].shape == (4 + 4 + 2, 32)
+  first = model.first_image_id
+  table = model.apply({"params": params}, jnp.arange(first, first + 32)[None], method=lambda m, i: m.decoder.embed(i))
+  digits = np.asarray(embed["digit_embedding"], np.float64)
+  want = [digits[k % 4] + digits[4 + (k // 4) % 4] + digits[8 + k // 16] for k in range(32)]
+  np.testing.assert_allclose(np.asarray(table[0]), np.stack(want), rtol=1e-5, atol=1e-7)
+  n = model.num_codes(S)
+  for guidance in (None, 2.5):
+    got = image_tokens.draw_codes(
+      model, params, tokens, lengths, jax.random.key(0), n_codes=n, sampler=Greedy(), guidance=guidance
+    )
+    np.testing.assert_array_equal(np.asarray(got), _full_forward_greedy(model, params, tokens, lengths, n, guidance))
 
 
 def test_guidance_one_is_conditional_and_zero_is_null(model_and_params):
@@ -162,6 +189,7 @@ def test_cached_captioning_equals_full_forward(model_and_params):
     ("model.image_tokenizer.patch_size", 5, "patch_size=5"),
     ("model.caption_fraction", 1.0, "caption_fraction"),
     ("model.image_decoding", "diffusion", "config.model.image_decoding='diffusion'"),
+    ("model.factored_codes", True, "quantizer='vq' has none"),
   ],
 )
 def test_config_errors(shared_data_dir, key, value, match):

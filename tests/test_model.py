@@ -214,6 +214,46 @@ def test_embed_ordinal_tail_starts_from_sincos_codes():
     layers.Embed(vocab, width, ordinal_tail=vocab + 1).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
 
 
+def test_embed_factored_block_sums_digit_vectors_and_its_softmax_factors():
+  """Ids [5, 5 + 4*3*2) of a 40-id table are mixed-radix numbers (levels 4, 3, 2, digit 0 lowest):
+  their rows are sums of one vector per digit (built here digit by digit in float64 from the
+  parameter), the other rows the plain table's; the logits (tied) of the block give a softmax over the
+  block equal to the product of one softmax per digit (closed form of exp(sum) = prod(exp))."""
+  vocab, width, start, levels = 40, 12, 5, (4, 3, 2)
+  embed = layers.Embed(vocab, width, factored_start=start, factored_levels=levels)
+  params = nn.meta.unbox(embed.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])
+  digits = np.asarray(params["digit_embedding"], np.float64)  # rows: 4 for digit 0, 3 for digit 1, 2 for digit 2
+  assert digits.shape == (4 + 3 + 2, width)
+  plain = np.asarray(params["embedding"], np.float64)
+  want = plain.copy()
+  for k in range(24):
+    d0, d1, d2 = k % 4, (k // 4) % 3, k // 12
+    want[start + k] = digits[d0] + digits[4 + d1] + digits[7 + d2]
+  ids = jnp.arange(vocab)[None]
+  got = embed.apply({"params": params}, ids)[0]
+  assert rel_err(got, want) < 1e-6
+  assert abs(float(np.std(want[start : start + 24])) - 0.02) < 0.008  # the sums start at the plain rows' scale
+  x = jax.random.normal(jax.random.key(1), (3, width))
+  logits = np.asarray(embed.apply({"params": params}, x, method="attend"), np.float64)
+  assert rel_err(logits, np.asarray(x, np.float64) @ want.T) < 1e-5
+  block = logits[:, start : start + 24]
+  p_joint = np.exp(block - block.max(-1, keepdims=True))
+  p_joint /= p_joint.sum(-1, keepdims=True)
+  soft = lambda v: np.exp(v - v.max(-1, keepdims=True)) / np.exp(v - v.max(-1, keepdims=True)).sum(-1, keepdims=True)
+  xd = np.asarray(x, np.float64) @ digits.T
+  p0, p1, p2 = soft(xd[:, :4]), soft(xd[:, 4:7]), soft(xd[:, 7:])
+  p_prod = np.stack([p0[:, k % 4] * p1[:, (k // 4) % 3] * p2[:, k // 12] for k in range(24)], -1)
+  assert rel_err(p_joint, p_prod) < 1e-5
+  np.testing.assert_array_equal(
+    np.asarray(layers.mixed_radix_digits(jnp.asarray([0, 1, 4, 13, 23]), levels)),
+    [[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 0, 1], [3, 2, 1]],
+  )
+  with pytest.raises(ValueError, match="factored block"):
+    layers.Embed(vocab, width, factored_start=20, factored_levels=levels).init(
+      jax.random.key(0), jnp.zeros((1, 1), jnp.int32)
+    )
+
+
 def test_decoder_location_embedding_option():
   c = tiny_model_config()
   c.decoder.location_embedding = "sincos"

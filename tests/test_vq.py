@@ -237,6 +237,71 @@ def test_recon_every_decodes_one_row_in_k():
     full.clone(recon_every=0).apply(variables, x)
 
 
+FSQ_LEVELS = (8, 5, 5, 3)
+
+
+def fsq64(z, levels):
+  """Finite scalar quantization in float64 numpy, written from the paper's definition: the level of dim
+  d is round((L-1)/2 (1 + 1e-3) tanh(z + shift) - offset), offset 1/2 for even L (shift: arctanh of
+  it over the half-width); q = level / (L // 2), the code the mixed-radix number of level + L // 2."""
+  z = np.asarray(z, np.float64)
+  sizes = np.array(levels, np.float64)
+  half_l = (sizes - 1) * (1 + 1e-3) / 2
+  offset = np.where(sizes % 2 == 0, 0.5, 0.0)
+  digits = np.round(np.tanh(z + np.arctanh(offset / half_l)) * half_l - offset) + sizes // 2
+  basis = np.cumprod((1,) + tuple(levels[:-1]))
+  return (digits - sizes // 2) / (sizes // 2), (digits * basis).sum(-1).astype(np.int64)
+
+
+def test_fsq_against_float64_and_by_hand():
+  z = jax.random.normal(jax.random.key(0), (512, len(FSQ_LEVELS))) * 2.0
+  q, codes = vq.fsq(z, FSQ_LEVELS)
+  want_q, want_codes = fsq64(z, FSQ_LEVELS)
+  np.testing.assert_array_equal(np.asarray(codes), want_codes)
+  np.testing.assert_allclose(np.asarray(q), want_q, atol=1e-6)
+  # Every level of every dim is reached, and nothing else: 8 x 5 x 5 x 3 = 600 codes; along each dim
+  # the level never falls as z grows.
+  codes = np.asarray(codes)
+  digits = (codes[:, None] // np.cumprod((1,) + FSQ_LEVELS[:-1])) % np.array(FSQ_LEVELS)
+  assert all(set(digits[:, d]) == set(range(n)) for d, n in enumerate(FSQ_LEVELS))
+  assert 0 <= codes.min() and codes.max() < 600
+  for d in range(len(FSQ_LEVELS)):
+    assert (np.diff(digits[np.argsort(np.asarray(z)[:, d]), d]) >= 0).all()
+  # By hand: z = 0 is the middle level of each dim (8 levels: 4 of 0..7, the offset's rounding), so
+  # code 4 + 2*8 + 2*40 + 1*200 = 300; a large z is the top level of each, 7 + 4*8 + 4*40 + 2*200 = 599.
+  assert int(vq.fsq(jnp.zeros((1, 4)), FSQ_LEVELS)[1][0]) == 300
+  assert int(vq.fsq(jnp.full((1, 4), 9.0), FSQ_LEVELS)[1][0]) == 599
+  assert int(vq.fsq(jnp.full((1, 4), -9.0), FSQ_LEVELS)[1][0]) == 0
+  # The codes' vectors are the quantized vectors; the gradient passes straight through the rounding.
+  np.testing.assert_allclose(np.asarray(vq.fsq_vectors(codes, FSQ_LEVELS)), np.asarray(q), atol=1e-6)
+  g = jax.grad(lambda v: jnp.sum(vq.fsq(v, FSQ_LEVELS)[0]))(z)
+  sizes = np.array(FSQ_LEVELS, np.float64)
+  half_l = (sizes - 1) * (1 + 1e-3) / 2
+  shift = np.arctanh(np.where(sizes % 2 == 0, 0.5, 0.0) / half_l)
+  want_g = (1 - np.tanh(np.asarray(z, np.float64) + shift) ** 2) * half_l / (sizes // 2)
+  np.testing.assert_allclose(np.asarray(g), want_g, rtol=1e-4, atol=1e-6)  # float32 tanh near saturation
+
+
+def test_fsq_tokenizer_codes_decode_and_errors():
+  """quantizer="fsq": no codebook parameter, zero codebook terms, the codes are fsq of the encoder's
+  output (float64 reference), and decode(codes) is the training forward's reconstruction (clipped)."""
+  model = vq.VQTokenizer(codebook_size=600, quantizer="fsq", fsq_levels=FSQ_LEVELS, width=16, depth=1)
+  x = jax.random.uniform(jax.random.key(3), (2, 16, 24, 3), minval=-1.0, maxval=1.0)
+  variables = model.init(jax.random.key(1), x)
+  assert "codebook" not in variables["params"]
+  recon, codes, losses = model.apply(variables, x)
+  assert codes.shape == (2, 24) and float(jnp.abs(losses["codebook"]).max()) == 0.0
+  z = model.apply(variables, x, method=lambda m, v: m.encoder(v))
+  assert z.shape == (2, 4, 6, 4)
+  np.testing.assert_array_equal(np.asarray(codes), fsq64(z, FSQ_LEVELS)[1].reshape(2, 24))
+  images = model.apply(variables, codes, (4, 6), method=model.decode)
+  np.testing.assert_allclose(np.asarray(images), np.clip(np.asarray(recon), -1, 1), atol=1e-5)
+  with pytest.raises(ValueError, match="codebook_size=512"):
+    vq.VQTokenizer(quantizer="fsq", fsq_levels=FSQ_LEVELS, width=16, depth=1).init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match="quantizer='lfq'"):
+    vq.VQTokenizer(quantizer="lfq", width=16, depth=1).init(jax.random.key(0), x)
+
+
 def test_codebook_usage_hand_computed():
   usage = jax.jit(vq.codebook_usage, static_argnums=1)(jnp.array([0, 0, 1, 3]), 4)
   p = np.array([0.5, 0.25, 0.25])

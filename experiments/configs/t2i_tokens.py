@@ -31,6 +31,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.image_tokenizer = ml_collections.ConfigDict(
     dict(codebook_size=512, code_dim=16, patch_size=4, width=64, depth=2, refine=2, commitment=0.25, recon_every=1)
   )
+  # quantizer "fsq": finite scalar codes (codebook_size = prod(fsq_levels)); with it, factored_codes
+  # makes a code's embedding and logit sums over its digits (mmjax.models.image_tokens).
+  m.image_tokenizer.quantizer = "vq"
+  m.image_tokenizer.fsq_levels = (8, 5, 5, 5)
+  m.factored_codes = False
   m.decoder = ml_collections.ConfigDict(dict(width=128, depth=4, num_heads=4, mlp_dim=512, max_len=128))
   # "causal": codes drawn one by one in raster order (KV cache); "masked": MaskGIT, the image block read
   # bidirectionally and filled in config.sampler.steps parallel steps, the surest codes first (on the
@@ -41,6 +46,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.vq_weight = 1.0
   c.sampler.update(dict(name="top_k", top_k=8, temperature=1.0, guidance=3.0))
   if arg == "tiny":
-    m.image_tokenizer.update(dict(codebook_size=32, code_dim=8, patch_size=8, width=16, depth=1))
+    m.image_tokenizer.update(dict(codebook_size=32, code_dim=8, patch_size=8, width=16, depth=1, fsq_levels=(4, 4, 2)))
     m.decoder.update(dict(width=32, depth=1, num_heads=2, mlp_dim=64, max_len=72))
   return c

@@ -44,6 +44,11 @@ class Decoder(nn.Module):
   # > 0: `xent` spreads a location target over the neighbouring bins, a Gaussian of this many bins'
   # standard deviation, so that a near miss costs less than a far one (a bin is ordered, unlike a word).
   location_label_sigma: float = 0.0
+  # A block of ids whose embeddings (and so, tied, output logits) are sums of per-digit vectors
+  # (layers.Embed's factored_levels): image codes of a finite scalar quantizer, one digit per code
+  # dimension (mmjax.models.image_tokens sets them with config.model.factored_codes).
+  factored_start: int = 0
+  factored_levels: tuple[int, ...] = ()
   # Pretrained families (mmjax.pretrained): head_dim (default width // num_heads); posemb "learn"
   # (GPT-2, mmjax's own) or "none" (rotary positions instead: style rope_theta, Llama / Gemma);
   # scale_embeddings multiplies token embeddings by sqrt(width) (Gemma); tie_embeddings=False gives
@@ -61,7 +66,16 @@ class Decoder(nn.Module):
         f"config.model.decoder.location_embedding={self.location_embedding!r}: expected 'random' or 'sincos'."
       )
     ordinal = self.location_bins if self.location_embedding == "sincos" else 0
-    self.embed = layers.Embed(self.vocab_size, self.width, self.dtype, ordinal_tail=ordinal)
+    if self.factored_levels and not self.tie_embeddings:
+      raise ValueError("Decoder: factored_levels factor the tied output projection; it needs tie_embeddings=True.")
+    self.embed = layers.Embed(
+      self.vocab_size,
+      self.width,
+      self.dtype,
+      ordinal_tail=ordinal,
+      factored_start=self.factored_start,
+      factored_levels=tuple(self.factored_levels),
+    )
     if self.mlp_activation not in layers.MLP_ACTIVATIONS:
       raise ValueError(
         f"config.model.decoder.mlp_activation={self.mlp_activation!r}: use one of {tuple(layers.MLP_ACTIVATIONS)}."

@@ -6,7 +6,11 @@ image from a caption and captions an image.
 
 Vocabulary: the text tokenizer's `vocab_size` ids, then the K = image_tokenizer.codebook_size image
 codes (id = vocab_size + code), then BOI (begin of image, vocab_size + K), padded to a multiple of 128.
-The decoder is mmjax.decoders.lm.Decoder over all of them.
+The decoder is mmjax.decoders.lm.Decoder over all of them. With a finite scalar quantizer
+(image_tokenizer.quantizer "fsq") and config.model.factored_codes, a code's embedding, and so its
+logit, is a sum over the code's digits (one per FSQ dimension; mmjax.layers.Embed's factored_levels):
+the decoder predicts each dimension's level, and can draw a code whose combination of levels no
+training image produced.
 
 Sequences (Conditioning.prefix is the decoder's own embedding of [BOS, caption], read bidirectionally
 as in PaliGemma's prefix-LM; its padding, past 1 + caption length, is masked out):
@@ -78,7 +82,7 @@ def positions_needed(model_config, image_size: int) -> int:
 class TextToImageTokens(nn.Module):
   """VQ tokenizer (config.model.image_tokenizer: VQTokenizer fields) + Decoder (config.model.decoder).
 
-  config keys: image_tokenizer, decoder, caption_len (the prefix's caption slots: every prompt is
+  config keys: image_tokenizer, decoder, factored_codes, caption_len (the prefix's caption slots: every prompt is
   padded to it, so that the image codes sit at the same positions in training and sampling),
   image_decoding (IMAGE_DECODINGS: "causal" raster order, "masked" MaskGIT), cond_dropout,
   caption_fraction, vq_weight, dtype, attention_implementation, remat, scan_layers.
@@ -121,6 +125,12 @@ class TextToImageTokens(nn.Module):
     decoding = str(m.get("image_decoding", "causal"))
     if decoding not in IMAGE_DECODINGS:
       raise ValueError(f"config.model.image_decoding={decoding!r}: use one of {IMAGE_DECODINGS}.")
+    quantizer = str(m.image_tokenizer.get("quantizer", VQTokenizer.quantizer))
+    if bool(m.get("factored_codes", False)) and quantizer != "fsq":
+      raise ValueError(
+        f"config.model.factored_codes factors codes over FSQ dimensions; config.model.image_tokenizer.quantizer="
+        f"{quantizer!r} has none: set quantizer='fsq' or factored_codes=False."
+      )
     if not 0.0 <= float(m.caption_fraction) < 1.0:
       raise ValueError(f"config.model.caption_fraction={m.caption_fraction} must be in [0, 1).")
 
@@ -143,7 +153,15 @@ class TextToImageTokens(nn.Module):
       dtype=dtype,
       remat=str(c.remat),
       scan_layers=bool(c.scan_layers),
+      **self._factored(),
     )
+
+  def _factored(self) -> dict:
+    """The decoder's factored block (config.model.factored_codes): the code ids, by their FSQ digits."""
+    if not bool(self.config.get("factored_codes", False)):
+      return {}
+    levels = tuple(int(v) for v in self.config.image_tokenizer.get("fsq_levels", VQTokenizer.fsq_levels))
+    return dict(factored_start=self.first_image_id, factored_levels=levels)
 
   @staticmethod
   def max_prompt_len(model_config) -> int:
