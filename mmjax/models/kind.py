@@ -50,6 +50,9 @@ def base_model_config() -> ml_collections.ConfigDict:
       scan_layers=False,  # nn.scan over identical blocks (params gain a leading "layers" axis)
       image_encoder="vit",  # registry name (floor "encoders") or "module:Class"; its fields in its own block
       freeze=(),  # top-level parameter subtrees that never update, e.g. ("image_encoder",)
+      # {"image_tokenizer": 600}: subtrees that stop updating after that many steps (stationary codes
+      # for the decoder that learns them; mmjax.models.transfer.freeze_after).
+      freeze_after=ml_collections.ConfigDict(),
       # {"image_encoder": "/path/to/workdir"}: subtrees copied from trained runs at a fresh start.
       init_from=ml_collections.ConfigDict(),
       # {"image_encoder": "/ckpt/siglip", "decoder": "/ckpt/gemma"}: Hugging Face checkpoints whose

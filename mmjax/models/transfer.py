@@ -1,9 +1,11 @@
 """Freezing submodules and initialising them from another run: config switches for the trainer.
 
   config.model.freeze = ("image_encoder",)             # top-level param subtrees that never update
+  config.model.freeze_after = {"image_tokenizer": 600}  # subtrees that stop updating after N steps
   config.model.init_from = {"image_encoder": WORKDIR}  # copy that subtree from WORKDIR's newest params
 
   tx = freeze(tx, config.model.freeze)      # wrap the optimizer (before tx.init)
+  tx = freeze_after(tx, config.model.freeze_after)
   params = init_from_workdirs(params, config.model.init_from, load_params)
 
 This module sits on the models floor, so it does not import the trainer: `load_params(workdir)`
@@ -15,7 +17,7 @@ LoRA (mmjax.models.lora) reuses both: its adapters are trained through `freeze_b
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -81,6 +83,48 @@ def freeze_by_labels(tx: optax.GradientTransformation, labels: Callable[[Any], A
   tree's keys only.
   """
   return optax.multi_transform({TRAINABLE: tx, FROZEN: optax.set_to_zero()}, labels)
+
+
+class FreezeAfterState(NamedTuple):
+  count: jax.Array  # updates made so far
+  inner: Any
+
+
+def freeze_after(tx: optax.GradientTransformation, steps: Mapping[str, int]) -> optax.GradientTransformation:
+  """`tx` whose updates become exactly 0 under each path of `steps` ({"image_tokenizer": 600}) once
+  that many updates were made: those parameters train for their first N steps, then stay fixed.
+
+  For a part whose outputs another part learns from, such as an image tokenizer whose codes a decoder
+  is trained to predict: once it stops, its outputs are stationary targets. The gradients still
+  enter the inner transform (its global-norm clipping, its moments), only its output is zeroed.
+  Returns `tx` unchanged when `steps` is empty (old checkpoints keep their optimizer state layout).
+  """
+  steps = {str(k): int(v) for k, v in dict(steps or {}).items()}
+  if not steps:
+    return tx
+  prefixes = [(_split(path), n) for path, n in steps.items()]
+
+  def stop_steps(tree):
+    """The step from which each leaf stops (int32 max where none of `steps` covers it)."""
+
+    def leaf(path, _):
+      key = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+      return min([n for p, n in prefixes if key[: len(p)] == p], default=jnp.iinfo(jnp.int32).max)
+
+    return jax.tree_util.tree_map_with_path(leaf, tree)
+
+  def init(params):
+    _check_paths(params, list(steps), "model.freeze_after")
+    return FreezeAfterState(count=jnp.zeros([], jnp.int32), inner=tx.init(params))
+
+  def update(updates, state, params=None):
+    updates, inner = tx.update(updates, state.inner, params)
+    updates = jax.tree.map(
+      lambda stop, u: jnp.where(state.count >= stop, jnp.zeros_like(u), u), stop_steps(updates), updates
+    )
+    return updates, FreezeAfterState(count=optax.safe_increment(state.count), inner=inner)
+
+  return optax.GradientTransformation(init, update)
 
 
 def copy_subtrees(params, source, paths: Sequence[str], optional: Sequence[str] = ADAPTER_LEAVES):

@@ -124,6 +124,8 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int, devices=None)
   tx = make_optimizer(config.optim, config.total_steps)
   # Frozen subtrees get zero updates and no optimizer state (config.model.freeze).
   tx = transfer.freeze(tx, tuple(config.model.freeze))
+  # Subtrees that stop updating after N steps (config.model.freeze_after).
+  tx = transfer.freeze_after(tx, dict(config.model.get("freeze_after", {})))
   adapters = lora_config(config.model)
   if adapters:  # LoRA: only the adapters and lora.train train (and none under config.model.freeze)
     tx = lora.train_adapters_only(tx, tuple(adapters.get("train", ())))
