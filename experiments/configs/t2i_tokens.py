@@ -32,7 +32,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     dict(codebook_size=512, code_dim=16, patch_size=4, width=64, depth=2, refine=2, commitment=0.25, recon_every=1)
   )
   # quantizer "fsq": finite scalar codes (codebook_size = prod(fsq_levels)); with it, factored_codes
-  # makes a code's embedding and logit sums over its digits (mmjax.models.image_tokens).
+  # makes a code's embedding and logit sums over its digits (mmjax.models.image_tokens). Trained jointly,
+  # FSQ codes keep flipping: pair it with model.freeze_after = {"image_tokenizer": N}. On the shapes
+  # scenes the factored drawing measured far worse than whole codes (docs/results.md, "Text-to-image").
   m.image_tokenizer.quantizer = "vq"
   m.image_tokenizer.fsq_levels = (8, 5, 5, 5)
   m.factored_codes = False
