@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from mmjax import layers
+from mmjax.decoders.lm import Decoder
 from mmjax.encoders import TextEncoder, ViT
 from mmjax.fusion import build_fusion
+from mmjax.fusion.base import Conditioning
 from mmjax.models import build_model
 from mmjax.models.kind import base_model_config
 from mmjax.sample.generate import GenerateOptions, generate
@@ -252,6 +254,9 @@ def test_embed_factored_block_sums_digit_vectors_and_its_softmax_factors():
     layers.Embed(vocab, width, factored_start=20, factored_levels=levels).init(
       jax.random.key(0), jnp.zeros((1, 1), jnp.int32)
     )
+  untied = Decoder(64, width=8, depth=1, num_heads=2, mlp_dim=16, factored_start=4, factored_levels=(2, 2))
+  with pytest.raises(ValueError, match="tie_embeddings=True"):
+    untied.clone(tie_embeddings=False).init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32), Conditioning())
 
 
 def test_decoder_location_embedding_option():

@@ -67,7 +67,10 @@ class Decoder(nn.Module):
       )
     ordinal = self.location_bins if self.location_embedding == "sincos" else 0
     if self.factored_levels and not self.tie_embeddings:
-      raise ValueError("Decoder: factored_levels factor the tied output projection; it needs tie_embeddings=True.")
+      raise ValueError(
+        "config.model.factored_codes factors the decoder's tied output projection: it needs "
+        "config.model.decoder.tie_embeddings=True."
+      )
     self.embed = layers.Embed(
       self.vocab_size,
       self.width,

@@ -109,7 +109,7 @@ def freeze_after(tx: optax.GradientTransformation, steps: Mapping[str, int]) -> 
 
     def leaf(path, _):
       key = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-      return min([n for p, n in prefixes if key[: len(p)] == p], default=jnp.iinfo(jnp.int32).max)
+      return min([n for p, n in prefixes if _matches(key, (p,))], default=jnp.iinfo(jnp.int32).max)
 
     return jax.tree_util.tree_map_with_path(leaf, tree)
 
