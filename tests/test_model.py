@@ -73,6 +73,43 @@ def test_text_encoder_ignores_padding():
   np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
+def test_conv_patch_stem_adds_each_patchs_pixels_linearly():
+  """stem="conv+patch": a token is the conv features' embedding plus a linear map of its own patch's
+  pixels (scaled to [-1, 1], with the x / y coordinate channels). With the convolutions zeroed, the
+  tokens must equal a float64 build from the raw pixels alone."""
+  p, h, w = 4, 8, 12
+  vit = ViT(
+    width=8, depth=0, num_heads=2, mlp_dim=8, patch_size=p, stem="conv+patch", stem_channels=(4, 6),
+    coord_channels=True, implementation="xla",
+  )  # fmt: skip
+  rng = np.random.default_rng(0)
+  img = rng.integers(0, 256, (2, h, w, 3)).astype(np.uint8)
+  params = dict(nn.meta.unbox(vit.init(jax.random.key(0), img)["params"]))
+  for name in ("stem_0", "stem_1"):
+    params[name] = jax.tree.map(jnp.zeros_like, params[name])
+  params["posemb"] = jnp.zeros_like(params["posemb"])
+  bias = rng.normal(size=8)
+  params["patch_embed"] = dict(params["patch_embed"], bias=jnp.asarray(bias, jnp.float32))
+  tokens = np.asarray(vit.apply({"params": params}, img), np.float64)
+
+  x = img.astype(np.float64) / 255 * 2 - 1
+  xs = np.broadcast_to(2 * (np.arange(w) + 0.5) / w - 1, (h, w))  # pixel centres' x, then y, in [-1, 1]
+  ys = np.broadcast_to((2 * (np.arange(h) + 0.5) / h - 1)[:, None], (h, w))
+  x = np.concatenate([x, np.broadcast_to(np.stack([xs, ys], -1), (2, h, w, 2))], -1)
+  kernel = np.asarray(params["pixel_embed"]["kernel"], np.float64)
+  assert kernel.shape == (p * p * 5, 8) and "bias" not in params["pixel_embed"]
+  want = np.zeros((2, (h // p) * (w // p), 8))
+  for b in range(2):
+    for r in range(h // p):
+      for c in range(w // p):
+        patch = x[b, r * p : (r + 1) * p, c * p : (c + 1) * p].reshape(-1)  # rows, columns, channels
+        want[b, r * (w // p) + c] = bias + patch @ kernel
+  want = (want - want.mean(-1, keepdims=True)) / np.sqrt(want.var(-1, keepdims=True) + 1e-6)  # the final LayerNorm
+  assert np.linalg.norm(tokens - want) / np.linalg.norm(want) < 1e-5
+  with pytest.raises(ValueError, match="'conv\\+patch'"):
+    ViT(width=8, depth=0, num_heads=2, mlp_dim=8, patch_size=p, stem="pixels").init(jax.random.key(0), img)
+
+
 def test_bad_inputs_raise():
   vit = ViT(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=5)
   with pytest.raises(ValueError, match="patch_size"):
