@@ -1,6 +1,15 @@
+import importlib.util
 import os
 
 import pytest
+
+# Triton's compiler library aborts the process when it is first loaded after XLA has compiled
+# something (each bundles its own LLVM), and torch / transformers load it lazily, so a test run that
+# reached them after a jitted test died. Load it first, in the interpreter mode the Triton kernel
+# tests need (mmjax.kernels.interpret; compiled kernels run in child processes): what every full run
+# already did while collecting tests/test_triton_kernel.py.
+if importlib.util.find_spec("triton") is not None:
+  import mmjax.kernels.interpret  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "experiments", "configs")

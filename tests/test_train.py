@@ -110,6 +110,39 @@ def test_train_checkpoint_resume_sample(tiny_config, tmp_path):
   majority = lambda y: max(y[held].mean(), 1 - y[held].mean())
   assert [line.split()[-1] for line in lines[2:]] == [f"({majority(asks_low):.3f})", f"({majority(yes):.3f})"]
 
+  # The token probe: one line per module of the image encoder; its labels are the parser's objects
+  # of the first 12 train scenes, so the held-out third's majority rates follow from them.
+  out = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(ROOT, "experiments", "proj", "shapes", "probe_tokens.py"),
+      f"--workdir={wd}",
+      "--split=train",
+      "--max_images=12",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  from mmjax.projects.shapes.parse import parse_image
+
+  firsts = {}
+  for e in range(len(train)):
+    firsts.setdefault(int(train.index[e, 0]), e)
+  scenes = [train.image_of(e) for e in list(firsts.values())[:12]]
+  objects = [o for image in scenes for o in parse_image(np.asarray(image)) if o.shape is not None]
+  rate = lambda labels: (
+    max(labels[len(labels) * 2 // 3 :].count(v) for v in set(labels)) / (len(labels) - len(labels) * 2 // 3)
+  )
+  lines = out.stdout.splitlines()
+  assert lines[0].startswith(f"{len(objects)} objects in 12 images of train"), out.stdout
+  # Each module's line ends with its two majority rates in brackets (colour, then shape).
+  rows = {line.split()[0]: re.findall(r"\(([01]\.\d{3})\)", line) for line in lines[2:]}
+  assert {"image_encoder", "image_encoder/patch_embed", "image_encoder/norm"} <= set(rows), out.stdout
+  colours, shapes = rate([o.color for o in objects]), rate([o.shape for o in objects])
+  assert all(r == [f"{colours:.3f}", f"{shapes:.3f}"] for r in rows.values()), out.stdout
+
 
 def report_rows(path):
   """The predictions of a sample report (mmjax.sample.report's text: `[id] (qtype) prompt`, then the model's

@@ -42,8 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.decoder.location_embedding = "sincos"
   c.model.decoder.location_label_sigma = 1.5
   # Finding "the red circle" needs tokens that keep their pixels' colours. The conv stem alone lost
-  # them (a linear probe of the trained tokens: colour 0.38 of 6 colours) and the model sat on a
+  # them (a linear probe of the trained tokens: colour 0.36 of 6 colours) and the model sat on a
   # plateau for about 2000 steps; the linear embedding of each patch's own pixels added to the stem's
-  # keeps them (probe 0.89), and test referring Acc@0.5 went 0.38 -> 0.95 (docs/results.md).
+  # keeps them (probe 0.90), and test referring Acc@0.5 went 0.38 -> 0.95 (docs/results.md).
   c.model.vit.stem = "conv+patch"
   return c

@@ -24,9 +24,9 @@ class ViT(nn.Module):
   the linear embedding of each patch's own pixels to the conv features' embedding: a skip around
   the stem, so that what pixels hold linearly (a patch's colours) reaches the tokens whatever the
   convolutions learn first. A linear probe of a trained conv-stem ViT's tokens read an object's
-  colour at 0.38 (6 colours; 0.99 in the stem's own 16x16 map): the stride-2 layer to the token
-  grid had dropped it, and a decoder asked for "the red circle" could not find it. With the skip the
-  probe reads 0.89 (docs/results.md, "Grounding").
+  colour at 0.36 (6 colours; 0.996 in the stem's own 16x16 map): the stride-2 layer to the token
+  grid had dropped most of it, and a decoder asked for an object by its colour could not find it.
+  With the skip the probe reads 0.90 (docs/results.md, "Grounding").
 
   coord_channels=True appends each pixel's x and y (scaled to [-1, 1]) as two more input channels
   (CoordConv, Liu et al. 2018): a token then knows where inside its patch an object sits, which
