@@ -23,23 +23,27 @@ _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Sp
 _MAX = flags.DEFINE_integer("max_images", 1000, "Images to probe (at most).")
 
 
-def encoder_maps(model, params, images) -> dict[str, np.ndarray]:
-  """The [B, tokens, D] or [B, H, W, C] outputs of the image encoder ("image_encoder") and of its
-  own modules ("image_encoder/stem_0", ...; not their submodules), by module path."""
+def encoder_maps(model):
+  """A function (params, images) -> the [B, tokens, D] or [B, H, W, C] outputs of the image encoder
+  ("image_encoder") and of its own modules ("image_encoder/stem_0", ...; not their submodules), by
+  module path. Jitted once, so every batch of images reuses one compilation."""
 
+  @jax.jit
   def run(params, images):
     _, state = model.apply(
       {"params": params}, images, method=lambda m, x: m.image_encoder(x), capture_intermediates=True
     )
     return state["intermediates"]
 
-  captured = jax.jit(run)(params, images)
-  out = {}
-  for path, value in jax.tree_util.tree_flatten_with_path(captured)[0]:
-    keys = [str(getattr(k, "key", k)) for k in path][:-2]  # drop "__call__" and the output's index
-    if len(keys) <= 2 and np.ndim(value) in (3, 4) and np.shape(value)[0] == len(images):
-      out["/".join(keys)] = np.asarray(value, np.float32)
-  return out
+  def maps(params, images):
+    out = {}
+    for path, value in jax.tree_util.tree_flatten_with_path(run(params, images))[0]:
+      keys = [str(getattr(k, "key", k)) for k in path][:-2]  # drop "__call__" and the output's index
+      if len(keys) <= 2 and np.ndim(value) in (3, 4) and np.shape(value)[0] == len(images):
+        out["/".join(keys)] = np.asarray(value, np.float32)
+    return out
+
+  return maps
 
 
 def at_point(maps: np.ndarray, image: int, y: float, x: float, size: int) -> np.ndarray:
@@ -73,10 +77,11 @@ def main(argv):
   objects = [(i, o) for i, image in enumerate(images) for o in parse_image(image) if o.shape is not None]
   if len(objects) < 30:
     raise ValueError(f"the parser found {len(objects)} objects in {_SPLIT.value}; the probe needs at least 30.")
+  encode = encoder_maps(t.setup.model)
   with t.setup.context():
     maps = {}
     for start in range(0, len(images), 100):
-      for name, value in encoder_maps(t.setup.model, t.params, images[start : start + 100]).items():
+      for name, value in encode(t.params, images[start : start + 100]).items():
         maps.setdefault(name, []).append(value)
   colours = np.array([o.color for _, o in objects])
   shapes = np.array([o.shape for _, o in objects])
