@@ -73,40 +73,59 @@ def test_text_encoder_ignores_padding():
   np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
-def test_conv_patch_stem_adds_each_patchs_pixels_linearly():
-  """stem="conv+patch": a token is the conv features' embedding plus a linear map of its own patch's
-  pixels (scaled to [-1, 1], with the x / y coordinate channels). With the convolutions zeroed, the
-  tokens must equal a float64 build from the raw pixels alone."""
-  p, h, w = 4, 8, 12
+def _conv_s2_f64(x, kernel, bias):
+  """3x3 stride-2 convolution with XLA's "SAME" padding for even sizes (none before, one after)."""
+  xp = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+  ho, wo = x.shape[1] // 2, x.shape[2] // 2
+  out = np.zeros((x.shape[0], ho, wo, kernel.shape[-1])) + bias
+  for di in range(3):
+    for dj in range(3):
+      out += xp[:, di : di + 2 * ho : 2, dj : dj + 2 * wo : 2] @ kernel[di, dj]
+  return 0.5 * out * (1 + np.tanh(np.sqrt(2 / np.pi) * (out + 0.044715 * out**3)))  # flax's (tanh) gelu
+
+
+@pytest.mark.parametrize("stem", ["conv", "conv+patch", "hypercolumn"])
+def test_conv_stems_against_float64(stem):
+  """The conv stems built in float64 numpy from the module's own (random) parameters: two stride-2
+  convolutions over the pixels (scaled to [-1, 1], with the x / y coordinate channels); a token is
+  the linear embedding of the last map's cell, plus for "conv+patch" a linear map of its patch's
+  pixels, plus for "hypercolumn" also of the first map's 2x2 cells under it. The loops name the
+  patches by row and column, so a mis-ordered flattening fails."""
+  p, h, w, d = 4, 8, 12, 8
   vit = ViT(
-    width=8, depth=0, num_heads=2, mlp_dim=8, patch_size=p, stem="conv+patch", stem_channels=(4, 6),
+    width=d, depth=0, num_heads=2, mlp_dim=8, patch_size=p, stem=stem, stem_channels=(4, 6),
     coord_channels=True, implementation="xla",
   )  # fmt: skip
   rng = np.random.default_rng(0)
   img = rng.integers(0, 256, (2, h, w, 3)).astype(np.uint8)
   params = dict(nn.meta.unbox(vit.init(jax.random.key(0), img)["params"]))
+  params["patch_embed"] = dict(params["patch_embed"], bias=jnp.asarray(rng.normal(size=d), jnp.float32))
   for name in ("stem_0", "stem_1"):
-    params[name] = jax.tree.map(jnp.zeros_like, params[name])
-  params["posemb"] = jnp.zeros_like(params["posemb"])
-  bias = rng.normal(size=8)
-  params["patch_embed"] = dict(params["patch_embed"], bias=jnp.asarray(bias, jnp.float32))
+    params[name] = dict(params[name], bias=jnp.asarray(rng.normal(size=params[name]["bias"].shape), jnp.float32))
   tokens = np.asarray(vit.apply({"params": params}, img), np.float64)
+  f64 = lambda *keys: np.asarray(params[keys[0]][keys[1]] if len(keys) == 2 else params[keys[0]], np.float64)
 
   x = img.astype(np.float64) / 255 * 2 - 1
   xs = np.broadcast_to(2 * (np.arange(w) + 0.5) / w - 1, (h, w))  # pixel centres' x, then y, in [-1, 1]
   ys = np.broadcast_to((2 * (np.arange(h) + 0.5) / h - 1)[:, None], (h, w))
   x = np.concatenate([x, np.broadcast_to(np.stack([xs, ys], -1), (2, h, w, 2))], -1)
-  kernel = np.asarray(params["pixel_embed"]["kernel"], np.float64)
-  assert kernel.shape == (p * p * 5, 8) and "bias" not in params["pixel_embed"]
-  want = np.zeros((2, (h // p) * (w // p), 8))
+  m0 = _conv_s2_f64(x, f64("stem_0", "kernel"), f64("stem_0", "bias"))
+  m1 = _conv_s2_f64(m0, f64("stem_1", "kernel"), f64("stem_1", "bias"))
+  skips = [("pixel_embed", x, p), ("stem_0_embed", m0, 2)][: {"conv": 0, "conv+patch": 1, "hypercolumn": 2}[stem]]
+  assert sorted(k for k in params if k.endswith("_embed")) == sorted(["patch_embed"] + [n for n, _, _ in skips])
+  want = np.zeros((2, (h // p) * (w // p), d))
   for b in range(2):
     for r in range(h // p):
       for c in range(w // p):
-        patch = x[b, r * p : (r + 1) * p, c * p : (c + 1) * p].reshape(-1)  # rows, columns, channels
-        want[b, r * (w // p) + c] = bias + patch @ kernel
+        t = f64("patch_embed", "bias") + m1[b, r, c] @ f64("patch_embed", "kernel")
+        for name, m, q in skips:  # q x q cells of map m lie under the token; flattened rows, columns, channels
+          assert "bias" not in params[name]
+          t += m[b, r * q : (r + 1) * q, c * q : (c + 1) * q].reshape(-1) @ f64(name, "kernel")
+        want[b, r * (w // p) + c] = t
+  want += f64("posemb")
   want = (want - want.mean(-1, keepdims=True)) / np.sqrt(want.var(-1, keepdims=True) + 1e-6)  # the final LayerNorm
-  assert np.linalg.norm(tokens - want) / np.linalg.norm(want) < 1e-5
-  with pytest.raises(ValueError, match="'conv\\+patch'"):
+  assert rel_err(tokens, want) < 1e-5
+  with pytest.raises(ValueError, match="'conv\\+patch', 'hypercolumn'"):
     ViT(width=8, depth=0, num_heads=2, mlp_dim=8, patch_size=p, stem="pixels").init(jax.random.key(0), img)
 
 

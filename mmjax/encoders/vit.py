@@ -8,6 +8,8 @@ import jax.numpy as jnp
 
 from mmjax import layers
 
+STEMS = ("patch", "conv", "conv+patch", "hypercolumn")
+
 
 class ViT(nn.Module):
   """Patch embedding, learned or sin-cos positions, pre-norm blocks, final norm.
@@ -26,7 +28,11 @@ class ViT(nn.Module):
   convolutions learn first. A linear probe of a trained conv-stem ViT's tokens read an object's
   colour at 0.36 (6 colours; 0.996 in the stem's own 16x16 map): the stride-2 layer to the token
   grid had dropped most of it, and a decoder asked for an object by its colour could not find it.
-  With the skip the probe reads 0.90 (docs/results.md, "Grounding").
+  With the skip the probe reads 0.90 (docs/results.md, "Grounding"). stem="hypercolumn" adds the
+  same kind of linear skip from every intermediate conv map too (the cells of each map under the
+  token), so a token is a linear embedding of its patch's whole hypercolumn (Hariharan et al. 2015):
+  features that a later stride-2 layer has not yet learnt to keep (an object's outline, half-way
+  down the stem) still reach the tokens.
 
   coord_channels=True appends each pixel's x and y (scaled to [-1, 1]) as two more input channels
   (CoordConv, Liu et al. 2018): a token then knows where inside its patch an object sits, which
@@ -45,7 +51,7 @@ class ViT(nn.Module):
   mlp_dim: int = 512
   patch_size: int = 8
   posemb: str = "learn"  # "learn" | "sincos2d"
-  stem: str = "patch"  # "patch" | "conv" | "conv+patch"
+  stem: str = "patch"  # STEMS
   stem_channels: tuple[int, ...] = (32, 64)
   coord_channels: bool = False
   implementation: str = "auto"
@@ -75,17 +81,17 @@ class ViT(nn.Module):
     x = (x - jnp.asarray(self.pixel_mean, jnp.float32)) / jnp.asarray(self.pixel_std, jnp.float32)
     if self.coord_channels:
       x = jnp.concatenate([x, jnp.broadcast_to(jnp.asarray(layers.pixel_coordinates(h, w)), (x.shape[0], h, w, 2))], -1)
-    if self.stem not in ("patch", "conv", "conv+patch"):
-      raise ValueError(f"ViT: unknown stem {self.stem!r}; use 'patch', 'conv' or 'conv+patch'.")
-    pixels = x
-    if self.stem != "patch":
-      x, p = self._conv_stem(x, p)
+    if self.stem not in STEMS:
+      raise ValueError(f"ViT: unknown stem {self.stem!r}; use one of {', '.join(map(repr, STEMS))}.")
+    maps = [x] if self.stem == "patch" else [x, *self._conv_stem(x)]  # the pixels, then each conv's map
     embed = lambda name, bias: layers.Dense(
       self.width, ("patch",), ("embed",), use_bias=bias, dtype=self.dtype, name=name
     )
-    x = embed("patch_embed", self.patch_bias)(_patches(x, p))
-    if self.stem == "conv+patch":
-      x = x + embed("pixel_embed", False)(_patches(pixels, self.patch_size))
+    # Map i has 1/2**i of the image's resolution, so p / 2**i of its pixels span one token.
+    x = embed("patch_embed", self.patch_bias)(_patches(maps[-1], p >> (len(maps) - 1)))
+    skips = {"conv+patch": 1, "hypercolumn": len(maps) - 1}.get(self.stem, 0)  # the maps before the last
+    for i in range(skips):
+      x = x + embed("pixel_embed" if i == 0 else f"stem_{i - 1}_embed", False)(_patches(maps[i], p >> i))
     style = layers.block_style(self.style, "config.model.vit")
     if self.class_token:
       cls = self.param("cls", layers.param_with_axes(nn.initializers.normal(0.02), ("embed",)), (self.width,))
@@ -117,14 +123,15 @@ class ViT(nn.Module):
     x = layers.run_blocks(x, depth=self.depth, block=block, remat=self.remat, scan=self.scan_layers)
     return norm("norm")(x)
 
-  def _conv_stem(self, x, p):
-    """Returns the feature map and the patch size that keeps one token per p x p pixels."""
+  def _conv_stem(self, x):
+    """Returns the feature map after each stride-2 convolution (each at half the previous resolution)."""
+    if self.patch_size % 2 ** len(self.stem_channels):
+      raise ValueError(
+        f"ViT: conv stem with {len(self.stem_channels)} stride-2 layers needs patch_size "
+        f"divisible by {2 ** len(self.stem_channels)}; got {self.patch_size}."
+      )
+    maps = []
     for i, channels in enumerate(self.stem_channels):
-      if p % 2:
-        raise ValueError(
-          f"ViT: conv stem with {len(self.stem_channels)} stride-2 layers needs patch_size "
-          f"divisible by {2 ** len(self.stem_channels)}; got {self.patch_size}."
-        )
       x = nn.Conv(
         channels,
         (3, 3),
@@ -136,8 +143,8 @@ class ViT(nn.Module):
         name=f"stem_{i}",
       )(x)
       x = nn.gelu(x)
-      p //= 2
-    return x, p
+      maps.append(x)
+    return maps
 
 
 def _patches(x, p: int):
