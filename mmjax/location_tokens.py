@@ -284,7 +284,7 @@ class LocationTokens:
 
     return BOX_MARKUP.sub(tokens, text)
 
-  def parse(self, text: str) -> list[tuple[str, Box]]:
+  def parse(self, text: str, token_index: bool = False) -> list[tuple]:
     """[(label, box)] from detection text such as "<loc0010><loc0020><loc0500><loc0600> dog ; <loc..>x4 cat".
 
     Model output is taken as it comes and never raises: an object is exactly 4 consecutive location
@@ -294,22 +294,31 @@ class LocationTokens:
     label, text before any box, bins >= num_bins, malformed markup, and boxes with y1 < y0 or x1 < x0.
     The label is whitespace-normalised and may be "" (a box alone, as in referring-expression output).
     Boxes from tokens are bin centres, so equal bins give a zero-area box.
+
+    token_index=True: (label, box, k) triples, k the index of the box's first location token among
+    all the location tokens of `text` (counting from 0; None for a box in markup), which ties an
+    object to the ids it was decoded from (e.g. to their probabilities).
     """
     if not isinstance(text, str):
       return []
-    out: list[tuple[str, Box]] = []
+    out: list[tuple] = []
+    count = 0  # location tokens seen so far
     for segment in text.split(";"):
       run: list = []  # consecutive items: bins (int) and markup boxes (Box or None)
+      first = None  # index of the run's first location token
       pos = 0
       for m in _ITEM.finditer(segment):
         between = segment[pos : m.start()]
         if between.strip():
-          self._emit(run, " ".join(between.split()), out)
-          run = []
+          self._emit(run, " ".join(between.split()), out, first)
+          run, first = [], None
+        if m.group(1) is not None:
+          first = count if not run else first
+          count += 1
         run.append(int(m.group(1)) if m.group(1) is not None else ("box", markup_box(m.group(2))))
         pos = m.end()
-      self._emit(run, " ".join(segment[pos:].split()), out)
-    return out
+      self._emit(run, " ".join(segment[pos:].split()), out, first)
+    return out if token_index else [(label, box) for label, box, _ in out]
 
   def phrases(self, text: str) -> list[tuple[str, Box]]:
     """[(phrase, box)] of grounded text: each "<phrase>...</phrase>" directly followed (whitespace
@@ -317,7 +326,7 @@ class LocationTokens:
     right after it is skipped. Phrases are whitespace-normalised."""
     if not isinstance(text, str):
       return []
-    out: list[tuple[str, Box]] = []
+    out: list[tuple] = []
     for m in PHRASE.finditer(text):
       after = _LEADING_BOX.match(text, m.end())
       if after is None:
@@ -328,19 +337,19 @@ class LocationTokens:
         else [("box", markup_box(after.group(2)))]
       )
       self._emit(run, " ".join(m.group(1).split()), out)
-    return out
+    return [(phrase, box) for phrase, box, _ in out]
 
-  def _emit(self, run: list, label: str, out: list) -> None:
+  def _emit(self, run: list, label: str, out: list, first: int | None = None) -> None:
     if len(run) == 1 and isinstance(run[0], tuple):
       if run[0][1] is not None:
-        out.append((label, run[0][1]))
+        out.append((label, run[0][1], None))
       return
     if len(run) != 4 or not all(isinstance(b, int) for b in run) or any(b >= self.num_bins for b in run):
       return
     y0, x0, y1, x1 = run
     if y1 < y0 or x1 < x0:
       return
-    out.append((label, tuple(float(c) for c in bins_to_box(np.array(run), self.num_bins))))
+    out.append((label, tuple(float(c) for c in bins_to_box(np.array(run), self.num_bins)), first))
 
 
 def _is_integer(v) -> bool:

@@ -403,3 +403,45 @@ def test_score_grounding_hand_computed():
 def test_score_grounding_needs_location_tokens():
   with pytest.raises(ValueError, match="config.data.location_bins"):
     score_predictions([_pred("refer", "", "<box>0.0 0.0 0.5 0.5</box>")], "test", None)
+
+
+def test_box_confidences_hand_computed():
+  """Each parsed object's confidence is exp(the log-probs of its 4 location ids + of the id after
+  them), found through the text's location tokens even when parse skips a malformed run first."""
+  from mmjax.evaluate.grounding import box_confidences
+
+  loc = [100 + b for b in range(4)]  # LOC4's ids
+  x, dog, semi, cat, eos, pad = 5, 6, 7, 8, 1, 0
+  ids = [loc[0], loc[1], x, semi, loc[0], loc[0], loc[1], loc[1], dog, semi, loc[2], loc[2], loc[3], loc[3], cat]
+  ids += [eos, pad]
+  t = LOC4.text
+  text = f"{t([0, 1])} x ; {t([0, 0, 1, 1])} dog ; {t([2, 2, 3, 3])} cat"
+  assert [lab for lab, _ in LOC4.parse(text)] == ["dog", "cat"]  # the 2-token run is skipped
+  lp = -np.random.default_rng(0).uniform(0.05, 2.0, len(ids))
+  got = box_confidences(text, ids, lp, LOC4)
+  want = [np.exp(lp[4] + lp[5] + lp[6] + lp[7] + lp[8]), np.exp(lp[10] + lp[11] + lp[12] + lp[13] + lp[14])]
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+  # A box that ends the row has no label id after it: its 4 ids alone.
+  assert box_confidences(t([0, 0, 1, 1]), [loc[0], loc[0], loc[1], loc[1]], lp[:4], LOC4) == pytest.approx(
+    [np.exp(lp[:4].sum())], rel=1e-12
+  )
+  # Location tokens in the text that are not among the ids (a text token spelling one): no confidences.
+  assert box_confidences(text, [x] * len(ids), lp, LOC4) == [1.0, 1.0]
+  assert box_confidences("<box>0.1 0.1 0.5 0.5</box> dog", [x, dog], lp[:2], LOC4) == [1.0]  # markup
+
+
+def test_detections_ranked_by_their_box_scores():
+  """One dog: a miss listed first, then the hit. Equal scores rank the miss first (AP 0.5: the
+  precision envelope at full recall); scores that put the hit first give AP 1; the miss ranked
+  first by score gives 0.5 again. A box_scores list of the wrong length is an error naming the example."""
+  t = LOC4.text
+  text = f"{t([2, 2, 3, 3])} dog ; {t([0, 0, 1, 1])} dog"
+  ref = "<box>0.125 0.125 0.375 0.375</box> dog"
+  pred = dict(_pred("detect", text, ref), example_id=7)
+  assert score_predictions([pred], "test", LOC4)["test/detect_map50"] == pytest.approx(0.5, abs=1e-12)
+  hit_first = dict(pred, box_scores=[0.2, 0.9])
+  assert score_predictions([hit_first], "test", LOC4)["test/detect_map50"] == pytest.approx(1.0, abs=1e-12)
+  miss_first = dict(pred, box_scores=[0.9, 0.2])
+  assert score_predictions([miss_first], "test", LOC4)["test/detect_map50"] == pytest.approx(0.5, abs=1e-12)
+  with pytest.raises(ValueError, match="example 7: 1 box_scores for 2 boxes"):
+    score_predictions([dict(pred, box_scores=[0.5])], "test", LOC4)

@@ -14,7 +14,7 @@ from mmjax.fusion import build_fusion
 from mmjax.fusion.base import Conditioning
 from mmjax.models import build_model
 from mmjax.models.kind import base_model_config
-from mmjax.sample.generate import GenerateOptions, generate
+from mmjax.sample.generate import GenerateOptions, generate, token_logprobs
 
 V = 37
 
@@ -204,11 +204,17 @@ def test_greedy_generate_matches_argmax_of_full_forward():
   opts = GenerateOptions(max_new_tokens=5, bos_id=1, eos_id=-1, pad_id=0)
   out = np.asarray(generate(model, params, images, prompt, plen, jax.random.key(0), opts))
   # Independent check: re-run the full (teacher-forced) model on the generated prefix each time.
-  seq = np.ones((3, 1), np.int32)
+  seq, want = np.ones((3, 1), np.int32), []
   for t in range(5):
-    logits = model.apply({"params": params}, images, prompt, plen, seq)
-    seq = np.concatenate([seq, np.asarray(logits[:, -1].argmax(-1), np.int32)[:, None]], 1)
+    logits = np.asarray(model.apply({"params": params}, images, prompt, plen, seq)[:, -1], np.float64)
+    nxt = logits.argmax(-1)
+    top = logits.max(-1)
+    want.append(logits[np.arange(3), nxt] - top - np.log(np.exp(logits - top[:, None]).sum(-1)))  # float64 log-softmax
+    seq = np.concatenate([seq, nxt.astype(np.int32)[:, None]], 1)
   np.testing.assert_array_equal(out, seq[:, 1:])
+  # token_logprobs, one teacher-forced pass, gives each generated token's log-probability at its step.
+  got = token_logprobs(model, params, images, prompt, plen, jnp.asarray(out), bos_id=1)
+  assert got.shape == (3, 5) and rel_err(got, np.stack(want, 1)) < 1e-5
 
 
 def _gelu64(x):

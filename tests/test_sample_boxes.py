@@ -315,6 +315,29 @@ def test_sample_detect_end_to_end(tiny_config, tmp_path):
   tiny_config.checkpoint_every = 2
   trainer.train_and_evaluate(tiny_config, wd, progress=False)
   assert os.path.exists(os.path.join(wd, "samples", "test_samples.png"))
+  # The evaluator ranks each detection by the model's probability of it (grounding.box_confidences):
+  # a generate_fn that always draws one box, with log-probs that differ by row and position, so a
+  # row or a column out of place gives other confidences.
+  import jax
+
+  from mmjax.evaluate.evaluator import evaluate_split
+  from mmjax.train import workdir as workdir_lib
+
+  t = workdir_lib.load(wd)
+  tok = t.data.tokenizer
+  ids = [tok.locations.first_id + b for b in (1, 2, 5, 6)] + tok.encode(" circle") + [tok.eos_id]
+  logp = lambda rows: -0.01 * np.arange(1, 9)[None] * (1 + np.arange(rows) % 3)[:, None]
+
+  def fake_generate(params, images, prompt, prompt_len, rng):
+    return np.array([ids + [tok.pad_id] * (8 - len(ids))] * len(prompt_len))
+
+  fake_generate.token_logprobs = lambda params, images, prompt, prompt_len, tokens: logp(len(tokens))
+  metrics, preds = evaluate_split(t.data, "test", fake_generate, t.params, 4, jax.random.key(0))
+  detect = [(i % 4, p) for i, p in enumerate(preds) if p["task"] == "detect"]
+  assert detect and np.isfinite(metrics["test/detect_map50"])
+  for row, p in detect:
+    assert p["box_scores"] == pytest.approx([np.exp(logp(row + 1)[row, :5].sum())], rel=1e-9), p
+  assert all("box_scores" not in p for p in preds if p["task"] != "detect")
 
   image = tmp_path / "scene.png"
   original = np.zeros((30, 50, 3), np.uint8)

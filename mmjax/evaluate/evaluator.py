@@ -59,21 +59,34 @@ def evaluate_split(
     tokens = generate_fn(
       params, batch["image"], batch["prompt"], batch["prompt_len"], jax.random.fold_in(rng, i), **media
     )
+    local = batch
     batch = gather_rows({k: batch[k] for k in _ROW_KEYS})
     if len(tokens) != len(batch["example_id"]):
       raise ValueError(f"generate_fn returned {len(tokens)} rows for {len(batch['example_id'])} examples.")
+    names = [data.task_name(int(t)) for t in batch["task"]]
+    # Detections are ranked by the model's confidence in them (grounding.box_confidences): one
+    # teacher-forced pass over the generated ids, decided on all processes' rows so all make it.
+    logprobs = None
+    if "detect" in names and hasattr(generate_fn, "token_logprobs"):
+      n, p = len(local["prompt_len"]), jax.process_index()
+      logprobs = generate_fn.token_logprobs(
+        params, local["image"], local["prompt"], local["prompt_len"], tokens[p * n : (p + 1) * n], **media
+      )  # all processes' rows, like tokens
     for row in np.flatnonzero(batch["valid"]):
       ex = int(batch["example_id"][row])
+      text = tok.decode(tokens[row].tolist())
       predictions.append(
         dict(
           example_id=ex,
-          task=data.task_name(int(batch["task"][row])),
+          task=names[row],
           qtype=data.qtype_name(int(batch["qtype"][row])),
           prompt=tok.decode(batch["prompt"][row][: batch["prompt_len"][row]].tolist()),
-          prediction=tok.decode(tokens[row].tolist()),
+          prediction=text,
           references=data.references(split, ex),
         )
       )
+      if names[row] == "detect" and logprobs is not None:
+        predictions[-1]["box_scores"] = grounding.box_confidences(text, tokens[row], logprobs[row], tok.locations)
   return score(predictions, split, tok.locations), predictions
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from mmjax.data import tasks
 from mmjax.evaluate.text import normalize_answer
-from mmjax.location_tokens import as_boxes
+from mmjax.location_tokens import LOC_PATTERN, as_boxes
 
 IOU_THRESHOLD = 0.5
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # pycocotools' recThrs
@@ -164,6 +164,31 @@ def grounded_caption_accuracy(pred: Sequence[Sequence], gt: Sequence[Sequence]) 
   return found / total
 
 
+def box_confidences(text: str, ids, logprobs, locations) -> list[float]:
+  """The confidence of each object of `locations.parse(text)`, in its order, where `text` is the
+  tokenizer's decoding of `ids` (one row of generated ids, EOS and padding after it allowed) and
+  `logprobs` the model's log-probability of each of them (generate.token_logprobs): the probability
+  of the object's box (its 4 location tokens) times that of the first token after it, its label's
+  first word (Pix2Seq scores a detection by its class token). A box the model is unsure of, in
+  place or in kind, ranks below the ones it is sure of, as COCO-style AP needs. 1.0 for every
+  object when `text` has location tokens that are not among `ids` (a text token spelling one)."""
+  ids, logprobs = np.asarray(ids), np.asarray(logprobs, np.float64)
+  objects = locations.parse(text, token_index=True)
+  positions = np.flatnonzero((ids >= locations.first_id) & (ids < locations.stop))
+  found = len(LOC_PATTERN.findall(text)) if isinstance(text, str) else 0
+  if found > len(positions):
+    return [1.0] * len(objects)
+  out = []
+  for _, _, k in objects:
+    if k is None:  # a box in markup: not decoded from location tokens
+      out.append(1.0)
+      continue
+    first, last = positions[k], positions[k + 3]
+    after = min(last + 1, len(ids) - 1)  # the label's first token (the box ends the row: the EOS or last token)
+    out.append(float(np.exp(logprobs[first : last + 1].sum() + logprobs[after] * (after > last))))
+  return out
+
+
 def score_predictions(predictions: Sequence[dict], locations) -> dict[str, float]:
   """The grounding metrics of the evaluator's predictions (dicts with task, prediction, references).
 
@@ -171,17 +196,23 @@ def score_predictions(predictions: Sequence[dict], locations) -> dict[str, float
   references from their exact boxes in markup, both by `tasks.grounded_pairs`, so a reference is
   never quantised:
   * refer: the first box of the output against the reference's box: `refer_acc50`, `refer_miou`;
-  * detect: every output box with its label against the reference's, `detect_map50`. The decoder
-    gives no confidences, so every detection scores 1 (ties ranked in image and output order, as
+  * detect: every output box with its label against the reference's, `detect_map50`, each ranked by
+    the prediction's "box_scores" (box_confidences, one per parsed object; the evaluator adds them)
+    or, for predictions without them, scored 1 (ties ranked in image and output order, as
     pycocotools ranks equal scores); labels are compared after normalize_answer;
   * grounded_caption / grounded_vqa: `grounded_caption_accuracy` of the (phrase, box) pairs:
     `grounded_caption_acc`, `grounded_vqa_acc` (for VQA: the answer's object named right and boxed).
   Tasks without predictions (or whose references hold no box) give no metric.
   """
   parsed: dict[str, list[tuple[list, list]]] = {}  # task -> [(predicted pairs, reference pairs)]
+  scores = []  # per detect prediction: its objects' confidences
   for p in predictions:
     pred, gt = (tasks.grounded_pairs(p["task"], text, locations) for text in (p["prediction"], p["references"][0]))
     parsed.setdefault(p["task"], []).append((pred, gt))
+    if p["task"] == "detect":
+      scores.append(p.get("box_scores", [1.0] * len(pred)))
+      if len(scores[-1]) != len(pred):
+        raise ValueError(f"example {p.get('example_id')}: {len(scores[-1])} box_scores for {len(pred)} boxes.")
   out = {}
   refer = [(pred, gt) for pred, gt in parsed.get("refer", []) if gt]
   if refer:
@@ -189,9 +220,10 @@ def score_predictions(predictions: Sequence[dict], locations) -> dict[str, float
     out["refer_acc50"], out["refer_miou"] = r["acc50"], r["miou"]
   detect = parsed.get("detect", [])
   if any(gt for _, gt in detect):
-    labelled = lambda pairs, *score: [(normalize_answer(label), box, *score) for label, box in pairs]
+    labelled = lambda pairs: [(normalize_answer(label), box) for label, box in pairs]
     out["detect_map50"] = detection_map50(
-      [labelled(pred, 1.0) for pred, _ in detect], [labelled(gt) for _, gt in detect]
+      [[(*obj, c) for obj, c in zip(labelled(pred), conf)] for (pred, _), conf in zip(detect, scores)],
+      [labelled(gt) for _, gt in detect],
     )
   for task in tasks.PHRASE_TASKS:
     items = [(pred, gt) for pred, gt in parsed.get(task, []) if gt]

@@ -120,11 +120,24 @@ def generate(model, params, images, prompt, prompt_len, rng, opts: GenerateOptio
   )
 
 
+def token_logprobs(model, params, images, prompt, prompt_len, tokens, bos_id: int, media=None) -> jax.Array:
+  """log p(token) float32 [B, T] of each of `tokens` int32 [B, T] (e.g. generate's output) under
+  the model, teacher-forced: one forward pass with bos and the tokens before each as its input.
+  The model's own distribution (no sampler, no location mask); entries after an EOS are
+  meaningless and left to the caller to ignore."""
+  target_in = jnp.concatenate([jnp.full_like(tokens[:, :1], bos_id), tokens[:, :-1]], axis=1)
+  logits = model.apply({"params": params}, images, prompt, prompt_len, target_in, **(media or {}))
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+
+
 def make_generate_fn(setup, opts: GenerateOptions):
   """jit-compiled generate under the training mesh: batch on data x fsdp, params as in training.
 
-  Returns run(params, images, prompt, prompt_len, rng, **media); `run.media_keys` names the media
-  keyword arguments the model needs (e.g. audio, audio_len), all batched like the images.
+  Returns run(params, images, prompt, prompt_len, rng, **media) -> tokens; `run.media_keys` names
+  the media keyword arguments the model needs (e.g. audio, audio_len), all batched like the images;
+  `run.token_logprobs(params, images, prompt, prompt_len, tokens, **media)` gives `token_logprobs`
+  of given tokens (e.g. run's output) the same way (confidences of generated boxes).
   """
   params_sharding = setup.state_sharding.params
   image_s = sharding.batch_sharding(setup.mesh, 4)
@@ -132,31 +145,37 @@ def make_generate_fn(setup, opts: GenerateOptions):
   mat_s = sharding.batch_sharding(setup.mesh, 2)
   ranks = {k: r for m in vlm.media_modalities(setup.config.model) for k, r in vlm.MEDIA_INPUTS[m].items()}
   media_s = {k: sharding.batch_sharding(setup.mesh, r) for k, r in ranks.items()}
-  fn = jax.jit(
+  inputs_s = (params_sharding, image_s, mat_s, vec_s, media_s)
+  gen = jax.jit(
     lambda p, im, pr, pl, media, r: generate(setup.model, p, im, pr, pl, r, opts, media),
-    in_shardings=(params_sharding, image_s, mat_s, vec_s, media_s, NamedSharding(setup.mesh, P())),
+    in_shardings=(*inputs_s, NamedSharding(setup.mesh, P())),
+    out_shardings=mat_s,
+  )
+  score = jax.jit(
+    lambda p, im, pr, pl, media, t: token_logprobs(setup.model, p, im, pr, pl, t, opts.bos_id, media),
+    in_shardings=(*inputs_s, mat_s),
     out_shardings=mat_s,
   )
 
   # Rows per process must split evenly over this process's share of the data x fsdp devices.
   multiple = max(1, setup.mesh.shape["data"] * setup.mesh.shape["fsdp"] // jax.process_count())
 
-  def run(params, images, prompt, prompt_len, rng, **media):
-    """Takes this process's rows (numpy); returns all processes' rows (numpy), in order.
-
-    Any number of rows works: they are padded (with copies of the last row, media included) to a
-    multiple of the batch-sharding size and the padding is dropped again; in a multi-process run
-    every process must pass the same number of rows.
-    """
-    if set(media) != set(media_s):
+  def call(fn, params, rows: dict, last):
+    """fn on this process's rows (numpy; `last` the one row-batched argument after the media, or a
+    replicated key), padded (with copies of the last row, media included) to a multiple of the
+    batch-sharding size; returns all processes' rows (numpy), in order, the padding dropped."""
+    if set(rows) - {"images", "prompt", "prompt_len"} != set(media_s):
       raise ValueError(
-        f"generate: the model reads the media {sorted(media_s)} (config.model.audio / video); got {sorted(media)}."
+        f"generate: the model reads the media {sorted(media_s)} (config.model.audio / video); "
+        f"got {sorted(set(rows) - {'images', 'prompt', 'prompt_len'})}."
       )
-    n = len(prompt_len)
+    n = len(rows["prompt_len"])
     pad = (-n) % multiple
-    rows = {k: np.asarray(x) for k, x in dict(media, images=images, prompt=prompt, prompt_len=prompt_len).items()}
+    rows = {k: np.asarray(x) for k, x in rows.items()}
     if pad:
       rows = {k: np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for k, x in rows.items()}
+      if not isinstance(last, jax.Array):
+        last = np.concatenate([last, np.repeat(last[-1:], pad, 0)])
     put = lambda x, s: jax.make_array_from_process_local_data(s, x)
     with setup.context():
       out = fn(
@@ -165,7 +184,7 @@ def make_generate_fn(setup, opts: GenerateOptions):
         put(rows["prompt"], mat_s),
         put(rows["prompt_len"], vec_s),
         {k: put(rows[k], s) for k, s in media_s.items()},
-        rng,
+        last if isinstance(last, jax.Array) else put(np.asarray(last), mat_s),
       )
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
@@ -175,5 +194,14 @@ def make_generate_fn(setup, opts: GenerateOptions):
       return np.concatenate([out[i * per : i * per + n] for i in range(jax.process_count())])
     return np.asarray(out)[:n]
 
+  def run(params, images, prompt, prompt_len, rng, **media):
+    """Takes this process's rows (numpy); returns all processes' rows (numpy), in order. Any number
+    of rows works; in a multi-process run every process must pass the same number of rows."""
+    return call(gen, params, dict(media, images=images, prompt=prompt, prompt_len=prompt_len), rng)
+
+  def run_token_logprobs(params, images, prompt, prompt_len, tokens, **media):
+    return call(score, params, dict(media, images=images, prompt=prompt, prompt_len=prompt_len), np.asarray(tokens))
+
   run.media_keys = tuple(media_s)
+  run.token_logprobs = run_token_logprobs
   return run
