@@ -41,9 +41,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # miss is taught as nearly right (short ablation runs in docs/results.md).
   c.model.decoder.location_embedding = "sincos"
   c.model.decoder.location_label_sigma = 1.5
-  # Finding "the red circle" needs tokens that keep their pixels' colours. The conv stem alone lost
-  # them (a linear probe of the trained tokens: colour 0.36 of 6 colours) and the model sat on a
-  # plateau for about 2000 steps; the linear embedding of each patch's own pixels added to the stem's
-  # keeps them (probe 0.90), and test referring Acc@0.5 went 0.38 -> 0.95 / 0.72 (seeds 0 / 1; docs/results.md).
-  c.model.vit.stem = "conv+patch"
+  # Finding "the red triangle" needs tokens that keep their pixels' colours and their objects'
+  # outlines. The conv stem alone lost them (a linear probe of the trained tokens: colour 0.36 of 6
+  # colours, shape 0.61 of 3) and the model sat on a plateau for about 2000 steps. The hypercolumn
+  # stem adds to each token linear embeddings of its patch's pixels and of the intermediate conv maps
+  # under it (where colour and shape still read 0.99 and 0.87). Test referring Acc@0.5, detection mAP
+  # and grounded captions went from 0.38 / 0.05 / 0.04 to above 0.95 / 0.7 / 0.9 (docs/results.md, "Grounding").
+  c.model.vit.stem = "hypercolumn"
   return c
