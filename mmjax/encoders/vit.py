@@ -32,7 +32,8 @@ class ViT(nn.Module):
   same kind of linear skip from every intermediate conv map too (the cells of each map under the
   token), so a token is a linear embedding of its patch's whole hypercolumn (Hariharan et al. 2015):
   features that a later stride-2 layer has not yet learnt to keep (an object's outline, half-way
-  down the stem) still reach the tokens.
+  down the stem) still reach the tokens: the probe then read shape at 0.98 (0.75 with the pixel
+  skip alone; 3 shapes, one seed).
 
   coord_channels=True appends each pixel's x and y (scaled to [-1, 1]) as two more input channels
   (CoordConv, Liu et al. 2018): a token then knows where inside its patch an object sits, which
