@@ -160,31 +160,31 @@ def make_generate_fn(setup, opts: GenerateOptions):
   # Rows per process must split evenly over this process's share of the data x fsdp devices.
   multiple = max(1, setup.mesh.shape["data"] * setup.mesh.shape["fsdp"] // jax.process_count())
 
-  def call(fn, params, rows: dict, last):
-    """fn on this process's rows (numpy; `last` the one row-batched argument after the media, or a
-    replicated key), padded (with copies of the last row, media included) to a multiple of the
-    batch-sharding size; returns all processes' rows (numpy), in order, the padding dropped."""
-    if set(rows) - {"images", "prompt", "prompt_len"} != set(media_s):
+  row_s = {"images": image_s, "prompt": mat_s, "prompt_len": vec_s, "tokens": mat_s}  # "tokens": score's
+
+  def call(fn, params, rows: dict, rng=None):
+    """fn on this process's rows (numpy): images, prompt, prompt_len, the media, and for `score` the
+    tokens. Padded (with copies of the last row) to a multiple of the batch-sharding size; returns
+    all processes' rows (numpy), in order, the padding dropped."""
+    media = sorted(set(rows) - set(row_s))
+    if media != sorted(media_s):
       raise ValueError(
-        f"generate: the model reads the media {sorted(media_s)} (config.model.audio / video); "
-        f"got {sorted(set(rows) - {'images', 'prompt', 'prompt_len'})}."
+        f"generate: the model reads the media {sorted(media_s)} (config.model.audio / video); got {media}."
       )
     n = len(rows["prompt_len"])
     pad = (-n) % multiple
     rows = {k: np.asarray(x) for k, x in rows.items()}
     if pad:
       rows = {k: np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for k, x in rows.items()}
-      if not isinstance(last, jax.Array):
-        last = np.concatenate([last, np.repeat(last[-1:], pad, 0)])
-    put = lambda x, s: jax.make_array_from_process_local_data(s, x)
+    put = lambda k: jax.make_array_from_process_local_data((row_s | media_s)[k], rows[k])
     with setup.context():
       out = fn(
         params,
-        put(rows["images"], image_s),
-        put(rows["prompt"], mat_s),
-        put(rows["prompt_len"], vec_s),
-        {k: put(rows[k], s) for k, s in media_s.items()},
-        last if isinstance(last, jax.Array) else put(np.asarray(last), mat_s),
+        put("images"),
+        put("prompt"),
+        put("prompt_len"),
+        {k: put(k) for k in media_s},
+        put("tokens") if "tokens" in rows else rng,
       )
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
@@ -200,7 +200,7 @@ def make_generate_fn(setup, opts: GenerateOptions):
     return call(gen, params, dict(media, images=images, prompt=prompt, prompt_len=prompt_len), rng)
 
   def run_token_logprobs(params, images, prompt, prompt_len, tokens, **media):
-    return call(score, params, dict(media, images=images, prompt=prompt, prompt_len=prompt_len), np.asarray(tokens))
+    return call(score, params, dict(media, images=images, prompt=prompt, prompt_len=prompt_len, tokens=tokens))
 
   run.media_keys = tuple(media_s)
   run.token_logprobs = run_token_logprobs
