@@ -143,16 +143,13 @@ def strip_boxes(text: str) -> str:
 def detection_text(objects: Sequence[tuple[str, Box]], labels: Sequence[str] | None = None) -> str:
   """Detection text in markup for (label, box) objects: "<box>..</box> dog ; <box>..</box> cat".
 
-  The order is fixed so that a decoder learns one answer per image: objects grouped by label in the
-  order of `labels` (the prompt's; None: sorted labels), and in raster order (top to bottom, then
-  left to right by their top-left corner) within a label. Objects whose label is not in `labels` are
-  left out."""
-  order = sorted({label for label, _ in objects}) if labels is None else list(labels)
-  rank = {label: i for i, label in enumerate(order)}
-  kept = sorted(
-    ((label, tuple(box)) for label, box in objects if label in rank), key=lambda o: (rank[o[0]], o[1][0], o[1][1])
-  )
-  return " ; ".join(f"{box_markup(box)} {label}" for label, box in kept)
+  The order is fixed so that a decoder learns one answer per image: raster order (top to bottom,
+  then left to right, by the box's top-left corner) over all kept objects whatever their label.
+  Grouping by label would make the decoder choose an object's label before writing its box and
+  then copy it from the group; in raster order the label follows the box it names (Pix2Seq).
+  Objects whose label is not in `labels` (None: every label) are left out."""
+  kept = sorted((tuple(box), label) for label, box in objects if labels is None or label in labels)
+  return " ; ".join(f"{box_markup(box)} {label}" for box, label in kept)
 
 
 def detect_prompt(labels: Sequence[str]) -> str:

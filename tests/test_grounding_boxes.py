@@ -348,7 +348,7 @@ def test_render_then_parse_is_within_half_a_bin():
   rng = np.random.default_rng(3)
   for n in (1, 2, 7, 32, 64, 1000):
     loc = LocationTokens.for_vocab(300, n)
-    boxes = _random_boxes(rng, 6)
+    boxes = np.array(sorted(map(tuple, _random_boxes(rng, 6))))  # raster order: detection_text's
     labels = [f"thing {i}" for i in range(6)]
     text = detection_text(list(zip(labels, [tuple(b) for b in boxes])), labels)
     exact = loc.parse(text)  # markup parses to the exact boxes
@@ -364,16 +364,25 @@ def test_detection_text_order_hand_written():
     ("square", (0.5, 0.1, 0.6, 0.2)),
     ("circle", (0.3, 0.7, 0.4, 0.8)),
     ("circle", (0.1, 0.9, 0.2, 1.0)),
+    ("square", (0.2, 0.5, 0.3, 0.6)),
     ("circle", (0.1, 0.2, 0.2, 0.3)),
     ("star", (0.0, 0.0, 0.1, 0.1)),
   ]
-  assert detection_text(objects, ["circle", "square"]) == (
-    "<box>0.1 0.2 0.2 0.3</box> circle ; <box>0.1 0.9 0.2 1.0</box> circle ; <box>0.3 0.7 0.4 0.8</box> circle ; "
-    "<box>0.5 0.1 0.6 0.2</box> square"
+  # Raster order over the kept objects, labels interleaved; the prompt's label order is irrelevant.
+  expected = (
+    "<box>0.1 0.2 0.2 0.3</box> circle ; <box>0.1 0.9 0.2 1.0</box> circle ; <box>0.2 0.5 0.3 0.6</box> square ; "
+    "<box>0.3 0.7 0.4 0.8</box> circle ; <box>0.5 0.1 0.6 0.2</box> square"
   )
-  assert detection_text(objects, ["square", "triangle"]) == "<box>0.5 0.1 0.6 0.2</box> square"
+  assert detection_text(objects, ["circle", "square"]) == expected
+  assert detection_text(objects, ["square", "circle"]) == expected
+  assert detection_text(objects, ["square", "triangle"]) == (
+    "<box>0.2 0.5 0.3 0.6</box> square ; <box>0.5 0.1 0.6 0.2</box> square"
+  )
   assert detection_text(objects, ["triangle"]) == ""
   assert detection_text(objects[:2]) == "<box>0.3 0.7 0.4 0.8</box> circle ; <box>0.5 0.1 0.6 0.2</box> square"
+  assert detection_text(objects[3:]) == (
+    "<box>0.0 0.0 0.1 0.1</box> star ; <box>0.1 0.2 0.2 0.3</box> circle ; <box>0.2 0.5 0.3 0.6</box> square"
+  )
   assert detect_prompt(["circle", "square"]) == "detect circle ; square"
 
 
