@@ -42,11 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.decoder.location_embedding = "sincos"
   c.model.decoder.location_label_sigma = 1.5
   # Finding "the red triangle" needs tokens that keep their pixels' colours and their objects'
-  # outlines. The conv stem alone lost them (a linear probe of the trained tokens: colour 0.36 of 6
-  # colours, shape 0.61 of 3) and the model sat on a plateau for about 2000 steps. The hypercolumn
-  # stem adds to each token linear embeddings of its patch's pixels and of the intermediate conv maps
-  # under it (where colour and shape still read 0.99 and 0.87). Test referring Acc@0.5, detection mAP
-  # and grounded captions went from 0.38 / 0.05 / 0.04 to 0.97 / 0.78 / 0.98 with seed 0, 0.985 /
-  # 0.44 / 0.985 with seed 2 (detection, which selects objects by shape, varies most; docs/results.md).
-  c.model.vit.stem = "hypercolumn"
+  # outlines: the default's hypercolumn stem does (default.py). With the conv stem alone (a linear
+  # probe of the trained tokens: colour 0.36 of 6 colours, shape 0.61 of 3) test referring Acc@0.5,
+  # detection mAP and grounded captions were 0.38 / 0.05 / 0.04 at seed 0; with it 0.97 / 0.78 / 0.98
+  # (docs/results.md).
   return c

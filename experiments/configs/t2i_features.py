@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_every = 500
   c.checkpoint_every = 500
   c.optim.update(dict(learning_rate=1e-3, warmup_steps=100))
-  c.model.vit.update(dict(patch_size=4, stem_channels=(32, 64)))
+  # The conv stem: the feature space the results document's distances were measured in.
+  c.model.vit.update(dict(patch_size=4, stem="conv", stem_channels=(32, 64)))
   c.model.text.depth = 2
   return c
