@@ -18,7 +18,7 @@ from mmjax import config_files
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_files.sibling(__file__, "default", arg)
-  c.total_steps = 5000  # about 4 steps/s on 2 CPU cores: 21-25 minutes with the dataset build (budget: 30)
+  c.total_steps = 5000  # about 3.4 steps/s on 2 CPU cores: about 28 minutes with the dataset build (budget: 30)
   c.eval_every = 2500
   c.eval_max_examples = 500
 
