@@ -45,5 +45,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # outlines: the default's hypercolumn stem does (default.py). With the conv stem alone (a linear
   # probe of the trained tokens: colour 0.36 of 6 colours, shape 0.61 of 3) test referring Acc@0.5,
   # detection mAP and grounded captions were 0.38 / 0.05 / 0.04 at seed 0; with it 0.97 / 0.78 / 0.98
-  # (docs/results.md).
+  # (detections then grouped by label; docs/results.md).
   return c

@@ -161,6 +161,7 @@ def make_generate_fn(setup, opts: GenerateOptions):
   multiple = max(1, setup.mesh.shape["data"] * setup.mesh.shape["fsdp"] // jax.process_count())
 
   row_s = {"images": image_s, "prompt": mat_s, "prompt_len": vec_s, "tokens": mat_s}  # "tokens": score's
+  put_s = row_s | media_s
 
   def call(fn, params, rows: dict, rng=None):
     """fn on this process's rows (numpy): images, prompt, prompt_len, the media, and for `score` the
@@ -176,7 +177,7 @@ def make_generate_fn(setup, opts: GenerateOptions):
     rows = {k: np.asarray(x) for k, x in rows.items()}
     if pad:
       rows = {k: np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for k, x in rows.items()}
-    put = lambda k: jax.make_array_from_process_local_data((row_s | media_s)[k], rows[k])
+    put = lambda k: jax.make_array_from_process_local_data(put_s[k], rows[k])
     with setup.context():
       out = fn(
         params,
