@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mmjax import config_files, layers
@@ -163,7 +164,7 @@ def test_image_batch_must_divide_over_the_mesh():
   c = prefix_config()
   c.batch_size = 16
   c.data.questions_per_image = 4  # 4 images over 8 batch shards
-  with pytest.raises(ValueError, match=r"VQA batches of 4 images, not divisible by the 8 batch shards"):
+  with pytest.raises(ValueError, match=r"train batches of 4 images \(with .*\), not divisible by the 8 batch shards"):
     state_lib.make_setup(c, V)
   c.batch_size = 32  # 8 images: one per device, each with its 4 questions
   setup = state_lib.make_setup(c, V)
@@ -357,3 +358,163 @@ def test_grouped_iterator_state_resumes_exactly(tiny_config):
     assert set(got) == set(want)
     for k in want:
       np.testing.assert_array_equal(got[k], want[k])
+
+
+# Several tasks per image (config.data.examples_per_image): one text stream per task off one encoding.
+
+
+def test_examples_per_image_batches(tiny_config):
+  """Every batch is images with 2 of their questions (the batch's own rows) and 1 of their captions
+  (the caption stream, its tokens weighted 0.5), each row the example of its own image."""
+  tiny_config.batch_size = 12
+  tiny_config.data.examples_per_image.update(dict(vqa=2, caption=1))
+  tiny_config.data.task_weights.caption = 0.5
+  data = pipeline.Data(tiny_config)
+  train, tok = data.split("train"), data.tokenizer
+  per_record = np.bincount(train.index[train.task == TASK_VQA, 0])
+  assert per_record.min() >= 2  # else rows repeat a question (cycled), which this test does not expect
+  keys = set(batches_lib.batch_keys(tiny_config))
+  assert set(batches_lib.CAPTION_KEYS) <= keys
+  dummy = batches_lib.dummy_train_batch(tiny_config)
+  it, it2 = data.train_iterator(), data.train_iterator()
+  halves = [data.train_iterator(p, 2) for p in range(2)]
+  for _ in range(5):
+    b, b2 = next(it), next(it2)
+    parts = [next(h) for h in halves]
+    assert keys <= set(b) and all(b[k].shape[0] == dummy[k].shape[0] for k in keys)
+    for k in b:  # deterministic, and two processes together load exactly the one-process batch
+      np.testing.assert_array_equal(b[k], b2[k])
+      np.testing.assert_array_equal(b[k], np.concatenate([p[k] for p in parts]))
+    assert b["image"].shape[0] == 4 and b["prompt"].shape[0] == 8 and b["caption_in"].shape[0] == 4
+    assert (b["task"] == TASK_VQA).all() and b["valid"].all()
+    for i in range(4):
+      ids = b["example_id"][2 * i : 2 * i + 2]
+      record = int(train.index[ids[0], 0])
+      assert train.index[ids[1], 0] == record and ids[0] != ids[1]
+      np.testing.assert_array_equal(b["image"][i], train.example(int(ids[0]))["image"])
+      for row, e in zip((2 * i, 2 * i + 1), ids):
+        ex = train.example(int(e))
+        np.testing.assert_array_equal(b["prompt"][row], ex["prompt"])
+        np.testing.assert_array_equal(b["target_out"][row], ex["target_out"][: b["target_out"].shape[1]])
+      mask = b["caption_mask"][i]
+      assert set(np.unique(mask)) == {0.0, 0.5}
+      words = [int(t) for t, m in zip(b["caption_out"][i], mask) if m > 0][:-1]  # drop EOS
+      assert tok.decode(words) in train.records[record]["captions"]
+      assert tok.decode([int(t) for t in b["caption_prompt"][i][: b["caption_prompt_len"][i]]]) == CAPTION_PROMPT
+  # The iterator's state resumes the stream exactly.
+  state = it.get_state()
+  expected = [next(it) for _ in range(2)]
+  resumed = data.train_iterator()
+  resumed.set_state(state)
+  for want in expected:
+    got = next(resumed)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+
+
+@pytest.mark.parametrize(
+  "counts,settings,match",
+  [
+    (dict(vqa=2), {}, r"has \['caption'\] examples but config.data.examples_per_image counts only \['vqa'\]"),
+    (dict(vqa=2, caption=1), dict(batch_size=13), r"config.batch_size=13 is not a multiple of the 3 examples per"),
+    (dict(vqa=-1, caption=1), {}, r"config.data.examples_per_image.vqa=-1 must be an integer >= 0"),
+    (dict(vqa=2, caption=1), dict(questions_per_image=2), r"set config.data.questions_per_image=1"),
+  ],
+)
+def test_examples_per_image_errors_name_the_keys(tiny_config, counts, settings, match):
+  tiny_config.batch_size = settings.pop("batch_size", 12)
+  tiny_config.data.update(settings)
+  tiny_config.data.examples_per_image.update(counts)
+  with pytest.raises(ValueError, match=match):
+    pipeline.Data(tiny_config).train_iterator()
+
+
+def test_examples_per_image_leave_out_tasks_weighted_zero(tiny_config):
+  tiny_config.batch_size = 8
+  tiny_config.data.examples_per_image.vqa = 2
+  tiny_config.data.task_weights.caption = 0.0
+  b = next(pipeline.Data(tiny_config).train_iterator())
+  assert (b["task"] == TASK_VQA).all() and b["image"].shape[0] == 4
+  assert not any(k.startswith("caption_") for k in b) and set(b) >= set(batches_lib.batch_keys(tiny_config))
+
+
+def test_every_stream_a_batch_carries_is_decoded():
+  """A stream is its keys: one under any name is decoded off the shared encoding, as the same rows
+  given to the model on their own."""
+  c = prefix_config()
+  model = build_model(c.model, V)
+  b = with_captions(grouped_batch(c))
+  b = {k.replace("caption_", "detect_") if k.startswith("caption_") else k: v for k, v in b.items()}
+  assert vlm.text_streams(b) == ("", "detect")
+  params = nn.meta.unbox(model.init(jax.random.key(0), *(b[k][:1] for k in ARGS))["params"])
+  logits = model.apply({"params": params}, b, method="stream_logits")
+  assert set(logits) == {"", "detect"}
+  ref = model.apply({"params": params}, b["image"], b["detect_prompt"], b["detect_prompt_len"], b["detect_in"])
+  assert rel_err(logits["detect"], ref) < 1e-5
+
+
+def test_manifest_images_missing_a_task_get_empty_rows(tmp_path):
+  """examples_per_image on a manifest: an image without a question gets padding rows (valid False,
+  mask 0) in the batch's own rows, one without a caption an empty caption, and the step trains."""
+  from tests.test_data import _write_images, _write_manifest
+
+  _write_images(tmp_path)
+  lines = (
+    [{"image": f"imgs/x{i}.png", "question": "how bright?", "answer": str(i), "split": "train"} for i in range(4)]
+    + [{"image": f"imgs/x{i}.png", "caption": f"a grey square number {i}", "split": "train"} for i in (2, 3, 4, 5)]
+    + [{"image": "imgs/rgb.png", "question": "what is it?", "answer": "noise", "split": "validation"}]
+    + [{"image": "imgs/rgba.png", "question": "is it see-through?", "answer": "partly", "split": "test"}]
+  )
+  c = prefix_config()
+  c.data.update(dict(manifest=str(_write_manifest(tmp_path, lines)), data_dir=str(tmp_path / "data"), image_size=32))
+  c.batch_size = 12  # 4 images, each with 2 question rows and 1 caption row
+  c.data.examples_per_image.update(dict(vqa=2, caption=1))
+  data = pipeline.Data(c)
+  train = data.split("train")
+  setup = state_lib.make_setup(c, data.tokenizer.vocab_size, devices=jax.devices()[:1])
+  state = state_lib.init_state(setup, jax.random.key(0))
+  it, step, seen = data.train_iterator(), None, set()
+  for _ in range(4):
+    b = next(it)
+    for i in range(4):
+      questions = b["example_id"][2 * i : 2 * i + 2]
+      brightness = int(b["image"][i].mean().round()) // 30  # images x0..x5 are flat grey 30 * i
+      seen.add(brightness)
+      if brightness >= 4:  # captions only: padding question rows
+        assert (questions == -1).all() and not b["valid"][2 * i : 2 * i + 2].any()
+        assert b["target_mask"][2 * i : 2 * i + 2].sum() == 0
+      else:  # one question, cycled into both rows
+        assert (questions == questions[0]).all() and b["valid"][2 * i : 2 * i + 2].all()
+        assert train.records[int(train.index[questions[0], 0])]["answers"] == [str(brightness)]
+      assert (b["caption_mask"][i].sum() > 0) == (brightness >= 2)
+    step = step or step_lib.make_train_step(setup, b)
+    with setup.context():
+      state, m = step(state, {k: b[k] for k in batches_lib.batch_keys(c)})
+    assert np.isfinite(float(m["loss"]))
+  assert seen == set(range(6))  # every image of the train split trains
+
+
+@pytest.mark.devices(8)  # on fewer devices it runs in a child pytest on 8 simulated ones (tests/multidevice.py)
+def test_examples_per_image_step_on_8_devices_is_the_1_device_step():
+  assert jax.device_count() == 8, jax.devices()
+  c = prefix_config()
+  c.batch_size = 24  # 8 images, each with 2 question rows and 1 caption row: one image per device
+  c.data.examples_per_image.update(dict(vqa=2, caption=1))
+  setup = state_lib.make_setup(c, V)
+  b = with_captions(grouped_batch(c, images=8, per_image=2), images=8)
+  b = {k: b[k] for k in batches_lib.batch_keys(c)}
+  assert {k: v.shape[0] for k, v in b.items()} == {
+    k: v.shape[0] for k, v in batches_lib.dummy_train_batch(c).items() if k in b
+  }
+  sh = setup.batch_sharding(b)
+  assert all(sh[k].shard_shape(b[k].shape)[0] == 1 for k in ("image", "caption_in"))
+  state = state_lib.init_state(setup, jax.random.key(0))
+  params = jax.device_get(state.params)
+  step = step_lib.make_train_step(setup, b)
+  with setup.context():
+    new, m = step(state, b)
+  one = jax.devices()[0]
+  model = setup.model
+  grads, ref = step_lib.grads_and_metrics(model, jax.device_put(params, one), jax.device_put(b, one))
+  np.testing.assert_allclose(float(m["loss"]), float(ref["loss"]), rtol=1e-5)
+  np.testing.assert_allclose(float(m["grad_norm"]), float(optax.global_norm(grads)), rtol=1e-4)

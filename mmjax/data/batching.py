@@ -6,7 +6,8 @@ eval batches. Top-level config keys read: ``config.seed`` (train shuffle seed) a
 A batch is a dict of numpy arrays, an example's arrays (examples.py) stacked along a first batch
 axis. Train batches hold one task each, their targets cut to the longest target of that task; with
 questions_per_image > 1 a VQA batch shares its images between questions (shared_images.py gives the
-layout, and the caption stream that captions_with_questions adds).
+layout, and the caption stream that captions_with_questions adds); with examples_per_image every
+batch holds images with examples of several tasks, one text stream per task (shared_images.py).
 
 Train: every process shuffles the whole split identically and batches example ids at the global
 batch size; process i then loads only rows [i*B/N, (i+1)*B/N) of each global batch. N processes
@@ -69,7 +70,8 @@ def train_batches(
   (default 1; 0 drops the task) by grain's deterministic mix, so a VQA batch carries targets only
   as long as the longest answer instead of the longest caption: most steps then cost a fraction of
   a caption step. With config.data.questions_per_image = G > 1 every batch holds batch_size / G
-  images (shared_images.py).
+  images (shared_images.py). With config.data.examples_per_image every batch is images with their
+  examples of every counted task, one text stream per task (shared_images.py).
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
@@ -83,6 +85,8 @@ def train_batches(
     raise ValueError(f"unknown tasks {sorted(unknown)}; expected some of {TASK_NAMES}.")
   weights = task_mixing_weights(config)
   grouping = ImageGrouping(config, data, tasks, media_of(data.builder.builder_config), local, process_count)
+  if grouping.streams:  # several tasks per image: one kind of batch (shared_images.py)
+    return iter(grouping.stream_dataset(weights, int(config.seed) * 2, global_batch, rows))
   streams, shares = [], []
   for task in range(len(TASK_NAMES)):
     if tasks is not None and TASK_NAMES[task] not in tasks:

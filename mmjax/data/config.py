@@ -27,6 +27,12 @@ Keys (defaults):
                              memory is the image alone: cross_attention, text_as="prefix").
   captions_with_questions False  with G > 1: each VQA batch also carries its images' captions,
                              decoded off the same image encoding (no caption batches for them).
+  examples_per_image  {every task: 0}  counts > 0: every train batch is images, each with that many
+                             of its examples of every counted task (one text stream per task,
+                             shared_images.py), all decoded off one encoding of the image;
+                             batch_size counts the examples (images x the counts' sum). Every task
+                             the train split has needs a count (or task_weights 0); the weights
+                             scale each stream's token weights. Not with questions_per_image > 1.
   max_prompt_len      16     prompt tokens (longer prompts are cut, with a warning).
   max_target_len      64     target tokens incl. bos/eos (longer targets are cut, with a warning).
   vocab_size          512    SentencePiece vocabulary size (a maximum, incl. 256 byte pieces).
@@ -95,6 +101,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   # With questions_per_image > 1: each VQA batch also carries its images' captions, decoded off the
   # same image encoding; the caption tokens' loss weight is task_weights.caption (no caption batches).
   c.captions_with_questions = False
+  # Several tasks per image: each train batch is images with examples_per_image[task] examples of
+  # each task (0 everywhere: off), the image encoded once for all of them (shared_images.py).
+  c.examples_per_image = ml_collections.ConfigDict({t: 0 for t in TASK_NAMES})
   c.max_prompt_len = 16
   c.max_target_len = 64
   c.vocab_size = 512
@@ -129,14 +138,54 @@ def questions_per_image(config) -> int:
   return int(q)
 
 
+def stream_fields(stream: str) -> dict[str, str]:
+  """The batch key of each field of a text stream that rides beside a batch's own rows -> the example
+  field it holds: "<stream>_prompt", "<stream>_prompt_len", "<stream>_in", "<stream>_out",
+  "<stream>_mask" (the keys mmjax.models.vlm.stream_keys reads)."""
+  fields = ("prompt", "prompt_len", "target_in", "target_out", "target_mask")
+  return {f"{stream}_{f.removeprefix('target_')}": f for f in fields}
+
+
 # With captions_with_questions: the batch key of each caption field -> the example field it holds.
-CAPTION_FIELDS = {
-  "caption_prompt": "prompt",
-  "caption_prompt_len": "prompt_len",
-  "caption_in": "target_in",
-  "caption_out": "target_out",
-  "caption_mask": "target_mask",
-}
+CAPTION_FIELDS = stream_fields("caption")
+
+
+def examples_per_image(config) -> dict[str, int]:
+  """config.data.examples_per_image's tasks with a count > 0 and a task weight > 0, in TASK_NAMES
+  order ({}: off), checked: counts are integers >= 0, not combined with questions_per_image > 1 or
+  captions_with_questions, and config.batch_size a multiple of the counts' sum."""
+  given = config.data.get("examples_per_image") or {}
+  given = given.to_dict() if hasattr(given, "to_dict") else dict(given)
+  unknown = sorted(set(given) - set(TASK_NAMES))
+  if unknown:
+    raise ValueError(f"config.data.examples_per_image has unknown tasks {unknown}; expected some of {TASK_NAMES}.")
+  for task, n in given.items():
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+      raise ValueError(f"config.data.examples_per_image.{task}={n!r} must be an integer >= 0.")
+  weights = config.data.task_weights
+  counts = {t: int(given[t]) for t in TASK_NAMES if given.get(t, 0) > 0 and float(weights.get(t, 1.0)) > 0}
+  if not counts:
+    return {}
+  if int(config.data.questions_per_image) != 1 or bool(config.data.captions_with_questions):
+    raise ValueError(
+      "config.data.examples_per_image already puts several examples of an image in one batch: set "
+      "config.data.questions_per_image=1 and config.data.captions_with_questions=False (examples_per_image.vqa=G "
+      "and .caption=1 share the images as those do)."
+    )
+  per_image, batch = sum(counts.values()), int(config.batch_size)
+  if batch % per_image:
+    raise ValueError(
+      f"config.batch_size={batch} is not a multiple of the {per_image} examples per image of "
+      f"config.data.examples_per_image {counts}: a train batch is images x that many examples."
+    )
+  return counts
+
+
+def images_per_batch(config) -> int:
+  """Images in a global train batch with grouped examples: batch_size / questions_per_image, or
+  batch_size / the sum of examples_per_image when that is on."""
+  counts = examples_per_image(config)
+  return int(config.batch_size) // (sum(counts.values()) if counts else questions_per_image(config))
 
 
 def captions_with_questions(config) -> bool:

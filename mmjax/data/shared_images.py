@@ -6,7 +6,7 @@ A batch is its images and the text streams that read them. A text stream is prom
 teacher-forced targets: the question stream (the batch's own rows: prompt, prompt_len, target_in,
 target_out, target_mask) and the caption stream (the same fields under the keys caption_prompt,
 caption_prompt_len, caption_in, caption_out, caption_mask: mmjax.data.config.CAPTION_FIELDS). The
-model (mmjax.models.vlm: TEXT_STREAMS, stream_keys) encodes a batch's images once and decodes every
+model (mmjax.models.vlm: text_streams, stream_keys) encodes a batch's images once and decodes every
 stream the batch carries off that one encoding, summing their losses; a stream's rows are a multiple
 of the images, G consecutive rows reading one image.
 
@@ -29,6 +29,20 @@ With B = config.batch_size rows per global batch (a process holds B / N of them,
     questions: the others' captions come with their questions.
 
 G = 1 (the default) and no captions_with_questions: every batch is B examples, one image each.
+
+Several tasks per image (config.data.examples_per_image = {task: n_task}, some n > 0; with
+M = the sum of the counts, every train batch is of this kind):
+
+  image                                 [B/M, H, W, 3]  one row per image
+  the first counted task's stream (in TASK_NAMES order) as the batch's own rows
+                                        [B/M * n, ...]  with task, qtype, example_id, valid
+  every other counted task's stream under the keys "<task>_prompt", "<task>_prompt_len",
+    "<task>_in", "<task>_out", "<task>_mask" (config.stream_fields)
+                                        [B/M * n_task, ...]
+  Rows i*n .. i*n+n-1 of a stream are examples of image i: n of them drawn without repeats (cycled
+  when it has fewer, the padding example with mask 0 when it has none), targets cut to the task's
+  longest, the mask scaled by task_weights[task]. The images are the records with an example of a
+  counted task, shuffled and repeated; no task has batches of its own.
 """
 
 from __future__ import annotations
@@ -39,7 +53,7 @@ import grain
 import numpy as np
 
 from mmjax.data import config as config_lib
-from mmjax.data.examples import TASK_CAPTION, TASK_VQA, SplitData, truncate_targets
+from mmjax.data.examples import TASK_CAPTION, TASK_NAMES, TASK_VQA, SplitData, truncate_targets
 
 
 class ImageGrouping:
@@ -49,7 +63,12 @@ class ImageGrouping:
 
   def __init__(self, config, data: SplitData, tasks, media: tuple[str, ...], local_batch: int, process_count: int):
     self.data = data
-    self.per_image = config_lib.questions_per_image(config)
+    # Several tasks per image: {task index: examples per image} of the counted tasks that train.
+    counts = config_lib.examples_per_image(config)
+    self.streams = {TASK_NAMES.index(t): n for t, n in counts.items() if tasks is None or t in tasks}
+    if counts and not self.streams:
+      raise ValueError(f"config.data.examples_per_image {counts} counts none of the tasks {tuple(tasks)} that train.")
+    self.per_image = sum(self.streams.values()) if self.streams else config_lib.questions_per_image(config)
     # Captions ride along with the questions only when both tasks train and there are questions.
     self.captions = (
       config_lib.captions_with_questions(config)
@@ -58,13 +77,15 @@ class ImageGrouping:
     )
     if self.per_image > 1 and media:
       raise ValueError(
-        f"config.data.questions_per_image={self.per_image} groups questions about one image, but this "
-        f"dataset's examples also carry {'/'.join(media)} of their own; set it to 1."
+        f"{'config.data.examples_per_image' if self.streams else 'config.data.questions_per_image'}="
+        f"{self.per_image} groups examples of one image, but this dataset's examples also carry "
+        f"{'/'.join(media)} of their own; group none (questions_per_image=1, no examples_per_image)."
       )
     if self.per_image > 1 and local_batch % self.per_image:
+      what = "config.data.examples_per_image's sum" if self.streams else "config.data.questions_per_image"
       raise ValueError(
         f"config.batch_size={config.batch_size} over {process_count} processes gives {local_batch} rows per "
-        f"process, not a multiple of config.data.questions_per_image={self.per_image}."
+        f"process, not a multiple of {what}={self.per_image}."
       )
     self.caption_length = data.target_length(TASK_CAPTION) if self.captions else 0
     self._with_questions = set(data.index[data.task == TASK_VQA, 0].tolist()) if self.captions else set()
@@ -130,6 +151,59 @@ class ImageGrouping:
       batch |= self.caption_stream(chosen[rows], caption_weight)
     return batch
 
+  def stream_dataset(self, weights: dict, seed: int, global_batch: int, rows: slice):
+    """Endless shuffled batches of images with examples_per_image[task] of their examples of every
+    counted task, one text stream per task (the module doc), this process's `rows` of each global
+    batch. Every task of the split that trains must be counted (an error names the key)."""
+    data = self.data
+    # A task of the split left out would silently never train.
+    present = {int(t) for t in np.unique(data.task)}
+    missing = sorted(TASK_NAMES[t] for t in present - set(self.streams) if float(weights[TASK_NAMES[t]]) > 0)
+    if missing:
+      raise ValueError(
+        f"the train split of {data.builder.name} has {missing} examples but config.data.examples_per_image "
+        f"counts only {[TASK_NAMES[t] for t in self.streams]}: give them a count, or task_weights 0."
+      )
+    ids = np.flatnonzero(np.isin(data.task, list(self.streams)))
+    groups = [{t: g[data.task[g] == t] for t in self.streams} for g in _image_groups(data, ids)]
+    load = functools.partial(
+      self._load_streams,
+      groups=groups,
+      rows=self.images(rows),
+      lengths={t: data.target_length(t) for t in self.streams},
+      weights={t: float(weights[TASK_NAMES[t]]) for t in self.streams},
+    )
+    return (
+      grain.MapDataset.range(len(groups))
+      .shuffle(seed=seed)
+      .repeat()
+      .batch(global_batch // self.per_image, drop_remainder=True)
+      .random_map(load, seed=seed)
+    )
+
+  def _load_streams(self, groups_batch, rng: np.random.Generator, groups, rows, lengths, weights):
+    """A global batch of images (indices into `groups`: {task: its example ids} per image) -> this
+    process's rows: each image and its text streams (the module doc)."""
+    data = self.data
+    # Every process draws for the whole global batch, so N processes load exactly the rows of one.
+    picks = [
+      {t: np.resize(rng.permutation(g[t]), n) if len(g[t]) else np.full(n, -1) for t, n in self.streams.items()}
+      for g in (groups[int(i)] for i in np.asarray(groups_batch))
+    ]
+    images, streams = [], {t: [] for t in self.streams}
+    for pick in picks[rows]:
+      first = next(int(i) for ids in pick.values() for i in ids if i >= 0)
+      images.append(np.asarray(data.image_of(first), np.uint8))  # decoded once per image
+      for t, ids in pick.items():
+        streams[t].extend(truncate_targets(_text(data.example(int(i), media=False)), lengths[t]) for i in ids)
+    batch = {"image": np.stack(images)}
+    for k, (t, examples) in enumerate(streams.items()):
+      arrays = {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+      arrays["target_mask"] = arrays["target_mask"] * np.float32(weights[t])
+      # The first task is the batch's own rows (with their ids); the others ride under their names.
+      batch |= arrays if k == 0 else {key: arrays[f] for key, f in config_lib.stream_fields(TASK_NAMES[t]).items()}
+    return batch
+
   def caption_stream(self, ids, weight: float) -> dict:
     """The caption stream (CAPTION_FIELDS batch keys) of caption examples `ids` (-1: an empty
     caption), targets cut to the longest caption, the mask scaled by `weight`."""
@@ -137,6 +211,11 @@ class ImageGrouping:
     out = {key: np.stack([r[field] for r in rows]) for key, field in config_lib.CAPTION_FIELDS.items()}
     out["caption_mask"] = out["caption_mask"] * np.float32(weight)
     return out
+
+
+def _text(example: dict) -> dict:
+  """An example's text entries (the padding example also carries an image)."""
+  return {k: v for k, v in example.items() if k != "image"}
 
 
 def _image_groups(data: SplitData, ids: np.ndarray) -> list[np.ndarray]:

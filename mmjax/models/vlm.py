@@ -34,15 +34,21 @@ from mmjax.fusion import Conditioning, base as fusion_base
 # Text streams: prompts and their teacher-forced targets that read a batch's images. "" is the batch's
 # own rows (STREAM_KEYS); another stream's keys are its name, "_" and the key without "target_" (the
 # images' captions, data.captions_with_questions: caption_prompt, caption_prompt_len, caption_in,
-# caption_out, caption_mask). loss_sums encodes the images once and decodes every stream a batch
-# carries off that encoding: a new stream is a name here.
-TEXT_STREAMS = ("", "caption")
+# caption_out, caption_mask; a task's examples, data.examples_per_image: detect_prompt, ...).
+# loss_sums encodes the images once and decodes every stream a batch carries off that encoding: a
+# stream is its keys in the batch, found by the "<name>_in" key (text_streams).
 STREAM_KEYS = ("prompt", "prompt_len", "target_in", "target_out", "target_mask")
 
 
 def stream_keys(stream: str) -> dict[str, str]:
   """STREAM_KEYS -> the batch keys of text stream `stream`."""
   return {k: f"{stream}_{k.removeprefix('target_')}" if stream else k for k in STREAM_KEYS}
+
+
+def text_streams(batch) -> tuple[str, ...]:
+  """The text streams `batch` carries: "" (its own rows) and, sorted, every name with a
+  "<name>_in" key."""
+  return ("",) + tuple(sorted(k.removesuffix("_in") for k in batch if k.endswith("_in") and k != "target_in"))
 
 
 # The batch keys every VLM loss reads; batch_keys(model_config) adds the media its encoders read.
@@ -114,7 +120,7 @@ class VisionLanguageModel(nn.Module):
         -> logits [B, Lt, V] (teacher forcing)
     encode(images, prompt, prompt_len, *, audio=..., ...) -> Conditioning
     stream_logits(batch) -> {text stream: logits}, every stream off one encoding of the batch's
-      images (TEXT_STREAMS); loss_sums(batch) sums their cross-entropy
+      images (text_streams); loss_sums(batch) sums their cross-entropy
     decode(tokens, cond, start) -> logits (with the `cache` collection mutable)
     prefill_length(cond) -> int: positions a prefill decode call (start=0, empty tokens) writes
       before the first generated token (the prefix of prefix-LM fusions; 0 otherwise).
@@ -151,8 +157,8 @@ class VisionLanguageModel(nn.Module):
   def loss_sums(self, batch) -> tuple:
     """Teacher-forced cross-entropy summed over target tokens (weighted by target_mask), with the
     correct-token count: sums, not means, so microbatches add up exactly to the whole batch. Every
-    text stream the batch carries (TEXT_STREAMS: e.g. its images' captions, data.captions_with_questions)
-    adds its tokens to the same sums."""
+    text stream the batch carries (text_streams: e.g. its images' captions, data.captions_with_questions,
+    or other tasks' examples, data.examples_per_image) adds its tokens to the same sums."""
     xent = correct = weight = 0.0
     for stream, logits in self.stream_logits(batch).items():
       keys = stream_keys(stream)
@@ -168,10 +174,8 @@ class VisionLanguageModel(nn.Module):
     G consecutive prompts per image when the stream has G times as many rows as there are images."""
     media = self._encode_media(batch["image"], **media_inputs(self.config, batch))
     out = {}
-    for stream in TEXT_STREAMS:
+    for stream in text_streams(batch):
       keys = stream_keys(stream)
-      if stream and keys["target_in"] not in batch:
-        continue  # the batch's own rows ("") are always there; other streams are optional
       cond = self._condition(media, batch[keys["prompt"]], batch[keys["prompt_len"]], stream)
       out[stream] = self.decoder(batch[keys["target_in"]], cond)
     return out

@@ -6,7 +6,14 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from mmjax.data.config import CAPTION_FIELDS, captions_with_questions, max_audio_samples, questions_per_image
+from mmjax.data.config import (
+  CAPTION_FIELDS,
+  captions_with_questions,
+  examples_per_image,
+  images_per_batch,
+  max_audio_samples,
+  stream_fields,
+)
 from mmjax.encoders import AudioEncoder
 from mmjax.models import model_class, vlm
 
@@ -21,11 +28,20 @@ _MEDIA_DATA_KEYS = {
 }
 
 
+def _riding_streams(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """Text streams beside a train batch's own rows -> their rows per image: the captions that ride
+  along with the questions (data.captions_with_questions), or every counted task of
+  data.examples_per_image but the first (which is the batch's own rows)."""
+  if captions_with_questions(config):
+    return {"caption": 1}
+  return dict(list(examples_per_image(config).items())[1:])
+
+
 def batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The batch keys the train step reads: the model kind's, plus the captions that ride along with
-  the questions (data.captions_with_questions)."""
-  captions = CAPTION_KEYS if captions_with_questions(config) else ()
-  return model_class(config.model).batch_keys(config.model) + captions
+  """The batch keys the train step reads: the model kind's, plus those of the text streams that ride
+  beside its rows (data.captions_with_questions, data.examples_per_image)."""
+  riding = tuple(k for stream in _riding_streams(config) for k in stream_fields(stream))
+  return model_class(config.model).batch_keys(config.model) + riding
 
 
 def check_data_media(config: ml_collections.ConfigDict, data_media) -> None:
@@ -76,10 +92,14 @@ def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict:
 def dummy_train_batch(config: ml_collections.ConfigDict) -> dict:
   """A global train batch of the shapes the pipeline makes for `config`: batch_size rows, with
   data.questions_per_image G > 1 batch_size / G images, and with data.captions_with_questions
-  their captions (CAPTION_KEYS)."""
-  batch = dummy_batch(config, config.batch_size)
-  images = config.batch_size // questions_per_image(config)
+  their captions (CAPTION_KEYS); with data.examples_per_image, images and one stream per counted
+  task (its first task's as the batch's own rows)."""
+  images = images_per_batch(config)
+  counts = examples_per_image(config)
+  own = images * next(iter(counts.values())) if counts else config.batch_size
+  batch = dummy_batch(config, own)
   batch["image"] = batch["image"][:images]
-  if captions_with_questions(config):
-    batch |= {key: batch[field][:images] for key, field in CAPTION_FIELDS.items()}
+  for stream, n in _riding_streams(config).items():
+    rows = dummy_batch(config, images * n)
+    batch |= {key: rows[field] for key, field in stream_fields(stream).items()}
   return batch

@@ -16,7 +16,7 @@ import optax
 from jax.sharding import Mesh
 
 from mmjax import registry, sharding
-from mmjax.data.config import questions_per_image
+from mmjax.data.config import images_per_batch
 from mmjax.models import lora, model_class, transfer
 from mmjax.train.batches import dummy_batch
 from mmjax.train.optim import make_optimizer
@@ -113,11 +113,11 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int, devices=None)
       f"config.batch_size={config.batch_size} is not divisible by the {shards} batch shards of the "
       f"mesh {dict(mesh.shape)} (data x fsdp); change config.batch_size or config.mesh."
     )
-  images = config.batch_size // questions_per_image(config)
+  images = images_per_batch(config)
   if images % shards:
     raise ValueError(
-      f"config.batch_size={config.batch_size} with config.data.questions_per_image="
-      f"{config.data.questions_per_image} gives VQA batches of {images} images, not divisible by the "
+      f"config.batch_size={config.batch_size} gives train batches of {images} images (with "
+      "config.data.questions_per_image / examples_per_image), not divisible by the "
       f"{shards} batch shards of the mesh {dict(mesh.shape)}; change one of them or config.mesh."
     )
   rules = sharding.rules_from_config(config.sharding.rules)
