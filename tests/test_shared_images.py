@@ -349,8 +349,13 @@ def test_grouped_iterator_state_resumes_exactly(tiny_config):
   it = data.train_iterator()
   for _ in range(3):
     next(it)
+  assert_resumes_exactly(data, it)
+
+
+def assert_resumes_exactly(data, it, n=3):
+  """The next n batches of train iterator `it` are those of a new iterator set to its state."""
   state = it.get_state()
-  expected = [next(it) for _ in range(3)]
+  expected = [next(it) for _ in range(n)]
   resumed = data.train_iterator()
   resumed.set_state(state)
   for want in expected:
@@ -401,15 +406,7 @@ def test_examples_per_image_batches(tiny_config):
       words = [int(t) for t, m in zip(b["caption_out"][i], mask) if m > 0][:-1]  # drop EOS
       assert tok.decode(words) in train.records[record]["captions"]
       assert tok.decode([int(t) for t in b["caption_prompt"][i][: b["caption_prompt_len"][i]]]) == CAPTION_PROMPT
-  # The iterator's state resumes the stream exactly.
-  state = it.get_state()
-  expected = [next(it) for _ in range(2)]
-  resumed = data.train_iterator()
-  resumed.set_state(state)
-  for want in expected:
-    got = next(resumed)
-    for k in want:
-      np.testing.assert_array_equal(got[k], want[k])
+  assert_resumes_exactly(data, it, 2)
 
 
 @pytest.mark.parametrize(

@@ -119,13 +119,7 @@ class ImageGrouping:
       captions=captions,
       caption_weight=float(weights["caption"]),
     )
-    return (
-      grain.MapDataset.range(len(groups))
-      .shuffle(seed=seed)
-      .repeat()
-      .batch(global_batch // self.per_image, drop_remainder=True)
-      .random_map(load, seed=seed)
-    )
+    return _image_batches(len(groups), global_batch // self.per_image, load, seed)
 
   def _load_groups(self, groups_batch, rng: np.random.Generator, groups, rows, length, captions, caption_weight):
     """A global batch of image groups -> this process's rows: one image per group and `per_image`
@@ -173,13 +167,7 @@ class ImageGrouping:
       lengths={t: data.target_length(t) for t in self.streams},
       weights={t: float(weights[TASK_NAMES[t]]) for t in self.streams},
     )
-    return (
-      grain.MapDataset.range(len(groups))
-      .shuffle(seed=seed)
-      .repeat()
-      .batch(global_batch // self.per_image, drop_remainder=True)
-      .random_map(load, seed=seed)
-    )
+    return _image_batches(len(groups), global_batch // self.per_image, load, seed)
 
   def _load_streams(self, groups_batch, rng: np.random.Generator, groups, rows, lengths, weights):
     """A global batch of images (indices into `groups`: {task: its example ids} per image) -> this
@@ -211,6 +199,18 @@ class ImageGrouping:
     out = {key: np.stack([r[field] for r in rows]) for key, field in config_lib.CAPTION_FIELDS.items()}
     out["caption_mask"] = out["caption_mask"] * np.float32(weight)
     return out
+
+
+def _image_batches(n_images: int, images_per_batch: int, load, seed: int):
+  """Endless shuffled batches of image indices [0, n_images), each made a batch by
+  load(indices, rng) with its own deterministic rng."""
+  return (
+    grain.MapDataset.range(n_images)
+    .shuffle(seed=seed)
+    .repeat()
+    .batch(images_per_batch, drop_remainder=True)
+    .random_map(load, seed=seed)
+  )
 
 
 def _text(example: dict) -> dict:
