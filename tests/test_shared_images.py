@@ -13,8 +13,8 @@ import pytest
 from mmjax import config_files, layers
 from mmjax.attention import MaskSpec
 from mmjax.data import pipeline
-from mmjax.data.config import CAPTION_FIELDS
-from mmjax.data.examples import CAPTION_PROMPT, TASK_VQA
+from mmjax.data.config import CAPTION_FIELDS, stream_fields
+from mmjax.data.examples import CAPTION_PROMPT, TASK_NAMES, TASK_VQA
 from mmjax.encoders.vit import ViT
 from mmjax.layers import pixel_coordinates
 from mmjax.models import build_model, vlm
@@ -250,8 +250,12 @@ def test_captions_ride_along_with_the_questions():
 
 
 def test_the_caption_stream_is_the_datas_caption_fields():
-  """The model's caption stream reads the keys the pipeline writes the captions to."""
+  """The model's caption stream reads the keys the pipeline writes the captions to, and every task's
+  stream (data.examples_per_image) the keys the pipeline writes that task's examples to."""
   assert {key: field for field, key in vlm.stream_keys("caption").items()} == CAPTION_FIELDS
+  for task in TASK_NAMES:
+    assert {key: field for field, key in vlm.stream_keys(task).items()} == stream_fields(task)
+    assert vlm.text_streams(dict.fromkeys(vlm.BATCH_KEYS) | dict.fromkeys(stream_fields(task))) == ("", task)
   assert set(batches_lib.CAPTION_KEYS) == set(vlm.stream_keys("caption").values())
 
 
@@ -426,13 +430,19 @@ def test_examples_per_image_errors_name_the_keys(tiny_config, counts, settings, 
     pipeline.Data(tiny_config).train_iterator()
 
 
-def test_examples_per_image_leave_out_tasks_weighted_zero(tiny_config):
+def test_examples_per_image_leave_out_tasks_that_do_not_train(tiny_config):
   tiny_config.batch_size = 8
   tiny_config.data.examples_per_image.vqa = 2
   tiny_config.data.task_weights.caption = 0.0
   b = next(pipeline.Data(tiny_config).train_iterator())
   assert (b["task"] == TASK_VQA).all() and b["image"].shape[0] == 4
   assert not any(k.startswith("caption_") for k in b) and set(b) >= set(batches_lib.batch_keys(tiny_config))
+  # ... and the split's tasks that a model kind does not train on (train_iterator's tasks).
+  tiny_config.data.task_weights.caption = 1.0
+  with pytest.raises(ValueError, match=r"has \['caption'\] examples"):
+    pipeline.Data(tiny_config).train_iterator()
+  b = next(pipeline.Data(tiny_config).train_iterator(tasks=("vqa",)))
+  assert (b["task"] == TASK_VQA).all() and not any(k.startswith("caption_") for k in b)
 
 
 def test_every_stream_a_batch_carries_is_decoded():

@@ -63,6 +63,7 @@ class ImageGrouping:
 
   def __init__(self, config, data: SplitData, tasks, media: tuple[str, ...], local_batch: int, process_count: int):
     self.data = data
+    self.tasks = tasks  # the TASK_NAMES that train (None: every task of the split)
     # Several tasks per image: {task index: examples per image} of the counted tasks that train.
     counts = config_lib.examples_per_image(config)
     self.streams = {TASK_NAMES.index(t): n for t, n in counts.items() if tasks is None or t in tasks}
@@ -150,9 +151,9 @@ class ImageGrouping:
     counted task, one text stream per task (the module doc), this process's `rows` of each global
     batch. Every task of the split that trains must be counted (an error names the key)."""
     data = self.data
-    # A task of the split left out would silently never train.
-    present = {int(t) for t in np.unique(data.task)}
-    missing = sorted(TASK_NAMES[t] for t in present - set(self.streams) if float(weights[TASK_NAMES[t]]) > 0)
+    # A task of the split that trains (self.tasks) but is left out would silently never train.
+    present = {TASK_NAMES[int(t)] for t in np.unique(data.task)} - {TASK_NAMES[t] for t in self.streams}
+    missing = sorted(t for t in present if (self.tasks is None or t in self.tasks) and float(weights[t]) > 0)
     if missing:
       raise ValueError(
         f"the train split of {data.builder.name} has {missing} examples but config.data.examples_per_image "
