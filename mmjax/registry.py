@@ -54,6 +54,7 @@ BUILTIN: dict[str, dict[str, str]] = {
     "contrastive": "mmjax.models.contrastive:ContrastiveModel",
     "t2i_flow": "mmjax.models.text_to_image:TextToImageFlow",
     "t2i_tokens": "mmjax.models.image_tokens:TextToImageTokens",
+    "t2i_pixels": "mmjax.models.pixel_tokens:TextToImagePixels",
   },
   "evaluators": {
     "generative": "mmjax.evaluate.evaluator:make_evaluator",

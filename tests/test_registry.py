@@ -44,7 +44,9 @@ def test_bad_names_say_which_key_and_the_choices():
     registry.get("fusion", "mmjax.fusion.base:Nope")
   with pytest.raises(ValueError, match="unknown component floor 'optimizers'"):
     registry.get("optimizers", "adam")
-  with pytest.raises(ValueError, match=r"config.model.kind='gan'.*\['contrastive', 't2i_flow', 't2i_tokens', 'vlm'\]"):
+  with pytest.raises(
+    ValueError, match=r"config.model.kind='gan'.*\['contrastive', 't2i_flow', 't2i_pixels', 't2i_tokens', 'vlm'\]"
+  ):
     build_model(ml_collections.ConfigDict(dict(kind="gan")), 8)
   with pytest.raises(ValueError, match="not a mmjax.fusion.Fusion subclass"):
     build_fusion("mmjax.layers:Dense")

@@ -1,7 +1,8 @@
-"""The text-to-image kinds (t2i_flow; t2i_tokens at the end) on 8 simulated CPU devices (tests/multidevice.py):
-training on a data=2 x fsdp=2 x tensor=2 mesh gives the 1-device losses and parameters, the flow-matching
-noise does not depend on the mesh, the DiT's and the text encoder's kernels are split over the mesh as the
-rules table (mmjax.sharding.DEFAULT_RULES) says, and sampling on the mesh gives the 1-device images.
+"""The text-to-image kinds (t2i_flow; t2i_tokens and t2i_pixels at the end) on 8 simulated CPU devices
+(tests/multidevice.py): training on a data=2 x fsdp=2 x tensor=2 mesh gives the 1-device losses and
+parameters, the flow-matching noise does not depend on the mesh, the DiT's and the text encoder's
+kernels are split over the mesh as the rules table (mmjax.sharding.DEFAULT_RULES) says, and sampling
+on the mesh gives the 1-device images.
 
 Tolerances are those of the VLM's 8-device tests (tests/test_sharding.py): losses rtol 1e-5, parameters a
 relative error below 1e-5. The mesh changes only the order of float sums (all-reduces over batch shards,
@@ -218,16 +219,17 @@ def test_sampling_on_mesh_matches_one_device():
 
 
 @pytest.mark.devices(8)
-@pytest.mark.parametrize("decoding", ["causal", "masked"])
-def test_tokens_kind_on_mesh_matches_one_device(decoding):
+@pytest.mark.parametrize("name,decoding", [("t2i_tokens", "causal"), ("t2i_tokens", "masked"), ("t2i_pixels", None)])
+def test_tokens_kind_on_mesh_matches_one_device(name, decoding):
   """t2i_tokens: training (tokenizer and decoder together) and drawing (top-k sampling of the codes with
   guidance, the same key; one by one, or MaskGIT's parallel steps) on the mesh give the 1-device losses,
   parameters and images. The masked case also quantizes by FSQ, with the codes' embeddings summed over
   their digits (the block of the vocabulary-sharded table composed in place): one compile covers the
   three options. The drawn codes are discrete, so equal logits up to rounding give equal codes, and
-  the tokenizer's decoder then differs by rounding only (the tolerance of the flow sampling above)."""
+  the tokenizer's decoder then differs by rounding only (the tolerance of the flow sampling above).
+  t2i_pixels: the same for the palette, the decoder and the pixel head (colours drawn pixel by pixel)."""
   assert jax.device_count() == 8, jax.devices()
-  name, model = "t2i_tokens", dict(image_decoding=decoding)
+  model = {} if decoding is None else dict(image_decoding=decoding)
   if decoding == "masked":
     model.update(factored_codes=True, image_tokenizer=dict(quantizer="fsq"))
   data = random_batches(tiny_config(ONE, name, **model))

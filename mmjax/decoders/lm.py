@@ -137,8 +137,21 @@ class Decoder(nn.Module):
     )
     return jax.nn.logsumexp(logits, axis=-1) - target_logit
 
-  def __call__(self, tokens, cond: Conditioning, start: jax.Array | int = 0, decode: bool = False, bidirectional=None):
+  def __call__(
+    self,
+    tokens,
+    cond: Conditioning,
+    start: jax.Array | int = 0,
+    decode: bool = False,
+    bidirectional=None,
+    output: str = "logits",
+  ):
     """tokens int32 [B, T] -> logits float32 [B, T, V] for the tokens (prefix positions dropped).
+
+    tokens may also be input embeddings, float [B, T, width], for inputs that are not ids of the
+    vocabulary (mmjax.models.pixel_tokens: a patch of pixel colours embedded as one position), and
+    output="hidden" returns the final normed states [B, T, width] instead of the logits, for a model
+    that reads them with its own head.
 
     Training: start=0, decode=False; a `cond.prefix` is prepended and attended bidirectionally
     (its padding, past `cond.prefix_len`, is masked out). `bidirectional` int32 [B] (training-mode
@@ -148,9 +161,14 @@ class Decoder(nn.Module):
     any) followed by `tokens` (which may be empty, [B, 0]); later calls pass tokens with `start` =
     their position (prefix included, i.e. the first answer token sits at P = cond.prefix.shape[1]).
     """
-    x = self.embed(tokens)
-    if self.scale_embeddings:
-      x = x * jnp.asarray(self.width**0.5, x.dtype)
+    if output not in ("logits", "hidden"):
+      raise ValueError(f"Decoder: output={output!r}: expected 'logits' or 'hidden'.")
+    if jnp.issubdtype(tokens.dtype, jnp.floating):
+      x = tokens.astype(self.dtype)
+    else:
+      x = self.embed(tokens)
+      if self.scale_embeddings:
+        x = x * jnp.asarray(self.width**0.5, x.dtype)
     n_prefix = 0 if cond.prefix is None else cond.prefix.shape[1]
     prepend = n_prefix and (not decode or (isinstance(start, int) and start == 0))
     if prepend:
@@ -187,5 +205,7 @@ class Decoder(nn.Module):
       for block in self.blocks:  # positional: nn.remat's static_argnums counts positions (decode = 5)
         x = block(x, self_mask, cond.memory, memory_mask, decode, prefix)
     x = self.norm(x)[:, n_prefix if prepend else 0 :]
+    if output == "hidden":
+      return x
     logits = self.embed.attend(x) if self.tie_embeddings else self.lm_head(x)
     return logits.astype(jnp.float32)

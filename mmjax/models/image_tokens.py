@@ -197,19 +197,8 @@ class TextToImageTokens(nn.Module):
     return -(-used // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
   def condition(self, tokens, lengths) -> Conditioning:
-    """Caption tokens [B, L] (no BOS / EOS; L <= caption_len) with lengths [B] (0: the null condition)
-    -> the prefix [BOS, caption] embedded by the decoder's own table: P = 1 + caption_len slots, the
-    first 1 + length of them valid. BOS is only a start marker here (the table is trained here)."""
-    b, n = tokens.shape
-    slots = int(self.config.caption_len)
-    if n > slots:
-      raise ValueError(f"{n} caption tokens exceed config.model.caption_len={slots}.")
-    tokens = jnp.pad(tokens.astype(jnp.int32), ((0, 0), (0, slots - n)), constant_values=PAD_ID)
-    ids = jnp.concatenate([jnp.full((b, 1), BOS_ID, jnp.int32), tokens], axis=1)
-    emb = self.decoder.embed(ids)
-    if self.decoder.scale_embeddings:
-      emb = emb * jnp.asarray(self.decoder.width**0.5, emb.dtype)
-    return Conditioning(prefix=emb, prefix_len=1 + lengths.astype(jnp.int32))
+    """The decoder's caption prefix (`caption_prefix`)."""
+    return caption_prefix(self.decoder, tokens, lengths, int(self.config.caption_len))
 
   def decode(self, tokens, cond: Conditioning, start):
     """One KV-cache decoding call of the decoder (mmjax.sample.image_tokens)."""
@@ -309,6 +298,22 @@ class TextToImageTokens(nn.Module):
       "weight": weight,
     }
     return jnp.sum(valid * per), sums
+
+
+def caption_prefix(decoder: Decoder, tokens, lengths, slots: int) -> Conditioning:
+  """Caption tokens [B, L] (no BOS / EOS; L <= slots) with lengths [B] (0: the null condition) -> the
+  prefix [BOS, caption] embedded by the decoder's own table: P = 1 + slots positions (every caption
+  padded to them, so that the image sits at the same positions in training and sampling), the first
+  1 + length of them valid. BOS is only a start marker here (the table is trained here)."""
+  b, n = tokens.shape
+  if n > slots:
+    raise ValueError(f"{n} caption tokens exceed config.model.caption_len={slots}.")
+  tokens = jnp.pad(tokens.astype(jnp.int32), ((0, 0), (0, slots - n)), constant_values=PAD_ID)
+  ids = jnp.concatenate([jnp.full((b, 1), BOS_ID, jnp.int32), tokens], axis=1)
+  emb = decoder.embed(ids)
+  if decoder.scale_embeddings:
+    emb = emb * jnp.asarray(decoder.width**0.5, emb.dtype)
+  return Conditioning(prefix=emb, prefix_len=1 + lengths.astype(jnp.int32))
 
 
 def _random_mask(rng, b: int, n: int) -> jax.Array:

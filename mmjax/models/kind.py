@@ -16,7 +16,7 @@ trainer does differently per kind is asked of the class, so a new kind is one ne
       the trainer reports objective / weight as the loss and every other sum / weight.
 
 Text-to-image kinds (evaluator "t2i") also name how they draw and what prompt they read:
-  image_sampler          "flow" | "tokens" (mmjax.sample.text_to_image).
+  image_sampler          "flow" | "tokens" | "pixels" (mmjax.sample.text_to_image).
   max_prompt_len(model_config) -> the most caption tokens a prompt may have.
 """
 

@@ -31,7 +31,7 @@ from mmjax.sample.samplers import Greedy, Sampler, decode
 from mmjax.tokenizer import EOS_ID, PAD_ID
 
 
-def _empty_cache(model, params, tokens, cond, length: int):
+def empty_cache(model, params, tokens, cond, length: int):
   """Zeroed KV-cache variables for `length` decoder positions past the prefix (eval_shape of an
   init-mode decode call: shapes for free)."""
   b = tokens.shape[0]
@@ -43,13 +43,13 @@ def _empty_cache(model, params, tokens, cond, length: int):
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def _prefill(model, params, kv, tokens, cond):
+def prefill(model, params, kv, tokens, cond):
   """Writes the prefix and `tokens` [B, T] into the cache; returns (logits [B, T, V], cache)."""
   logits, mutated = model.apply({"params": params, "cache": kv}, tokens, cond, 0, method="decode", mutable=["cache"])
   return logits, mutated["cache"]
 
 
-def _conditions(model, params, tokens, lengths, guidance):
+def conditions(model, params, tokens, lengths, guidance):
   """(tokens, the decoder's Conditioning) of the rows to run: the captions, and with guidance (not None)
   also the null condition after them, [caption; null]."""
   if guidance is not None:
@@ -62,10 +62,10 @@ def draw_codes(model, params, tokens, lengths, rng, *, n_codes: int, sampler: Sa
   """Codes int32 [B, n_codes] for caption tokens [B, L] (no BOS / EOS) with lengths [B]."""
   first, k = model.first_image_id, model.codebook_size
   b = tokens.shape[0]
-  tokens, cond = _conditions(model, params, tokens, lengths, guidance)
+  tokens, cond = conditions(model, params, tokens, lengths, guidance)
   p = cond.prefix.shape[1]
-  kv = _empty_cache(model, params, tokens, cond, n_codes)
-  _, kv = _prefill(model, params, kv, jnp.zeros((tokens.shape[0], 0), jnp.int32), cond)
+  kv = empty_cache(model, params, tokens, cond, n_codes)
+  _, kv = prefill(model, params, kv, jnp.zeros((tokens.shape[0], 0), jnp.int32), cond)
 
   def step_fn(code, kv, index):
     # `code` in [0, K]: a sampled code, or K for BOI (boi = first + K), so the id is first + code.
@@ -104,7 +104,7 @@ def fill_codes(
     raise ValueError(f"fill_codes: steps={steps} must be >= 1.")
   first, k = model.first_image_id, model.codebook_size
   b = tokens.shape[0]
-  _, cond = _conditions(model, params, tokens, lengths, guidance)
+  _, cond = conditions(model, params, tokens, lengths, guidance)
 
   def step(s, carry):
     codes, hidden, rng = carry  # hidden: bool [B, N], the codes not fixed yet
@@ -155,8 +155,8 @@ def caption(model, params, images, *, max_new_tokens: int) -> jax.Array:
   cond = model.apply({"params": params}, null, jnp.zeros((b,), jnp.int32), method="condition")
   p = cond.prefix.shape[1]
   ids = jnp.concatenate([jnp.full((b, 1), model.boi_id, jnp.int32), model.first_image_id + codes], axis=1)
-  kv = _empty_cache(model, params, null, cond, n + max_new_tokens)
-  _, kv = _prefill(model, params, kv, ids[:, :-1], cond)
+  kv = empty_cache(model, params, null, cond, n + max_new_tokens)
+  _, kv = prefill(model, params, kv, ids[:, :-1], cond)
 
   def step_fn(token, kv, index):
     logits, mutated = model.apply(

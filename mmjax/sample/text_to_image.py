@@ -6,7 +6,8 @@
 
 The model kind says how it draws (its `image_sampler` hook): "flow" integrates the velocity ODE of a
 flow-matching model from noise (mmjax.sample.flow); "tokens" samples a decoder's image codes and
-decodes them (mmjax.sample.image_tokens).
+decodes them (mmjax.sample.image_tokens); "pixels" draws palette colours patch by patch
+(mmjax.sample.pixel_tokens).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from mmjax import sharding
 from mmjax.models import model_class
 from mmjax.models.image_tokens import is_masked
 from mmjax.models.text_to_image import to_pixels
-from mmjax.sample import flow, image_tokens
+from mmjax.sample import flow, image_tokens, pixel_tokens
 from mmjax.sample.samplers import sampler_from_config
 
-IMAGE_SAMPLERS = ("flow", "tokens")
+IMAGE_SAMPLERS = ("flow", "tokens", "pixels")
 
 
 def generate(
@@ -72,7 +73,7 @@ def sampler_options(config, **overrides) -> dict:
   steps = int(s["steps"])
   if steps < 1:
     raise ValueError(f"config.sampler.steps={steps} must be >= 1.")
-  if image_sampler(config) == "tokens":
+  if image_sampler(config) in ("tokens", "pixels"):
     sampler_from_config(str(s["name"]), float(s["temperature"]), int(s["top_k"]) or None, float(s["top_p"]))
     keys = ("name", "temperature", "top_k", "top_p")
     if is_masked(config.model):
@@ -101,10 +102,15 @@ def image_sampler(config) -> str:
 def _draw_fn(setup, opts: dict):
   """(params, tokens, lengths, rng, guidance) -> uint8 images, for the setup's model kind."""
   model, image_size = setup.model, int(setup.config.data.image_size)
-  if image_sampler(setup.config) == "tokens":
+  how = image_sampler(setup.config)
+  if how in ("tokens", "pixels"):
     sampler = sampler_from_config(
       opts["name"], float(opts["temperature"]), int(opts["top_k"]) or None, float(opts["top_p"])
     )
+    if how == "pixels":
+      return lambda p, tok, ln, rng, guidance: pixel_tokens.draw(
+        model, p, tok, ln, rng, image_size=image_size, sampler=sampler, guidance=guidance
+      )
     masked = (
       dict(steps=int(opts["steps"]), choice_temperature=float(opts["choice_temperature"])) if "steps" in opts else {}
     )

@@ -1,0 +1,288 @@
+"""Text-to-image through the causal decoder, drawing pixel colours patch by patch: a colour palette for
+tokens (mmjax.encoders.palette, iGPT's colour clusters) and the decoder of mmjax.decoders.lm, one
+position per patch, with a small head that draws the patch's pixels one after another.
+
+  model = TextToImagePixels(config.model, vocab_size)   # config.model: palette, decoder, head, ...
+
+Why (against TextToImageTokens, a VQ code per patch): a code is a whole patch, and a decoder with one
+softmax over codes can only draw patches the tokenizer learnt from training images. Here a patch is
+its p*p pixels' palette indices, each drawn by its own softmax, so the decoder can put any colour
+into any shape it has learnt (on the shapes scenes: a colour never seen with a shape in training).
+The pixels of one patch are not independent (they form one piece of one shape), so they are drawn in
+order, each given the patch's decoder state and the pixels before it (`PixelHead`; the inner loop of
+RQ-Transformer's depth transformer, here a residual MLP over a running sum of the drawn pixels).
+
+Sequences: the prefix [BOS, caption] (the decoder's own embedding, mmjax.models.image_tokens.
+caption_prefix; the null condition is [BOS] alone), then N = (S / p)^2 positions: BOI, and the
+embedding of patches 1 .. N-1 (the sum of a [p*p, K, width] table's rows, one per pixel and colour:
+a linear map of the patch's one-hot pixels). Position n's state predicts patch n. Training reads the
+palette indices of the image as fixed targets; the palette itself fits the pixels (its loss weighted
+by config.model.palette_weight). A share config.model.cond_dropout of the captions is dropped to the
+null condition, for classifier-free guidance (mmjax.sample.pixel_tokens).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from mmjax import layers
+from mmjax.decoders.lm import Decoder
+from mmjax.encoders.palette import PaletteTokenizer
+from mmjax.encoders.vq import codebook_usage, grid_shape
+from mmjax.models import flow_matching
+from mmjax.models.contrastive import caption_tokens
+from mmjax.models.image_tokens import VOCAB_MULTIPLE, caption_prefix
+from mmjax.models.text_to_image import check_caption_config, to_model_space
+
+
+def num_patches(model_config, image_size: int) -> int:
+  """N, the generated positions of one image: (image_size / palette.patch_size)^2."""
+  h, w = grid_shape(image_size, int(model_config.palette.get("patch_size", PaletteTokenizer.patch_size)))
+  return h * w
+
+
+def pixel_rows(table: jax.Array, colours: jax.Array) -> jax.Array:
+  """table [P, K, D], colours int [..., P] -> [..., P, D]: row table[j, colours[..., j]] for each j (as a
+  gather)."""
+  p, k, d = table.shape
+  flat = jnp.arange(p, dtype=jnp.int32) * k + colours.astype(jnp.int32)
+  return jnp.take(table.reshape(p * k, d), flat, axis=0)
+
+
+class PixelHead(nn.Module):
+  """Palette logits of a patch's pixels, pixel j given the patch's decoder state and pixels 0 .. j-1.
+
+  z_j = project(state) + position_j + sum_{i<j} table[i, colour_i]; `depth` residual MLP blocks; a
+  Dense to the K colours. The running sum is a bag of (place, colour) vectors, so z_j knows which
+  pixel before j has which colour; training evaluates every j at once (an exclusive cumulative sum),
+  drawing one j at a time (`logits` with the sum so far)."""
+
+  palette_size: int
+  pixels: int
+  width: int = 64
+  depth: int = 1
+  mlp_dim: int = 128
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    init = nn.initializers.normal(0.02)
+    self.project = layers.Dense(self.width, ("embed",), ("pixel_embed",), dtype=self.dtype)
+    self.table = self.param(
+      "table",
+      layers.param_with_axes(init, ("patch", "palette", "pixel_embed")),
+      (self.pixels, self.palette_size, self.width),
+      jnp.float32,
+    )
+    self.position = self.param(
+      "position", layers.param_with_axes(init, ("patch", "pixel_embed")), (self.pixels, self.width), jnp.float32
+    )
+    self.norms = [layers.Norm(self.dtype) for _ in range(self.depth)]
+    self.ups = [
+      layers.Dense(self.mlp_dim, ("pixel_embed",), ("pixel_mlp",), dtype=self.dtype) for _ in range(self.depth)
+    ]
+    self.downs = [
+      layers.Dense(self.width, ("pixel_mlp",), ("pixel_embed",), dtype=self.dtype, kernel_init=nn.initializers.zeros)
+      for _ in range(self.depth)
+    ]
+    self.final_norm = layers.Norm(self.dtype)
+    self.out = layers.Dense(self.palette_size, ("pixel_embed",), ("palette",), dtype=self.dtype)
+
+  def state(self, hidden: jax.Array) -> jax.Array:
+    """The decoder's states [..., D] projected to the head's width."""
+    return self.project(hidden)
+
+  def embedding(self, j, colours: jax.Array) -> jax.Array:
+    """table[j, colours]: [..., width] for int colours [...] of pixel j."""
+    return jnp.take(self.table[j], colours.astype(jnp.int32), axis=0).astype(self.dtype)
+
+  def logits(self, state: jax.Array, context: jax.Array, j) -> jax.Array:
+    """Logits [..., K] of pixel j (an int or a traced index) from the projected state [..., width]
+    and the sum of the earlier pixels' embeddings [..., width]."""
+    return self._mlp(state + context + self.position[j].astype(self.dtype))
+
+  def _mlp(self, z):
+    for norm, up, down in zip(self.norms, self.ups, self.downs):
+      z = z + down(nn.gelu(up(norm(z))))
+    return self.out(self.final_norm(z)).astype(jnp.float32)
+
+  def __call__(self, hidden: jax.Array, colours: jax.Array) -> jax.Array:
+    """Teacher-forced logits [B, N, P, K] for decoder states [B, N, D] and the patches' colours
+    [B, N, P] (pixel j reads colours 0 .. j-1)."""
+    emb = pixel_rows(self.table, colours).astype(self.dtype)
+    # Pixel j: the sum over i < j (shifted, not cumsum - emb, so that pixel j's colour never enters).
+    context = jnp.pad(jnp.cumsum(emb[:, :, :-1], axis=2), ((0, 0), (0, 0), (1, 0), (0, 0)))
+    z = self.project(hidden)[:, :, None] + context.astype(self.dtype) + self.position.astype(self.dtype)
+    return self._mlp(z)
+
+
+class TextToImagePixels(nn.Module):
+  """PaletteTokenizer (config.model.palette) + Decoder (config.model.decoder) + PixelHead
+  (config.model.head).
+
+  config keys: palette (levels, patch_size), decoder, head (width, depth, mlp_dim), caption_len (the prefix's
+  caption slots), cond_dropout, palette_weight, dtype, attention_implementation, remat, scan_layers.
+  """
+
+  config: ml_collections.ConfigDict
+  vocab_size: int  # the text tokenizer's
+
+  # Model-kind hooks (mmjax.models.kind).
+  evaluator = "t2i"
+  image_sampler = "pixels"  # mmjax.sample.text_to_image: patches drawn pixel by pixel, then the palette
+  train_tasks = ("caption",)
+  progress_metric = "pixel_accuracy"
+  accumulates_gradients = True
+
+  @staticmethod
+  def check_config(config: ml_collections.ConfigDict) -> None:
+    m = config.model
+    check_caption_config(config)
+    patch = int(m.palette.get("patch_size", PaletteTokenizer.patch_size))
+    if int(config.data.image_size) % patch:
+      raise ValueError(
+        f"config.data.image_size={config.data.image_size} is not a multiple of config.model.palette.patch_size={patch}."
+      )
+    if int(m.caption_len) < int(config.data.max_target_len):
+      raise ValueError(
+        f"config.model.caption_len={m.caption_len} < config.data.max_target_len={config.data.max_target_len}: "
+        "the prefix holds whole captions; set config.model.caption_len to at least max_target_len."
+      )
+    needed = 1 + int(m.caption_len) + num_patches(m, int(config.data.image_size))
+    if int(m.decoder.max_len) < needed:
+      raise ValueError(
+        f"config.model.decoder.max_len={m.decoder.max_len} < {needed} positions: [BOS, caption] "
+        f"({1 + int(m.caption_len)}) + one per patch; set config.model.decoder.max_len to at least {needed}."
+      )
+
+  @staticmethod
+  def batch_keys(model_config) -> tuple[str, ...]:
+    return ("image", "target_out", "target_mask")
+
+  @staticmethod
+  def init_inputs(model_config, batch) -> tuple[tuple, dict]:
+    return (to_model_space(batch["image"]), *caption_tokens(batch["target_out"], batch["target_mask"])), {}
+
+  @staticmethod
+  def max_prompt_len(model_config) -> int:
+    """The most caption tokens a prompt may have."""
+    return int(model_config.caption_len)
+
+  def setup(self):
+    c = self.config
+    dtype = jnp.dtype(c.dtype)
+    self.tokenizer = PaletteTokenizer(**c.palette.to_dict())
+    self.decoder = Decoder(
+      self.total_vocab,
+      **c.decoder.to_dict(),
+      implementation=c.attention_implementation,
+      dtype=dtype,
+      remat=str(c.remat),
+      scan_layers=bool(c.scan_layers),
+    )
+    self.head = PixelHead(self.palette_size, self.pixels_per_patch, **c.head.to_dict(), dtype=dtype)
+    self.patch_table = self.param(
+      "patch_table",
+      layers.param_with_axes(nn.initializers.normal(0.02), ("patch", "palette", "embed")),
+      (self.pixels_per_patch, self.palette_size, int(c.decoder.width)),
+      jnp.float32,
+    )
+
+  @property
+  def palette_size(self) -> int:
+    return int(self.config.palette.get("levels", PaletteTokenizer.levels)) ** 3
+
+  @property
+  def pixels_per_patch(self) -> int:
+    return int(self.config.palette.get("patch_size", PaletteTokenizer.patch_size)) ** 2
+
+  @property
+  def boi_id(self) -> int:
+    return self.vocab_size
+
+  @property
+  def total_vocab(self) -> int:
+    """The decoder's vocabulary: the text's ids and BOI, rounded up to a multiple of VOCAB_MULTIPLE (its
+    table splits over the mesh's tensor axis)."""
+    return -(-(self.vocab_size + 1) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+  def num_patches(self, image_size: int) -> int:
+    return num_patches(self.config, image_size)
+
+  def condition(self, tokens, lengths):
+    """The decoder's caption prefix (mmjax.models.image_tokens.caption_prefix)."""
+    return caption_prefix(self.decoder, tokens, lengths, int(self.config.caption_len))
+
+  def patch_inputs(self, colours):
+    """The decoder's input embeddings [B, M, D] of patches' colours int [B, M, P]."""
+    return jnp.sum(pixel_rows(self.patch_table, colours), axis=-2).astype(jnp.dtype(self.config.dtype))
+
+  def boi_inputs(self, b: int):
+    """The BOI embedding [b, 1, D] that starts every image."""
+    return self.decoder.embed(jnp.full((b, 1), self.boi_id, jnp.int32))
+
+  def inputs(self, colours):
+    """[BOI, patches 1 .. N-1] embedded: [B, N, D] for colours [B, N, P]."""
+    return jnp.concatenate([self.boi_inputs(colours.shape[0]), self.patch_inputs(colours[:, :-1])], axis=1)
+
+  def decode(self, inputs, cond, start):
+    """One KV-cache decoding call (mmjax.sample.pixel_tokens): input embeddings [B, T, D] (or ids, for
+    the cache's shapes) -> the decoder's states [B, T, D]."""
+    return self.decoder(inputs, cond, start=start, decode=True, output="hidden")
+
+  def pixel_state(self, hidden):
+    return self.head.state(hidden)
+
+  def pixel_logits(self, state, context, j):
+    return self.head.logits(state, context, j)
+
+  def pixel_embedding(self, j, colours):
+    return self.head.embedding(j, colours)
+
+  def decode_image(self, colours, image_size: int):
+    """Colours [B, N, P] -> float32 images [B, S, S, 3] in model space."""
+    return self.tokenizer.decode(colours, grid_shape(image_size, self.tokenizer.patch_size))
+
+  def encode_image(self, x):
+    """Model-space images [B, S, S, 3] -> colours int32 [B, N, P]."""
+    return self.tokenizer(x)[0]
+
+  def __call__(self, x, tokens, lengths):
+    """Teacher-forced pixel logits [B, N, P, K] for images x (model space) and their captions."""
+    colours, _ = self.tokenizer(x)
+    hidden = self.decoder(self.inputs(colours), self.condition(tokens, lengths), output="hidden")
+    return self.head(hidden, colours)
+
+  def loss_sums(self, batch) -> tuple:
+    """Per example: the mean cross-entropy of its pixels' colours + palette_weight x the palette loss,
+    summed over the examples that have a caption (weight = their count). Also the pixels' and whole
+    patches' accuracy on the conditioned rows, the palette's reconstruction MSE and its usage."""
+    c = self.config
+    x0 = to_model_space(batch["image"])
+    tokens, lengths = caption_tokens(batch["target_out"], batch["target_mask"])
+    valid = (lengths > 0).astype(jnp.float32)
+    colours, pal = self.tokenizer(x0)
+    colours = jax.lax.stop_gradient(colours)
+    cond_len, dropped = flow_matching.drop_condition(self.make_rng("sample"), lengths, float(c.cond_dropout))
+    hidden = self.decoder(self.inputs(colours), self.condition(tokens, cond_len), output="hidden")
+    logits = self.head(hidden, colours)
+    xent = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, colours), axis=(1, 2))
+    correct = jnp.argmax(logits, axis=-1) == colours
+    drawn = valid * (1.0 - dropped)
+    weight = jnp.sum(valid)
+    rate = lambda v: jnp.sum(drawn * v) * weight / jnp.maximum(jnp.sum(drawn), 1.0)
+    usage = codebook_usage(colours, self.palette_size)
+    sums = {
+      "pixel_accuracy": rate(jnp.mean(correct.astype(jnp.float32), axis=(1, 2))),
+      "patch_accuracy": rate(jnp.mean(jnp.all(correct, axis=-1).astype(jnp.float32), axis=1)),
+      "pixel_xent": jnp.sum(valid * xent),
+      "palette_mse": jnp.sum(valid * pal["palette"]) / 3.0,
+      "palette_used_fraction": usage["used_fraction"] * weight,
+      "weight": weight,
+    }
+    return jnp.sum(valid * (xent + float(c.palette_weight) * pal["palette"])), sums

@@ -1,0 +1,224 @@
+"""The pixel-colour text-to-image kind (config.model.kind "t2i_pixels"): the palette tokenizer against
+float64 numpy (nearest colours, patch order, its loss and gradient, a fit to k-means' fixed point),
+the pixel head's order within a patch, the KV-cache drawing against a plain full forward (greedy,
+pixel by pixel), guidance 1 and 0 against the conditional and the null-condition models, the
+decoder's embedding inputs, config errors, and a tiny run through the one trainer with a resume."""
+
+import itertools
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mmjax import config_files
+from mmjax.decoders.lm import Decoder
+from mmjax.encoders.palette import PaletteTokenizer, grid_palette, nearest
+from mmjax.fusion.base import Conditioning
+from mmjax.models import model_class
+from mmjax.models.text_to_image import to_model_space
+from mmjax.sample import pixel_tokens
+from mmjax.sample.samplers import Greedy
+from mmjax.train import trainer, workdir as workdir_lib
+from mmjax.train.metrics_writer import read_metrics
+from tests.conftest import CONFIGS
+
+CONFIG = os.path.join(CONFIGS, "t2i_pixels.py")
+T2I_KEYS = [f"t2i_{m}_accuracy{s}" for s in ("", "_noguidance") for m in ("object", "scene", "relation")]
+VOCAB = 40
+S = 32
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+  c = config_files.load(CONFIG, "tiny")
+  model = model_class(c.model)(c.model, VOCAB)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (4, S, S, 3), dtype=np.uint8)
+  tokens = jnp.asarray(rng.integers(4, VOCAB, (4, 6)), jnp.int32)
+  lengths = jnp.asarray([6, 3, 1, 0], jnp.int32)
+  params = nn.meta.unbox(model.init(jax.random.key(0), to_model_space(images), tokens, lengths)["params"])
+  # Fresh weights draw nearly uniform colours; larger random ones make every logit matter, so that the
+  # comparisons below would see a pixel read from the wrong place.
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  return model, params, tokens, lengths
+
+
+def test_grid_palette_and_nearest():
+  values = (-1.0, 0.0, 1.0)
+  want = np.array(list(itertools.product(values, values, values)), np.float32)
+  np.testing.assert_array_equal(grid_palette(3), want)
+  assert grid_palette(4).shape == (64, 3) and grid_palette(1).tolist() == [[0.0, 0.0, 0.0]]
+  palette = np.random.default_rng(1).uniform(-1, 1, (20, 3))
+  x = np.random.default_rng(2).uniform(-1, 1, (7, 9, 3))
+  dist = ((x[..., None, :].astype(np.float64) - palette) ** 2).sum(-1)
+  np.testing.assert_array_equal(np.asarray(nearest(jnp.asarray(x), jnp.asarray(palette))), dist.argmin(-1))
+  with pytest.raises(ValueError, match="levels=0"):
+    grid_palette(0)
+
+
+def test_tokenizer_patch_order_round_trip_and_loss():
+  tok = PaletteTokenizer(levels=3, patch_size=4)
+  palette = grid_palette(3)
+  rng = np.random.default_rng(3)
+  idx = rng.integers(0, 27, (2, 8, 12))  # 2 x 3 patches of 4 x 4
+  images = palette[idx]
+  v = tok.init(jax.random.key(0), jnp.asarray(images))
+  digits, losses = tok.apply(v, jnp.asarray(images))
+  # Patch (r, c) is position 3 r + c; its pixels in row-major order inside it.
+  want = np.stack([idx[:, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4].reshape(2, 16) for r in range(2) for c in range(3)], 1)
+  np.testing.assert_array_equal(np.asarray(digits), want)
+  np.testing.assert_array_equal(np.asarray(tok.apply(v, digits, (2, 3), method=tok.decode)), images)
+  np.testing.assert_array_equal(np.asarray(losses["palette"]), 0.0)
+  # Off-palette colours: the loss is the mean squared distance to the nearest entry, per image.
+  noisy = images + rng.normal(0, 0.2, images.shape)
+  dist = ((noisy[..., None, :] - palette.astype(np.float64)) ** 2).sum(-1).min(-1)
+  np.testing.assert_allclose(np.asarray(tok.apply(v, jnp.asarray(noisy))[1]["palette"]), dist.mean((1, 2)), rtol=1e-5)
+  with pytest.raises(ValueError, match="patch_size=4"):
+    tok.apply(v, jnp.zeros((1, 6, 8, 3)))
+
+
+def test_palette_fits_the_means_of_its_pixels():
+  """The palette's only gradient comes from the pixels that chose each entry: gradient descent on the
+  loss leaves the unchosen entries where the grid put them and moves each chosen one to the mean of its
+  pixels (k-means' fixed point, computed in float64)."""
+  tok = PaletteTokenizer(levels=2, patch_size=2)
+  grid = grid_palette(2)
+  rng = np.random.default_rng(4)
+  chosen = np.array([0, 3, 6])  # three of the eight corners; pixels scattered around them
+  idx = rng.choice(chosen, (3, 4, 4))
+  x = np.clip(grid[idx] + rng.normal(0, 0.25, idx.shape + (3,)), -1.5, 1.5)
+  assert np.array_equal(((x[..., None, :] - grid) ** 2).sum(-1).argmin(-1), idx)  # the assignment holds
+  params = tok.init(jax.random.key(0), jnp.asarray(x))["params"]
+  loss = lambda p: jnp.sum(tok.apply({"params": p}, jnp.asarray(x))[1]["palette"])
+  opt = optax.sgd(0.5)
+  state = opt.init(params)
+  for _ in range(200):
+    updates, state = opt.update(jax.grad(loss)(params), state)
+    params = optax.apply_updates(params, updates)
+  got = np.asarray(nn.meta.unbox(params)["palette"], np.float64)
+  for k in range(8):
+    want = x[idx == k].mean(0) if k in chosen else grid[k]
+    np.testing.assert_allclose(got[k], want, atol=1e-5)
+
+
+def test_head_reads_only_earlier_pixels_of_its_patch(model_and_params):
+  model, params, *_ = model_and_params
+  p, k = model.pixels_per_patch, model.palette_size
+  rng = np.random.default_rng(5)
+  hidden = jnp.asarray(rng.normal(size=(2, 3, model.config.decoder.width)), jnp.float32)
+  colours = rng.integers(0, k, (2, 3, p))
+  head = lambda col: np.asarray(
+    model.apply({"params": params}, hidden, jnp.asarray(col), method=lambda m, h, c: m.head(h, c))
+  )
+  base = head(colours)
+  for j in (0, 5, p - 1):
+    changed = colours.copy()
+    changed[..., j:] = (changed[..., j:] + 1) % k
+    np.testing.assert_array_equal(head(changed)[..., : j + 1, :], base[..., : j + 1, :])  # pixel j reads < j
+    if j + 1 < p:
+      assert np.abs(head(changed)[..., j + 1 :, :] - base[..., j + 1 :, :]).min() > 0  # ... and every later one reads j
+
+
+def _full_forward_greedy(model, params, tokens, lengths, n, guidance=None):
+  """Greedy colours by running the whole teacher-forced forward for every pixel (no cache): the
+  reference. Pixels not drawn yet hold colour 0; a pixel's logits read only the pixels before it."""
+  p = model.pixels_per_patch
+  forward = jax.jit(
+    lambda col, cond: model.apply(
+      {"params": params}, col, cond, method=lambda m, c, cd: m.head(m.decoder(m.inputs(c), cd, output="hidden"), c)
+    )
+  )
+  cond = model.apply({"params": params}, tokens, lengths, method="condition")
+  null = model.apply({"params": params}, tokens, jnp.zeros_like(lengths), method="condition")
+  colours = np.zeros((tokens.shape[0], n, p), np.int32)
+  for i, j in itertools.product(range(n), range(p)):
+    logits = np.asarray(forward(jnp.asarray(colours), cond)[:, i, j], np.float64)
+    if guidance is not None:
+      lu = np.asarray(forward(jnp.asarray(colours), null)[:, i, j], np.float64)
+      logits = lu + guidance * (logits - lu)
+    colours[:, i, j] = logits.argmax(-1)
+  return colours
+
+
+@pytest.mark.parametrize("guidance", [None, 2.5])
+def test_cached_drawing_equals_full_forward(model_and_params, guidance):
+  model, params, tokens, lengths = model_and_params
+  n = model.num_patches(S)
+  got = pixel_tokens.draw_colours(
+    model, params, tokens, lengths, jax.random.key(0), n_patches=n, sampler=Greedy(), guidance=guidance
+  )
+  want = _full_forward_greedy(model, params, tokens, lengths, n, guidance)
+  assert got.shape == (4, n, model.pixels_per_patch) and len(np.unique(want)) > 2
+  np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_guidance_one_is_conditional_and_zero_is_null(model_and_params):
+  model, params, tokens, lengths = model_and_params
+  draw = lambda ln, g: np.asarray(
+    pixel_tokens.draw(model, params, tokens, ln, jax.random.key(1), image_size=S, sampler=Greedy(), guidance=g)
+  )
+  np.testing.assert_array_equal(draw(lengths, 1.0), draw(lengths, None))
+  null = draw(jnp.zeros_like(lengths), None)
+  np.testing.assert_array_equal(draw(lengths, 0.0), null)
+  assert not np.array_equal(draw(lengths, None)[:3], null[:3])
+
+
+def test_decoder_reads_embeddings_and_returns_states():
+  """Decoder inputs given as embeddings equal the same ids; output="hidden" is what the tied head reads."""
+  dec = Decoder(vocab_size=50, width=32, depth=2, num_heads=2, mlp_dim=64, max_len=16)
+  rng = np.random.default_rng(6)
+  ids = jnp.asarray(rng.integers(0, 50, (2, 7)), jnp.int32)
+  cond = Conditioning(prefix=jnp.asarray(rng.normal(size=(2, 3, 32)), jnp.float32), prefix_len=jnp.asarray([3, 2]))
+  v = dec.init(jax.random.key(0), ids, cond)
+  logits = dec.apply(v, ids, cond)
+  emb = dec.apply(v, ids, method=lambda m, i: m.embed(i))
+  np.testing.assert_allclose(np.asarray(dec.apply(v, emb, cond)), np.asarray(logits), rtol=1e-5, atol=1e-6)
+  hidden = dec.apply(v, emb, cond, output="hidden")
+  assert hidden.shape == (2, 7, 32)
+  attended = dec.apply(v, hidden, method=lambda m, h: m.embed.attend(h))
+  np.testing.assert_allclose(np.asarray(attended), np.asarray(logits), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="output='probs'"):
+    dec.apply(v, ids, cond, output="probs")
+
+
+@pytest.mark.parametrize(
+  "key,value,match",
+  [
+    ("model.caption_len", 4, "config.model.caption_len=4 < config.data.max_target_len"),
+    ("model.decoder.max_len", 20, "config.model.decoder.max_len=20 <"),
+    ("model.palette.patch_size", 5, "config.model.palette.patch_size=5"),
+    ("model.cond_dropout", 1.0, "cond_dropout"),
+  ],
+)
+def test_config_errors(shared_data_dir, key, value, match):
+  c = config_files.load(CONFIG, "tiny")
+  config_files.apply_overrides(c, {key: value})
+  with pytest.raises(ValueError, match=match):
+    model_class(c.model).check_config(c)
+
+
+def test_trains_evaluates_and_resumes(shared_data_dir, tmp_path):
+  c = config_files.load(CONFIG, "tiny")
+  c.data.data_dir = shared_data_dir
+  wd = str(tmp_path / "run")
+  trainer.train_and_evaluate(c, wd, progress=False)
+  rows = read_metrics(wd)
+  train = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train] == list(range(1, c.total_steps + 1))
+  assert all(np.isfinite(r["train/loss"]) for r in train)
+  assert train[-1]["train/loss"] < train[0]["train/loss"]
+  assert {"train/pixel_accuracy", "train/patch_accuracy", "train/palette_mse"} <= set(train[-1])
+  final = [r for r in rows if "test/t2i_object_accuracy" in r][-1]
+  for key in T2I_KEYS:
+    assert 0.0 <= final[f"test/{key}"] <= 1.0
+  first = workdir_lib.load(wd)
+  with c.unlocked():
+    c.total_steps += 2
+  trainer.train_and_evaluate(c, wd, progress=False)
+  assert workdir_lib.load(wd).step == first.step + 2
