@@ -18,7 +18,7 @@ def test_script_runs_on_tiny_data(shared_data_dir, tmp_path):
       [
         sys.executable,
         SCRIPT,
-        "--config=" + os.path.join(ROOT, "experiments", "configs", "t2i.py") + ":tiny",
+        "--config=" + os.path.join(ROOT, "experiments", "configs", "t2i_tokens.py") + ":tiny",
         "--steps=2",
         "--batch_size=8",
         f"--quantizer={quantizer}",

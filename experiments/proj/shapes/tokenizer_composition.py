@@ -1,10 +1,13 @@
 r"""Do an image tokenizer's codes compose? A study of the text-to-image main job's test split.
 
-  python experiments/proj/shapes/tokenizer_composition.py --quantizer=vq --steps=1500
-  python experiments/proj/shapes/tokenizer_composition.py --quantizer=fsq --steps=1500
+  python experiments/proj/shapes/tokenizer_composition.py --quantizer=vq --steps=1500 \
+      --config.data.shapes.t2i.max_objects=2
+  python experiments/proj/shapes/tokenizer_composition.py --quantizer=fsq --steps=1500 \
+      --config.data.shapes.t2i.max_objects=2
 
 Fits an image tokenizer alone (no decoder LM) on the training images of the text-to-image data of
---config (the main job's: experiments/configs/t2i.py), then encodes and decodes the test split's
+--config (default: the VQ family's experiments/configs/t2i_tokens.py; with max_objects=2 its scenes
+are the main job's), then encodes and decodes the test split's
 images and scores the round trip with the shapes parser, apart for the prompts that name a held-out
 (colour, shape) pair (images with an object that no training image shows) and for the rest. A code
 that stands for a fragment of one colour *and* shape has no entry for a held-out pair's fragments,
@@ -44,7 +47,9 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """The script's flags, defined when it runs (not at import)."""
-  config_flags.DEFINE_config_file("config", os.path.join(_CONFIGS, "t2i.py"), "The t2i config (data, tokenizer).")
+  config_flags.DEFINE_config_file(
+    "config", os.path.join(_CONFIGS, "t2i_tokens.py"), "The t2i_tokens config (data, tokenizer)."
+  )
   flags.DEFINE_enum("quantizer", "vq", ["vq", "fsq"], "Nearest-entry VQ or finite scalar quantization.")
   flags.DEFINE_integer("steps", 1500, "Tokenizer training steps.")
   flags.DEFINE_integer("batch_size", 64, "Images per step.")
