@@ -18,7 +18,7 @@ from mmjax import config_files
 from mmjax.decoders.lm import Decoder
 from mmjax.encoders.palette import PaletteTokenizer, grid_palette, nearest
 from mmjax.fusion.base import Conditioning
-from mmjax.models import model_class
+from mmjax.models import flow_matching, model_class
 from mmjax.models.text_to_image import to_model_space
 from mmjax.sample import pixel_tokens
 from mmjax.sample.samplers import Greedy
@@ -169,6 +169,32 @@ def test_guidance_one_is_conditional_and_zero_is_null(model_and_params):
   assert not np.array_equal(draw(lengths, None)[:3], null[:3])
 
 
+def test_word_dropout_replaces_caption_words_and_reaches_the_loss(model_and_params):
+  """flow_matching.drop_words: each token becomes PAD with probability p (a binomial count), lengths
+  untouched; p = 0 is the identity. In the model's loss, p > 0 changes the objective (the prefix reads
+  the dropped words) and p = 0 does not."""
+  tokens = jnp.asarray(np.random.default_rng(7).integers(4, 40, (200, 50)), jnp.int32)
+  out = np.asarray(flow_matching.drop_words(jax.random.key(3), tokens, 0.3, 0))
+  dropped = out == 0
+  assert np.array_equal(out[~dropped], np.asarray(tokens)[~dropped])
+  assert abs(dropped.mean() - 0.3) < 4 * np.sqrt(0.3 * 0.7 / dropped.size)  # 4 sigma of a binomial share
+  assert flow_matching.drop_words(jax.random.key(3), tokens, 0.0, 0) is tokens
+  model, params, tokens, lengths = model_and_params
+  rng = np.random.default_rng(8)
+  target_out = np.concatenate([np.asarray(tokens), np.zeros((4, 1), np.int32)], 1)
+  target_out[np.arange(4), np.asarray(lengths)] = 2  # EOS after each caption
+  mask = (np.arange(7)[None] <= np.asarray(lengths)[:, None]).astype(np.float32)
+  batch = dict(image=rng.integers(0, 256, (4, S, S, 3), dtype=np.uint8), target_out=target_out, target_mask=mask)
+  losses = {}
+  for p in (0.0, 0.5):
+    config = model.config.copy_and_resolve_references()
+    config.word_dropout = p
+    m = model_class(config)(config, model.vocab_size)
+    losses[p] = float(m.apply({"params": params}, batch, rngs={"sample": jax.random.key(9)}, method="loss_sums")[0])
+  base = float(model.apply({"params": params}, batch, rngs={"sample": jax.random.key(9)}, method="loss_sums")[0])
+  assert model.config.word_dropout == 0.0 and losses[0.0] == base and losses[0.5] != base
+
+
 def test_decoder_reads_embeddings_and_returns_states():
   """Decoder inputs given as embeddings equal the same ids; output="hidden" is what the tied head reads."""
   dec = Decoder(vocab_size=50, width=32, depth=2, num_heads=2, mlp_dim=64, max_len=16)
@@ -194,6 +220,7 @@ def test_decoder_reads_embeddings_and_returns_states():
     ("model.decoder.max_len", 20, "config.model.decoder.max_len=20 <"),
     ("model.palette.patch_size", 5, "config.model.palette.patch_size=5"),
     ("model.cond_dropout", 1.0, "cond_dropout"),
+    ("model.word_dropout", 1.0, "config.model.word_dropout=1.0"),
   ],
 )
 def test_config_errors(shared_data_dir, key, value, match):

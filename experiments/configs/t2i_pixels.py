@@ -38,6 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.palette_weight = 1.0
   m.decoder = ml_collections.ConfigDict(dict(width=128, depth=4, num_heads=4, mlp_dim=512, max_len=128))
   m.cond_dropout = 0.1
+  m.word_dropout = 0.0  # > 0: each caption word dropped (to PAD) with this probability in training
   # Guidance acts on every pixel's logits: above about 1.3 it turns doubtful pixels into specks and
   # breaks shapes (measured on the validation split: docs/results.md).
   c.sampler.update(dict(name="top_k", top_k=2, temperature=1.0, guidance=1.2))

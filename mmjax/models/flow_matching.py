@@ -59,6 +59,16 @@ def loss(v_pred: jax.Array, x0: jax.Array, eps: jax.Array) -> jax.Array:
   return jnp.mean(jnp.square(err).reshape(err.shape[0], -1), axis=-1)
 
 
+def drop_words(rng: jax.Array, tokens: jax.Array, p: float, fill: int) -> jax.Array:
+  """Word dropout of caption tokens [B, L]: each token independently becomes `fill` (e.g. PAD) with
+  probability p; lengths are unchanged. A caption seen with one of its words missing teaches what each
+  remaining word says on its own (e.g. a shape without its colour), the behaviour a caption that
+  pairs words never seen together in training asks for."""
+  if p <= 0:
+    return tokens
+  return jnp.where(jax.random.bernoulli(rng, p, tokens.shape), jnp.asarray(fill, tokens.dtype), tokens)
+
+
 def drop_condition(rng: jax.Array, lengths_or_mask: jax.Array, p: float) -> tuple[jax.Array, jax.Array]:
   """Classifier-free guidance dropout: each row independently gets the null condition with
   probability p.

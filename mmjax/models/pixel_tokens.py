@@ -39,6 +39,7 @@ from mmjax.models import flow_matching
 from mmjax.models.contrastive import caption_tokens
 from mmjax.models.image_tokens import VOCAB_MULTIPLE, caption_prefix
 from mmjax.models.text_to_image import check_caption_config, to_model_space
+from mmjax.tokenizer import PAD_ID
 
 
 def num_patches(model_config, image_size: int) -> int:
@@ -126,7 +127,9 @@ class TextToImagePixels(nn.Module):
   (config.model.head).
 
   config keys: palette (levels, patch_size), decoder, head (width, depth, mlp_dim), caption_len (the prefix's
-  caption slots), cond_dropout, palette_weight, dtype, attention_implementation, remat, scan_layers.
+  caption slots), cond_dropout, word_dropout (flow_matching.drop_words: each caption token replaced by
+  PAD with this probability in training), palette_weight, dtype, attention_implementation, remat,
+  scan_layers.
   """
 
   config: ml_collections.ConfigDict
@@ -143,6 +146,8 @@ class TextToImagePixels(nn.Module):
   def check_config(config: ml_collections.ConfigDict) -> None:
     m = config.model
     check_caption_config(config)
+    if not 0.0 <= float(m.get("word_dropout", 0.0)) < 1.0:
+      raise ValueError(f"config.model.word_dropout={m.word_dropout} must be in [0, 1).")
     patch = int(m.palette.get("patch_size", PaletteTokenizer.patch_size))
     if int(config.data.image_size) % patch:
       raise ValueError(
@@ -268,7 +273,9 @@ class TextToImagePixels(nn.Module):
     valid = (lengths > 0).astype(jnp.float32)
     colours, pal = self.tokenizer(x0)
     colours = jax.lax.stop_gradient(colours)
-    cond_len, dropped = flow_matching.drop_condition(self.make_rng("sample"), lengths, float(c.cond_dropout))
+    k_cond, k_words = jax.random.split(self.make_rng("sample"))
+    cond_len, dropped = flow_matching.drop_condition(k_cond, lengths, float(c.cond_dropout))
+    tokens = flow_matching.drop_words(k_words, tokens, float(c.get("word_dropout", 0.0)), PAD_ID)
     hidden = self.decoder(self.inputs(colours), self.condition(tokens, cond_len), output="hidden")
     logits = self.head(hidden, colours)
     xent = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, colours), axis=(1, 2))
