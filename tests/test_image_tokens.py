@@ -199,21 +199,17 @@ def test_config_errors(shared_data_dir, key, value, match):
     model_class(c.model).check_config(c)
 
 
-def test_trains_evaluates_and_resumes(shared_data_dir, tmp_path):
-  """A tiny run, its metrics, and a resume; the tokenizer stops updating after 2 steps
-  (config.model.freeze_after), so the resumed steps move the decoder and not the tokenizer."""
-  c = config_files.load(CONFIG, "tiny")
-  c.data.data_dir = shared_data_dir
-  c.model.freeze_after = {"image_tokenizer": 2}
-  c.ema_decay = 0.0  # the loaded params are then the trained ones (an EMA would still drift to them)
-  wd = str(tmp_path / "run")
+def train_and_resume(c, wd: str, train_keys: set[str]):
+  """Trains config c in wd, checks its metrics (every step logged and finite, the loss falling, the
+  kind's train_keys, the six t2i test metrics in [0, 1]), resumes it for 2 more steps; returns the
+  (first, resumed) loaded workdirs."""
   trainer.train_and_evaluate(c, wd, progress=False)
   rows = read_metrics(wd)
   train = [r for r in rows if "train/loss" in r]
   assert [r["step"] for r in train] == list(range(1, c.total_steps + 1))
   assert all(np.isfinite(r["train/loss"]) for r in train)
   assert train[-1]["train/loss"] < train[0]["train/loss"]
-  assert {"train/image_token_accuracy", "train/codebook_used_fraction", "train/vq_recon_mse"} <= set(train[-1])
+  assert {f"train/{k}" for k in train_keys} <= set(train[-1])
   final = [r for r in rows if "test/t2i_object_accuracy" in r][-1]
   for key in T2I_KEYS:
     assert 0.0 <= final[f"test/{key}"] <= 1.0
@@ -223,6 +219,18 @@ def test_trains_evaluates_and_resumes(shared_data_dir, tmp_path):
   trainer.train_and_evaluate(c, wd, progress=False)
   resumed = workdir_lib.load(wd)
   assert resumed.step == first.step + 2
+  return first, resumed
+
+
+def test_trains_evaluates_and_resumes(shared_data_dir, tmp_path):
+  """A tiny run, its metrics, and a resume; the tokenizer stops updating after 2 steps
+  (config.model.freeze_after), so the resumed steps move the decoder and not the tokenizer."""
+  c = config_files.load(CONFIG, "tiny")
+  c.data.data_dir = shared_data_dir
+  c.model.freeze_after = {"image_tokenizer": 2}
+  c.ema_decay = 0.0  # the loaded params are then the trained ones (an EMA would still drift to them)
+  keys = {"image_token_accuracy", "codebook_used_fraction", "vq_recon_mse"}
+  first, resumed = train_and_resume(c, str(tmp_path / "run"), keys)
   for part, same in (("image_tokenizer", True), ("decoder", False)):
     leaves = zip(jax.tree.leaves(first.params[part]), jax.tree.leaves(resumed.params[part]))
     assert all(np.array_equal(a, b) for a, b in leaves) == same, part

@@ -22,12 +22,10 @@ from mmjax.models import flow_matching, model_class
 from mmjax.models.text_to_image import to_model_space
 from mmjax.sample import pixel_tokens
 from mmjax.sample.samplers import Greedy
-from mmjax.train import trainer, workdir as workdir_lib
-from mmjax.train.metrics_writer import read_metrics
 from tests.conftest import CONFIGS
+from tests.test_image_tokens import train_and_resume
 
 CONFIG = os.path.join(CONFIGS, "t2i_pixels.py")
-T2I_KEYS = [f"t2i_{m}_accuracy{s}" for s in ("", "_noguidance") for m in ("object", "scene", "relation")]
 VOCAB = 40
 S = 32
 
@@ -233,19 +231,4 @@ def test_config_errors(shared_data_dir, key, value, match):
 def test_trains_evaluates_and_resumes(shared_data_dir, tmp_path):
   c = config_files.load(CONFIG, "tiny")
   c.data.data_dir = shared_data_dir
-  wd = str(tmp_path / "run")
-  trainer.train_and_evaluate(c, wd, progress=False)
-  rows = read_metrics(wd)
-  train = [r for r in rows if "train/loss" in r]
-  assert [r["step"] for r in train] == list(range(1, c.total_steps + 1))
-  assert all(np.isfinite(r["train/loss"]) for r in train)
-  assert train[-1]["train/loss"] < train[0]["train/loss"]
-  assert {"train/pixel_accuracy", "train/patch_accuracy", "train/palette_mse"} <= set(train[-1])
-  final = [r for r in rows if "test/t2i_object_accuracy" in r][-1]
-  for key in T2I_KEYS:
-    assert 0.0 <= final[f"test/{key}"] <= 1.0
-  first = workdir_lib.load(wd)
-  with c.unlocked():
-    c.total_steps += 2
-  trainer.train_and_evaluate(c, wd, progress=False)
-  assert workdir_lib.load(wd).step == first.step + 2
+  train_and_resume(c, str(tmp_path / "run"), {"pixel_accuracy", "patch_accuracy", "palette_mse"})

@@ -13,7 +13,7 @@ a codebook learnt from the training images holds only the patches they contain. 
 and shape never seen together has no code, so neither the tokenizer nor a decoder with one softmax
 over codes can produce it (measured on the shapes scenes' held-out colour-shape pairs:
 docs/results.md, "Text-to-image"). A pixel's colour and its place in a shape are separate choices,
-so a model drawing pixels can put any colour into any shape it has seen.
+so the tokens of a model drawing pixels can put any colour into any shape.
 
 The palette, [K, 3], starts as a uniform grid of `levels` values per channel over [-1, 1] and is
 trained by the nearest-entry rule (k-means in gradient form): each pixel pulls the entry it chose,

@@ -101,19 +101,7 @@ class TextToImageTokens(nn.Module):
   @staticmethod
   def check_config(config: ml_collections.ConfigDict) -> None:
     m = config.model
-    check_caption_config(config)
-    patch = int(m.image_tokenizer.get("patch_size", VQTokenizer.patch_size))
-    if int(config.data.image_size) % patch:
-      raise ValueError(
-        f"config.data.image_size={config.data.image_size} is not a multiple of "
-        f"config.model.image_tokenizer.patch_size={patch}."
-      )
-    caption_len = int(config.data.max_target_len)
-    if int(m.caption_len) < caption_len:
-      raise ValueError(
-        f"config.model.caption_len={m.caption_len} < config.data.max_target_len={caption_len}: the prefix holds "
-        "whole captions; set config.model.caption_len to at least max_target_len."
-      )
+    check_drawing_config(config, "image_tokenizer", int(m.image_tokenizer.get("patch_size", VQTokenizer.patch_size)))
     needed = positions_needed(m, int(config.data.image_size))
     if int(m.decoder.max_len) < needed:
       raise ValueError(
@@ -298,6 +286,23 @@ class TextToImageTokens(nn.Module):
       "weight": weight,
     }
     return jnp.sum(valid * per), sums
+
+
+def check_drawing_config(config: ml_collections.ConfigDict, block: str, patch: int) -> None:
+  """The start-up errors of a kind whose decoder draws an image patch by patch after a caption prefix
+  (check_caption_config's, the image size a multiple of config.model.<block>.patch_size, whole
+  captions in the prefix)."""
+  m = config.model
+  check_caption_config(config)
+  if int(config.data.image_size) % patch:
+    raise ValueError(
+      f"config.data.image_size={config.data.image_size} is not a multiple of config.model.{block}.patch_size={patch}."
+    )
+  if int(m.caption_len) < int(config.data.max_target_len):
+    raise ValueError(
+      f"config.model.caption_len={m.caption_len} < config.data.max_target_len={config.data.max_target_len}: the "
+      "prefix holds whole captions; set config.model.caption_len to at least max_target_len."
+    )
 
 
 def caption_prefix(decoder: Decoder, tokens, lengths, slots: int) -> Conditioning:
