@@ -41,7 +41,7 @@ given (upscaled when small) into --out, by default <image stem>_boxes.png beside
 A --split report draws every grounding example's boxes on its image: predicted ones solid with
 their labels, the reference's dashed.
 
-A text-to-image workdir (an evaluator "t2i" kind: experiments/configs/t2i_flow.py, t2i_tokens.py)
+A text-to-image workdir (an evaluator "t2i" kind: experiments/configs/t2i.py, t2i_flow.py, t2i_tokens.py)
 draws instead of reading: --num images (default 4) for every --prompt, written as one PNG grid with
 one row per prompt (in flag order) and --num columns, 2-pixel white gaps between cells, each image
 upscaled by nearest neighbour to at least 128 pixels a side (a 32x32 sample shows 4x). The grid goes

@@ -1,5 +1,5 @@
-"""Evaluation of a text-to-image model (config.model.kind "t2i_flow" or "t2i_tokens"): generate an image
-per caption, let the dataset score it, and measure the distance to the real images.
+"""Evaluation of a text-to-image model (an evaluator "t2i" kind: t2i_flow, t2i_tokens, t2i_pixels):
+generate an image per caption, let the dataset score it, and measure the distance to the real images.
 
   evaluate = make_evaluator(setup, data)
   metrics, predictions = evaluate(params, "test", max_examples=0, progress=False)
