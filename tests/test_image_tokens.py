@@ -125,9 +125,14 @@ def test_guidance_one_is_conditional_and_zero_is_null(model_and_params):
   draw = lambda ln, g: np.asarray(
     image_tokens.draw_codes(model, params, tokens, ln, jax.random.key(1), n_codes=n, sampler=Greedy(), guidance=g)
   )
+  assert_guidance_one_and_zero(draw, lengths)
+
+
+def assert_guidance_one_and_zero(draw, lengths):
+  """draw(lengths, guidance) -> an array: guidance 1 equals the conditional drawing (None), guidance 0
+  the null condition's (every caption dropped), which differs from the conditional one for the rows
+  with a caption (lengths[:3] > 0; else the test is vacuous)."""
   np.testing.assert_array_equal(draw(lengths, 1.0), draw(lengths, None))
-  # Scale 0 samples the null-condition logits: what the model draws with every caption dropped. It
-  # must differ from the conditional drawing for the rows with a caption (else the test is vacuous).
   null = draw(jnp.zeros_like(lengths), None)
   np.testing.assert_array_equal(draw(lengths, 0.0), null)
   assert not np.array_equal(draw(lengths, None)[:3], null[:3])
@@ -347,10 +352,7 @@ def test_masked_guidance_one_is_conditional_and_zero_is_null(masked_model_and_pa
   )
   cond = draw(lengths, None)
   assert cond.shape == (4, n) and cond.min() >= 0 and cond.max() < model.codebook_size
-  np.testing.assert_array_equal(draw(lengths, 1.0), cond)
-  null = draw(jnp.zeros_like(lengths), None)
-  np.testing.assert_array_equal(draw(lengths, 0.0), null)
-  assert not np.array_equal(cond[:3], null[:3])
+  assert_guidance_one_and_zero(draw, lengths)
 
 
 def test_masked_model_trains_and_draws(shared_data_dir, tmp_path):
