@@ -58,14 +58,6 @@ class PaletteTokenizer(nn.Module):
   levels: int = 4
   patch_size: int = 4
 
-  @property
-  def palette_size(self) -> int:
-    return self.levels**3
-
-  @property
-  def pixels_per_patch(self) -> int:
-    return self.patch_size**2
-
   def setup(self):
     init = grid_palette(self.levels)
     self.palette = self.param(

@@ -238,7 +238,7 @@ class TextToImagePixels(nn.Module):
 
   def encode_image(self, x):
     """Model-space images [B, S, S, 3] -> colours int32 [B, N, P]."""
-    return self.tokenizer(x)[0]
+    return self.tokenizer.encode(x)
 
   def __call__(self, x, tokens, lengths):
     """Teacher-forced pixel logits [B, N, P, K] for images x (model space) and their captions."""
