@@ -19,6 +19,7 @@ from mmjax.decoders.lm import Decoder
 from mmjax.encoders.palette import PaletteTokenizer, grid_palette, nearest
 from mmjax.fusion.base import Conditioning
 from mmjax.models import flow_matching, model_class
+from mmjax.models.pixel_tokens import GridPosition
 from mmjax.models.text_to_image import to_model_space
 from mmjax.sample import pixel_tokens
 from mmjax.sample.samplers import Greedy
@@ -30,9 +31,16 @@ VOCAB = 40
 S = 32
 
 
-@pytest.fixture(scope="module")
-def model_and_params():
+@pytest.fixture(scope="module", params=["config", "memory, no grid"])
+def model_and_params(request):
+  """The tiny config (caption prefix, grid places), and its other options: the caption read by
+  cross-attention word by word, and no grid-place embeddings."""
   c = config_files.load(CONFIG, "tiny")
+  assert c.model.grid_posemb and c.model.caption_conditioning == "prefix"
+  if request.param == "memory, no grid":
+    c.model.caption_conditioning = "memory"
+    c.model.decoder.cross_attention_every = 1
+    c.model.grid_posemb = False
   model = model_class(c.model)(c.model, VOCAB)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (4, S, S, 3), dtype=np.uint8)
@@ -216,6 +224,8 @@ def test_decoder_reads_embeddings_and_returns_states():
     ("model.palette.patch_size", 5, "config.model.palette.patch_size=5"),
     ("model.cond_dropout", 1.0, "cond_dropout"),
     ("model.word_dropout", 1.0, "config.model.word_dropout=1.0"),
+    ("model.caption_conditioning", "suffix", "config.model.caption_conditioning='suffix'"),
+    ("model.caption_conditioning", "memory", "set config.model.decoder.cross_attention_every=1"),
   ],
 )
 def test_config_errors(shared_data_dir, key, value, match):
@@ -223,6 +233,21 @@ def test_config_errors(shared_data_dir, key, value, match):
   config_files.apply_overrides(c, {key: value})
   with pytest.raises(ValueError, match=match):
     model_class(c.model).check_config(c)
+
+
+def test_grid_position_is_a_row_plus_a_column():
+  """GridPosition on a 3 x 3 grid: patch i = (i // 3, i % 3) reads row and column vectors, so patches of
+  one column differ by their rows' difference alone; indices past the grid read its last place; a grid
+  that is not square is an error."""
+  grid = GridPosition(8)
+  v = nn.meta.unbox(grid.init(jax.random.key(0), jnp.arange(9), 9))
+  rows, cols = (np.asarray(v["params"][k], np.float64) for k in ("rows", "columns"))
+  assert rows.shape == cols.shape == (3, 8)
+  got = np.asarray(grid.apply(v, jnp.arange(11), 9), np.float64)
+  want = np.stack([rows[i // 3] + cols[i % 3] for i in [*range(9), 8, 8]])
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  with pytest.raises(ValueError, match="12 patches are not a square grid"):
+    grid.init(jax.random.key(0), jnp.arange(12), 12)
 
 
 def test_trains_evaluates_and_resumes(shared_data_dir, tmp_path):

@@ -36,8 +36,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The head runs on every pixel (64 x 16 per image): at width 64 its MLP is a third of the step.
   m.head = ml_collections.ConfigDict(dict(width=64, depth=1, mlp_dim=128))
   m.palette_weight = 1.0
-  m.decoder = ml_collections.ConfigDict(dict(width=128, depth=4, num_heads=4, mlp_dim=512, max_len=128))
+  m.decoder = ml_collections.ConfigDict(
+    dict(width=128, depth=4, num_heads=4, mlp_dim=512, max_len=128, cross_attention_every=0)
+  )
   m.cond_dropout = 0.1
+  # "memory": the caption cross-attended as separate word embeddings (needs decoder.cross_attention_every=1)
+  m.caption_conditioning = "prefix"
+  # Each drawing position also embeds its patch's grid row and column (measured better: docs/results.md).
+  m.grid_posemb = True
   m.word_dropout = 0.0  # > 0: each caption word dropped (to PAD) with this probability in training
   # Guidance acts on every pixel's logits: above about 1.3 it turns doubtful pixels into specks and
   # breaks shapes (measured on the validation split: docs/results.md).

@@ -305,20 +305,40 @@ def check_drawing_config(config: ml_collections.ConfigDict, block: str, patch: i
     )
 
 
-def caption_prefix(decoder: Decoder, tokens, lengths, slots: int) -> Conditioning:
-  """Caption tokens [B, L] (no BOS / EOS; L <= slots) with lengths [B] (0: the null condition) -> the
-  prefix [BOS, caption] embedded by the decoder's own table: P = 1 + slots positions (every caption
-  padded to them, so that the image sits at the same positions in training and sampling), the first
-  1 + length of them valid. BOS is only a start marker here (the table is trained here)."""
+def _caption_embeddings(decoder: Decoder, tokens, slots: int) -> jax.Array:
+  """[B, 1 + slots, D]: BOS and the caption tokens [B, L] (no BOS / EOS; L <= slots) padded to `slots`,
+  embedded by the decoder's own table (scaled as its tokens are). BOS is only a start marker here."""
   b, n = tokens.shape
   if n > slots:
     raise ValueError(f"{n} caption tokens exceed config.model.caption_len={slots}.")
   tokens = jnp.pad(tokens.astype(jnp.int32), ((0, 0), (0, slots - n)), constant_values=PAD_ID)
-  ids = jnp.concatenate([jnp.full((b, 1), BOS_ID, jnp.int32), tokens], axis=1)
-  emb = decoder.embed(ids)
+  emb = decoder.embed(jnp.concatenate([jnp.full((b, 1), BOS_ID, jnp.int32), tokens], axis=1))
   if decoder.scale_embeddings:
     emb = emb * jnp.asarray(decoder.width**0.5, emb.dtype)
+  return emb
+
+
+def caption_prefix(decoder: Decoder, tokens, lengths, slots: int) -> Conditioning:
+  """Caption tokens [B, L] (no BOS / EOS; L <= slots) with lengths [B] (0: the null condition) -> the
+  prefix [BOS, caption] embedded by the decoder's own table: P = 1 + slots positions (every caption
+  padded to them, so that the image sits at the same positions in training and sampling), the first
+  1 + length of them valid."""
+  emb = _caption_embeddings(decoder, tokens, slots)
   return Conditioning(prefix=emb, prefix_len=1 + lengths.astype(jnp.int32))
+
+
+def caption_memory(decoder: Decoder, tokens, lengths, slots: int, posemb) -> Conditioning:
+  """Caption tokens [B, L] with lengths [B] (0: the null condition) -> a Conditioning whose prefix is
+  [BOS] alone and whose memory, read by the decoder's cross-attention layers, is the caption's token
+  embeddings plus `posemb` [slots, D]: every word stays its own vector at every layer, never mixed with
+  its neighbours (the prefix's words attend to each other), so that the image positions meet each word
+  on its own. The null condition is an empty memory (a fully masked cross-attention row adds nothing)."""
+  emb = _caption_embeddings(decoder, tokens, slots)
+  memory = emb[:, 1:] + posemb[None].astype(emb.dtype)
+  b = emb.shape[0]
+  return Conditioning(
+    prefix=emb[:, :1], prefix_len=jnp.ones((b,), jnp.int32), memory=memory, memory_len=lengths.astype(jnp.int32)
+  )
 
 
 def _random_mask(rng, b: int, n: int) -> jax.Array:

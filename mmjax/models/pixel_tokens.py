@@ -16,7 +16,10 @@ RQ-Transformer's depth transformer, here a residual MLP over a running sum of th
 Sequences: the prefix [BOS, caption] (the decoder's own embedding, mmjax.models.image_tokens.
 caption_prefix; the null condition is [BOS] alone), then N = (S / p)^2 positions: BOI, and the
 embedding of patches 1 .. N-1 (the sum of a [p*p, K, width] table's rows, one per pixel and colour:
-a linear map of the patch's one-hot pixels). Position n's state predicts patch n. Training reads the
+a linear map of the patch's one-hot pixels), each plus the grid place (row and column embeddings,
+`GridPosition`, with config.model.grid_posemb) of the patch it draws: position n's state predicts
+patch n. With config.model.caption_conditioning="memory" the prefix is [BOS] alone and the decoder
+cross-attends to the caption's word embeddings instead (caption_memory). Training reads the
 palette indices of the image as fixed targets; the palette itself fits the pixels (its loss weighted
 by config.model.palette_weight). A share config.model.cond_dropout of the captions is dropped to the
 null condition, for classifier-free guidance (mmjax.sample.pixel_tokens).
@@ -24,6 +27,7 @@ null condition, for classifier-free guidance (mmjax.sample.pixel_tokens).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -38,9 +42,20 @@ from mmjax.encoders.palette import PaletteTokenizer
 from mmjax.encoders.vq import codebook_usage, grid_shape
 from mmjax.models import flow_matching
 from mmjax.models.contrastive import caption_tokens
-from mmjax.models.image_tokens import VOCAB_MULTIPLE, TextToImageTokens, caption_prefix, check_drawing_config
+from mmjax.models.image_tokens import (
+  VOCAB_MULTIPLE,
+  TextToImageTokens,
+  caption_memory,
+  caption_prefix,
+  check_drawing_config,
+)
 from mmjax.models.text_to_image import to_model_space
 from mmjax.tokenizer import PAD_ID
+
+# How the decoder reads the caption: "prefix", the caption's tokens before the image, attending to
+# each other (mmjax.models.image_tokens.caption_prefix); "memory", the caption's token embeddings
+# cross-attended by every layer, never mixed with each other (caption_memory).
+CAPTION_CONDITIONINGS = ("prefix", "memory")
 
 
 def num_patches(model_config, image_size: int) -> int:
@@ -123,14 +138,35 @@ class PixelHead(nn.Module):
     return self._mlp(z)
 
 
+class GridPosition(nn.Module):
+  """The embedding of a patch's place in the image's square grid of patches: a row vector plus a
+  column vector (tables sized by the grid of the first call), so that positions in one column or row
+  share a part, which a 1-D position table has to learn for every place apart."""
+
+  width: int
+
+  @nn.compact
+  def __call__(self, index, n_patches: int) -> jax.Array:
+    """[..., width] for patch indices `index` [...] (raster order; an int or traced) of a grid of
+    n_patches; indices past the grid are clipped to its last place."""
+    side = math.isqrt(n_patches)
+    if side * side != n_patches:
+      raise ValueError(f"GridPosition: {n_patches} patches are not a square grid.")
+    table = lambda name: self.param(
+      name, layers.param_with_axes(nn.initializers.normal(0.02), ("pos", "embed")), (side, self.width), jnp.float32
+    )
+    index = jnp.minimum(jnp.asarray(index, jnp.int32), n_patches - 1)
+    return jnp.take(table("rows"), index // side, axis=0) + jnp.take(table("columns"), index % side, axis=0)
+
+
 class TextToImagePixels(nn.Module):
   """PaletteTokenizer (config.model.palette) + Decoder (config.model.decoder) + PixelHead
   (config.model.head).
 
   config keys: palette (levels, patch_size), decoder, head (width, depth, mlp_dim), caption_len (the prefix's
-  caption slots), cond_dropout, word_dropout (flow_matching.drop_words: each caption token replaced by
-  PAD with this probability in training), palette_weight, dtype, attention_implementation, remat,
-  scan_layers.
+  caption slots), caption_conditioning (CAPTION_CONDITIONINGS), grid_posemb, cond_dropout, word_dropout
+  (flow_matching.drop_words: each caption token replaced by PAD with this probability in training),
+  palette_weight, dtype, attention_implementation, remat, scan_layers.
   """
 
   config: ml_collections.ConfigDict
@@ -149,6 +185,14 @@ class TextToImagePixels(nn.Module):
     check_drawing_config(config, "palette", int(m.palette.get("patch_size", PaletteTokenizer.patch_size)))
     if not 0.0 <= float(m.get("word_dropout", 0.0)) < 1.0:
       raise ValueError(f"config.model.word_dropout={m.word_dropout} must be in [0, 1).")
+    how = m.get("caption_conditioning", "prefix")
+    if how not in CAPTION_CONDITIONINGS:
+      raise ValueError(f"config.model.caption_conditioning={how!r}: use one of {CAPTION_CONDITIONINGS}.")
+    if how == "memory" and int(m.decoder.get("cross_attention_every", 0)) != 1:
+      raise ValueError(
+        "config.model.caption_conditioning='memory' reads the caption by cross-attention in every decoder "
+        "layer: set config.model.decoder.cross_attention_every=1."
+      )
     needed = 1 + int(m.caption_len) + num_patches(m, int(config.data.image_size))
     if int(m.decoder.max_len) < needed:
       raise ValueError(
@@ -174,6 +218,15 @@ class TextToImagePixels(nn.Module):
       scan_layers=bool(c.scan_layers),
     )
     self.head = PixelHead(self.palette_size, self.pixels_per_patch, **c.head.to_dict(), dtype=dtype)
+    if c.get("caption_conditioning", "prefix") == "memory":
+      self.caption_posemb = self.param(
+        "caption_posemb",
+        layers.param_with_axes(nn.initializers.normal(0.02), ("pos", "embed")),
+        (int(c.caption_len), int(c.decoder.width)),
+        jnp.float32,
+      )
+    if c.get("grid_posemb", False):
+      self.grid = GridPosition(int(c.decoder.width))
     self.patch_table = self.param(
       "patch_table",
       layers.param_with_axes(nn.initializers.normal(0.02), ("patch", "palette", "embed")),
@@ -203,8 +256,11 @@ class TextToImagePixels(nn.Module):
     return num_patches(self.config, image_size)
 
   def condition(self, tokens, lengths):
-    """The decoder's caption prefix (mmjax.models.image_tokens.caption_prefix)."""
-    return caption_prefix(self.decoder, tokens, lengths, int(self.config.caption_len))
+    """The decoder's Conditioning of a caption (config.model.caption_conditioning)."""
+    slots = int(self.config.caption_len)
+    if self.config.get("caption_conditioning", "prefix") == "memory":
+      return caption_memory(self.decoder, tokens, lengths, slots, self.caption_posemb)
+    return caption_prefix(self.decoder, tokens, lengths, slots)
 
   def patch_inputs(self, colours):
     """The decoder's input embeddings [B, M, D] of patches' colours int [B, M, P]."""
@@ -214,9 +270,19 @@ class TextToImagePixels(nn.Module):
     """The BOI embedding [b, 1, D] that starts every image."""
     return self.decoder.embed(jnp.full((b, 1), self.boi_id, jnp.int32))
 
+  def grid_position(self, index, n_patches: int):
+    """What the input of the position that draws patch `index` [...] adds for the patch's grid place
+    (GridPosition, [..., D]), or 0 without config.model.grid_posemb."""
+    if not self.config.get("grid_posemb", False):
+      return jnp.zeros((), jnp.dtype(self.config.dtype))
+    return self.grid(index, n_patches).astype(jnp.dtype(self.config.dtype))
+
   def inputs(self, colours):
-    """[BOI, patches 1 .. N-1] embedded: [B, N, D] for colours [B, N, P]."""
-    return jnp.concatenate([self.boi_inputs(colours.shape[0]), self.patch_inputs(colours[:, :-1])], axis=1)
+    """[BOI, patches 1 .. N-1] embedded, each plus the grid place of the patch its position draws:
+    [B, N, D] for colours [B, N, P]."""
+    n = colours.shape[1]
+    x = jnp.concatenate([self.boi_inputs(colours.shape[0]), self.patch_inputs(colours[:, :-1])], axis=1)
+    return x + self.grid_position(jnp.arange(n), n)
 
   def decode(self, inputs, cond, start):
     """One KV-cache decoding call (mmjax.sample.pixel_tokens): input embeddings [B, T, D] (or ids, for

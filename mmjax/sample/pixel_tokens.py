@@ -51,10 +51,11 @@ def draw_colours(model, params, tokens, lengths, rng, *, n_patches: int, sampler
 
     init = (jnp.zeros_like(state), jnp.zeros((b, pixels), jnp.int32))
     _, colours = jax.lax.fori_loop(0, pixels, pixel, init)
-    x = apply("patch_inputs", both(colours)[:, None]).astype(jnp.float32)
+    x = apply("patch_inputs", both(colours)[:, None]) + apply("grid_position", n + 1, n_patches)
+    x = x.astype(jnp.float32)
     return x, mutated["cache"], out.at[:, n].set(colours)
 
-  x0 = apply("boi_inputs", rows).astype(jnp.float32)
+  x0 = (apply("boi_inputs", rows) + apply("grid_position", 0, n_patches)).astype(jnp.float32)
   init = (x0, kv, jnp.zeros((b, n_patches, pixels), jnp.int32))
   return jax.lax.fori_loop(0, n_patches, patch, init)[2]
 
