@@ -218,14 +218,14 @@ class TextToImagePixels(nn.Module):
       scan_layers=bool(c.scan_layers),
     )
     self.head = PixelHead(self.palette_size, self.pixels_per_patch, **c.head.to_dict(), dtype=dtype)
-    if c.get("caption_conditioning", "prefix") == "memory":
+    if self.caption_in_memory:
       self.caption_posemb = self.param(
         "caption_posemb",
         layers.param_with_axes(nn.initializers.normal(0.02), ("pos", "embed")),
         (int(c.caption_len), int(c.decoder.width)),
         jnp.float32,
       )
-    if c.get("grid_posemb", False):
+    if self.grid_posemb:
       self.grid = GridPosition(int(c.decoder.width))
     self.patch_table = self.param(
       "patch_table",
@@ -233,6 +233,16 @@ class TextToImagePixels(nn.Module):
       (self.pixels_per_patch, self.palette_size, int(c.decoder.width)),
       jnp.float32,
     )
+
+  @property
+  def caption_in_memory(self) -> bool:
+    """config.model.caption_conditioning == "memory" (default "prefix", for configs without the key)."""
+    return self.config.get("caption_conditioning", "prefix") == "memory"
+
+  @property
+  def grid_posemb(self) -> bool:
+    """config.model.grid_posemb (default off, for configs and workdirs from before the key)."""
+    return bool(self.config.get("grid_posemb", False))
 
   @property
   def palette_size(self) -> int:
@@ -258,7 +268,7 @@ class TextToImagePixels(nn.Module):
   def condition(self, tokens, lengths):
     """The decoder's Conditioning of a caption (config.model.caption_conditioning)."""
     slots = int(self.config.caption_len)
-    if self.config.get("caption_conditioning", "prefix") == "memory":
+    if self.caption_in_memory:
       return caption_memory(self.decoder, tokens, lengths, slots, self.caption_posemb)
     return caption_prefix(self.decoder, tokens, lengths, slots)
 
@@ -273,7 +283,7 @@ class TextToImagePixels(nn.Module):
   def grid_position(self, index, n_patches: int):
     """What the input of the position that draws patch `index` [...] adds for the patch's grid place
     (GridPosition, [..., D]), or 0 without config.model.grid_posemb."""
-    if not self.config.get("grid_posemb", False):
+    if not self.grid_posemb:
       return jnp.zeros((), jnp.dtype(self.config.dtype))
     return self.grid(index, n_patches).astype(jnp.dtype(self.config.dtype))
 
