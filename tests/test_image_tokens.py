@@ -15,12 +15,13 @@ import pytest
 
 from mmjax import config_files
 from mmjax.models import image_tokens as image_tokens_model, model_class
-from mmjax.models.text_to_image import to_model_space
+from mmjax.models.text_to_image import to_model_space, to_pixels
 from mmjax.sample import image_tokens
-from mmjax.sample.samplers import Greedy
+from mmjax.sample.samplers import Greedy, TopK
 from mmjax.train import trainer, workdir as workdir_lib
 from mmjax.train.metrics_writer import read_metrics
 from tests.conftest import CONFIGS
+from tests.test_rerank import likeliest_candidates
 
 CONFIG = os.path.join(CONFIGS, "t2i_tokens.py")
 T2I_KEYS = [f"t2i_{m}_accuracy{s}" for s in ("", "_noguidance") for m in ("object", "scene", "relation")]
@@ -117,6 +118,29 @@ def test_factored_codes_draw_from_digit_embeddings(factored_model_and_params):
       model, params, tokens, lengths, jax.random.key(0), n_codes=n, sampler=Greedy(), guidance=guidance
     )
     np.testing.assert_array_equal(np.asarray(got), _full_forward_greedy(model, params, tokens, lengths, n, guidance))
+
+
+@pytest.mark.parametrize("guidance", [None, 2.5])
+def test_best_of_keeps_the_likeliest_drawing(model_and_params, guidance):
+  """image_tokens.draw with candidates: the image of the codes the full forward finds likeliest."""
+  model, params, _, tokens, lengths = model_and_params
+  n, c, rng = model.num_codes(S), 3, jax.random.key(4)
+  first, k = model.first_image_id, model.codebook_size
+  many = image_tokens.draw_codes(
+    model, params, jnp.tile(tokens, (c, 1)), jnp.tile(lengths, c), rng, n_codes=n, sampler=TopK(6), guidance=guidance
+  )
+
+  def full(codes, ln):  # [BOI, codes but the last] after the caption; the code ids' logits
+    seq = jnp.concatenate([jnp.full((len(codes), 1), model.boi_id), first + jnp.asarray(codes[:, :-1])], axis=1)
+    cond = model.apply({"params": params}, jnp.tile(tokens, (c, 1)), ln, method="condition")
+    return model.apply({"params": params}, seq, cond, method=lambda m, s, cd: m.decoder(s, cd))[..., first : first + k]
+
+  want, best = likeliest_candidates(many, full, jnp.tile(lengths, c), c, guidance)
+  assert np.any(best != 0)  # the choice matters
+  kw = dict(image_size=S, sampler=TopK(6), guidance=guidance, candidates=c)
+  got = image_tokens.draw(model, params, tokens, lengths, rng, **kw)
+  decode = lambda codes: to_pixels(model.apply({"params": params}, jnp.asarray(codes), S, method="decode_image"))
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(decode(want)))
 
 
 def test_guidance_one_is_conditional_and_zero_is_null(model_and_params):

@@ -20,11 +20,12 @@ from mmjax.encoders.palette import PaletteTokenizer, grid_palette, nearest
 from mmjax.fusion.base import Conditioning
 from mmjax.models import flow_matching, model_class
 from mmjax.models.pixel_tokens import GridPosition
-from mmjax.models.text_to_image import to_model_space
+from mmjax.models.text_to_image import to_model_space, to_pixels
 from mmjax.sample import pixel_tokens
-from mmjax.sample.samplers import Greedy
+from mmjax.sample.samplers import Greedy, TopK
 from tests.conftest import CONFIGS
 from tests.test_image_tokens import assert_guidance_one_and_zero, train_and_resume
+from tests.test_rerank import likeliest_candidates
 
 CONFIG = os.path.join(CONFIGS, "t2i_pixels.py")
 VOCAB = 40
@@ -131,6 +132,11 @@ def test_head_reads_only_earlier_pixels_of_its_patch(model_and_params):
       assert np.abs(head(changed)[..., j + 1 :, :] - base[..., j + 1 :, :]).min() > 0  # ... and every later one reads j
 
 
+def _teacher_forced(m, colours, tokens, lengths):
+  """The reference forward: the decoder over [BOI, patches] after the caption, then the pixel head."""
+  return m.head(m.decoder(m.inputs(colours), m.condition(tokens, lengths), output="hidden"), colours)
+
+
 def _full_forward_greedy(model, params, tokens, lengths, n, guidance=None):
   """Greedy colours by running the whole teacher-forced forward for every pixel (no cache): the
   reference. Pixels not drawn yet hold colour 0; a pixel's logits read only the pixels before it."""
@@ -162,6 +168,25 @@ def test_cached_drawing_equals_full_forward(model_and_params, guidance):
   want = _full_forward_greedy(model, params, tokens, lengths, n, guidance)
   assert got.shape == (4, n, model.pixels_per_patch) and len(np.unique(want)) > 2
   np.testing.assert_array_equal(np.asarray(got), want)
+
+
+@pytest.mark.parametrize("guidance", [None, 2.5])
+def test_best_of_keeps_the_likeliest_drawing(model_and_params, guidance):
+  """pixel_tokens.draw with candidates: the image of the drawing the full forward finds likeliest."""
+  model, params, tokens, lengths = model_and_params
+  n, c, rng = model.num_patches(S), 3, jax.random.key(4)
+  kw = dict(sampler=TopK(3), guidance=guidance)
+  many = pixel_tokens.draw_colours(
+    model, params, jnp.tile(tokens, (c, 1)), jnp.tile(lengths, c), rng, n_patches=n, **kw
+  )
+  full = lambda col, ln: model.apply(
+    {"params": params}, jnp.asarray(col), jnp.tile(tokens, (c, 1)), ln, method=_teacher_forced
+  )
+  want, best = likeliest_candidates(many, full, jnp.tile(lengths, c), c, guidance)
+  assert np.any(best != 0)  # the choice matters
+  got = pixel_tokens.draw(model, params, tokens, lengths, rng, image_size=S, candidates=c, **kw)
+  decode = lambda col: to_pixels(model.apply({"params": params}, jnp.asarray(col), S, method="decode_image"))
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(decode(want)))
 
 
 def test_guidance_one_is_conditional_and_zero_is_null(model_and_params):

@@ -113,6 +113,8 @@ def test_cli_errors(workdir, tmp_path):
   assert r.returncode != 0 and _last_line(r).startswith("--image: this workdir holds a text-to-image model"), r.stderr
   r = _sample(tmp_path, wd, "--prompt=a red circle", "--temperature=0.5")
   assert r.returncode != 0 and _last_line(r).startswith("--temperature: this workdir's text-to-image sampler"), r.stderr
+  r = _sample(tmp_path, wd, "--prompt=a red circle", "--candidates=4")
+  assert r.returncode != 0 and _last_line(r).startswith("--candidates=4: config.sampler.candidates=4: a flow"), r.stderr
   assert not os.path.exists(tmp_path / "t2i_grid.png")
   # --guidance / --steps on a workdir that draws nothing (a config.json alone suffices).
   vlm = tmp_path / "vlm"
@@ -120,6 +122,22 @@ def test_cli_errors(workdir, tmp_path):
   (vlm / "config.json").write_text(config_files.load(os.path.join(CONFIGS, "tiny.py")).to_json_best_effort())
   r = _sample(tmp_path, f"--workdir={vlm}", f"--image={image}", "--prompt=what?", "--guidance=2")
   assert r.returncode != 0 and _last_line(r).startswith("--guidance: these go with a text-to-image workdir"), r.stderr
+
+
+def test_sampler_options_candidates():
+  """Best-of-N (config.sampler.candidates) for the causal drawing kinds; an error naming the key elsewhere."""
+  load = lambda name: config_files.load(os.path.join(CONFIGS, name), "tiny")
+  assert sampler_options(load("t2i_pixels.py"))["candidates"] == 2
+  assert sampler_options(load("t2i_tokens.py"), candidates=3)["candidates"] == 3
+  with pytest.raises(ValueError, match=r"^config.sampler.candidates=0: must be >= 1\.$"):
+    sampler_options(load("t2i_pixels.py"), candidates=0)
+  masked = load("t2i_tokens.py")
+  masked.model.image_decoding = "masked"
+  assert sampler_options(masked)["candidates"] == 1
+  with pytest.raises(ValueError, match=r"^config.sampler.candidates=2: a masked \(MaskGIT\) model has no drawing"):
+    sampler_options(masked, candidates=2)
+  with pytest.raises(ValueError, match=r"^config.sampler.candidates=2: a flow-matching model has no exact likelihood"):
+    sampler_options(load("t2i_flow.py"), candidates=2)
 
 
 class _Words:

@@ -7,7 +7,9 @@ generate an image per caption, let the dataset score it, and measure the distanc
 Every captioning example of the split (its first `max_examples` when > 0) is one prompt: its caption.
 Each prompt gets one image from the kind's sampler (mmjax.sample.text_to_image, config.sampler),
 twice from the same randomness: with classifier-free guidance at config.sampler.guidance, and without
-it (scale 1: the conditional sampler, which is what guidance 1 computes, at half the cost). Rows go in
+it (scale 1: the conditional sampler, which is what guidance 1 computes, at half the cost). With
+config.sampler.candidates > 1 (the causal drawing kinds) each is the likeliest of that many drawings
+under the distribution it was drawn from, guided or not (mmjax.sample.rerank). Rows go in
 full global batches of config.eval_batch_size rounded up to the mesh's data x fsdp shards (padding
 rows dropped). The randomness of a batch is drawn from config.seed and the batch's index, so an
 evaluation is repeatable.

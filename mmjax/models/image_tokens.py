@@ -200,6 +200,15 @@ class TextToImageTokens(nn.Module):
     seq = jnp.concatenate([jnp.full((b, 1), self.boi_id, jnp.int32), ids.astype(jnp.int32)], axis=1)
     return self.decoder(seq, cond, bidirectional=jnp.full((b,), n + 1, jnp.int32))[:, 1:]
 
+  def index_logits(self, codes, tokens, lengths):
+    """Teacher-forced logits [B, N, K] over the K codes of a causal model's codes int [B, N] given
+    captions (lengths 0: the null condition), as draw_codes restricts them (mmjax.sample.rerank)."""
+    if is_masked(self.config):
+      raise ValueError("index_logits: a masked (MaskGIT) model draws codes in parallel; no causal order to score.")
+    first = self.first_image_id
+    seq = jnp.concatenate([jnp.full((codes.shape[0], 1), self.boi_id, jnp.int32), first + codes[:, :-1]], axis=1)
+    return self.decoder(seq.astype(jnp.int32), self.condition(tokens, lengths))[..., first : first + self.codebook_size]
+
   def decode_image(self, codes, image_size: int):
     """Codes [B, N] -> float32 images [B, S, S, 3] in model space ([-1, 1])."""
     return self.image_tokenizer.decode(codes, grid_shape(image_size, self.image_tokenizer.patch_size))

@@ -316,11 +316,16 @@ class TextToImagePixels(nn.Module):
     """Model-space images [B, S, S, 3] -> colours int32 [B, N, P]."""
     return self.tokenizer.encode(x)
 
+  def index_logits(self, colours, tokens, lengths):
+    """Teacher-forced palette logits [B, N, P, K] of colours int [B, N, P] given captions (lengths 0:
+    the null condition): what the drawing's sampler saw at each pixel (mmjax.sample.rerank)."""
+    hidden = self.decoder(self.inputs(colours), self.condition(tokens, lengths), output="hidden")
+    return self.head(hidden, colours)
+
   def __call__(self, x, tokens, lengths):
     """Teacher-forced pixel logits [B, N, P, K] for images x (model space) and their captions."""
     colours, _ = self.tokenizer(x)
-    hidden = self.decoder(self.inputs(colours), self.condition(tokens, lengths), output="hidden")
-    return self.head(hidden, colours)
+    return self.index_logits(colours, tokens, lengths)
 
   def loss_sums(self, batch) -> tuple:
     """Per example: the mean cross-entropy of its pixels' colours + palette_weight x the palette loss,
@@ -335,8 +340,7 @@ class TextToImagePixels(nn.Module):
     k_cond, k_words = jax.random.split(self.make_rng("sample"))
     cond_len, dropped = flow_matching.drop_condition(k_cond, lengths, float(c.cond_dropout))
     tokens = flow_matching.drop_words(k_words, tokens, float(c.get("word_dropout", 0.0)), PAD_ID)
-    hidden = self.decoder(self.inputs(colours), self.condition(tokens, cond_len), output="hidden")
-    logits = self.head(hidden, colours)
+    logits = self.index_logits(colours, tokens, cond_len)
     xent = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, colours), axis=(1, 2))
     correct = jnp.argmax(logits, axis=-1) == colours
     drawn = valid * (1.0 - dropped)

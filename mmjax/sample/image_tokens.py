@@ -8,7 +8,8 @@ Drawing prefills the prefix [BOS, caption], then samples the N image codes one b
 logits are restricted to the K code ids, so whatever the sampler (greedy, temperature, top-k, top-p),
 every drawn token is a code. Classifier-free guidance runs the batch twice, [caption; null condition]
 (the prefix [BOS] alone), and samples from l_null + g (l_caption - l_null): the same token is fed back
-to both halves. Then the tokenizer decodes the codes to pixels.
+to both halves. With candidates > 1 the likeliest of that many drawings is kept (mmjax.sample.rerank).
+Then the tokenizer decodes the codes to pixels.
 
 A masked model (config.model.image_decoding "masked") is drawn by `fill_codes` instead, MaskGIT's
 parallel decoding: all N codes start masked; each of `steps` full forwards samples every masked code
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 
 from mmjax.models.image_tokens import is_masked, masked_fraction
 from mmjax.models.text_to_image import to_model_space, to_pixels
+from mmjax.sample.rerank import best_of, model_logits
 from mmjax.sample.samplers import Greedy, Sampler, decode
 from mmjax.tokenizer import EOS_ID, PAD_ID
 
@@ -133,17 +135,24 @@ def fill_codes(
   return codes
 
 
-def draw(model, params, tokens, lengths, rng, *, image_size: int, sampler: Sampler, guidance=None, **masked):
+def draw(
+  model, params, tokens, lengths, rng, *, image_size: int, sampler: Sampler, guidance=None, candidates=1, **masked
+):
   """uint8 images [B, image_size, image_size, 3] for caption tokens [B, L] with lengths [B]: codes
   sampled by `sampler` (with classifier-free guidance at scale `guidance`; None: the conditional
-  model), one by one, or for a masked model by `fill_codes` (`masked`: its steps and
-  choice_temperature); then decoded by the model's VQ tokenizer. A deterministic function of rng."""
+  model), one by one, each image the likeliest of `candidates` drawings (mmjax.sample.rerank), or for
+  a masked model by `fill_codes` (`masked`: its steps and choice_temperature; one drawing); then
+  decoded by the model's VQ tokenizer. A deterministic function of rng."""
   n_codes = model.num_codes(image_size)
   kw = dict(n_codes=n_codes, sampler=sampler, guidance=guidance)
   if is_masked(model.config):
+    if candidates != 1:
+      raise ValueError(f"candidates={candidates}: a masked (MaskGIT) model has no drawing order to score; use 1.")
     codes = fill_codes(model, params, tokens, lengths, rng, **kw, **masked)
   else:
-    codes = draw_codes(model, params, tokens, lengths, rng, **kw)
+    logits_fn = model_logits(model, params)
+    draw_fn = lambda t, ln, r: draw_codes(model, params, t, ln, r, **kw)
+    codes = best_of(draw_fn, logits_fn, tokens, lengths, rng, candidates=candidates, guidance=guidance)
   return to_pixels(model.apply({"params": params}, codes, image_size, method="decode_image"))
 
 

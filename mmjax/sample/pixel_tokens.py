@@ -10,6 +10,7 @@ mmjax.sample.samplers. Classifier-free guidance runs the batch twice, [caption; 
 prefix [BOS] alone): every pixel is drawn from l_null + g (l_caption - l_null), and the same colour is
 fed back to both halves. The palette then turns the colours into pixels. Pixel j of patch n is drawn
 with fold_in(fold_in(rng, n), j), so a seed gives the same images however the batch is sharded.
+`draw` can keep the likeliest of several drawings of each caption (mmjax.sample.rerank).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 
 from mmjax.models.text_to_image import to_pixels
 from mmjax.sample.image_tokens import conditions, empty_cache, prefill
+from mmjax.sample.rerank import best_of, model_logits
 from mmjax.sample.samplers import Sampler
 
 
@@ -60,11 +62,12 @@ def draw_colours(model, params, tokens, lengths, rng, *, n_patches: int, sampler
   return jax.lax.fori_loop(0, n_patches, patch, init)[2]
 
 
-def draw(model, params, tokens, lengths, rng, *, image_size: int, sampler: Sampler, guidance=None):
+def draw(model, params, tokens, lengths, rng, *, image_size: int, sampler: Sampler, guidance=None, candidates=1):
   """uint8 images [B, image_size, image_size, 3] for caption tokens [B, L] with lengths [B] (with
-  classifier-free guidance at scale `guidance`; None: the conditional model). A deterministic
-  function of rng."""
-  colours = draw_colours(
-    model, params, tokens, lengths, rng, n_patches=model.num_patches(image_size), sampler=sampler, guidance=guidance
-  )
+  classifier-free guidance at scale `guidance`; None: the conditional model), each the likeliest of
+  `candidates` drawings (mmjax.sample.rerank). A deterministic function of rng."""
+  n = model.num_patches(image_size)
+  logits_fn = model_logits(model, params)
+  draw_fn = lambda t, ln, r: draw_colours(model, params, t, ln, r, n_patches=n, sampler=sampler, guidance=guidance)
+  colours = best_of(draw_fn, logits_fn, tokens, lengths, rng, candidates=candidates, guidance=guidance)
   return to_pixels(model.apply({"params": params}, colours, image_size, method="decode_image"))

@@ -65,9 +65,10 @@ def generate(
 
 def sampler_options(config, **overrides) -> dict:
   """The sampling options of config.sampler for the config's model kind (with `overrides`, e.g. from
-  command-line flags), checked: errors name the key. Flow kinds ("flow"): steps, method (euler |
-  heun), guidance. Token kinds ("tokens"): name (greedy | temperature | top_k | top_p), temperature,
-  top_k, top_p, guidance, and for a masked model (MaskGIT) steps and choice_temperature."""
+    command-line flags), checked: errors name the key. Flow kinds ("flow"): steps, method (euler |
+    heun), guidance. Token kinds ("tokens"): name (greedy | temperature | top_k | top_p), temperature,
+    top_k, top_p, guidance, candidates (each image the likeliest of that many drawings: mmjax.sample.rerank;
+  causal models only), and for a masked model (MaskGIT) steps and choice_temperature."""
   s = dict(config.sampler.to_dict(), **{k: v for k, v in overrides.items() if v is not None})
   guidance = float(s["guidance"])
   steps = int(s["steps"])
@@ -80,7 +81,18 @@ def sampler_options(config, **overrides) -> dict:
       if not float(s["choice_temperature"]) >= 0:
         raise ValueError(f"config.sampler.choice_temperature={s['choice_temperature']} must be >= 0.")
       keys += ("steps", "choice_temperature")
-    return dict({k: s[k] for k in keys}, guidance=guidance)
+    candidates = int(s.get("candidates", 1))
+    if candidates < 1 or (candidates > 1 and is_masked(config.model)):
+      raise ValueError(
+        f"config.sampler.candidates={s.get('candidates')}: "
+        + ("must be >= 1." if candidates < 1 else "a masked (MaskGIT) model has no drawing order to score; use 1.")
+      )
+    return dict({k: s[k] for k in keys}, guidance=guidance, candidates=candidates)
+  if int(s.get("candidates", 1)) != 1:
+    raise ValueError(
+      f"config.sampler.candidates={s['candidates']}: a flow-matching model has no exact likelihood of a drawing "
+      "to rank candidates by; use 1."
+    )
   method = str(s["method"])
   if method not in flow.METHODS:
     raise ValueError(f"config.sampler.method={method!r}: use one of {flow.METHODS}.")
@@ -107,16 +119,12 @@ def _draw_fn(setup, opts: dict):
     sampler = sampler_from_config(
       opts["name"], float(opts["temperature"]), int(opts["top_k"]) or None, float(opts["top_p"])
     )
+    kw = dict(image_size=image_size, sampler=sampler, candidates=int(opts.get("candidates", 1)))
     if how == "pixels":
-      return lambda p, tok, ln, rng, guidance: pixel_tokens.draw(
-        model, p, tok, ln, rng, image_size=image_size, sampler=sampler, guidance=guidance
-      )
-    masked = (
-      dict(steps=int(opts["steps"]), choice_temperature=float(opts["choice_temperature"])) if "steps" in opts else {}
-    )
-    return lambda p, tok, ln, rng, guidance: image_tokens.draw(
-      model, p, tok, ln, rng, image_size=image_size, sampler=sampler, guidance=guidance, **masked
-    )
+      return lambda p, tok, ln, rng, guidance: pixel_tokens.draw(model, p, tok, ln, rng, guidance=guidance, **kw)
+    if "steps" in opts:  # masked
+      kw |= dict(steps=int(opts["steps"]), choice_temperature=float(opts["choice_temperature"]))
+    return lambda p, tok, ln, rng, guidance: image_tokens.draw(model, p, tok, ln, rng, guidance=guidance, **kw)
   return lambda p, tok, ln, rng, guidance: generate(
     model, p, tok, ln, rng, image_size=image_size, steps=opts["steps"], method=opts["method"], guidance=guidance
   )

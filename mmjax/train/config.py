@@ -62,10 +62,13 @@ def base_config() -> ml_collections.ConfigDict:
       # (1 = the conditional sampler), ODE steps and solver ("euler" | "heun"). Text kinds ignore them.
       # Masked image-token models (MaskGIT, mmjax.sample.image_tokens.fill_codes) take `steps` as their
       # parallel steps and choice_temperature as the start of the noise on which codes are fixed first.
+      # Causal image-token and pixel kinds keep the likeliest of `candidates` drawings of each caption
+      # (mmjax.sample.rerank).
       guidance=3.0,
       steps=24,
       method="heun",
       choice_temperature=4.5,
+      candidates=1,
     )
   )
   return c

@@ -1,13 +1,14 @@
 r"""A text-to-image workdir's scores on the shapes data, by kind of prompt: which combinations it draws.
 
-  python experiments/proj/shapes/t2i_by_group.py --workdir=DIR [--split=test] [--guidance=G]
+  python experiments/proj/shapes/t2i_by_group.py --workdir=DIR [--split=test] [--guidance=G] [--candidates=N]
 
 Draws every prompt of --split as the trainer's evaluation does (the workdir's sampler, seed and
-batches, guided at the config's scale or --guidance, and unguided), scores each image with the shapes
-parser, and prints one markdown table row per group of prompts: seen combinations, a held-out
-relation (a pair-relation-pair fact no training caption states) or a held-out (colour, shape) pair,
-each by its number of objects, then all prompts (equal to the trainer's `<split>/t2i_*` metrics at
-the same guidance). Columns: count, then object / scene / relation accuracy, guided / unguided.
+batches, guided at the config's scale or --guidance, and unguided; the config's candidates or
+--candidates drawings per image), scores each image with the shapes parser, and prints one markdown
+table row per group of prompts: seen combinations, a held-out relation (a pair-relation-pair fact no
+training caption states) or a held-out (colour, shape) pair, each by its number of objects, then all
+prompts (equal to the trainer's `<split>/t2i_*` metrics at the same guidance). Columns:
+count, then object / scene / relation accuracy, guided / unguided.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def define_flags():
   flags.DEFINE_string("workdir", None, "A text-to-image workdir on the shapes t2i data.", required=True)
   flags.DEFINE_string("split", "test", "The split whose prompts are drawn.")
   flags.DEFINE_float("guidance", None, "Guidance scale (default: the config's sampler.guidance).")
+  flags.DEFINE_integer("candidates", None, "Drawings per image, the likeliest kept (default: the config's).")
 
 
 def group(held: t2i.HeldOut, spec: t2i.Spec) -> str:
@@ -52,7 +54,8 @@ def main(argv):
   if getattr(cfg, "t2i", None) is None:
     raise ValueError(f"--workdir={FLAGS.workdir}: its data is not the shapes text-to-image variant.")
   guidance = float(config.sampler.guidance if FLAGS.guidance is None else FLAGS.guidance)
-  run = make_generate_fn(trained.setup, sampler_options(config))
+  opts = sampler_options(config, candidates=FLAGS.candidates)
+  run = make_generate_fn(trained.setup, opts)
   _, prompts, guided, plain, _ = generate_split(
     data,
     FLAGS.split,
@@ -69,7 +72,8 @@ def main(argv):
     spec = t2i.parse_prompt(prompt)
     rows[group(held, spec)].append(i)
   rows = dict(sorted(rows.items())) | {"all": list(range(len(prompts)))}
-  print(f"{FLAGS.split} prompts of {FLAGS.workdir}, guidance {guidance:g} / unguided")
+  best = f", best of {opts['candidates']}" if "candidates" in opts else ""
+  print(f"{FLAGS.split} prompts of {FLAGS.workdir}, guidance {guidance:g} / unguided{best}")
   print("| prompts | count | object | scene | relation |")
   print("|---|---|---|---|---|")
   for name, idx in rows.items():
