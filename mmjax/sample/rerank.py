@@ -13,11 +13,11 @@ l_null + g (l_caption - l_null) of every index (the sampler's top-k / top-p trun
 Why: a sampler commits to each index given the ones before it, so a drawing that went wrong early (an
 object begun where the caption's relation cannot hold any more) is finished as well as it can be. Its
 whole-drawing probability is low, and among a few drawings of the same caption one that agrees with
-the caption throughout is usually there (docs/results.md, "Text-to-image"). Two other scores were
-measured worse on the shapes data: the conditional likelihood alone under guidance, and the implicit
-classifier log p(x | caption) - log p(x | null), which prefers drawings the null model finds odd over
-ones the caption explains. N drawings cost N times the sampling; the score is one teacher-forced
-forward per condition.
+the caption throughout is usually there (docs/results.md, "Text-to-image": on the shapes data best
+of 8 lifts the guided scene accuracy from 0.87 to 0.96 on validation). Unguided, the conditional
+likelihood alone ranks drawings worse as N grows there: best of N goes with guidance. The implicit
+classifier log p(x | caption) - log p(x | null), tried as the score, picked worse drawings. N drawings
+cost N times the sampling; the score is one teacher-forced forward per condition.
 
 Rows are drawn candidate-major, [candidate 0's B rows; candidate 1's; ...], from the one rng: a
 function of rng and the rows, however the batch is sharded.
