@@ -66,9 +66,10 @@ def generate(
 def sampler_options(config, **overrides) -> dict:
   """The sampling options of config.sampler for the config's model kind (with `overrides`, e.g. from
     command-line flags), checked: errors name the key. Flow kinds ("flow"): steps, method (euler |
-    heun), guidance. Token kinds ("tokens"): name (greedy | temperature | top_k | top_p), temperature,
-    top_k, top_p, guidance, candidates (each image the likeliest of that many drawings: mmjax.sample.rerank;
-  causal models only), and for a masked model (MaskGIT) steps and choice_temperature."""
+  heun), guidance. Token kinds ("tokens", "pixels"): name (greedy | temperature | top_k | top_p),
+  temperature, top_k, top_p, guidance, candidates (each image the likeliest of that many drawings:
+  mmjax.sample.rerank; 1 for a masked model), and for a masked model (MaskGIT) steps and
+  choice_temperature."""
   s = dict(config.sampler.to_dict(), **{k: v for k, v in overrides.items() if v is not None})
   guidance = float(s["guidance"])
   steps = int(s["steps"])
@@ -81,14 +82,15 @@ def sampler_options(config, **overrides) -> dict:
       if not float(s["choice_temperature"]) >= 0:
         raise ValueError(f"config.sampler.choice_temperature={s['choice_temperature']} must be >= 0.")
       keys += ("steps", "choice_temperature")
-    candidates = int(s.get("candidates", 1))
-    if candidates < 1 or (candidates > 1 and is_masked(config.model)):
+    candidates = int(s["candidates"])
+    if candidates < 1:
+      raise ValueError(f"config.sampler.candidates={candidates}: must be >= 1.")
+    if candidates > 1 and is_masked(config.model):
       raise ValueError(
-        f"config.sampler.candidates={s.get('candidates')}: "
-        + ("must be >= 1." if candidates < 1 else "a masked (MaskGIT) model has no drawing order to score; use 1.")
+        f"config.sampler.candidates={candidates}: a masked (MaskGIT) model has no drawing order to score; use 1."
       )
     return dict({k: s[k] for k in keys}, guidance=guidance, candidates=candidates)
-  if int(s.get("candidates", 1)) != 1:
+  if int(s["candidates"]) != 1:
     raise ValueError(
       f"config.sampler.candidates={s['candidates']}: a flow-matching model has no exact likelihood of a drawing "
       "to rank candidates by; use 1."
