@@ -41,19 +41,20 @@ given (upscaled when small) into --out, by default <image stem>_boxes.png beside
 A --split report draws every grounding example's boxes on its image: predicted ones solid with
 their labels, the reference's dashed.
 
-A text-to-image workdir (an evaluator "t2i" kind: experiments/configs/t2i.py, t2i_flow.py, t2i_tokens.py)
-draws instead of reading: --num images (default 4) for every --prompt, written as one PNG grid with
-one row per prompt (in flag order) and --num columns, 2-pixel white gaps between cells, each image
-upscaled by nearest neighbour to at least 128 pixels a side (a 32x32 sample shows 4x). The grid goes
-to --out, by default t2i_grid.png in the current directory, and the path is printed. --guidance and
+A text-to-image workdir (an evaluator "t2i" kind: experiments/configs/t2i.py, t2i_flow.py,
+t2i_tokens.py) draws instead of reading: --num images (default 4) for every --prompt, written as one PNG
+grid with one row per prompt (in flag order) and --num columns, 2-pixel white gaps between cells, each
+image upscaled by nearest neighbour to at least 128 pixels a side (a 32x32 sample shows 4x). The grid
+goes to --out, by default t2i_grid.png in the current directory, and the path is printed. --guidance and
 --steps override config.sampler (as do --sampler, --temperature, --top_k, --top_p, --candidates (the
-likeliest of that many drawings per image) and, for a masked t2i_tokens model, --choice_temperature for
-a kind whose sampler takes them; a flag the kind's sampler does not take is an error). The same --seed,
-prompts, --num and flags give the same images. A prompt is tokenized as the training captions were; an empty
-one, one longer than the model's text input (config.model.text.max_len for t2i_flow) or one with words
-the tokenizer only knows as its unknown token is an error naming it. --image is an error: such a
-model draws images, it does not read them. --split writes the evaluator's report (each caption's
-generated image with its scores, guided and unguided) to <workdir>/samples and prints the metrics.
+likeliest of that many drawings per image), --plausibility (guidance among the plausible indices) and,
+for a masked t2i_tokens model, --choice_temperature for a kind whose sampler takes them; a flag the
+kind's sampler does not take is an error). The same --seed, prompts, --num and flags give the same
+images. A prompt is tokenized as the training captions were; an empty one, one longer than the model's
+text input (config.model.text.max_len for t2i_flow) or one with words the tokenizer only knows as its
+unknown token is an error naming it. --image is an error: such a model draws images, it does not read
+them. --split writes the evaluator's report (each caption's generated image with its scores, guided and
+unguided) to <workdir>/samples and prints the metrics.
 
   python experiments/sample.py --workdir=DIR --prompt="a red circle to the left of a blue square" --num=8 \
       --prompt="a green triangle above a red square" --guidance=3 --steps=32 --seed=0 --out=grid.png
@@ -105,6 +106,12 @@ _STEPS = flags.DEFINE_integer("steps", None, "A text-to-image workdir: sampler s
 _CANDIDATES = flags.DEFINE_integer(
   "candidates", None, "A causal t2i_pixels / t2i_tokens workdir: keep the likeliest of this many drawings per image."
 )
+_PLAUSIBILITY = flags.DEFINE_float(
+  "plausibility",
+  None,
+  "A t2i_pixels / t2i_tokens workdir: guide only among the indices the conditional model gives at least this "
+  "share of its top probability (0: all).",
+)
 _CHOICE_TEMPERATURE = flags.DEFINE_float(
   "choice_temperature", None, "A masked (MaskGIT) t2i_tokens workdir: noise on which codes are fixed first."
 )
@@ -122,7 +129,7 @@ def main(argv):
   if t2i_config is not None:
     _text_to_image(t2i_config)
     return
-  given = [f"--{f.name}" for f in (_GUIDANCE, _STEPS, _CANDIDATES) if f.value is not None]
+  given = [f"--{f.name}" for f in (_GUIDANCE, _STEPS, _CANDIDATES, _PLAUSIBILITY) if f.value is not None]
   if given:
     raise app.UsageError(f"{' '.join(given)}: these go with a text-to-image workdir; this one's model draws no images.")
   if _SPLIT.value is None and not _IMAGE.value:
@@ -344,6 +351,7 @@ def _text_to_image(config):
     choice_temperature=_CHOICE_TEMPERATURE,
     guidance=_GUIDANCE,
     candidates=_CANDIDATES,
+    plausibility=_PLAUSIBILITY,
   )
   given = {k: f.value for k, f in flag_keys.items() if f.value is not None}
   try:

@@ -21,6 +21,7 @@ from mmjax.sample.samplers import Greedy, TopK
 from mmjax.train import trainer, workdir as workdir_lib
 from mmjax.train.metrics_writer import read_metrics
 from tests.conftest import CONFIGS
+from tests.test_guidance import reference_guide
 from tests.test_rerank import likeliest_candidates
 
 CONFIG = os.path.join(CONFIGS, "t2i_tokens.py")
@@ -68,8 +69,9 @@ def test_vocabulary_layout(model_and_params):
   assert params["decoder"]["embed"]["embedding"].shape[0] == 128
 
 
-def _full_forward_greedy(model, params, tokens, lengths, n, guidance=None):
-  """Greedy codes by running the whole sequence each step (no cache): the reference. The sequence is
+def _full_forward_greedy(model, params, tokens, lengths, n, guidance=None, plausibility=0.0):
+  """Greedy codes by running the whole sequence each step (no cache; guided by test_guidance's float64
+  numpy guidance): the reference. The sequence is
   held at its final length n, not yet drawn slots filled with BOI: the decoder is causal, so the logits
   at position i see only the tokens before it, and one compiled forward serves every step."""
   forward = jax.jit(lambda s, c: model.apply({"params": params}, s, c, method=lambda m, s, c: m.decoder(s, c)))
@@ -81,7 +83,7 @@ def _full_forward_greedy(model, params, tokens, lengths, n, guidance=None):
     logits = forward(seq, cond)[:, i, first : first + k]
     if guidance is not None:
       lu = forward(seq, null)[:, i, first : first + k]
-      logits = lu + guidance * (logits - lu)
+      logits = jnp.asarray(reference_guide(logits, lu, guidance, plausibility))
     if i + 1 < n:
       seq = seq.at[:, i + 1].set(first + jnp.argmax(logits, -1).astype(jnp.int32))
     else:
@@ -89,16 +91,21 @@ def _full_forward_greedy(model, params, tokens, lengths, n, guidance=None):
   return np.asarray(jnp.concatenate([seq[:, 1:], last[:, None]], axis=1) - first)
 
 
-@pytest.mark.parametrize("guidance", [None, 2.5])
-def test_cached_drawing_equals_full_forward(model_and_params, guidance):
+# Fresh weights give nearly flat code logits: a plausibility of 0.9 is where the constraint bites.
+@pytest.mark.parametrize("guidance, plausibility", [(None, 0.0), (2.5, 0.0), (4.0, 0.9)])
+def test_cached_drawing_equals_full_forward(model_and_params, guidance, plausibility):
+  """Greedy drawing, plain, guided, and guided among the conditional model's plausible codes."""
   model, params, _, tokens, lengths = model_and_params
   n = model.num_codes(S)
-  got = image_tokens.draw_codes(
-    model, params, tokens, lengths, jax.random.key(0), n_codes=n, sampler=Greedy(), guidance=guidance
+  draw = lambda a: image_tokens.draw_codes(
+    model, params, tokens, lengths, jax.random.key(0), n_codes=n, sampler=Greedy(), guidance=guidance, plausibility=a
   )
-  want = _full_forward_greedy(model, params, tokens, lengths, n, guidance)
+  got = draw(plausibility)
+  want = _full_forward_greedy(model, params, tokens, lengths, n, guidance, plausibility)
   assert got.shape == (4, n) and int(got.min()) >= 0 and int(got.max()) < model.codebook_size
   np.testing.assert_array_equal(np.asarray(got), want)
+  if plausibility:  # the constraint changes the drawing here
+    assert not np.array_equal(np.asarray(draw(0.0)), want)
 
 
 def test_factored_codes_draw_from_digit_embeddings(factored_model_and_params):

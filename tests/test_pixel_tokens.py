@@ -24,6 +24,7 @@ from mmjax.models.text_to_image import to_model_space, to_pixels
 from mmjax.sample import pixel_tokens
 from mmjax.sample.samplers import Greedy, TopK
 from tests.conftest import CONFIGS
+from tests.test_guidance import reference_guide
 from tests.test_image_tokens import assert_guidance_one_and_zero, train_and_resume
 from tests.test_rerank import likeliest_candidates
 
@@ -137,9 +138,10 @@ def _teacher_forced(m, colours, tokens, lengths):
   return m.head(m.decoder(m.inputs(colours), m.condition(tokens, lengths), output="hidden"), colours)
 
 
-def _full_forward_greedy(model, params, tokens, lengths, n, guidance=None):
+def _full_forward_greedy(model, params, tokens, lengths, n, guidance=None, plausibility=0.0):
   """Greedy colours by running the whole teacher-forced forward for every pixel (no cache): the
-  reference. Pixels not drawn yet hold colour 0; a pixel's logits read only the pixels before it."""
+  reference (guided by test_guidance's float64 numpy guidance). Pixels not drawn yet hold colour 0; a
+  pixel's logits read only the pixels before it."""
   p = model.pixels_per_patch
   forward = jax.jit(
     lambda col, cond: model.apply(
@@ -153,21 +155,25 @@ def _full_forward_greedy(model, params, tokens, lengths, n, guidance=None):
     logits = np.asarray(forward(jnp.asarray(colours), cond)[:, i, j], np.float64)
     if guidance is not None:
       lu = np.asarray(forward(jnp.asarray(colours), null)[:, i, j], np.float64)
-      logits = lu + guidance * (logits - lu)
+      logits = reference_guide(logits, lu, guidance, plausibility)
     colours[:, i, j] = logits.argmax(-1)
   return colours
 
 
-@pytest.mark.parametrize("guidance", [None, 2.5])
-def test_cached_drawing_equals_full_forward(model_and_params, guidance):
+@pytest.mark.parametrize("guidance, plausibility", [(None, 0.0), (2.5, 0.0), (4.0, 0.3)])
+def test_cached_drawing_equals_full_forward(model_and_params, guidance, plausibility):
+  """Greedy drawing, plain, guided, and guided among the conditional model's plausible colours."""
   model, params, tokens, lengths = model_and_params
   n = model.num_patches(S)
-  got = pixel_tokens.draw_colours(
-    model, params, tokens, lengths, jax.random.key(0), n_patches=n, sampler=Greedy(), guidance=guidance
+  draw = lambda a: pixel_tokens.draw_colours(
+    model, params, tokens, lengths, jax.random.key(0), n_patches=n, sampler=Greedy(), guidance=guidance, plausibility=a
   )
-  want = _full_forward_greedy(model, params, tokens, lengths, n, guidance)
+  got = draw(plausibility)
+  want = _full_forward_greedy(model, params, tokens, lengths, n, guidance, plausibility)
   assert got.shape == (4, n, model.pixels_per_patch) and len(np.unique(want)) > 2
   np.testing.assert_array_equal(np.asarray(got), want)
+  if plausibility:  # the constraint changes the drawing here
+    assert not np.array_equal(np.asarray(draw(0.0)), want)
 
 
 @pytest.mark.parametrize("guidance", [None, 2.5])

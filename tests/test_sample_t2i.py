@@ -140,6 +140,20 @@ def test_sampler_options_candidates():
     sampler_options(load("t2i_flow.py"), candidates=2)
 
 
+def test_sampler_options_plausibility():
+  """Guidance among the plausible indices (config.sampler.plausibility) for the token kinds; checked; an
+  error naming the key for a flow model."""
+  load = lambda name: config_files.load(os.path.join(CONFIGS, name), "tiny")
+  assert sampler_options(load("t2i_pixels.py"))["plausibility"] == 0.01
+  assert sampler_options(load("t2i_tokens.py"))["plausibility"] == 0.0
+  assert sampler_options(load("t2i_tokens.py"), plausibility=0.2)["plausibility"] == 0.2
+  for bad in (1.0, -0.5):
+    with pytest.raises(ValueError, match=rf"^config.sampler.plausibility={bad} must be in \[0, 1\)\.$"):
+      sampler_options(load("t2i_pixels.py"), plausibility=bad)
+  with pytest.raises(ValueError, match=r"^config.sampler.plausibility=0.1: a flow-matching model draws no indices"):
+    sampler_options(load("t2i_flow.py"), plausibility=0.1)
+
+
 class _Words:
   """A tokenizer stub: one id per word (encode(text) -> ids, unk_id, pad_id), `unknown` words -> unk_id."""
 

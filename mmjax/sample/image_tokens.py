@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from mmjax.models.image_tokens import is_masked, masked_fraction
 from mmjax.models.text_to_image import to_model_space, to_pixels
+from mmjax.sample.guidance import guide
 from mmjax.sample.rerank import best_of, model_logits
 from mmjax.sample.samplers import Greedy, Sampler, decode
 from mmjax.tokenizer import EOS_ID, PAD_ID
@@ -60,8 +61,11 @@ def conditions(model, params, tokens, lengths, guidance):
   return tokens, model.apply({"params": params}, tokens, lengths, method="condition")
 
 
-def draw_codes(model, params, tokens, lengths, rng, *, n_codes: int, sampler: Sampler, guidance=None) -> jax.Array:
-  """Codes int32 [B, n_codes] for caption tokens [B, L] (no BOS / EOS) with lengths [B]."""
+def draw_codes(
+  model, params, tokens, lengths, rng, *, n_codes: int, sampler: Sampler, guidance=None, plausibility=0.0
+) -> jax.Array:
+  """Codes int32 [B, n_codes] for caption tokens [B, L] (no BOS / EOS) with lengths [B] (guided logits:
+  mmjax.sample.guidance.guide at `plausibility`)."""
   first, k = model.first_image_id, model.codebook_size
   b = tokens.shape[0]
   tokens, cond = conditions(model, params, tokens, lengths, guidance)
@@ -79,7 +83,7 @@ def draw_codes(model, params, tokens, lengths, rng, *, n_codes: int, sampler: Sa
     )
     logits = logits[:, 0, first : first + k]
     if guidance is not None:
-      logits = logits[b:] + guidance * (logits[:b] - logits[b:])
+      logits = guide(logits[:b], logits[b:], guidance, plausibility)
     return logits, mutated["cache"]
 
   start = jnp.full((b,), k, jnp.int32)  # BOI = first + k
@@ -98,6 +102,7 @@ def fill_codes(
   steps: int,
   choice_temperature: float,
   guidance=None,
+  plausibility=0.0,
 ) -> jax.Array:
   """Codes int32 [B, n_codes] of a masked model for caption tokens [B, L] with lengths [B], in `steps`
   parallel steps (MaskGIT). After step s (1-based) floor(n_codes * masked_fraction(s / steps)) codes
@@ -117,7 +122,7 @@ def fill_codes(
     logits = model.apply({"params": params}, ids, cond, method="fill_logits")[..., first : first + k]
     logits = logits.astype(jnp.float32)
     if guidance is not None:
-      logits = logits[b:] + guidance * (logits[:b] - logits[b:])
+      logits = guide(logits[:b], logits[b:], guidance, plausibility)
     drawn = sampler(logits.reshape(b * n_codes, k), k_draw).reshape(b, n_codes)
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), drawn[..., None], axis=-1)[..., 0]
     codes = jnp.where(hidden, drawn, codes)
@@ -136,15 +141,27 @@ def fill_codes(
 
 
 def draw(
-  model, params, tokens, lengths, rng, *, image_size: int, sampler: Sampler, guidance=None, candidates=1, **masked
+  model,
+  params,
+  tokens,
+  lengths,
+  rng,
+  *,
+  image_size: int,
+  sampler: Sampler,
+  guidance=None,
+  plausibility=0.0,
+  candidates=1,
+  **masked,
 ):
   """uint8 images [B, image_size, image_size, 3] for caption tokens [B, L] with lengths [B]: codes
-  sampled by `sampler` (with classifier-free guidance at scale `guidance`; None: the conditional
-  model), one by one, each image the likeliest of `candidates` drawings (mmjax.sample.rerank), or for
-  a masked model by `fill_codes` (`masked`: its steps and choice_temperature; one drawing); then
-  decoded by the model's VQ tokenizer. A deterministic function of rng."""
+  sampled by `sampler` (with classifier-free guidance at scale `guidance`, limited to the conditional
+  model's plausible codes by `plausibility`: mmjax.sample.guidance; None: the conditional model), one by
+  one, each image the likeliest of `candidates` drawings (mmjax.sample.rerank), or for a masked model by
+  `fill_codes` (`masked`: its steps and choice_temperature; one drawing); then decoded by the model's VQ
+  tokenizer. A deterministic function of rng."""
   n_codes = model.num_codes(image_size)
-  kw = dict(n_codes=n_codes, sampler=sampler, guidance=guidance)
+  kw = dict(n_codes=n_codes, sampler=sampler, guidance=guidance, plausibility=plausibility)
   if is_masked(model.config):
     if candidates != 1:
       raise ValueError(f"candidates={candidates}: a masked (MaskGIT) model has no drawing order to score; use 1.")

@@ -28,14 +28,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mmjax.sample.guidance import guide
+
 
 def log_probability(logits_fn, indices, tokens, lengths, guidance=None) -> jax.Array:
   """float32 [B]: the sum over each row's indices [B, ...] of log softmax(logits) at the index, the
   logits those of the conditional model (guidance None) or the guided l_null + g (l_caption - l_null)."""
   logits = logits_fn(indices, tokens, lengths).astype(jnp.float32)
   if guidance is not None:
-    null = logits_fn(indices, tokens, jnp.zeros_like(lengths)).astype(jnp.float32)
-    logits = null + guidance * (logits - null)
+    logits = guide(logits, logits_fn(indices, tokens, jnp.zeros_like(lengths)), guidance)
   picked = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), indices[..., None].astype(jnp.int32), axis=-1)
   return jnp.sum(picked.reshape(indices.shape[0], -1), axis=-1)
 

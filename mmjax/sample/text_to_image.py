@@ -67,7 +67,8 @@ def sampler_options(config, **overrides) -> dict:
   """The sampling options of config.sampler for the config's model kind (with `overrides`, e.g. from
     command-line flags), checked: errors name the key. Flow kinds ("flow"): steps, method (euler |
   heun), guidance. Token kinds ("tokens", "pixels"): name (greedy | temperature | top_k | top_p),
-  temperature, top_k, top_p, guidance, candidates (each image the likeliest of that many drawings:
+  temperature, top_k, top_p, guidance, plausibility (guidance limited to the conditional model's
+  plausible indices: mmjax.sample.guidance), candidates (each image the likeliest of that many drawings:
   mmjax.sample.rerank; 1 for a masked model), and for a masked model (MaskGIT) steps and
   choice_temperature."""
   s = dict(config.sampler.to_dict(), **{k: v for k, v in overrides.items() if v is not None})
@@ -89,7 +90,14 @@ def sampler_options(config, **overrides) -> dict:
       raise ValueError(
         f"config.sampler.candidates={candidates}: a masked (MaskGIT) model has no drawing order to score; use 1."
       )
-    return dict({k: s[k] for k in keys}, guidance=guidance, candidates=candidates)
+    plausibility = float(s["plausibility"])
+    if not 0.0 <= plausibility < 1.0:
+      raise ValueError(f"config.sampler.plausibility={s['plausibility']} must be in [0, 1).")
+    return dict({k: s[k] for k in keys}, guidance=guidance, plausibility=plausibility, candidates=candidates)
+  if float(s["plausibility"]) != 0.0:
+    raise ValueError(
+      f"config.sampler.plausibility={s['plausibility']}: a flow-matching model draws no indices to limit; use 0."
+    )
   if int(s["candidates"]) != 1:
     raise ValueError(
       f"config.sampler.candidates={s['candidates']}: a flow-matching model has no exact likelihood of a drawing "
@@ -121,7 +129,12 @@ def _draw_fn(setup, opts: dict):
     sampler = sampler_from_config(
       opts["name"], float(opts["temperature"]), int(opts["top_k"]) or None, float(opts["top_p"])
     )
-    kw = dict(image_size=image_size, sampler=sampler, candidates=int(opts.get("candidates", 1)))
+    kw = dict(
+      image_size=image_size,
+      sampler=sampler,
+      plausibility=float(opts.get("plausibility", 0.0)),
+      candidates=int(opts.get("candidates", 1)),
+    )
     if how == "pixels":
       return lambda p, tok, ln, rng, guidance: pixel_tokens.draw(model, p, tok, ln, rng, guidance=guidance, **kw)
     if "steps" in opts:  # masked

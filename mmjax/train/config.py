@@ -63,11 +63,13 @@ def base_config() -> ml_collections.ConfigDict:
       # Masked image-token models (MaskGIT, mmjax.sample.image_tokens.fill_codes) take `steps` as their
       # parallel steps and choice_temperature as the start of the noise on which codes are fixed first.
       # Causal image-token and pixel kinds keep the likeliest of `candidates` drawings of each caption
-      # (mmjax.sample.rerank).
+      # (mmjax.sample.rerank); token and pixel kinds guide only among the indices the conditional model
+      # gives at least `plausibility` times its top probability (mmjax.sample.guidance; 0: all).
       guidance=3.0,
       steps=24,
       method="heun",
       choice_temperature=4.5,
+      plausibility=0.0,
       candidates=1,
     )
   )

@@ -1,14 +1,15 @@
 r"""A text-to-image workdir's scores on the shapes data, by kind of prompt: which combinations it draws.
 
-  python experiments/proj/shapes/t2i_by_group.py --workdir=DIR [--split=test] [--guidance=G] [--candidates=N]
+  python experiments/proj/shapes/t2i_by_group.py --workdir=DIR [--split=test] [--guidance=G] [--candidates=N] \
+      [--plausibility=A]
 
-Draws every prompt of --split as the trainer's evaluation does (the workdir's sampler, seed and
-batches, guided at the config's scale or --guidance, and unguided; the config's candidates or
---candidates drawings per image), scores each image with the shapes parser, and prints one markdown
-table row per group of prompts: seen combinations, a held-out relation (a pair-relation-pair fact no
-training caption states) or a held-out (colour, shape) pair, each by its number of objects, then all
-prompts (equal to the trainer's `<split>/t2i_*` metrics at the same guidance). Columns:
-count, then object / scene / relation accuracy, guided / unguided.
+Draws every prompt of --split as the trainer's evaluation does (the workdir's sampler, seed and batches,
+guided at the config's scale or --guidance and plausibility or --plausibility, and unguided; the
+config's candidates or --candidates drawings per image), scores each image with the shapes parser, and
+prints one markdown table row per group of prompts: seen combinations, a held-out relation (a
+pair-relation-pair fact no training caption states) or a held-out (colour, shape) pair, each by its
+number of objects, then all prompts (equal to the trainer's `<split>/t2i_*` metrics at the same
+guidance). Columns: count, then object / scene / relation accuracy, guided / unguided.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def define_flags():
   flags.DEFINE_string("split", "test", "The split whose prompts are drawn.")
   flags.DEFINE_float("guidance", None, "Guidance scale (default: the config's sampler.guidance).")
   flags.DEFINE_integer("candidates", None, "Drawings per image, the likeliest kept (default: the config's).")
+  flags.DEFINE_float("plausibility", None, "Guidance among the plausible indices (default: the config's).")
 
 
 def group(held: t2i.HeldOut, spec: t2i.Spec) -> str:
@@ -54,7 +56,7 @@ def main(argv):
   if getattr(cfg, "t2i", None) is None:
     raise ValueError(f"--workdir={FLAGS.workdir}: its data is not the shapes text-to-image variant.")
   guidance = float(config.sampler.guidance if FLAGS.guidance is None else FLAGS.guidance)
-  opts = sampler_options(config, candidates=FLAGS.candidates)
+  opts = sampler_options(config, candidates=FLAGS.candidates, plausibility=FLAGS.plausibility)
   run = make_generate_fn(trained.setup, opts)
   _, prompts, guided, plain, _ = generate_split(
     data,
