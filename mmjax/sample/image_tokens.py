@@ -141,18 +141,7 @@ def fill_codes(
 
 
 def draw(
-  model,
-  params,
-  tokens,
-  lengths,
-  rng,
-  *,
-  image_size: int,
-  sampler: Sampler,
-  guidance=None,
-  plausibility=0.0,
-  candidates=1,
-  **masked,
+  model, params, tokens, lengths, rng, *, image_size, sampler, guidance=None, plausibility=0.0, candidates=1, **masked
 ):
   """uint8 images [B, image_size, image_size, 3] for caption tokens [B, L] with lengths [B]: codes
   sampled by `sampler` (with classifier-free guidance at scale `guidance`, limited to the conditional
