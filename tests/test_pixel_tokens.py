@@ -19,7 +19,7 @@ from mmjax.decoders.lm import Decoder
 from mmjax.encoders.palette import PaletteTokenizer, grid_palette, nearest
 from mmjax.fusion.base import Conditioning
 from mmjax.models import flow_matching, model_class
-from mmjax.models.pixel_tokens import GridPosition
+from mmjax.models.pixel_tokens import PIXEL_EMBEDDINGS, GridPosition, pixel_rows
 from mmjax.models.text_to_image import to_model_space, to_pixels
 from mmjax.sample import pixel_tokens
 from mmjax.sample.samplers import Greedy, TopK
@@ -33,16 +33,18 @@ VOCAB = 40
 S = 32
 
 
-@pytest.fixture(scope="module", params=["config", "memory, no grid"])
+@pytest.fixture(scope="module", params=["config", "other options"])
 def model_and_params(request):
-  """The tiny config (caption prefix, grid places), and its other options: the caption read by
-  cross-attention word by word, and no grid-place embeddings."""
+  """The tiny config (caption prefix, grid places, its pixel embedding), and its other options: the
+  caption read by cross-attention word by word, no grid-place embeddings, the other pixel embedding."""
   c = config_files.load(CONFIG, "tiny")
   assert c.model.grid_posemb and c.model.caption_conditioning == "prefix"
-  if request.param == "memory, no grid":
+  if request.param == "other options":
     c.model.caption_conditioning = "memory"
     c.model.decoder.cross_attention_every = 1
     c.model.grid_posemb = False
+    (other,) = set(PIXEL_EMBEDDINGS) - {c.model.pixel_embedding}
+    c.model.pixel_embedding = other
   model = model_class(c.model)(c.model, VOCAB)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (4, S, S, 3), dtype=np.uint8)
@@ -115,6 +117,23 @@ def test_palette_fits_the_means_of_its_pixels():
     np.testing.assert_allclose(got[k], want, atol=1e-5)
 
 
+def test_pixel_rows_table_and_value():
+  """pixel_rows against float64 numpy: table [P, K, D] -> table[j, c_j]; with a palette [K, 3], table
+  [P, 3, D] -> rgb(c_j) @ table[j]."""
+  rng = np.random.default_rng(11)
+  p, k, d = 5, 7, 6
+  colours = rng.integers(0, k, (2, 3, p))
+  table = rng.normal(size=(p, k, d))
+  got = np.asarray(pixel_rows(jnp.asarray(table, jnp.float32), jnp.asarray(colours)))
+  np.testing.assert_allclose(got, table[np.arange(p), colours], rtol=1e-6)
+  palette, weights = rng.normal(size=(k, 3)), rng.normal(size=(p, 3, d))
+  got = np.asarray(
+    pixel_rows(jnp.asarray(weights, jnp.float32), jnp.asarray(colours), jnp.asarray(palette, jnp.float32))
+  )
+  want = np.einsum("abpc,pcd->abpd", palette[colours], weights)
+  assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-6
+
+
 def test_head_reads_only_earlier_pixels_of_its_patch(model_and_params):
   model, params, *_ = model_and_params
   p, k = model.pixels_per_patch, model.palette_size
@@ -122,7 +141,7 @@ def test_head_reads_only_earlier_pixels_of_its_patch(model_and_params):
   hidden = jnp.asarray(rng.normal(size=(2, 3, model.config.decoder.width)), jnp.float32)
   colours = rng.integers(0, k, (2, 3, p))
   head = lambda col: np.asarray(
-    model.apply({"params": params}, hidden, jnp.asarray(col), method=lambda m, h, c: m.head(h, c))
+    model.apply({"params": params}, hidden, jnp.asarray(col), method=lambda m, h, c: m.head(h, c, m.colour_values()))
   )
   base = head(colours)
   for j in (0, 5, p - 1):
@@ -135,7 +154,7 @@ def test_head_reads_only_earlier_pixels_of_its_patch(model_and_params):
 
 def _teacher_forced(m, colours, tokens, lengths):
   """The reference forward: the decoder over [BOI, patches] after the caption, then the pixel head."""
-  return m.head(m.decoder(m.inputs(colours), m.condition(tokens, lengths), output="hidden"), colours)
+  return m.head(m.decoder(m.inputs(colours), m.condition(tokens, lengths), output="hidden"), colours, m.colour_values())
 
 
 def _full_forward_greedy(model, params, tokens, lengths, n, guidance=None, plausibility=0.0):
@@ -145,7 +164,10 @@ def _full_forward_greedy(model, params, tokens, lengths, n, guidance=None, plaus
   p = model.pixels_per_patch
   forward = jax.jit(
     lambda col, cond: model.apply(
-      {"params": params}, col, cond, method=lambda m, c, cd: m.head(m.decoder(m.inputs(c), cd, output="hidden"), c)
+      {"params": params},
+      col,
+      cond,
+      method=lambda m, c, cd: m.head(m.decoder(m.inputs(c), cd, output="hidden"), c, m.colour_values()),
     )
   )
   cond = model.apply({"params": params}, tokens, lengths, method="condition")
@@ -257,6 +279,7 @@ def test_decoder_reads_embeddings_and_returns_states():
     ("model.word_dropout", 1.0, "config.model.word_dropout=1.0"),
     ("model.caption_conditioning", "suffix", "config.model.caption_conditioning='suffix'"),
     ("model.caption_conditioning", "memory", "set config.model.decoder.cross_attention_every=1"),
+    ("model.pixel_embedding", "rgb", "config.model.pixel_embedding='rgb'"),
   ],
 )
 def test_config_errors(shared_data_dir, key, value, match):

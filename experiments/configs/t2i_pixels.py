@@ -44,6 +44,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.caption_conditioning = "prefix"
   # Each drawing position also embeds its patch's grid row and column (measured better: docs/results.md).
   m.grid_posemb = True
+  # How a drawn pixel enters the decoder and the pixel head: "table", a vector per (place, colour); "value",
+  # its colour's RGB value through a linear map per place (mmjax.models.pixel_tokens.PIXEL_EMBEDDINGS).
+  m.pixel_embedding = "table"
   m.word_dropout = 0.0  # > 0: each caption word dropped (to PAD) with this probability in training
   # Guidance acts on every pixel's logits: alone, above about 1.3 it turns pixels both models are sure of
   # into specks and breaks shapes; limited to the colours the conditional model gives at least 1% of its

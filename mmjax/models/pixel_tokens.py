@@ -16,7 +16,8 @@ RQ-Transformer's depth transformer, here a residual MLP over a running sum of th
 Sequences: the prefix [BOS, caption] (the decoder's own embedding, mmjax.models.image_tokens.
 caption_prefix; the null condition is [BOS] alone), then N = (S / p)^2 positions: BOI, and the
 embedding of patches 1 .. N-1 (the sum of a [p*p, K, width] table's rows, one per pixel and colour:
-a linear map of the patch's one-hot pixels), each plus the grid place (row and column embeddings,
+a linear map of the patch's one-hot pixels; or with config.model.pixel_embedding="value" a linear map of
+the patch's pixel values, the palette's RGB of their colours), each plus the grid place (row and column embeddings,
 `GridPosition`, with config.model.grid_posemb) of the patch it draws: position n's state predicts
 patch n. With config.model.caption_conditioning="memory" the prefix is [BOS] alone and the decoder
 cross-attends to the caption's word embeddings instead (caption_memory). Training reads the
@@ -64,37 +65,54 @@ def num_patches(model_config, image_size: int) -> int:
   return h * w
 
 
-def pixel_rows(table: jax.Array, colours: jax.Array) -> jax.Array:
-  """table [P, K, D], colours int [..., P] -> [..., P, D]: row table[j, colours[..., j]] for each j (as a
-  gather)."""
+# How a drawn pixel (place j, palette colour c) is embedded, as the decoder's patch input and in the pixel
+# head's running sum: "table", a learnt vector per (j, c); "value", a linear map of the colour's RGB value
+# per place, W_j rgb(c) (ViT's patch embedding of pixel values).
+PIXEL_EMBEDDINGS = ("table", "value")
+
+
+def pixel_rows(table: jax.Array, colours: jax.Array, palette: jax.Array | None = None) -> jax.Array:
+  """colours int [..., P] -> [..., P, D], pixel j embedded by table [P, K, D] as row table[j, colours[...,
+  j]] (a gather), or with palette [K, 3] by table [P, 3, D] as rgb(colours[..., j]) @ table[j]."""
+  if palette is not None:
+    return jnp.einsum("...pc,pcd->...pd", jnp.take(palette, colours.astype(jnp.int32), axis=0), table)
   p, k, d = table.shape
   flat = jnp.arange(p, dtype=jnp.int32) * k + colours.astype(jnp.int32)
   return jnp.take(table.reshape(p * k, d), flat, axis=0)
 
 
+def embedding_table(module: nn.Module, name: str, embedding: str, palette_size: int, pixels: int, width, axis: str):
+  """The parameter `name` of a pixel embedding (PIXEL_EMBEDDINGS) of `width` (logical axis `axis`):
+  [P, K, width] for "table", [P, 3, width] (the RGB channels) for "value"."""
+  if embedding not in PIXEL_EMBEDDINGS:
+    raise ValueError(f"config.model.pixel_embedding={embedding!r}: use one of {PIXEL_EMBEDDINGS}.")
+  rows, kind = (palette_size, "palette") if embedding == "table" else (3, "channels")
+  init = layers.param_with_axes(nn.initializers.normal(0.02), ("patch", kind, axis))
+  return module.param(name, init, (pixels, rows, width), jnp.float32)
+
+
 class PixelHead(nn.Module):
   """Palette logits of a patch's pixels, pixel j given the patch's decoder state and pixels 0 .. j-1.
 
-  z_j = project(state) + position_j + sum_{i<j} table[i, colour_i]; `depth` residual MLP blocks; a
-  Dense to the K colours. The running sum is a bag of (place, colour) vectors, so z_j knows which
-  pixel before j has which colour; training evaluates every j at once (an exclusive cumulative sum),
-  drawing one j at a time (`logits` with the sum so far)."""
+  z_j = project(state) + position_j + sum_{i<j} e(i, colour_i), e the pixel embedding (`embedding`,
+  PIXEL_EMBEDDINGS: table[i, colour] or rgb(colour) @ table[i]); `depth` residual MLP blocks; a Dense to
+  the K colours. The running sum is a bag of (place, colour) vectors, so z_j knows which pixel before j
+  has which colour; training evaluates every j at once (an exclusive cumulative sum), drawing one j at a
+  time (`logits` with the sum so far). `palette` [K, 3]: the colours' RGB values, for "value"."""
 
   palette_size: int
   pixels: int
   width: int = 64
   depth: int = 1
   mlp_dim: int = 128
+  embedding: str = "table"
   dtype: Any = jnp.float32
 
   def setup(self):
     init = nn.initializers.normal(0.02)
     self.project = layers.Dense(self.width, ("embed",), ("pixel_embed",), dtype=self.dtype)
-    self.table = self.param(
-      "table",
-      layers.param_with_axes(init, ("patch", "palette", "pixel_embed")),
-      (self.pixels, self.palette_size, self.width),
-      jnp.float32,
+    self.table = embedding_table(
+      self, "table", self.embedding, self.palette_size, self.pixels, self.width, "pixel_embed"
     )
     self.position = self.param(
       "position", layers.param_with_axes(init, ("patch", "pixel_embed")), (self.pixels, self.width), jnp.float32
@@ -114,8 +132,10 @@ class PixelHead(nn.Module):
     """The decoder's states [..., D] projected to the head's width."""
     return self.project(hidden)
 
-  def embedding(self, j, colours: jax.Array) -> jax.Array:
-    """table[j, colours]: [..., width] for int colours [...] of pixel j."""
+  def embed(self, j, colours: jax.Array, palette=None) -> jax.Array:
+    """e(j, colours): [..., width] for int colours [...] of pixel j."""
+    if palette is not None:
+      return (jnp.take(palette, colours.astype(jnp.int32), axis=0) @ self.table[j]).astype(self.dtype)
     return jnp.take(self.table[j], colours.astype(jnp.int32), axis=0).astype(self.dtype)
 
   def logits(self, state: jax.Array, context: jax.Array, j) -> jax.Array:
@@ -128,10 +148,10 @@ class PixelHead(nn.Module):
       z = z + down(nn.gelu(up(norm(z))))
     return self.out(self.final_norm(z)).astype(jnp.float32)
 
-  def __call__(self, hidden: jax.Array, colours: jax.Array) -> jax.Array:
+  def __call__(self, hidden: jax.Array, colours: jax.Array, palette=None) -> jax.Array:
     """Teacher-forced logits [B, N, P, K] for decoder states [B, N, D] and the patches' colours
     [B, N, P] (pixel j reads colours 0 .. j-1)."""
-    emb = pixel_rows(self.table, colours).astype(self.dtype)
+    emb = pixel_rows(self.table, colours, palette).astype(self.dtype)
     # Pixel j: the sum over i < j (shifted, not cumsum - emb, so that pixel j's colour never enters).
     context = jnp.pad(jnp.cumsum(emb[:, :, :-1], axis=2), ((0, 0), (0, 0), (1, 0), (0, 0)))
     z = self.project(hidden)[:, :, None] + context.astype(self.dtype) + self.position.astype(self.dtype)
@@ -183,6 +203,8 @@ class TextToImagePixels(nn.Module):
   def check_config(config: ml_collections.ConfigDict) -> None:
     m = config.model
     check_drawing_config(config, "palette", int(m.palette.get("patch_size", PaletteTokenizer.patch_size)))
+    if m.get("pixel_embedding", "table") not in PIXEL_EMBEDDINGS:
+      raise ValueError(f"config.model.pixel_embedding={m.pixel_embedding!r}: use one of {PIXEL_EMBEDDINGS}.")
     if not 0.0 <= float(m.get("word_dropout", 0.0)) < 1.0:
       raise ValueError(f"config.model.word_dropout={m.word_dropout} must be in [0, 1).")
     how = m.get("caption_conditioning", "prefix")
@@ -217,7 +239,9 @@ class TextToImagePixels(nn.Module):
       remat=str(c.remat),
       scan_layers=bool(c.scan_layers),
     )
-    self.head = PixelHead(self.palette_size, self.pixels_per_patch, **c.head.to_dict(), dtype=dtype)
+    self.head = PixelHead(
+      self.palette_size, self.pixels_per_patch, **c.head.to_dict(), embedding=self.pixel_embedding, dtype=dtype
+    )
     if self.caption_in_memory:
       self.caption_posemb = self.param(
         "caption_posemb",
@@ -227,12 +251,21 @@ class TextToImagePixels(nn.Module):
       )
     if self.grid_posemb:
       self.grid = GridPosition(int(c.decoder.width))
-    self.patch_table = self.param(
-      "patch_table",
-      layers.param_with_axes(nn.initializers.normal(0.02), ("patch", "palette", "embed")),
-      (self.pixels_per_patch, self.palette_size, int(c.decoder.width)),
-      jnp.float32,
+    self.patch_table = embedding_table(
+      self, "patch_table", self.pixel_embedding, self.palette_size, self.pixels_per_patch, int(c.decoder.width), "embed"
     )
+
+  @property
+  def pixel_embedding(self) -> str:
+    """config.model.pixel_embedding (PIXEL_EMBEDDINGS; default "table", for configs from before the key)."""
+    return self.config.get("pixel_embedding", "table")
+
+  def colour_values(self):
+    """The palette's RGB values [K, 3] for the "value" pixel embedding (None for "table"): fixed inputs
+    here (the palette learns from its own loss alone)."""
+    if self.pixel_embedding != "value":
+      return None
+    return jax.lax.stop_gradient(self.tokenizer.palette)
 
   @property
   def caption_in_memory(self) -> bool:
@@ -274,7 +307,8 @@ class TextToImagePixels(nn.Module):
 
   def patch_inputs(self, colours):
     """The decoder's input embeddings [B, M, D] of patches' colours int [B, M, P]."""
-    return jnp.sum(pixel_rows(self.patch_table, colours), axis=-2).astype(jnp.dtype(self.config.dtype))
+    rows = pixel_rows(self.patch_table, colours, self.colour_values())
+    return jnp.sum(rows, axis=-2).astype(jnp.dtype(self.config.dtype))
 
   def boi_inputs(self, b: int):
     """The BOI embedding [b, 1, D] that starts every image."""
@@ -305,8 +339,9 @@ class TextToImagePixels(nn.Module):
   def pixel_logits(self, state, context, j):
     return self.head.logits(state, context, j)
 
-  def pixel_embedding(self, j, colours):
-    return self.head.embedding(j, colours)
+  def pixel_input(self, j, colours):
+    """The head's embedding [..., width] of pixel j's drawn colours [...] (its running sum's term)."""
+    return self.head.embed(j, colours, self.colour_values())
 
   def decode_image(self, colours, image_size: int):
     """Colours [B, N, P] -> float32 images [B, S, S, 3] in model space."""
@@ -320,7 +355,7 @@ class TextToImagePixels(nn.Module):
     """Teacher-forced palette logits [B, N, P, K] of colours int [B, N, P] given captions (lengths 0:
     the null condition): what the drawing's sampler saw at each pixel (mmjax.sample.rerank)."""
     hidden = self.decoder(self.inputs(colours), self.condition(tokens, lengths), output="hidden")
-    return self.head(hidden, colours)
+    return self.head(hidden, colours, self.colour_values())
 
   def __call__(self, x, tokens, lengths):
     """Teacher-forced pixel logits [B, N, P, K] for images x (model space) and their captions."""

@@ -54,7 +54,7 @@ def draw_colours(
       if guidance is not None:
         logits = guide(logits[:b], logits[b:], guidance, plausibility)
       c = sampler(logits, jax.random.fold_in(key, j)).astype(jnp.int32)
-      return context + apply("pixel_embedding", j, both(c)), colours.at[:, j].set(c)
+      return context + apply("pixel_input", j, both(c)), colours.at[:, j].set(c)
 
     init = (jnp.zeros_like(state), jnp.zeros((b, pixels), jnp.int32))
     _, colours = jax.lax.fori_loop(0, pixels, pixel, init)
@@ -67,19 +67,7 @@ def draw_colours(
   return jax.lax.fori_loop(0, n_patches, patch, init)[2]
 
 
-def draw(
-  model,
-  params,
-  tokens,
-  lengths,
-  rng,
-  *,
-  image_size: int,
-  sampler: Sampler,
-  guidance=None,
-  plausibility=0.0,
-  candidates=1,
-):
+def draw(model, params, tokens, lengths, rng, *, image_size, sampler, guidance=None, plausibility=0.0, candidates=1):
   """uint8 images [B, image_size, image_size, 3] for caption tokens [B, L] with lengths [B] (with
   classifier-free guidance at scale `guidance`, limited to the conditional model's plausible colours
   by `plausibility`: mmjax.sample.guidance; None: the conditional model), each the likeliest of
