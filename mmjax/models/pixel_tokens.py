@@ -14,16 +14,16 @@ order, each given the patch's decoder state and the pixels before it (`PixelHead
 RQ-Transformer's depth transformer, here a residual MLP over a running sum of the drawn pixels).
 
 Sequences: the prefix [BOS, caption] (the decoder's own embedding, mmjax.models.image_tokens.
-caption_prefix; the null condition is [BOS] alone), then N = (S / p)^2 positions: BOI, and the
-embedding of patches 1 .. N-1 (the sum of a [p*p, K, width] table's rows, one per pixel and colour:
-a linear map of the patch's one-hot pixels; or with config.model.pixel_embedding="value" a linear map of
-the patch's pixel values, the palette's RGB of their colours), each plus the grid place (row and column embeddings,
-`GridPosition`, with config.model.grid_posemb) of the patch it draws: position n's state predicts
-patch n. With config.model.caption_conditioning="memory" the prefix is [BOS] alone and the decoder
-cross-attends to the caption's word embeddings instead (caption_memory). Training reads the
-palette indices of the image as fixed targets; the palette itself fits the pixels (its loss weighted
-by config.model.palette_weight). A share config.model.cond_dropout of the captions is dropped to the
-null condition, for classifier-free guidance (mmjax.sample.pixel_tokens).
+caption_prefix; the null condition is [BOS] alone), then N = (S / p)^2 positions: BOI, and the embedding
+of patches 1 .. N-1 (the sum of a [p*p, K, width] table's rows, one per pixel and colour: a linear map
+of the patch's one-hot pixels; or with config.model.pixel_embedding="value" a linear map of the patch's
+pixel values, the palette's RGB of their colours), each plus the grid place (row and column embeddings,
+`GridPosition`, with config.model.grid_posemb) of the patch it draws: position n's state predicts patch
+n. With config.model.caption_conditioning="memory" the prefix is [BOS] alone and the decoder
+cross-attends to the caption's word embeddings instead (caption_memory). Training reads the palette
+indices of the image as fixed targets; the palette itself fits the pixels (its loss weighted by
+config.model.palette_weight). A share config.model.cond_dropout of the captions is dropped to the null
+condition, for classifier-free guidance (mmjax.sample.pixel_tokens).
 """
 
 from __future__ import annotations
@@ -81,11 +81,15 @@ def pixel_rows(table: jax.Array, colours: jax.Array, palette: jax.Array | None =
   return jnp.take(table.reshape(p * k, d), flat, axis=0)
 
 
+def check_pixel_embedding(embedding: str) -> None:
+  if embedding not in PIXEL_EMBEDDINGS:
+    raise ValueError(f"config.model.pixel_embedding={embedding!r}: use one of {PIXEL_EMBEDDINGS}.")
+
+
 def embedding_table(module: nn.Module, name: str, embedding: str, palette_size: int, pixels: int, width, axis: str):
   """The parameter `name` of a pixel embedding (PIXEL_EMBEDDINGS) of `width` (logical axis `axis`):
   [P, K, width] for "table", [P, 3, width] (the RGB channels) for "value"."""
-  if embedding not in PIXEL_EMBEDDINGS:
-    raise ValueError(f"config.model.pixel_embedding={embedding!r}: use one of {PIXEL_EMBEDDINGS}.")
+  check_pixel_embedding(embedding)
   rows, kind = (palette_size, "palette") if embedding == "table" else (3, "channels")
   init = layers.param_with_axes(nn.initializers.normal(0.02), ("patch", kind, axis))
   return module.param(name, init, (pixels, rows, width), jnp.float32)
@@ -133,10 +137,8 @@ class PixelHead(nn.Module):
     return self.project(hidden)
 
   def embed(self, j, colours: jax.Array, palette=None) -> jax.Array:
-    """e(j, colours): [..., width] for int colours [...] of pixel j."""
-    if palette is not None:
-      return (jnp.take(palette, colours.astype(jnp.int32), axis=0) @ self.table[j]).astype(self.dtype)
-    return jnp.take(self.table[j], colours.astype(jnp.int32), axis=0).astype(self.dtype)
+    """e(j, colours): [..., width] for int colours [...] of pixel j (an int or a traced index)."""
+    return pixel_rows(self.table[j][None], colours[..., None], palette)[..., 0, :].astype(self.dtype)
 
   def logits(self, state: jax.Array, context: jax.Array, j) -> jax.Array:
     """Logits [..., K] of pixel j (an int or a traced index) from the projected state [..., width]
@@ -203,8 +205,7 @@ class TextToImagePixels(nn.Module):
   def check_config(config: ml_collections.ConfigDict) -> None:
     m = config.model
     check_drawing_config(config, "palette", int(m.palette.get("patch_size", PaletteTokenizer.patch_size)))
-    if m.get("pixel_embedding", "table") not in PIXEL_EMBEDDINGS:
-      raise ValueError(f"config.model.pixel_embedding={m.pixel_embedding!r}: use one of {PIXEL_EMBEDDINGS}.")
+    check_pixel_embedding(m.get("pixel_embedding", "table"))
     if not 0.0 <= float(m.get("word_dropout", 0.0)) < 1.0:
       raise ValueError(f"config.model.word_dropout={m.word_dropout} must be in [0, 1).")
     how = m.get("caption_conditioning", "prefix")

@@ -65,7 +65,7 @@ def generate(
 
 def sampler_options(config, **overrides) -> dict:
   """The sampling options of config.sampler for the config's model kind (with `overrides`, e.g. from
-    command-line flags), checked: errors name the key. Flow kinds ("flow"): steps, method (euler |
+  command-line flags), checked: errors name the key. Flow kinds ("flow"): steps, method (euler |
   heun), guidance. Token kinds ("tokens", "pixels"): name (greedy | temperature | top_k | top_p),
   temperature, top_k, top_p, guidance, plausibility (guidance limited to the conditional model's
   plausible indices: mmjax.sample.guidance), candidates (each image the likeliest of that many drawings:
