@@ -187,6 +187,18 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+def axial_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary positions over several axes (RoPE-2D of image transformers: a patch's row and column): x
+  [B, S, H, D] at integer positions [B, S, A] (or [S, A]); the head dims split into A equal parts, part
+  a rotated by `rope` at positions[..., a]. A query-key score then depends on the two positions only
+  through their offset along every axis."""
+  axes, d = positions.shape[-1], x.shape[-1]
+  if d % (2 * axes):
+    raise ValueError(f"axial_rope: head_dim {d} does not split into {axes} axes of an even number of dims.")
+  parts = jnp.split(x, axes, axis=-1)
+  return jnp.concatenate([rope(part, positions[..., a], theta) for a, part in enumerate(parts)], axis=-1)
+
+
 def prefix_segment_ids(positions: jax.Array, prefix_len: jax.Array, n_prefix: int) -> jax.Array:
   """int32 [B, len(positions)]: 0 at padded prefix slots (prefix_len <= j < n_prefix), else 1.
 
@@ -210,7 +222,9 @@ class MultiHeadAttention(nn.Module):
 
   use_bias: biases on the four projections (CLIP, BERT, GPT-2, ...; mmjax's own models have none).
   rope_theta > 0: rotary positions (`rope`) on the self-attention's queries and keys, at the
-  sequence index (plus the cache index when decoding; keys enter the cache rotated).
+  sequence index (plus the cache index when decoding; keys enter the cache rotated), or at the
+  caller's `positions` of the call's tokens: int [B or 1, S] for one axis, [B or 1, S, A] for A
+  (`axial_rope`).
   """
 
   num_heads: int
@@ -222,7 +236,7 @@ class MultiHeadAttention(nn.Module):
   rope_theta: float = 0.0
 
   @nn.compact
-  def __call__(self, x, kv=None, mask: MaskSpec | None = None, decode: bool = False, prefix=None):
+  def __call__(self, x, kv=None, mask: MaskSpec | None = None, decode: bool = False, prefix=None, positions=None):
     kv_heads = self.num_kv_heads or self.num_heads
     kv_in = x if kv is None else kv
     proj = lambda h, name, src: Dense(
@@ -236,14 +250,18 @@ class MultiHeadAttention(nn.Module):
     q = proj(self.num_heads, "query", x)
     k = proj(kv_heads, "key", kv_in)
     v = proj(kv_heads, "value", kv_in)
+    if positions is not None and not (self.rope_theta and kv is None):
+      raise ValueError("MultiHeadAttention: `positions` are rotary positions: self-attention with rope_theta > 0.")
     if self.rope_theta and kv is None:
-      start = (
-        self.get_variable("cache", "cache_index")[:, None]
-        if decode and self.has_variable("cache", "cache_index")
-        else 0
-      )
-      positions = start + jnp.arange(x.shape[1])[None]
-      q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+      if positions is None:
+        start = (
+          self.get_variable("cache", "cache_index")[:, None]
+          if decode and self.has_variable("cache", "cache_index")
+          else 0
+        )
+        positions = start + jnp.arange(x.shape[1])[None]
+      rotate = rope if positions.ndim == 2 else axial_rope
+      q, k = rotate(q, positions, self.rope_theta), rotate(k, positions, self.rope_theta)
     if decode:
       if kv is not None:
         raise ValueError("MultiHeadAttention: the KV cache is for self-attention only.")
@@ -331,9 +349,11 @@ class TransformerBlock(nn.Module):
     memory_mask: MaskSpec | None = None,
     decode: bool = False,
     prefix=None,
+    positions=None,
   ):
     """`prefix` = (prefix_len, n_prefix) for a decoder whose sequence starts with a padded prefix
-    (only read by the KV cache: outside decode mode `self_mask` already describes it)."""
+    (only read by the KV cache: outside decode mode `self_mask` already describes it). `positions`:
+    the self-attention's rotary positions (MultiHeadAttention; None: the sequence index)."""
     attn = lambda name, rope_theta=0.0: MultiHeadAttention(
       self.num_heads,
       self.head_dim,
@@ -353,7 +373,9 @@ class TransformerBlock(nn.Module):
 
     x = residual(
       x,
-      lambda h: attn("self_attention", self.rope_theta)(h, mask=self_mask, decode=decode, prefix=prefix),
+      lambda h: attn("self_attention", self.rope_theta)(
+        h, mask=self_mask, decode=decode, prefix=prefix, positions=positions
+      ),
       "norm_self",
     )
     x = constrain_tokens(x)

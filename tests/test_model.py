@@ -196,6 +196,76 @@ def test_kv_cache_decoding_equals_full_forward(gated):
   assert rel_err(jnp.stack(steps, 1), full) < 1e-5
 
 
+def _numpy_rope_pairs(x, positions, theta):
+  """float64 rotary positions of x [..., S, H, D] at positions [S, A]: head dims split into A equal parts;
+  in each part of d dims, dims i and i + d/2 are one complex number rotated by positions[:, a] *
+  theta^(-2i/d)."""
+  x = np.asarray(x, np.float64)
+  out = []
+  for a, part in enumerate(np.split(x, positions.shape[-1], axis=-1)):
+    d = part.shape[-1]
+    z = part[..., : d // 2] + 1j * part[..., d // 2 :]
+    angle = positions[:, a, None] * theta ** (-np.arange(0, d, 2) / d)  # [S, d/2]
+    z = z * np.exp(1j * angle)[:, None, :]
+    out += [z.real, z.imag]
+  return np.concatenate([np.concatenate(out[i : i + 2], -1) for i in range(0, len(out), 2)], -1)
+
+
+def test_axial_rope_against_float64_and_scores_depend_on_offsets():
+  """layers.axial_rope rotates each part of the head dims by its axis (float64 complex numbers), one axis
+  is layers.rope, and a query-key score is unchanged when both positions move by one 2-D offset (and
+  changed when only one does)."""
+  rng = np.random.default_rng(11)
+  q, k = (jnp.asarray(rng.normal(size=(2, 6, 3, 16)), jnp.float32) for _ in range(2))
+  pos = rng.integers(0, 9, (6, 2))
+  got = layers.axial_rope(q, jnp.asarray(pos), 20.0)
+  assert rel_err(got, _numpy_rope_pairs(q, pos, 20.0)) < 1e-5
+  np.testing.assert_allclose(layers.axial_rope(q, jnp.asarray(pos[:, :1]), 20.0), layers.rope(q, pos[:, 0], 20.0))
+  scores = lambda p, r: np.einsum(
+    "bshd,bthd->bhst", layers.axial_rope(q, jnp.asarray(p), 20.0), layers.axial_rope(k, jnp.asarray(r), 20.0)
+  )
+  base = scores(pos, pos)
+  shift = pos + np.array([3, -5])
+  assert rel_err(scores(shift, shift), base) < 1e-5
+  assert rel_err(scores(shift, pos), base) > 0.1
+  with pytest.raises(ValueError, match="head_dim 16 does not split into 3 axes"):
+    layers.axial_rope(q, jnp.zeros((6, 3), jnp.int32), 20.0)
+
+
+def test_decoder_rotary_positions_cached_equal_full_and_need_rope():
+  """Decoder(positions=...): 2-D rotary positions given per call; decoding through the KV cache (each step
+  given its own position) equals the full forward, the positions matter, and they need style rope_theta."""
+  rng = np.random.default_rng(12)
+  dec = Decoder(vocab_size=V, width=32, depth=2, num_heads=2, mlp_dim=64, max_len=12, style=dict(rope_theta=30.0))
+  ids = jnp.asarray(rng.integers(0, V, (2, 9)), jnp.int32)
+  cond = Conditioning(prefix=jnp.asarray(rng.normal(size=(2, 3, 32)), jnp.float32), prefix_len=jnp.asarray([3, 2]))
+  pos = jnp.asarray(rng.integers(0, 5, (1, 12, 2)), jnp.int32)
+  v = nn.meta.unbox(dec.init(jax.random.key(0), ids, cond, positions=pos))
+  full = dec.apply(v, ids, cond, positions=pos)
+  assert rel_err(dec.apply(v, ids, cond, positions=pos.at[:, 5:].set(0)), full) > 1e-3
+  _, cache = dec.apply(v, ids, cond, 0, decode=True, positions=pos, mutable=["cache"])
+  cache = jax.tree.map(jnp.zeros_like, cache["cache"])
+  logits, mutated = dec.apply(
+    {**v, "cache": cache}, ids[:, :4], cond, 0, decode=True, positions=pos[:, :7], mutable=["cache"]
+  )
+  steps = [logits]
+  for t in range(4, 9):
+    logits, mutated = dec.apply(
+      {**v, "cache": mutated["cache"]},
+      ids[:, t : t + 1],
+      cond,
+      3 + t,
+      decode=True,
+      positions=pos[:, 3 + t : 4 + t],
+      mutable=["cache"],
+    )
+    steps.append(logits)
+  assert rel_err(jnp.concatenate(steps, 1), full) < 1e-5
+  plain = Decoder(vocab_size=V, width=32, depth=2, num_heads=2, mlp_dim=64, max_len=12)
+  with pytest.raises(ValueError, match="style.rope_theta is 0"):
+    plain.apply(v, ids, cond, positions=pos)
+
+
 def test_greedy_generate_matches_argmax_of_full_forward():
   rng = np.random.default_rng(5)
   images, prompt, plen, _ = inputs(rng)

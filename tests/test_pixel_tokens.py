@@ -19,7 +19,7 @@ from mmjax.decoders.lm import Decoder
 from mmjax.encoders.palette import PaletteTokenizer, grid_palette, nearest
 from mmjax.fusion.base import Conditioning
 from mmjax.models import flow_matching, model_class
-from mmjax.models.pixel_tokens import PIXEL_EMBEDDINGS, GridPosition, pixel_rows
+from mmjax.models.pixel_tokens import PIXEL_EMBEDDINGS, GridPosition, grid_places, pixel_rows
 from mmjax.models.text_to_image import to_model_space, to_pixels
 from mmjax.sample import pixel_tokens
 from mmjax.sample.samplers import Greedy, TopK
@@ -35,8 +35,9 @@ S = 32
 
 @pytest.fixture(scope="module", params=["config", "other options"])
 def model_and_params(request):
-  """The tiny config (caption prefix, grid places, its pixel embedding), and its other options: the
-  caption read by cross-attention word by word, no grid-place embeddings, the other pixel embedding."""
+  """The tiny config (caption prefix, grid places, its pixel embedding, its grid rotary positions), and
+  its other options: the caption read by cross-attention word by word, no grid-place embeddings, the
+  other pixel embedding, grid rotary positions on where the config has them off (and off where on)."""
   c = config_files.load(CONFIG, "tiny")
   assert c.model.grid_posemb and c.model.caption_conditioning == "prefix"
   if request.param == "other options":
@@ -45,6 +46,7 @@ def model_and_params(request):
     c.model.grid_posemb = False
     (other,) = set(PIXEL_EMBEDDINGS) - {c.model.pixel_embedding}
     c.model.pixel_embedding = other
+    c.model.grid_rope_theta = 0.0 if c.model.grid_rope_theta else 10.0
   model = model_class(c.model)(c.model, VOCAB)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (4, S, S, 3), dtype=np.uint8)
@@ -154,7 +156,7 @@ def test_head_reads_only_earlier_pixels_of_its_patch(model_and_params):
 
 def _teacher_forced(m, colours, tokens, lengths):
   """The reference forward: the decoder over [BOI, patches] after the caption, then the pixel head."""
-  return m.head(m.decoder(m.inputs(colours), m.condition(tokens, lengths), output="hidden"), colours, m.colour_values())
+  return m.head(m.states(m.inputs(colours), m.condition(tokens, lengths)), colours, m.colour_values())
 
 
 def _full_forward_greedy(model, params, tokens, lengths, n, guidance=None, plausibility=0.0):
@@ -167,7 +169,7 @@ def _full_forward_greedy(model, params, tokens, lengths, n, guidance=None, plaus
       {"params": params},
       col,
       cond,
-      method=lambda m, c, cd: m.head(m.decoder(m.inputs(c), cd, output="hidden"), c, m.colour_values()),
+      method=lambda m, c, cd: m.head(m.states(m.inputs(c), cd), c, m.colour_values()),
     )
   )
   cond = model.apply({"params": params}, tokens, lengths, method="condition")
@@ -280,6 +282,7 @@ def test_decoder_reads_embeddings_and_returns_states():
     ("model.caption_conditioning", "suffix", "config.model.caption_conditioning='suffix'"),
     ("model.caption_conditioning", "memory", "set config.model.decoder.cross_attention_every=1"),
     ("model.pixel_embedding", "rgb", "config.model.pixel_embedding='rgb'"),
+    ("model.grid_rope_theta", -1.0, "config.model.grid_rope_theta=-1.0"),
   ],
 )
 def test_config_errors(shared_data_dir, key, value, match):
@@ -302,6 +305,21 @@ def test_grid_position_is_a_row_plus_a_column():
   np.testing.assert_allclose(got, want, rtol=1e-6)
   with pytest.raises(ValueError, match="12 patches are not a square grid"):
     grid.init(jax.random.key(0), jnp.arange(12), 12)
+
+
+def test_grid_places_by_hand(shared_data_dir):
+  """grid_places: a prefix of 2 then a 3 x 3 grid; the caption at (0, 0), patch i at (1 + i // 3, 1 + i % 3),
+  the same from any start (the KV cache's steps); a grid that is not square is an error, and so is a
+  config whose heads do not split into two axes of rotated pairs."""
+  want = [[0, 0], [0, 0], [1, 1], [1, 2], [1, 3], [2, 1], [2, 2], [2, 3], [3, 1], [3, 2], [3, 3]]
+  np.testing.assert_array_equal(grid_places(2, 0, 11, 9)[0], want)
+  np.testing.assert_array_equal(grid_places(2, jnp.int32(6), 3, 9)[0], want[6:9])
+  with pytest.raises(ValueError, match="8 patches are not a square grid"):
+    grid_places(2, 0, 10, 8)
+  c = config_files.load(CONFIG, "tiny")
+  config_files.apply_overrides(c, {"model.grid_rope_theta": 10.0, "model.decoder.width": 36})  # 2 heads of 18
+  with pytest.raises(ValueError, match="config.model.grid_rope_theta=10.0: .* head_dim is 18"):
+    model_class(c.model).check_config(c)
 
 
 def test_trains_evaluates_and_resumes(shared_data_dir, tmp_path):

@@ -145,6 +145,7 @@ class Decoder(nn.Module):
     decode: bool = False,
     bidirectional=None,
     output: str = "logits",
+    positions=None,
   ):
     """tokens int32 [B, T] -> logits float32 [B, T, V] for the tokens (prefix positions dropped).
 
@@ -160,6 +161,11 @@ class Decoder(nn.Module):
     Decoding: decode=True; the first call (prefill: `start` the Python int 0) passes the prefix (if
     any) followed by `tokens` (which may be empty, [B, 0]); later calls pass tokens with `start` =
     their position (prefix included, i.e. the first answer token sits at P = cond.prefix.shape[1]).
+
+    positions: the blocks' rotary positions (style rope_theta > 0) for this call's sequence, prefix
+    included where it is prepended: int [B or 1, S] or, over several axes, [B or 1, S, A]
+    (layers.axial_rope); None: the sequence index. They replace the index in rotary positions only:
+    the learnt position table (posemb "learn") still reads the sequence index.
     """
     if output not in ("logits", "hidden"):
       raise ValueError(f"Decoder: output={output!r}: expected 'logits' or 'hidden'.")
@@ -176,8 +182,8 @@ class Decoder(nn.Module):
     if isinstance(start, int) and start + x.shape[1] > self.max_len:
       raise ValueError(f"Decoder: {start + x.shape[1]} positions exceed max_len={self.max_len}.")
     if self.posemb == "learn":
-      positions = start + jnp.arange(x.shape[1])
-      x = x + jnp.take(self.pos_table, positions, axis=0)[None].astype(x.dtype)
+      index = start + jnp.arange(x.shape[1])
+      x = x + jnp.take(self.pos_table, index, axis=0)[None].astype(x.dtype)
     x = layers.constrain_tokens(x)
     prefix_len = None
     if n_prefix:
@@ -199,11 +205,15 @@ class Decoder(nn.Module):
       self_mask = MaskSpec(causal=True)
     prefix = (prefix_len, n_prefix) if n_prefix else None
     memory_mask = None if cond.memory_len is None else MaskSpec(kv_valid_len=cond.memory_len)
+    if positions is not None and not layers.block_style(self.style, "config.model.decoder").get("rope_theta"):
+      raise ValueError("Decoder: `positions` are rotary positions; config.model.decoder.style.rope_theta is 0.")
+    if positions is not None and positions.shape[-2 if positions.ndim == 3 else -1] != x.shape[1]:
+      raise ValueError(f"Decoder: positions {positions.shape} for a sequence of {x.shape[1]}.")
     if self.scan_layers:
-      x = self.blocks(x, self_mask, cond.memory, memory_mask, decode, prefix)
+      x = self.blocks(x, self_mask, cond.memory, memory_mask, decode, prefix, positions)
     else:
       for block in self.blocks:  # positional: nn.remat's static_argnums counts positions (decode = 5)
-        x = block(x, self_mask, cond.memory, memory_mask, decode, prefix)
+        x = block(x, self_mask, cond.memory, memory_mask, decode, prefix, positions)
     x = self.norm(x)[:, n_prefix if prepend else 0 :]
     if output == "hidden":
       return x

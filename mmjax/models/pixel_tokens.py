@@ -181,12 +181,27 @@ class GridPosition(nn.Module):
     return jnp.take(table("rows"), index // side, axis=0) + jnp.take(table("columns"), index % side, axis=0)
 
 
+def grid_places(n_prefix: int, start, length: int, n_patches: int) -> jax.Array:
+  """The 2-D rotary positions int32 [1, length, 2] of decoder positions start .. start + length - 1 of a
+  sequence [prefix of n_prefix, one position per patch of a square grid of n_patches]: (1 + row, 1 +
+  column) of the patch a position draws, (0, 0) for the prefix (the caption: no place in the image).
+  `start` may be traced (the KV cache's step)."""
+  side = math.isqrt(n_patches)
+  if side * side != n_patches:
+    raise ValueError(f"grid_places: {n_patches} patches are not a square grid.")
+  patch = start + jnp.arange(length) - n_prefix
+  place = jnp.stack([patch // side, patch % side], axis=-1) + 1
+  return jnp.where((patch >= 0)[:, None], place, 0).astype(jnp.int32)[None]
+
+
 class TextToImagePixels(nn.Module):
   """PaletteTokenizer (config.model.palette) + Decoder (config.model.decoder) + PixelHead
   (config.model.head).
 
   config keys: palette (levels, patch_size), decoder, head (width, depth, mlp_dim), caption_len (the prefix's
-  caption slots), caption_conditioning (CAPTION_CONDITIONINGS), grid_posemb, cond_dropout, word_dropout
+  caption slots), caption_conditioning (CAPTION_CONDITIONINGS), grid_posemb, grid_rope_theta (> 0: the
+  decoder's self-attention rotates queries and keys by `grid_places`, half the head dims by the row and half
+  by the column of the patch a position draws, RoPE-2D; 0: off), cond_dropout, word_dropout
   (flow_matching.drop_words: each caption token replaced by PAD with this probability in training),
   palette_weight, dtype, attention_implementation, remat, scan_layers.
   """
@@ -216,6 +231,13 @@ class TextToImagePixels(nn.Module):
         "config.model.caption_conditioning='memory' reads the caption by cross-attention in every decoder "
         "layer: set config.model.decoder.cross_attention_every=1."
       )
+    theta = float(m.get("grid_rope_theta", 0.0))
+    head_dim = int(m.decoder.get("head_dim") or int(m.decoder.width) // int(m.decoder.num_heads))
+    if theta < 0 or (theta and head_dim % 4):
+      raise ValueError(
+        f"config.model.grid_rope_theta={theta}: 0 (off) or > 0 with a decoder head_dim divisible by 4 "
+        f"(two axes of rotated pairs); head_dim is {head_dim}."
+      )
     needed = 1 + int(m.caption_len) + num_patches(m, int(config.data.image_size))
     if int(m.decoder.max_len) < needed:
       raise ValueError(
@@ -232,9 +254,12 @@ class TextToImagePixels(nn.Module):
     c = self.config
     dtype = jnp.dtype(c.dtype)
     self.tokenizer = PaletteTokenizer(**c.palette.to_dict())
+    decoder = c.decoder.to_dict()
+    if self.grid_rope_theta:
+      decoder["style"] = {**(decoder.get("style") or {}), "rope_theta": self.grid_rope_theta}
     self.decoder = Decoder(
       self.total_vocab,
-      **c.decoder.to_dict(),
+      **decoder,
       implementation=c.attention_implementation,
       dtype=dtype,
       remat=str(c.remat),
@@ -277,6 +302,25 @@ class TextToImagePixels(nn.Module):
   def grid_posemb(self) -> bool:
     """config.model.grid_posemb (default off, for configs and workdirs from before the key)."""
     return bool(self.config.get("grid_posemb", False))
+
+  @property
+  def grid_rope_theta(self) -> float:
+    """config.model.grid_rope_theta (default 0, off: configs and workdirs from before the key)."""
+    return float(self.config.get("grid_rope_theta", 0.0))
+
+  def places(self, cond, start, length: int, n_patches: int):
+    """The decoder's rotary positions for `length` positions from `start` (grid_places), or None
+    without config.model.grid_rope_theta."""
+    if not self.grid_rope_theta:
+      return None
+    return grid_places(0 if cond.prefix is None else cond.prefix.shape[1], start, length, n_patches)
+
+  def states(self, inputs, cond):
+    """The decoder's final states [B, N, D] of a whole image's inputs [B, N, D] (`inputs`) after the
+    condition."""
+    n_prefix = 0 if cond.prefix is None else cond.prefix.shape[1]
+    n = inputs.shape[1]
+    return self.decoder(inputs, cond, output="hidden", positions=self.places(cond, 0, n_prefix + n, n))
 
   @property
   def palette_size(self) -> int:
@@ -329,10 +373,18 @@ class TextToImagePixels(nn.Module):
     x = jnp.concatenate([self.boi_inputs(colours.shape[0]), self.patch_inputs(colours[:, :-1])], axis=1)
     return x + self.grid_position(jnp.arange(n), n)
 
-  def decode(self, inputs, cond, start):
+  def decode(self, inputs, cond, start, n_patches: int | None = None):
     """One KV-cache decoding call (mmjax.sample.pixel_tokens): input embeddings [B, T, D] (or ids, for
-    the cache's shapes) -> the decoder's states [B, T, D]."""
-    return self.decoder(inputs, cond, start=start, decode=True, output="hidden")
+    the cache's shapes) -> the decoder's states [B, T, D]. n_patches: the image's, for the grid places
+    of later calls; the first call (`start` the int 0: the prefix, then none or all of the image's
+    positions) may leave it out."""
+    first = isinstance(start, int) and start == 0
+    if n_patches is None and self.grid_rope_theta and not first:
+      raise ValueError("TextToImagePixels.decode: a call past the prefix needs n_patches for the grid places.")
+    n_prefix = 0 if cond.prefix is None else cond.prefix.shape[1]
+    length = inputs.shape[1] + (n_prefix if first else 0)
+    positions = self.places(cond, start, length, n_patches or max(inputs.shape[1], 1))
+    return self.decoder(inputs, cond, start=start, decode=True, output="hidden", positions=positions)
 
   def pixel_state(self, hidden):
     return self.head.state(hidden)
@@ -355,7 +407,7 @@ class TextToImagePixels(nn.Module):
   def index_logits(self, colours, tokens, lengths):
     """Teacher-forced palette logits [B, N, P, K] of colours int [B, N, P] given captions (lengths 0:
     the null condition): what the drawing's sampler saw at each pixel (mmjax.sample.rerank)."""
-    hidden = self.decoder(self.inputs(colours), self.condition(tokens, lengths), output="hidden")
+    hidden = self.states(self.inputs(colours), self.condition(tokens, lengths))
     return self.head(hidden, colours, self.colour_values())
 
   def __call__(self, x, tokens, lengths):

@@ -43,7 +43,7 @@ def draw_colours(
   def patch(n, carry):
     x, kv, out = carry
     hidden, mutated = model.apply(
-      {"params": params, "cache": kv}, x, cond, start + n, method="decode", mutable=["cache"]
+      {"params": params, "cache": kv}, x, cond, start + n, n_patches, method="decode", mutable=["cache"]
     )
     state = apply("pixel_state", hidden[:, 0])
     key = jax.random.fold_in(rng, n)
