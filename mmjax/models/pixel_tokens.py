@@ -308,19 +308,21 @@ class TextToImagePixels(nn.Module):
     """config.model.grid_rope_theta (default 0, off: configs and workdirs from before the key)."""
     return float(self.config.get("grid_rope_theta", 0.0))
 
-  def places(self, cond, start, length: int, n_patches: int):
-    """The decoder's rotary positions for `length` positions from `start` (grid_places), or None
-    without config.model.grid_rope_theta."""
+  def places(self, cond, start, n_inputs: int, n_patches: int):
+    """The decoder's rotary positions (grid_places) for a call of n_inputs image positions from `start`,
+    after the prefix when `start` is the int 0 (the decoder prepends it then), or None without
+    config.model.grid_rope_theta."""
     if not self.grid_rope_theta:
       return None
-    return grid_places(0 if cond.prefix is None else cond.prefix.shape[1], start, length, n_patches)
+    n_prefix = 0 if cond.prefix is None else cond.prefix.shape[1]
+    first = isinstance(start, int) and start == 0
+    return grid_places(n_prefix, start, n_inputs + (n_prefix if first else 0), n_patches)
 
   def states(self, inputs, cond):
     """The decoder's final states [B, N, D] of a whole image's inputs [B, N, D] (`inputs`) after the
     condition."""
-    n_prefix = 0 if cond.prefix is None else cond.prefix.shape[1]
     n = inputs.shape[1]
-    return self.decoder(inputs, cond, output="hidden", positions=self.places(cond, 0, n_prefix + n, n))
+    return self.decoder(inputs, cond, output="hidden", positions=self.places(cond, 0, n, n))
 
   @property
   def palette_size(self) -> int:
@@ -378,12 +380,9 @@ class TextToImagePixels(nn.Module):
     the cache's shapes) -> the decoder's states [B, T, D]. n_patches: the image's, for the grid places
     of later calls; the first call (`start` the int 0: the prefix, then none or all of the image's
     positions) may leave it out."""
-    first = isinstance(start, int) and start == 0
-    if n_patches is None and self.grid_rope_theta and not first:
+    if n_patches is None and self.grid_rope_theta and not (isinstance(start, int) and start == 0):
       raise ValueError("TextToImagePixels.decode: a call past the prefix needs n_patches for the grid places.")
-    n_prefix = 0 if cond.prefix is None else cond.prefix.shape[1]
-    length = inputs.shape[1] + (n_prefix if first else 0)
-    positions = self.places(cond, start, length, n_patches or max(inputs.shape[1], 1))
+    positions = self.places(cond, start, inputs.shape[1], n_patches or max(inputs.shape[1], 1))
     return self.decoder(inputs, cond, start=start, decode=True, output="hidden", positions=positions)
 
   def pixel_state(self, hidden):
