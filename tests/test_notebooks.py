@@ -103,6 +103,13 @@ print("MMJAX_CHECK " + json.dumps(dict(
 }
 
 
+@pytest.fixture(autouse=True)
+def _notebook_tmpdir(tmp_path, monkeypatch):
+  """The notebooks keep their workdirs (tempfile.mkdtemp) for the user to look at; under the tests they go
+  to pytest's temporary folder, which pytest prunes, instead of piling up in /tmp."""
+  monkeypatch.setenv("TMPDIR", str(tmp_path))
+
+
 def run_notebook(name, data_dir, monkeypatch):
   """Executes notebook `name` with its check cell appended; returns what the check cell printed."""
   import jupytext
