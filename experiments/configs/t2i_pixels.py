@@ -46,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.grid_posemb = True
   # > 0: the decoder's self-attention also rotates queries and keys by each patch's grid row and column
   # (RoPE-2D at this theta), so that what a patch reads from another depends on their offset in the image.
+  # Off here; on (100) in the main job, t2i.py, where it was measured (docs/results.md).
   m.grid_rope_theta = 0.0
   # How a drawn pixel enters the decoder and the pixel head: "table", a vector per (place, colour); "value",
   # its colour's RGB value through a linear map per place (mmjax.models.pixel_tokens.PIXEL_EMBEDDINGS).
