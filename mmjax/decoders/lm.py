@@ -20,6 +20,12 @@ from mmjax.fusion.base import Conditioning
 from mmjax.layers import prefix_segment_ids  # noqa: F401  (public here too: notebooks and tests use it)
 
 
+def prepends_prefix(start) -> bool:
+  """Whether a KV-cache call at `start` is the first one, which prepends the condition's prefix: `start`
+  the Python int 0 (later calls may pass a traced index)."""
+  return isinstance(start, int) and start == 0
+
+
 class Decoder(nn.Module):
   vocab_size: int
   width: int = 128
@@ -176,7 +182,7 @@ class Decoder(nn.Module):
       if self.scale_embeddings:
         x = x * jnp.asarray(self.width**0.5, x.dtype)
     n_prefix = 0 if cond.prefix is None else cond.prefix.shape[1]
-    prepend = n_prefix and (not decode or (isinstance(start, int) and start == 0))
+    prepend = n_prefix and (not decode or prepends_prefix(start))
     if prepend:
       x = jnp.concatenate([cond.prefix.astype(x.dtype), x], axis=1)
     if isinstance(start, int) and start + x.shape[1] > self.max_len:

@@ -38,7 +38,7 @@ import ml_collections
 import optax
 
 from mmjax import layers
-from mmjax.decoders.lm import Decoder
+from mmjax.decoders.lm import Decoder, prepends_prefix
 from mmjax.encoders.palette import PaletteTokenizer
 from mmjax.encoders.vq import codebook_usage, grid_shape
 from mmjax.models import flow_matching
@@ -315,8 +315,7 @@ class TextToImagePixels(nn.Module):
     if not self.grid_rope_theta:
       return None
     n_prefix = 0 if cond.prefix is None else cond.prefix.shape[1]
-    first = isinstance(start, int) and start == 0
-    return grid_places(n_prefix, start, n_inputs + (n_prefix if first else 0), n_patches)
+    return grid_places(n_prefix, start, n_inputs + (n_prefix if prepends_prefix(start) else 0), n_patches)
 
   def states(self, inputs, cond):
     """The decoder's final states [B, N, D] of a whole image's inputs [B, N, D] (`inputs`) after the
@@ -380,7 +379,7 @@ class TextToImagePixels(nn.Module):
     the cache's shapes) -> the decoder's states [B, T, D]. n_patches: the image's, for the grid places
     of later calls; the first call (`start` the int 0: the prefix, then none or all of the image's
     positions) may leave it out."""
-    if n_patches is None and self.grid_rope_theta and not (isinstance(start, int) and start == 0):
+    if n_patches is None and self.grid_rope_theta and not prepends_prefix(start):
       raise ValueError("TextToImagePixels.decode: a call past the prefix needs n_patches for the grid places.")
     positions = self.places(cond, start, inputs.shape[1], n_patches or max(inputs.shape[1], 1))
     return self.decoder(inputs, cond, start=start, decode=True, output="hidden", positions=positions)
